@@ -1,0 +1,117 @@
+//! The running service: the store, both gRPC services, and the gateway on
+//! their listeners. Tests build it on port 0 and talk to it like clients.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+
+use crate::auth::{Authenticator, PasswordHasher, caller::SessionPolicy};
+use crate::config::ServeArgs;
+use crate::gateway::{self, Gateway};
+use crate::pb::{group_service_server::GroupServiceServer, user_service_server::UserServiceServer};
+use crate::service::{Core, GroupSvc, UserSvc};
+use crate::store::{PgStore, Store};
+
+pub struct Application {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub store: Arc<PgStore>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+/// The two services, ready to serve over any transport.
+pub fn services(core: Arc<Core>) -> (UserServiceServer<UserSvc>, GroupServiceServer<GroupSvc>) {
+    (
+        UserServiceServer::new(UserSvc::new(core.clone())),
+        GroupServiceServer::new(GroupSvc::new(core)),
+    )
+}
+
+impl Application {
+    /// Connects, migrates, binds both addresses and starts serving.
+    pub async fn start(args: &ServeArgs) -> anyhow::Result<Self> {
+        let store =
+            Arc::new(PgStore::connect(&args.db.database_url, args.db.db_max_connections).await?);
+        store.migrate().await?;
+        let policy = SessionPolicy {
+            idle_timeout: args.sessions.session_idle_timeout,
+            max_age: args.sessions.session_max_age,
+        };
+        let cores = args.hash_concurrency.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        });
+        let core = Arc::new(Core {
+            store: store.clone(),
+            auth: Authenticator::new(store.clone(), policy),
+            hasher: PasswordHasher::new(cores)?,
+            min_password_chars: args.min_password_length,
+        });
+        let (users, groups) = services(core);
+
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<UserServiceServer<UserSvc>>()
+            .await;
+        health_reporter
+            .set_serving::<GroupServiceServer<GroupSvc>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+
+        let grpc_listener = TcpListener::bind(args.grpc_addr).await?;
+        let http_listener = TcpListener::bind(args.http_addr).await?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(reflection)
+                .add_service(users.clone())
+                .add_service(groups.clone())
+                .serve_with_incoming(TcpListenerStream::new(grpc_listener)),
+        );
+
+        let gateway = Gateway::in_process(Routes::new(users).add_service(groups));
+        let router = gateway::router(gateway, &args.gateway.cors_origins);
+        let http = tokio::spawn(serve_http(http_listener, router));
+        tracing::info!(%grpc_addr, %http_addr, "usersvc serving");
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            store,
+            grpc,
+            http,
+        })
+    }
+
+    /// Runs until either server stops.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        tokio::select! {
+            r = self.grpc => r??,
+            r = self.http => r??,
+        }
+        Ok(())
+    }
+
+    /// Stops both servers (tests).
+    pub fn abort(&self) {
+        self.grpc.abort();
+        self.http.abort();
+    }
+}
+
+/// Serves the gateway with the client's address available to handlers.
+pub async fn serve_http(listener: TcpListener, router: axum::Router) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}

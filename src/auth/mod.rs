@@ -1,0 +1,9 @@
+//! Who is calling: application keys, session tokens, password hashing, and
+//! the resolution of a call's metadata into a [`Caller`].
+
+pub mod caller;
+pub mod password;
+pub mod secret;
+
+pub use caller::{Authenticator, Caller, SessionUser};
+pub use password::PasswordHasher;

@@ -1,0 +1,99 @@
+//! Settings from flags and the environment.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Args;
+
+/// Where the service keeps its data.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/usersvc
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Connections in the database pool.
+    #[arg(long, env = "USERSVC_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+}
+
+/// `usersvc serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Address of the gRPC server.
+    #[arg(long, env = "USERSVC_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Address of the HTTP (JSON /v2) gateway.
+    #[arg(long, env = "USERSVC_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub sessions: SessionArgs,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+    /// Password hashes computed at once (default: the number of cores).
+    #[arg(long, env = "USERSVC_HASH_CONCURRENCY")]
+    pub hash_concurrency: Option<usize>,
+    /// Shortest password accepted.
+    #[arg(long, env = "USERSVC_MIN_PASSWORD_LENGTH", default_value_t = 8)]
+    pub min_password_length: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SessionArgs {
+    /// A session unused for this long ends, e.g. 30m, 90s, 1h.
+    #[arg(long, env = "USERSVC_SESSION_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub session_idle_timeout: Duration,
+    /// A session ends this long after sign-in, however much it is used.
+    #[arg(long, env = "USERSVC_SESSION_MAX_AGE", default_value = "12h", value_parser = parse_duration)]
+    pub session_max_age: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Origins allowed to call the JSON API from a browser, comma-separated
+    /// (e.g. https://app.example.com); `*` allows any. Default: none.
+    #[arg(long, env = "USERSVC_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+}
+
+/// `90s`, `30m`, `12h`, `2d`, `500ms`, or bare seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "unknown unit in duration {s:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("duration must be positive: {s:?}"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(43200));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,196 @@
+//! The JSON gateway: the documented Catalyze `/v2` routes, each translated
+//! into one gRPC call. It holds no database handle and no rules; what it
+//! knows is the wire: JSON <-> protobuf, headers -> metadata, Status -> HTTP.
+
+pub mod error;
+mod groups;
+pub mod json;
+mod users;
+
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
+
+use axum::{
+    Router,
+    extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tower::{ServiceExt, util::BoxCloneSyncService};
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+};
+
+use crate::pb::{group_service_client::GroupServiceClient, user_service_client::UserServiceClient};
+use error::ApiError;
+
+/// Request bodies larger than this are refused with 413 before parsing.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Any gRPC transport: the in-process services or a channel to a remote one.
+/// (The error is a concrete type: a boxed `dyn Error` trips rustc's
+/// higher-ranked lifetime check in the handlers' futures.)
+pub type GrpcTransport = BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    tonic::transport::Error,
+>;
+
+/// The gRPC clients the handlers call.
+#[derive(Clone)]
+pub struct Gateway {
+    users: UserServiceClient<GrpcTransport>,
+    groups: GroupServiceClient<GrpcTransport>,
+}
+
+impl Gateway {
+    pub fn new(transport: GrpcTransport) -> Self {
+        Self {
+            users: UserServiceClient::new(transport.clone()),
+            groups: GroupServiceClient::new(transport),
+        }
+    }
+
+    /// Calls the services of this process without a network hop.
+    pub fn in_process(routes: tonic::service::Routes) -> Self {
+        let svc = ServiceExt::<http::Request<tonic::body::Body>>::map_err(
+            routes,
+            |e: Infallible| match e {},
+        );
+        Self::new(BoxCloneSyncService::new(svc))
+    }
+
+    /// Calls a remote gRPC service.
+    pub fn remote(channel: tonic::transport::Channel) -> Self {
+        Self::new(BoxCloneSyncService::new(channel))
+    }
+}
+
+/// The metadata a call carries: the caller's key and token, the request id,
+/// and the client's address (for throttling and the audit trail).
+pub struct CallMeta(MetadataMap);
+
+const FORWARDED: &[&str] = &["x-api-key", "authorization", "x-request-id"];
+
+impl<S: Send + Sync> FromRequestParts<S> for CallMeta {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let mut md = MetadataMap::new();
+        for name in FORWARDED {
+            if let Some(v) = parts.headers.get(*name) {
+                // A value that is not visible ASCII is passed on as one that
+                // can match nothing, so the service answers it as invalid.
+                let v = AsciiMetadataValue::try_from(v.as_bytes())
+                    .unwrap_or_else(|_| AsciiMetadataValue::from_static("invalid"));
+                md.insert(*name, v);
+            }
+        }
+        if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>()
+            && let Ok(v) = AsciiMetadataValue::try_from(addr.ip().to_string())
+        {
+            md.insert("x-client-addr", v);
+        }
+        Ok(CallMeta(md))
+    }
+}
+
+impl CallMeta {
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        *req.metadata_mut() = self.0.clone();
+        req
+    }
+}
+
+/// A JSON reply of a message, `{}` for an empty one.
+pub fn reply<T: serde::Serialize>(message: &T) -> Response {
+    axum::Json(message).into_response()
+}
+
+pub type ApiResult = Result<Response, ApiError>;
+
+/// The `/v2` router with its layers: body limit, JSON errors, request ids,
+/// CORS when origins are given.
+pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
+    let v2 = Router::new()
+        .route("/users", post(users::create))
+        .route("/users/forgotUsername", post(users::forgot_username))
+        .route(
+            "/users/{users_id}",
+            get(users::get).put(users::update).delete(users::delete),
+        )
+        .route("/users/{users_id}/groups", get(users::groups))
+        .route("/auth/signin", post(users::sign_in))
+        .route("/auth/signout", get(users::sign_out))
+        .route("/groups", post(groups::create))
+        .route(
+            "/groups/{groups_id}",
+            get(groups::get).put(groups::update).delete(groups::delete),
+        )
+        .route(
+            "/groups/{groups_id}/users/{users_id}",
+            post(groups::add_member).delete(groups::remove_member),
+        )
+        .route("/groups/{groups_id}/members", get(groups::members))
+        .route("/app/{app_id}/groups", get(groups::list_all))
+        .route("/app/{app_id}/groups/default", get(groups::list_default));
+
+    let x_request_id = HeaderName::from_static("x-request-id");
+    let mut app = Router::new()
+        .nest("/v2", v2)
+        .with_state(gateway)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(error::json_errors))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid));
+    if let Some(cors) = cors_layer(cors_origins) {
+        app = app.layer(cors);
+    }
+    app
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<&str> = origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers([
+                HeaderName::from_static("x-api-key"),
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([HeaderName::from_static("x-request-id")])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// 404 with the API's error shape, for the fallback.
+pub async fn no_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}

@@ -1,0 +1,133 @@
+//! `/v2/users` and `/v2/auth`.
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::HeaderMap,
+};
+use pbjson_types::FieldMask;
+
+use super::json::{self, Mode};
+use super::{ApiResult, CallMeta, Gateway, reply};
+use crate::{pb, schema};
+
+pub async fn create(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let user: pb::User = json::parse(
+        &headers,
+        &body,
+        "User",
+        schema::USER_OUTPUT_ONLY,
+        Mode::Whole,
+    )?
+    .message;
+    let out = gw
+        .users
+        .clone()
+        .create_user(meta.request(pb::CreateUserRequest { user: Some(user) }))
+        .await?;
+    Ok(reply(out.get_ref()))
+}
+
+pub async fn get(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(users_id): Path<String>,
+) -> ApiResult {
+    let out = gw
+        .users
+        .clone()
+        .get_user(meta.request(pb::GetUserRequest { users_id }))
+        .await?;
+    Ok(reply(out.get_ref()))
+}
+
+/// PUT is a JSON merge patch: the members present become the field mask.
+pub async fn update(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(users_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let parsed = json::parse::<pb::User>(
+        &headers,
+        &body,
+        "User",
+        schema::USER_OUTPUT_ONLY,
+        Mode::MergePatch,
+    )?;
+    let req = pb::UpdateUserRequest {
+        users_id,
+        user: Some(parsed.message),
+        update_mask: Some(FieldMask {
+            paths: parsed.paths,
+        }),
+    };
+    let out = gw.users.clone().update_user(meta.request(req)).await?;
+    Ok(reply(out.get_ref()))
+}
+
+pub async fn delete(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(users_id): Path<String>,
+) -> ApiResult {
+    let out = gw
+        .users
+        .clone()
+        .delete_user(meta.request(pb::DeleteUserRequest { users_id }))
+        .await?;
+    Ok(reply(out.get_ref()))
+}
+
+pub async fn forgot_username(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let req: pb::ForgotUsernameRequest =
+        json::parse(&headers, &body, "ForgotUsernameRequest", &[], Mode::Whole)?.message;
+    let out = gw.users.clone().forgot_username(meta.request(req)).await?;
+    Ok(reply(out.get_ref()))
+}
+
+/// The documented reply is a bare array of `{"groupsId", "name"}`.
+pub async fn groups(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(users_id): Path<String>,
+) -> ApiResult {
+    let out = gw
+        .users
+        .clone()
+        .list_user_groups(meta.request(pb::ListUserGroupsRequest { users_id }))
+        .await?;
+    Ok(reply(&out.get_ref().groups))
+}
+
+pub async fn sign_in(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let req: pb::SignInRequest =
+        json::parse(&headers, &body, "SignInRequest", &[], Mode::Whole)?.message;
+    let out = gw.users.clone().sign_in(meta.request(req)).await?;
+    Ok(reply(out.get_ref()))
+}
+
+pub async fn sign_out(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
+    let out = gw
+        .users
+        .clone()
+        .sign_out(meta.request(pb::SignOutRequest {}))
+        .await?;
+    Ok(reply(out.get_ref()))
+}

@@ -1,0 +1,104 @@
+//! The services' error, and its one mapping to `tonic::Status`.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::auth::{caller::AuthError, password::HashError};
+use crate::store::StoreError;
+
+pub const ERROR_DOMAIN: &str = "usersvc";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("invalid username or password")]
+    BadCredentials,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A field's value is not acceptable; `field` is its proto path.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("that username is already taken in this application")]
+    UsernameTaken,
+    #[error("the user was changed concurrently too often; try again")]
+    Contention,
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+impl ServiceError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(ref c) if c == "users_app_username_key" => {
+                ServiceError::UsernameTaken
+            }
+            e => ServiceError::Store(e),
+        }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        let (code, reason) = match &e {
+            ServiceError::Auth(a) => match a {
+                AuthError::MissingApiKey => (Code::Unauthenticated, "MISSING_API_KEY"),
+                AuthError::InvalidApiKey => (Code::Unauthenticated, "INVALID_API_KEY"),
+                AuthError::MissingToken => (Code::Unauthenticated, "MISSING_SESSION"),
+                AuthError::InvalidToken => (Code::Unauthenticated, "INVALID_SESSION"),
+                AuthError::ExpiredToken => (Code::Unauthenticated, "SESSION_EXPIRED"),
+                AuthError::Store(s) => store_code(s),
+            },
+            ServiceError::BadCredentials => (Code::Unauthenticated, "INVALID_CREDENTIALS"),
+            ServiceError::Forbidden(_) => (Code::PermissionDenied, "FORBIDDEN"),
+            ServiceError::NotFound(_) => (Code::NotFound, "NOT_FOUND"),
+            ServiceError::Invalid { .. } => (Code::InvalidArgument, "INVALID_FIELD"),
+            ServiceError::UsernameTaken => (Code::AlreadyExists, "USERNAME_TAKEN"),
+            ServiceError::Contention => (Code::Aborted, "CONTENTION"),
+            ServiceError::Hash(_) => (Code::Internal, "INTERNAL"),
+            ServiceError::Store(s) => store_code(s),
+        };
+        let message = match code {
+            // Internal detail (SQL, driver text) stays in the log.
+            Code::Internal => {
+                tracing::error!(error = %e, "request failed");
+                "internal error".to_owned()
+            }
+            Code::Unavailable => {
+                tracing::warn!(error = %e, "database unavailable");
+                "the service is temporarily unavailable; try again".to_owned()
+            }
+            _ => e.to_string(),
+        };
+        let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+        if let ServiceError::Invalid { field, message } = &e {
+            details.add_bad_request_violation(field.clone(), message.clone());
+        }
+        Status::with_error_details(code, message, details)
+    }
+}
+
+fn store_code(e: &StoreError) -> (Code, &'static str) {
+    match e {
+        StoreError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+        StoreError::Conflict(_) => (Code::AlreadyExists, "ALREADY_EXISTS"),
+        _ => (Code::Internal, "INTERNAL"),
+    }
+}

@@ -1,0 +1,141 @@
+//! Field masks (AIP-134, AIP-161) applied to the JSON form of a message:
+//! each path is resolved against the descriptor, then the value at that path
+//! in the request replaces the one in the stored record (or clears it).
+
+use prost_reflect::{Kind, MessageDescriptor};
+use serde_json::{Map, Value};
+
+use crate::schema;
+
+/// A path resolved against a message: its top-level proto field and the
+/// JSON member names to walk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedPath {
+    pub top: String,
+    pub json: Vec<String>,
+}
+
+/// Resolves `path` against `message`: proto names (or their JSON forms) down
+/// through singular message fields; past a `google.protobuf.Value` field the
+/// segments are free JSON keys.
+pub fn resolve(message: &MessageDescriptor, path: &str) -> Result<ResolvedPath, String> {
+    let segments = schema::split_path(path)?;
+    let mut json = Vec::with_capacity(segments.len());
+    let mut current = Some(message.clone());
+    let mut top = None;
+    for (i, seg) in segments.iter().enumerate() {
+        let Some(msg) = current.take() else {
+            // Inside a JSON value: keys are kept as they are.
+            json.push(seg.clone());
+            continue;
+        };
+        let field = msg
+            .get_field_by_name(seg)
+            .or_else(|| msg.get_field_by_json_name(seg))
+            .ok_or_else(|| format!("unknown field {seg:?} in path {path:?}"))?;
+        top.get_or_insert_with(|| field.name().to_owned());
+        json.push(field.json_name().to_owned());
+        let last = i + 1 == segments.len();
+        current = match field.kind() {
+            Kind::Message(m) if schema::is_json_value(&m) => None,
+            Kind::Message(m) if !field.is_list() && !field.is_map() => Some(m),
+            _ if last => None,
+            _ => {
+                return Err(format!(
+                    "path {path:?} reaches into {:?}, which has no fields to name",
+                    field.name()
+                ));
+            }
+        };
+    }
+    let top = top.ok_or_else(|| format!("empty path {path:?}"))?;
+    Ok(ResolvedPath { top, json })
+}
+
+/// Copies the value at `path` in `patch` into `target`, or removes it from
+/// `target` when `patch` has none there. Objects on the way are created;
+/// a non-object on the way is replaced by one, as RFC 7396 does.
+pub fn apply(target: &mut Value, patch: &Value, path: &[String]) {
+    let new = lookup(patch, path).cloned();
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = target;
+    for key in parents {
+        if new.is_none() && node.get(key).is_none() {
+            return;
+        }
+        let obj = object_mut(node);
+        node = obj
+            .entry(key.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    match new {
+        Some(v) => {
+            object_mut(node).insert(last.clone(), v);
+        }
+        None => {
+            if let Value::Object(obj) = node {
+                obj.remove(last);
+            }
+        }
+    }
+}
+
+fn object_mut(v: &mut Value) -> &mut Map<String, Value> {
+    if !v.is_object() {
+        *v = Value::Object(Map::new());
+    }
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("just made an object"),
+    }
+}
+
+fn lookup<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter()
+        .try_fold(v, |node, key| node.as_object()?.get(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn user() -> MessageDescriptor {
+        schema::message("User").unwrap()
+    }
+
+    #[test]
+    fn resolves_nested_and_extras_paths() {
+        let p = resolve(&user(), "name.last_name").unwrap();
+        assert_eq!(p.top, "name");
+        assert_eq!(p.json, vec!["name", "lastName"]);
+        let p = resolve(&user(), "phoneNumber.mobile").unwrap();
+        assert_eq!(p.json, vec!["phoneNumber", "mobile"]);
+        let p = resolve(&user(), "extras.some_key.`a.b`").unwrap();
+        assert_eq!(p.json, vec!["extras", "some_key", "a.b"]);
+        assert!(resolve(&user(), "nope").is_err());
+        assert!(resolve(&user(), "age.x").is_err());
+        assert!(resolve(&user(), "addresses.city").is_err());
+        assert!(resolve(&user(), "name.nope").is_err());
+    }
+
+    #[test]
+    fn applies_replace_clear_and_create() {
+        let mut target = json!({"name": {"firstName": "A", "lastName": "B"}, "extras": "s"});
+        let patch = json!({"name": {"lastName": "C"}, "extras": {"k": {"x": 1}}});
+        apply(&mut target, &patch, &["name".into(), "lastName".into()]);
+        apply(&mut target, &patch, &["name".into(), "firstName".into()]);
+        apply(
+            &mut target,
+            &patch,
+            &["extras".into(), "k".into(), "x".into()],
+        );
+        apply(&mut target, &patch, &["dob".into()]);
+        assert_eq!(
+            target,
+            json!({"name": {"lastName": "C"}, "extras": {"k": {"x": 1}}})
+        );
+    }
+}
