@@ -7,8 +7,12 @@ use clap::Args;
 /// Where the service keeps its data.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/usersvc
-    #[arg(long, env = "DATABASE_URL")]
+    /// PostgreSQL URL; the database is created when it does not exist.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/usersvc"
+    )]
     pub database_url: String,
     /// Connections in the database pool.
     #[arg(long, env = "USERSVC_DB_MAX_CONNECTIONS", default_value_t = 16)]

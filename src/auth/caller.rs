@@ -159,9 +159,4 @@ impl Authenticator {
         };
         (token, session)
     }
-
-    /// The session of the call's bearer token, for signing out.
-    pub fn policy(&self) -> SessionPolicy {
-        self.policy
-    }
 }

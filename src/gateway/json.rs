@@ -39,7 +39,8 @@ pub fn parse<T: DeserializeOwned>(
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
         let essence = ct.split(';').next().unwrap_or_default().trim();
-        if !body.is_empty() && !(essence == "application/json" || essence.ends_with("+json")) {
+        let json = essence == "application/json" || essence.ends_with("+json");
+        if !body.is_empty() && !json {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row, postgres::PgPoolOptions, postgres::PgRow};
+use sqlx::{PgPool, Row, migrate::MigrateDatabase, postgres::PgPoolOptions, postgres::PgRow};
 use uuid::Uuid;
 
 use super::{
@@ -21,7 +21,17 @@ pub struct PgStore {
 impl PgStore {
     /// Opens a pool; `acquire_timeout` bounds how long a request waits for a
     /// connection before it is answered as unavailable.
+    /// The database is created first when it does not exist yet, so a fresh
+    /// server needs no manual step.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        if !sqlx::Postgres::database_exists(url).await? {
+            // Another process may create it at the same moment; that is fine.
+            if let Err(e) = sqlx::Postgres::create_database(url).await
+                && !sqlx::Postgres::database_exists(url).await?
+            {
+                return Err(e.into());
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real servers on loopback ports, a real PostgreSQL,
+//! real gRPC and HTTP clients.
+
+mod common;
+mod grpc_groups;
+mod grpc_users;
+mod http_gateway;
+mod processes;
