@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
@@ -18,6 +18,7 @@ pub struct Application {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub store: Arc<PgStore>,
+    shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
 }
@@ -62,8 +63,10 @@ impl Application {
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
 
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let grpc_listener = TcpListener::bind(args.grpc_addr).await?;
         let http_listener = TcpListener::bind(args.http_addr).await?;
         let grpc_addr = grpc_listener.local_addr()?;
@@ -75,28 +78,49 @@ impl Application {
                 .add_service(reflection)
                 .add_service(users.clone())
                 .add_service(groups.clone())
-                .serve_with_incoming(TcpListenerStream::new(grpc_listener)),
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(grpc_listener),
+                    stopped(shutdown_rx.clone()),
+                ),
         );
 
         let gateway = Gateway::in_process(Routes::new(users).add_service(groups));
         let router = gateway::router(gateway, &args.gateway.cors_origins);
-        let http = tokio::spawn(serve_http(http_listener, router));
+        let http = tokio::spawn(serve_http(http_listener, router, stopped(shutdown_rx)));
         tracing::info!(%grpc_addr, %http_addr, "usersvc serving");
         Ok(Self {
             grpc_addr,
             http_addr,
             store,
+            shutdown,
             grpc,
             http,
         })
     }
 
-    /// Runs until either server stops.
+    /// Runs until either server stops, or until SIGINT or SIGTERM: then both
+    /// stop accepting, finish what is in flight, and the pool closes.
     pub async fn wait(self) -> anyhow::Result<()> {
+        let Self {
+            shutdown,
+            grpc,
+            http,
+            store,
+            ..
+        } = self;
+        let mut grpc = grpc;
+        let mut http = http;
         tokio::select! {
-            r = self.grpc => r??,
-            r = self.http => r??,
+            r = &mut grpc => r??,
+            r = &mut http => r??,
+            () = signal() => {
+                tracing::info!("shutting down");
+                let _ = shutdown.send(true);
+                grpc.await??;
+                http.await??;
+            }
         }
+        store.pool().close().await;
         Ok(())
     }
 
@@ -107,11 +131,44 @@ impl Application {
     }
 }
 
-/// Serves the gateway with the client's address available to handlers.
-pub async fn serve_http(listener: TcpListener, router: axum::Router) -> std::io::Result<()> {
+/// Serves the gateway, with the client's address available to handlers,
+/// until `shutdown` completes.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
+    .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// Completes once the flag turns true (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// SIGINT or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }

@@ -105,7 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let router = gateway::router(Gateway::remote(channel), &gw.cors_origins);
             let listener = tokio::net::TcpListener::bind(http_addr).await?;
             tracing::info!(http_addr = %listener.local_addr()?, "usersvc gateway serving");
-            app::serve_http(listener, router).await?;
+            app::serve_http(listener, router, app::signal()).await?;
             Ok(())
         }
         Command::App {

@@ -10,6 +10,8 @@ use pbjson_types::FieldMask;
 use super::json::{self, Mode};
 use super::{ApiResult, CallMeta, Gateway, reply};
 use crate::{pb, schema};
+use axum::response::IntoResponse;
+use serde_json::Value;
 
 pub async fn create(
     State(gw): State<Gateway>,
@@ -30,7 +32,7 @@ pub async fn create(
         .clone()
         .create_user(meta.request(pb::CreateUserRequest { user: Some(user) }))
         .await?;
-    Ok(reply(out.get_ref()))
+    Ok(reply_user(out.get_ref()))
 }
 
 pub async fn get(
@@ -43,7 +45,7 @@ pub async fn get(
         .clone()
         .get_user(meta.request(pb::GetUserRequest { users_id }))
         .await?;
-    Ok(reply(out.get_ref()))
+    Ok(reply_user(out.get_ref()))
 }
 
 /// PUT is a JSON merge patch: the members present become the field mask.
@@ -69,7 +71,7 @@ pub async fn update(
         }),
     };
     let out = gw.users.clone().update_user(meta.request(req)).await?;
-    Ok(reply(out.get_ref()))
+    Ok(reply_user(out.get_ref()))
 }
 
 pub async fn delete(
@@ -120,7 +122,7 @@ pub async fn sign_in(
     let req: pb::SignInRequest =
         json::parse(&headers, &body, "SignInRequest", &[], Mode::Whole)?.message;
     let out = gw.users.clone().sign_in(meta.request(req)).await?;
-    Ok(reply(out.get_ref()))
+    Ok(reply_user(out.get_ref()))
 }
 
 pub async fn sign_out(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
@@ -130,4 +132,35 @@ pub async fn sign_out(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
         .sign_out(meta.request(pb::SignOutRequest {}))
         .await?;
     Ok(reply(out.get_ref()))
+}
+
+/// A user as JSON. `extras` travels as a `google.protobuf.Value`, whose
+/// numbers are doubles; a whole number is written without a fraction, as
+/// the client sent it (`3`, not `3.0`), so typed clients read it back as an
+/// integer.
+fn reply_user(user: &pb::User) -> axum::response::Response {
+    let mut json = match serde_json::to_value(user) {
+        Ok(v) => v,
+        Err(_) => return reply(user),
+    };
+    if let Some(extras) = json.get_mut("extras") {
+        whole_numbers(extras);
+    }
+    axum::Json(json).into_response()
+}
+
+fn whole_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9_007_199_254_740_992.0
+            {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        Value::Object(members) => members.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
 }

@@ -1,0 +1,202 @@
+//! A small load generator for one read: `GET /v2/users/{id}` over the JSON
+//! gateway and `GetUser` over gRPC, each at a fixed number of connections.
+//! Prints one JSON line per run: requests/s, p50, p90, p99, max, errors.
+//!
+//! ```sh
+//! cargo run --release -- serve &
+//! cargo run --release --example loadgen -- 16 10
+//! ```
+//! Arguments: connections (16), seconds per run (10). Environment:
+//! DATABASE_URL (to create the application), USERSVC_GRPC_ADDR,
+//! USERSVC_HTTP_ADDR (the defaults of `serve`).
+
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret;
+use tonic::{Request, metadata::MetadataValue, transport::Channel};
+use usersvc::{
+    auth::secret,
+    pb::{self, user_service_client::UserServiceClient},
+    store::{PgStore, Store},
+};
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn with_auth<T>(msg: T, key: &str, token: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut()
+        .insert("x-api-key", MetadataValue::try_from(key).unwrap());
+    req.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
+    );
+    req
+}
+
+fn report(name: &str, conns: usize, elapsed: Duration, mut lat: Vec<Duration>, errors: usize) {
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": name,
+            "connections": conns,
+            "requests": lat.len(),
+            "rps": (lat.len() as f64 / elapsed.as_secs_f64()).round(),
+            "p50_ms": ms(pct(0.50)),
+            "p90_ms": ms(pct(0.90)),
+            "p99_ms": ms(pct(0.99)),
+            "max_ms": ms(lat.last().copied().unwrap_or_default()),
+            "errors": errors,
+        })
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let conns: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(16);
+    let secs: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let grpc_addr = format!("http://{}", env("USERSVC_GRPC_ADDR", "127.0.0.1:50051"));
+    let http_addr = format!("http://{}", env("USERSVC_HTTP_ADDR", "127.0.0.1:8080"));
+
+    let store = PgStore::connect(
+        &env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/usersvc"),
+        1,
+    )
+    .await?;
+    let key = secret::generate();
+    let app = store
+        .create_app(
+            uuid::Uuid::now_v7(),
+            "loadgen",
+            &secret::digest(key.expose_secret()),
+        )
+        .await?;
+    let key = key.expose_secret().to_owned();
+
+    // One user and one connection per worker.
+    let mut workers = Vec::new();
+    for i in 0..conns {
+        let channel = Channel::from_shared(grpc_addr.clone())?.connect().await?;
+        let mut client = UserServiceClient::new(channel);
+        let mut req = Request::new(pb::CreateUserRequest {
+            user: Some(pb::User {
+                username: format!("load{i}"),
+                password: "load test password".into(),
+                email: Some(pb::Email {
+                    primary: format!("load{i}@example.com"),
+                    ..Default::default()
+                }),
+                name: Some(pb::Name {
+                    first_name: "Load".into(),
+                    last_name: format!("Tester {i}"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        });
+        req.metadata_mut()
+            .insert("x-api-key", MetadataValue::try_from(key.as_str())?);
+        let user = client.create_user(req).await?.into_inner();
+        workers.push((client, user.users_id, user.session_token));
+    }
+    eprintln!("loadgen: application {}, {conns} users ready", app.id);
+
+    // gRPC GetUser.
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let tasks: Vec<_> = workers
+        .iter()
+        .cloned()
+        .map(|(mut client, id, token)| {
+            let key = key.clone();
+            tokio::spawn(async move {
+                let (mut lat, mut errors) = (Vec::new(), 0);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match client
+                        .get_user(with_auth(
+                            pb::GetUserRequest {
+                                users_id: id.clone(),
+                            },
+                            &key,
+                            &token,
+                        ))
+                        .await
+                    {
+                        Ok(_) => lat.push(t.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    report("grpc GetUser", conns, start.elapsed(), lat, errors);
+
+    // HTTP GET /v2/users/{id}: one keep-alive connection per worker.
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let tasks: Vec<_> = workers
+        .iter()
+        .cloned()
+        .map(|(_, id, token)| {
+            let key = key.clone();
+            let url = format!("{http_addr}/v2/users/{id}");
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .build()
+                    .unwrap();
+                let (mut lat, mut errors) = (Vec::new(), 0);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let res = http
+                        .get(&url)
+                        .header("X-Api-Key", format!("browser loadgen {key}"))
+                        .header("Authorization", format!("Bearer {token}"))
+                        .send()
+                        .await;
+                    let ok = match res {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if ok {
+                        lat.push(t.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    report(
+        "http GET /v2/users/{id}",
+        conns,
+        start.elapsed(),
+        lat,
+        errors,
+    );
+    Ok(())
+}
