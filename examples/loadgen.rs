@@ -4,21 +4,18 @@
 //!
 //! ```sh
 //! cargo run --release -- serve &
+//! export USERSVC_API_KEY=$(cargo run --release -- app create --name load | jq -r .apiKey)
 //! cargo run --release --example loadgen -- 16 10
 //! ```
 //! Arguments: connections (16), seconds per run (10). Environment:
-//! DATABASE_URL (to create the application), USERSVC_GRPC_ADDR,
-//! USERSVC_HTTP_ADDR (the defaults of `serve`).
+//! USERSVC_API_KEY (required), USERSVC_GRPC_ADDR, USERSVC_HTTP_ADDR (the
+//! defaults of `serve`), LOADGEN_UPDATE=1 to also run UpdateUser.
 
 use std::time::{Duration, Instant};
 
-use secrecy::ExposeSecret;
+use pbjson_types::FieldMask;
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
-use usersvc::{
-    auth::secret,
-    pb::{self, user_service_client::UserServiceClient},
-    store::{PgStore, Store},
-};
+use usersvc::pb::{self, user_service_client::UserServiceClient};
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -67,20 +64,9 @@ async fn main() -> anyhow::Result<()> {
     let grpc_addr = format!("http://{}", env("USERSVC_GRPC_ADDR", "127.0.0.1:50051"));
     let http_addr = format!("http://{}", env("USERSVC_HTTP_ADDR", "127.0.0.1:8080"));
 
-    let store = PgStore::connect(
-        &env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/usersvc"),
-        1,
-    )
-    .await?;
-    let key = secret::generate();
-    let app = store
-        .create_app(
-            uuid::Uuid::now_v7(),
-            "loadgen",
-            &secret::digest(key.expose_secret()),
-        )
-        .await?;
-    let key = key.expose_secret().to_owned();
+    let key = std::env::var("USERSVC_API_KEY")
+        .map_err(|_| anyhow::anyhow!("set USERSVC_API_KEY (from `usersvc app create`)"))?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
 
     // One user and one connection per worker.
     let mut workers = Vec::new();
@@ -89,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
         let mut client = UserServiceClient::new(channel);
         let mut req = Request::new(pb::CreateUserRequest {
             user: Some(pb::User {
-                username: format!("load{i}"),
+                username: format!("load{i}-{run_id}"),
                 password: "load test password".into(),
                 email: Some(pb::Email {
                     primary: format!("load{i}@example.com"),
@@ -108,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
         let user = client.create_user(req).await?.into_inner();
         workers.push((client, user.users_id, user.session_token));
     }
-    eprintln!("loadgen: application {}, {conns} users ready", app.id);
+    eprintln!("loadgen: {conns} users ready");
 
     // gRPC GetUser.
     let deadline = Instant::now() + Duration::from_secs(secs);
