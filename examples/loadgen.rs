@@ -184,5 +184,49 @@ async fn main() -> anyhow::Result<()> {
         lat,
         errors,
     );
+
+    if std::env::var("LOADGEN_UPDATE").is_ok() {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let start = Instant::now();
+        let tasks: Vec<_> = workers
+            .iter()
+            .cloned()
+            .map(|(mut client, id, token)| {
+                let key = key.clone();
+                tokio::spawn(async move {
+                    let (mut lat, mut errors, mut n) = (Vec::new(), 0, 0u64);
+                    while Instant::now() < deadline {
+                        n += 1;
+                        let req = pb::UpdateUserRequest {
+                            users_id: id.clone(),
+                            user: Some(pb::User {
+                                name: Some(pb::Name {
+                                    last_name: format!("Tester {n}"),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
+                            update_mask: Some(FieldMask {
+                                paths: vec!["name.last_name".into()],
+                            }),
+                        };
+                        let t = Instant::now();
+                        match client.update_user(with_auth(req, &key, &token)).await {
+                            Ok(_) => lat.push(t.elapsed()),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (lat, errors)
+                })
+            })
+            .collect();
+        let (mut lat, mut errors) = (Vec::new(), 0);
+        for t in tasks {
+            let (l, e) = t.await?;
+            lat.extend(l);
+            errors += e;
+        }
+        report("grpc UpdateUser", conns, start.elapsed(), lat, errors);
+    }
     Ok(())
 }
