@@ -7,7 +7,9 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
+use crate::audit::{AuditSink, AuditWriter};
 use crate::auth::{Authenticator, PasswordHasher, caller::SessionPolicy};
+use crate::crypto::Keyring;
 use crate::config::ServeArgs;
 use crate::gateway::{self, Gateway};
 use crate::pb::{group_service_server::GroupServiceServer, user_service_server::UserServiceServer};
@@ -19,6 +21,7 @@ pub struct Application {
     pub http_addr: SocketAddr,
     pub store: Arc<PgStore>,
     shutdown: watch::Sender<bool>,
+    trail_writer: AuditWriter,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
 }
@@ -34,9 +37,13 @@ pub fn services(core: Arc<Core>) -> (UserServiceServer<UserSvc>, GroupServiceSer
 impl Application {
     /// Connects, migrates, binds both addresses and starts serving.
     pub async fn start(args: &ServeArgs) -> anyhow::Result<Self> {
+        // Refuse to start without a master key before touching anything.
+        let master = args.keys.load()?;
         let store =
             Arc::new(PgStore::connect(&args.db.database_url, args.db.db_max_connections).await?);
         store.migrate().await?;
+        let keyring = Arc::new(Keyring::new(master, store.clone()));
+        let (trail, trail_writer) = AuditSink::start(store.clone());
         let policy = SessionPolicy {
             idle_timeout: args.sessions.session_idle_timeout,
             max_age: args.sessions.session_max_age,
@@ -50,6 +57,8 @@ impl Application {
             store: store.clone(),
             auth: Authenticator::new(store.clone(), policy),
             hasher: PasswordHasher::new(cores)?,
+            keyring,
+            trail,
             min_password_chars: args.min_password_length,
         });
         let (users, groups) = services(core);
@@ -93,6 +102,7 @@ impl Application {
             http_addr,
             store,
             shutdown,
+            trail_writer,
             grpc,
             http,
         })
@@ -103,6 +113,7 @@ impl Application {
     pub async fn wait(self) -> anyhow::Result<()> {
         let Self {
             shutdown,
+            trail_writer,
             grpc,
             http,
             store,
@@ -120,6 +131,9 @@ impl Application {
                 http.await??;
             }
         }
+        // The servers are gone, and with them every handle of the trail:
+        // what is queued gets written before the pool closes.
+        trail_writer.finish().await;
         store.pool().close().await;
         Ok(())
     }

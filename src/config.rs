@@ -19,11 +19,34 @@ pub struct DatabaseArgs {
     pub db_max_connections: u32,
 }
 
+/// Where the master key comes from.
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// A file holding the master key (base64 of 32 bytes).
+    #[arg(long, env = "USERSVC_MASTER_KEY_FILE")]
+    pub master_key_file: Option<std::path::PathBuf>,
+    /// The master key itself (base64 of 32 bytes); prefer the file.
+    #[arg(long = "master-key", env = "USERSVC_MASTER_KEY", hide_env_values = true, value_parser = secret)]
+    pub master_key: Option<secrecy::SecretString>,
+}
+
+impl KeyArgs {
+    pub fn load(&self) -> Result<crate::crypto::MasterKey, crate::crypto::CryptoError> {
+        crate::crypto::MasterKey::load(self.master_key_file.as_deref(), self.master_key.as_ref())
+    }
+}
+
+fn secret(s: &str) -> Result<secrecy::SecretString, String> {
+    Ok(secrecy::SecretString::from(s.to_owned()))
+}
+
 /// `usersvc serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     /// Address of the gRPC server.
     #[arg(long, env = "USERSVC_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,

@@ -6,3 +6,6 @@ pub mod pb;
 pub mod schema;
 pub mod service;
 pub mod store;
+pub mod audit;
+pub mod crypto;
+pub mod admin;

@@ -1,26 +1,22 @@
 //! `usersvc`: serve, run the gateway alone, and the operator's commands.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use tracing_subscriber::EnvFilter;
 
 use usersvc::{
+    admin::Admin,
     app::{self, Application},
-    auth::secret,
-    config::{DatabaseArgs, GatewayArgs, ServeArgs},
+    config::{DatabaseArgs, GatewayArgs, KeyArgs, ServeArgs},
+    crypto::MasterKey,
     gateway::{self, Gateway},
-    service::profile,
-    store::{PgStore, Store},
+    store::{AuditFilter, PgStore, Store},
 };
 
 #[derive(Parser)]
-#[command(
-    name = "usersvc",
-    version,
-    about = "A HIPAA-minded user and PII service"
-)]
+#[command(name = "usersvc", version, about = "A HIPAA-minded user and PII service")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,6 +46,16 @@ enum Command {
         #[command(subcommand)]
         command: SupervisorCommand,
     },
+    /// Master and application keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The access trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -60,6 +66,8 @@ enum AppCommand {
         name: String,
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
 }
 
@@ -73,19 +81,71 @@ enum SupervisorCommand {
         username: String,
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new master key (base64 of 32 random bytes).
+    Generate,
+    /// Re-wrap every application key under a new master key; then restart
+    /// the service with the new key.
+    RotateMaster {
+        /// A file holding the new master key.
+        #[arg(long, env = "USERSVC_NEW_MASTER_KEY_FILE")]
+        new_master_key_file: std::path::PathBuf,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Give an application a new data key and re-encrypt its users, online.
+    RotateApp {
+        #[arg(long)]
+        app: uuid::Uuid,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; names the first broken record.
+    Verify {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Print records as JSON lines: an accounting of disclosures.
+    List {
+        #[arg(long)]
+        app: Option<uuid::Uuid>,
+        /// Records about this user.
+        #[arg(long)]
+        user: Option<uuid::Uuid>,
+        /// From this time on (RFC 3339).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("usersvc: {e:#}");
             ExitCode::FAILURE
@@ -93,33 +153,25 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn admin(db: &DatabaseArgs, keys: &KeyArgs) -> anyhow::Result<Admin> {
+    let master = keys.load()?;
+    let store = PgStore::connect(&db.database_url, 2).await?;
+    store.migrate().await?;
+    Ok(Admin::new(Arc::new(store), master))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve(args) => Application::start(&args).await?.wait().await,
-        Command::Gateway {
-            grpc_upstream,
-            http_addr,
-            gateway: gw,
-        } => {
+        Command::Serve(args) => Application::start(&args).await?.wait().await?,
+        Command::Gateway { grpc_upstream, http_addr, gateway: gw } => {
             let channel = tonic::transport::Channel::from_shared(grpc_upstream)?.connect_lazy();
             let router = gateway::router(Gateway::remote(channel), &gw.cors_origins);
             let listener = tokio::net::TcpListener::bind(http_addr).await?;
             tracing::info!(http_addr = %listener.local_addr()?, "usersvc gateway serving");
             app::serve_http(listener, router, app::signal()).await?;
-            Ok(())
         }
-        Command::App {
-            command: AppCommand::Create { name, db },
-        } => {
-            let store = open(&db).await?;
-            let key = secret::generate();
-            let app = store
-                .create_app(
-                    uuid::Uuid::now_v7(),
-                    &name,
-                    &secret::digest(key.expose_secret()),
-                )
-                .await?;
+        Command::App { command: AppCommand::Create { name, db, keys } } => {
+            let (app, key) = admin(&db, &keys).await?.create_app(&name).await?;
             let out = serde_json::json!({
                 "appId": app.id,
                 "name": app.name,
@@ -127,26 +179,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "apiKeyHeader": format!("X-Api-Key: server usersvc {}", key.expose_secret()),
             });
             println!("{out}");
-            Ok(())
         }
-        Command::Supervisor {
-            command: SupervisorCommand::Add { app, username, db },
-        } => {
-            let store = open(&db).await?;
-            if !store
-                .set_supervisor(app, &profile::fold(&username), true)
-                .await?
-            {
+        Command::Supervisor { command: SupervisorCommand::Add { app, username, db, keys } } => {
+            if !admin(&db, &keys).await?.add_supervisor(app, &username).await? {
                 anyhow::bail!("no user with that username in application {app}");
             }
             eprintln!("usersvc: the user is now a supervisor of application {app}");
-            Ok(())
         }
+        Command::Keys { command } => match command {
+            KeysCommand::Generate => println!("{}", MasterKey::generate().expose_secret()),
+            KeysCommand::RotateMaster { new_master_key_file, db, keys } => {
+                let new = MasterKey::load(Some(&new_master_key_file), None)?;
+                let n = admin(&db, &keys).await?.rotate_master(&new).await?;
+                eprintln!("usersvc: {n} application keys re-wrapped under master key {}; restart the service with it", new.id());
+            }
+            KeysCommand::RotateApp { app, db, keys } => {
+                let n = admin(&db, &keys).await?.rotate_app(app).await?;
+                eprintln!("usersvc: application {app} has a new data key; {n} users re-encrypted");
+            }
+        },
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { db, keys } => match admin(&db, &keys).await?.verify_trail().await? {
+                Ok(n) => println!("ok: {n} records, the chain is intact"),
+                Err((seq, why)) => {
+                    println!("broken: record {seq} {why}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            },
+            AuditCommand::List { app, user, since, db, keys } => {
+                let filter = AuditFilter { app_id: app, subject_id: user, since, ..Default::default() };
+                let mut out = std::io::stdout().lock();
+                admin(&db, &keys).await?.list_trail(filter, &mut out).await?;
+            }
+        },
     }
-}
-
-async fn open(db: &DatabaseArgs) -> anyhow::Result<PgStore> {
-    let store = PgStore::connect(&db.database_url, 2).await?;
-    store.migrate().await?;
-    Ok(store)
+    Ok(ExitCode::SUCCESS)
 }

@@ -149,6 +149,10 @@ impl Authenticator {
         }
     }
 
+    pub fn policy(&self) -> SessionPolicy {
+        self.policy
+    }
+
     /// A fresh token and the session row that stores its digest.
     pub fn new_session(&self) -> (SecretString, NewSession) {
         let token = secret::generate();

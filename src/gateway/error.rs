@@ -32,6 +32,8 @@ struct ErrorBody {
 pub struct ApiError {
     pub status: StatusCode,
     pub item: ErrorItem,
+    /// Seconds to wait before trying again (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -43,6 +45,7 @@ impl ApiError {
                 message: message.into(),
                 field: None,
             },
+            retry_after: None,
         }
     }
 
@@ -113,6 +116,10 @@ impl From<tonic::Status> for ApiError {
             (Code::Internal | Code::Unknown, _) => "internal error".to_owned(),
             _ => status.message().to_owned(),
         };
+        let retry_after = details
+            .retry_info()
+            .and_then(|r| r.retry_delay)
+            .map(|d| d.as_secs().max(1));
         Self {
             status: http_status(status.code()),
             item: ErrorItem {
@@ -120,6 +127,7 @@ impl From<tonic::Status> for ApiError {
                 message,
                 field,
             },
+            retry_after,
         }
     }
 }

@@ -126,6 +126,8 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
         .route("/users/{users_id}/groups", get(users::groups))
         .route("/auth/signin", post(users::sign_in))
         .route("/auth/signout", get(users::sign_out))
+        .route("/auth/sessions", get(users::sessions))
+        .route("/auth/sessions/{session_id}", axum::routing::delete(users::revoke_session))
         .route("/groups", post(groups::create))
         .route(
             "/groups/{groups_id}",

@@ -164,3 +164,20 @@ fn whole_numbers(v: &mut Value) {
         _ => {}
     }
 }
+
+/// The caller's own live sessions, as a bare array.
+pub async fn sessions(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
+    let req = pb::ListSessionsRequest { users_id: String::new() };
+    let out = gw.users.clone().list_sessions(meta.request(req)).await?;
+    Ok(reply(&out.get_ref().sessions))
+}
+
+pub async fn revoke_session(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(session_id): Path<String>,
+) -> ApiResult {
+    let req = pb::RevokeSessionRequest { session_id, users_id: String::new() };
+    let out = gw.users.clone().revoke_session(meta.request(req)).await?;
+    Ok(reply(out.get_ref()))
+}

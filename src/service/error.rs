@@ -30,6 +30,11 @@ pub enum ServiceError {
     #[error(transparent)]
     Hash(#[from] HashError),
     #[error(transparent)]
+    Crypto(crate::crypto::CryptoError),
+    /// Too many failures: try again after the wait.
+    #[error("too many attempts; try again in {} s", .0.as_secs().max(1))]
+    Throttled(std::time::Duration),
+    #[error(transparent)]
     Store(StoreError),
 }
 
@@ -73,6 +78,9 @@ impl From<ServiceError> for Status {
             ServiceError::UsernameTaken => (Code::AlreadyExists, "USERNAME_TAKEN"),
             ServiceError::Contention => (Code::Aborted, "CONTENTION"),
             ServiceError::Hash(_) => (Code::Internal, "INTERNAL"),
+            ServiceError::Crypto(crate::crypto::CryptoError::Store(s)) => store_code(s),
+            ServiceError::Crypto(_) => (Code::Internal, "INTERNAL"),
+            ServiceError::Throttled(_) => (Code::ResourceExhausted, "THROTTLED"),
             ServiceError::Store(s) => store_code(s),
         };
         let message = match code {
@@ -90,6 +98,11 @@ impl From<ServiceError> for Status {
         let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
         if let ServiceError::Invalid { field, message } = &e {
             details.add_bad_request_violation(field.clone(), message.clone());
+        }
+        if let ServiceError::Throttled(wait) = &e {
+            // Whole seconds, rounded up: a client that waits this long is let in.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            details.set_retry_info(Some(std::time::Duration::from_secs(secs.max(1))));
         }
         Status::with_error_details(code, message, details)
     }

@@ -3,10 +3,13 @@
 use std::sync::Arc;
 
 use pbjson_types::Empty;
-use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use super::context::Ctx;
 use super::error::{ServiceError, ServiceResult};
+use crate::audit::AuditRecord;
+use crate::auth::Caller;
 use super::{Core, field_mask, validate};
 use crate::pb::{self, group_service_server::GroupService};
 use crate::schema;
@@ -22,15 +25,27 @@ impl GroupSvc {
         Self { core }
     }
 
-    /// The application of a supervisor's call.
-    async fn supervisor(&self, md: &MetadataMap) -> ServiceResult<Uuid> {
-        let (caller, me) = self.core.auth.signed_in(md).await?;
+    /// A supervisor's call.
+    async fn supervisor(&self, ctx: &Ctx) -> ServiceResult<Caller> {
+        let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
         if !me.supervisor {
-            return Err(ServiceError::Forbidden(
-                "only a supervisor may manage groups",
-            ));
+            return Err(ServiceError::Forbidden("only a supervisor may manage groups"));
         }
-        Ok(caller.app_id)
+        Ok(caller)
+    }
+
+    async fn record(
+        &self,
+        ctx: &Ctx,
+        action: &str,
+        caller: &Caller,
+        subject: Option<Uuid>,
+        fields: &[&str],
+    ) -> AuditRecord {
+        let mut r = self.core.record(ctx, action, Some(caller), caller.app_id).await;
+        r.subject_id = subject;
+        r.fields = fields.iter().map(|f| (*f).to_owned()).collect();
+        r
     }
 
     async fn group(&self, app_id: Uuid, raw_id: &str) -> ServiceResult<GroupRecord> {
@@ -57,16 +72,14 @@ impl GroupService for GroupSvc {
         &self,
         request: Request<pb::CreateGroupRequest>,
     ) -> Result<Response<pb::Group>, Status> {
-        let (md, _, req) = request.into_parts();
-        let app_id = self.supervisor(&md).await?;
+        let (ctx, req) = Ctx::split(request);
+        let caller = self.supervisor(&ctx).await?;
+        let app_id = caller.app_id;
         let g = req.group.unwrap_or_default();
         validate::group_name(&g.name)?;
-        let rec = self
-            .core
-            .store
-            .create_group(app_id, Uuid::now_v7(), &g.name, g.default.unwrap_or(false))
-            .await
-            .map_err(ServiceError::from)?;
+        let rec = GroupRecord { id: Uuid::now_v7(), name: g.name, is_default: g.default.unwrap_or(false) };
+        let r = self.record(&ctx, "group.create", &caller, None, &["name", "default"]).await;
+        self.core.store.create_group(app_id, &rec, &r).await.map_err(ServiceError::from)?;
         Ok(Response::new(to_pb(rec)))
     }
 
@@ -74,8 +87,9 @@ impl GroupService for GroupSvc {
         &self,
         request: Request<pb::GetGroupRequest>,
     ) -> Result<Response<pb::Group>, Status> {
-        let (md, _, req) = request.into_parts();
-        let app_id = self.supervisor(&md).await?;
+        let (ctx, req) = Ctx::split(request);
+        let caller = self.supervisor(&ctx).await?;
+        let app_id = caller.app_id;
         Ok(Response::new(to_pb(
             self.group(app_id, &req.groups_id).await?,
         )))
@@ -85,8 +99,9 @@ impl GroupService for GroupSvc {
         &self,
         request: Request<pb::UpdateGroupRequest>,
     ) -> Result<Response<pb::Group>, Status> {
-        let (md, _, req) = request.into_parts();
-        let app_id = self.supervisor(&md).await?;
+        let (ctx, req) = Ctx::split(request);
+        let caller = self.supervisor(&ctx).await?;
+        let app_id = caller.app_id;
         let patch = req.group.unwrap_or_default();
         let raw_id = if req.groups_id.is_empty() {
             &patch.groups_id
@@ -120,10 +135,12 @@ impl GroupService for GroupSvc {
                 _ => {}
             }
         }
+        let fields: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let r = self.record(&ctx, "group.update", &caller, None, &fields).await;
         if !self
             .core
             .store
-            .update_group(app_id, &rec)
+            .update_group(app_id, &rec, &r)
             .await
             .map_err(ServiceError::from)?
         {
@@ -136,13 +153,15 @@ impl GroupService for GroupSvc {
         &self,
         request: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<Empty>, Status> {
-        let (md, _, req) = request.into_parts();
-        let app_id = self.supervisor(&md).await?;
+        let (ctx, req) = Ctx::split(request);
+        let caller = self.supervisor(&ctx).await?;
+        let app_id = caller.app_id;
         let id = validate::id(&req.groups_id, "groups_id")?;
+        let r = self.record(&ctx, "group.delete", &caller, None, &[]).await;
         if !self
             .core
             .store
-            .delete_group(app_id, id)
+            .delete_group(app_id, id, &r)
             .await
             .map_err(ServiceError::from)?
         {
@@ -155,14 +174,16 @@ impl GroupService for GroupSvc {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<Empty>, Status> {
-        let (md, _, req) = request.into_parts();
-        let app_id = self.supervisor(&md).await?;
+        let (ctx, req) = Ctx::split(request);
+        let caller = self.supervisor(&ctx).await?;
+        let app_id = caller.app_id;
         let group_id = validate::id(&req.groups_id, "groups_id")?;
         let user_id = validate::id(&req.users_id, "users_id")?;
+        let r = self.record(&ctx, "group.member_add", &caller, Some(user_id), &["groups"]).await;
         if !self
             .core
             .store
-            .add_member(app_id, group_id, user_id)
+            .add_member(app_id, group_id, user_id, &r)
             .await
             .map_err(ServiceError::from)?
         {
@@ -175,14 +196,16 @@ impl GroupService for GroupSvc {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<Empty>, Status> {
-        let (md, _, req) = request.into_parts();
-        let app_id = self.supervisor(&md).await?;
+        let (ctx, req) = Ctx::split(request);
+        let caller = self.supervisor(&ctx).await?;
+        let app_id = caller.app_id;
         let group_id = validate::id(&req.groups_id, "groups_id")?;
         let user_id = validate::id(&req.users_id, "users_id")?;
+        let r = self.record(&ctx, "group.member_remove", &caller, Some(user_id), &["groups"]).await;
         if !self
             .core
             .store
-            .remove_member(app_id, group_id, user_id)
+            .remove_member(app_id, group_id, user_id, &r)
             .await
             .map_err(ServiceError::from)?
         {
@@ -195,8 +218,9 @@ impl GroupService for GroupSvc {
         &self,
         request: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        let (md, _, req) = request.into_parts();
-        let app_id = self.supervisor(&md).await?;
+        let (ctx, req) = Ctx::split(request);
+        let caller = self.supervisor(&ctx).await?;
+        let app_id = caller.app_id;
         let group = self.group(app_id, &req.groups_id).await?;
         let members = self
             .core
@@ -213,8 +237,9 @@ impl GroupService for GroupSvc {
         &self,
         request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        let (md, _, req) = request.into_parts();
-        let app_id = self.supervisor(&md).await?;
+        let (ctx, req) = Ctx::split(request);
+        let caller = self.supervisor(&ctx).await?;
+        let app_id = caller.app_id;
         // Another application's id, or anything that is no id, names nothing
         // this caller can see.
         if !req.app_id.is_empty() && Uuid::try_parse(&req.app_id).ok() != Some(app_id) {

@@ -1,20 +1,29 @@
 //! The stored profile of a user and the `User` message built from a record.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 use super::error::{ServiceError, ServiceResult};
 use crate::pb;
+use crate::schema;
 use crate::store::{StoreError, UserRecord};
+
+/// The field names of sealed ciphertexts (bound into their associated data).
+pub const PROFILE_FIELD: &str = "profile";
+pub const USERNAME_FIELD: &str = "username";
 
 /// `2013-11-07T12:00:00Z`, as the documented JSON shows times.
 pub fn format_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// The JSON kept for a user: the message without what lives in columns of
-/// its own or never lives anywhere (ids, times, credentials, token, flags).
-pub fn to_profile(user: &pb::User) -> ServiceResult<Value> {
+fn corrupt(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Store(StoreError::Corrupt(e.to_string()))
+}
+
+/// The profile kept for a user, as JSON bytes: the message without what
+/// lives in columns of its own or never lives anywhere (ids, times,
+/// credentials, token, flags).
+pub fn to_profile(user: &pb::User) -> ServiceResult<Vec<u8>> {
     let mut u = user.clone();
     u.users_id.clear();
     u.created_at.clear();
@@ -23,18 +32,35 @@ pub fn to_profile(user: &pb::User) -> ServiceResult<Value> {
     u.password.clear();
     u.session_token.clear();
     u.active = None;
-    serde_json::to_value(&u).map_err(|e| ServiceError::Store(StoreError::Corrupt(e.to_string())))
+    serde_json::to_vec(&u).map_err(corrupt)
 }
 
-/// The message a reply carries for a stored user.
-pub fn to_user(rec: &UserRecord) -> ServiceResult<pb::User> {
-    let mut user: pb::User = serde_json::from_value(rec.profile.clone())
-        .map_err(|e| ServiceError::Store(StoreError::Corrupt(e.to_string())))?;
+/// The profile as a JSON value (for field-mask application).
+pub fn profile_json(plaintext: &[u8]) -> ServiceResult<serde_json::Value> {
+    serde_json::from_slice(plaintext).map_err(corrupt)
+}
+
+/// The message a reply carries for a stored user, from its opened profile.
+pub fn to_user(rec: &UserRecord, profile: &[u8]) -> ServiceResult<pb::User> {
+    let mut user: pb::User = serde_json::from_slice(profile).map_err(corrupt)?;
     user.users_id = rec.id.to_string();
     user.created_at = format_time(rec.created_at);
     user.updated_at = format_time(rec.updated_at);
     user.active = Some(rec.active);
     Ok(user)
+}
+
+/// The names (proto paths) of the top-level fields a user has filled: what
+/// the trail says was read or written, never the values.
+pub fn field_names(user: &pb::User) -> Vec<String> {
+    match serde_json::to_value(user) {
+        Ok(serde_json::Value::Object(m)) => m
+            .keys()
+            .map(|k| schema::camel_to_snake(k))
+            .filter(|k| !schema::USER_OUTPUT_ONLY.contains(&k.as_str()))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The case-folded form of a name or address used for lookups.
@@ -44,8 +70,5 @@ pub fn fold(s: &str) -> String {
 
 /// The folded primary address, for username reminders.
 pub fn email_key(user: &pb::User) -> Option<String> {
-    user.email
-        .as_ref()
-        .map(|e| fold(&e.primary))
-        .filter(|e| !e.is_empty())
+    user.email.as_ref().map(|e| fold(&e.primary)).filter(|e| !e.is_empty())
 }

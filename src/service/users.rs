@@ -1,22 +1,42 @@
 //! `usersvc.v1.UserService`.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use pbjson_types::Empty;
 use secrecy::{ExposeSecret, SecretString};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use super::context::Ctx;
 use super::error::{ServiceError, ServiceResult};
 use super::{Core, field_mask, profile, validate};
-use crate::auth::SessionUser;
+use crate::auth::{Caller, SessionUser};
 use crate::pb::{self, user_service_server::UserService};
 use crate::schema;
-use crate::store::{NewUser, UserChange};
+use crate::store::{NewUser, ThrottleRule, UserChange};
 
 /// How often an update re-reads and retries when another update of the same
-/// user committed first.
+/// user (or a key rotation) committed first.
 const UPDATE_ATTEMPTS: usize = 8;
+
+/// Sign-in failures per username: 5 free, then 1 s, 2 s, 4 s ... 15 min.
+pub const USERNAME_RULE: ThrottleRule = ThrottleRule {
+    free: 5,
+    max_wait: Duration::from_secs(15 * 60),
+    window: Duration::from_secs(60 * 60),
+};
+/// Per client address: looser, as many users may share one.
+pub const ADDRESS_RULE: ThrottleRule = ThrottleRule {
+    free: 50,
+    max_wait: Duration::from_secs(15 * 60),
+    window: Duration::from_secs(60 * 60),
+};
+/// Username reminders per client address.
+pub const REMINDER_RULE: ThrottleRule = ThrottleRule {
+    free: 5,
+    max_wait: Duration::from_secs(15 * 60),
+    window: Duration::from_secs(15 * 60),
+};
 
 #[derive(Clone)]
 pub struct UserSvc {
@@ -36,90 +56,116 @@ fn authorise(me: &SessionUser, target: Uuid) -> ServiceResult<()> {
     if me.user_id == target || me.supervisor {
         Ok(())
     } else {
-        Err(ServiceError::Forbidden(
-            "a user may only act on their own record",
-        ))
+        Err(ServiceError::Forbidden("a user may only act on their own record"))
     }
 }
 
 impl UserSvc {
-    async fn create(
-        &self,
-        md: &tonic::metadata::MetadataMap,
-        req: pb::CreateUserRequest,
-    ) -> ServiceResult<pb::User> {
+    fn address_key(&self, kind: &str, ip: Option<IpAddr>) -> Option<Vec<u8>> {
+        ip.map(|ip| self.core.keyring.global_index(kind, &ip.to_string()))
+    }
+
+    /// Records a refused read or change, so attempts show in the trail too.
+    async fn refused(&self, ctx: &Ctx, action: &str, caller: &Caller, subject: Uuid, e: &ServiceError) {
+        let outcome = match e {
+            ServiceError::Forbidden(_) => "denied",
+            ServiceError::NotFound(_) => "not_found",
+            _ => return,
+        };
+        let mut r = self.core.record(ctx, action, Some(caller), caller.app_id).await;
+        r.subject_id = Some(subject);
+        r.outcome = outcome.into();
+        self.core.trail.record(r);
+    }
+
+    async fn create(&self, ctx: &Ctx, req: pb::CreateUserRequest) -> ServiceResult<pb::User> {
         let core = &self.core;
-        let caller = core.auth.maybe_signed_in(md).await?;
+        let caller = core.auth.maybe_signed_in(&ctx.md).await?;
         let mut user = req.user.unwrap_or_default();
-        let username_key = validate::username(&user.username)?;
+        validate::username(&user.username)?;
         validate::password(&user.password, core.min_password_chars)?;
         validate::profile(&user)?;
-        let active = if caller.is_supervisor() {
-            user.active.unwrap_or(true)
-        } else {
-            true
-        };
+        let active = if caller.is_supervisor() { user.active.unwrap_or(true) } else { true };
         let password = SecretString::from(std::mem::take(&mut user.password));
         let password_hash = core.hasher.hash(password).await?;
         // Self sign-up signs the new user in; a supervisor creating a user
         // stays themselves.
         let session = (!caller.is_supervisor()).then(|| core.auth.new_session());
+        let id = Uuid::now_v7();
+        let sealer = core.keyring.sealer(caller.app_id).await.map_err(ServiceError::Crypto)?;
+        let email_bidx = match profile::email_key(&user) {
+            Some(e) => Some(core.email_index(caller.app_id, &e).await?),
+            None => None,
+        };
         let new = NewUser {
-            id: Uuid::now_v7(),
+            id,
             app_id: caller.app_id,
-            username: user.username.clone(),
-            username_key,
+            key_id: sealer.key_id,
+            username_ct: sealer.seal(id, profile::USERNAME_FIELD, user.username.as_bytes()),
+            username_bidx: core.username_index(caller.app_id, &user.username).await?,
             password_hash,
-            email_key: profile::email_key(&user),
-            profile: profile::to_profile(&user)?,
+            email_bidx,
+            profile_ct: sealer.seal(id, profile::PROFILE_FIELD, &profile::to_profile(&user)?),
             active,
         };
+        let mut record = core.record(ctx, "user.create", Some(&caller), caller.app_id).await;
+        record.subject_id = Some(id);
+        record.fields = profile::field_names(&user);
+        record.fields.extend(["username".to_owned(), "password".to_owned()]);
+        let mut records = vec![record];
+        if session.is_some() {
+            let mut r = core.record(ctx, "session.sign_in", Some(&caller), caller.app_id).await;
+            r.subject_id = Some(id);
+            r.actor_id = Some(id);
+            r.actor = "user".into();
+            records.push(r);
+        }
         let (token, session) = session.unzip();
-        let rec = core.store.create_user(new, session).await?;
+        let rec = core.store.create_user(new, session, &records).await?;
         tracing::info!(app_id = %rec.app_id, users_id = %rec.id, "user created");
-        let mut out = profile::to_user(&rec)?;
+        let mut out = core.open_user(&rec).await?;
         if let Some(token) = token {
             out.session_token = token.expose_secret().to_owned();
         }
         Ok(out)
     }
 
-    async fn get(
-        &self,
-        md: &tonic::metadata::MetadataMap,
-        req: pb::GetUserRequest,
-    ) -> ServiceResult<pb::User> {
-        let (caller, me) = self.core.auth.signed_in(md).await?;
+    async fn get(&self, ctx: &Ctx, req: pb::GetUserRequest) -> ServiceResult<pb::User> {
+        let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
         let id = validate::id(&req.users_id, "users_id")?;
-        authorise(&me, id)?;
-        let rec = self
-            .core
-            .store
-            .get_user(caller.app_id, id)
-            .await?
-            .ok_or(ServiceError::NotFound("user"))?;
-        profile::to_user(&rec)
+        let found = async {
+            authorise(&me, id)?;
+            self.core.store.get_user(caller.app_id, id).await?.ok_or(ServiceError::NotFound("user"))
+        }
+        .await;
+        let rec = match found {
+            Ok(rec) => rec,
+            Err(e) => {
+                self.refused(ctx, "user.read", &caller, id, &e).await;
+                return Err(e);
+            }
+        };
+        let user = self.core.open_user(&rec).await?;
+        let mut r = self.core.record(ctx, "user.read", Some(&caller), caller.app_id).await;
+        r.subject_id = Some(id);
+        r.fields = profile::field_names(&user);
+        self.core.trail.record(r);
+        Ok(user)
     }
 
-    async fn update(
-        &self,
-        md: &tonic::metadata::MetadataMap,
-        req: pb::UpdateUserRequest,
-    ) -> ServiceResult<pb::User> {
+    async fn update(&self, ctx: &Ctx, req: pb::UpdateUserRequest) -> ServiceResult<pb::User> {
         let core = &self.core;
-        let (caller, me) = core.auth.signed_in(md).await?;
+        let (caller, me) = core.auth.signed_in(&ctx.md).await?;
         let patch = req.user.unwrap_or_default();
-        let raw_id = if req.users_id.is_empty() {
-            &patch.users_id
-        } else {
-            &req.users_id
-        };
+        let raw_id = if req.users_id.is_empty() { &patch.users_id } else { &req.users_id };
         let id = validate::id(raw_id, "users_id")?;
-        authorise(&me, id)?;
+        if let Err(e) = authorise(&me, id) {
+            self.refused(ctx, "user.update", &caller, id, &e).await;
+            return Err(e);
+        }
 
         let user_desc = schema::message("User").ok_or(ServiceError::NotFound("schema"))?;
-        let patch_json = serde_json::to_value(&patch)
-            .map_err(|e| ServiceError::invalid("user", e.to_string()))?;
+        let patch_json = serde_json::to_value(&patch).map_err(|e| ServiceError::invalid("user", e.to_string()))?;
         let paths: Vec<String> = match &req.update_mask {
             Some(mask) => mask.paths.clone(),
             // No mask: every field the request fills (AIP-134).
@@ -128,162 +174,179 @@ impl UserSvc {
                     .as_object()
                     .map(|o| o.keys().map(|k| schema::camel_to_snake(k)).collect())
                     .unwrap_or_default();
-                p.extend(
-                    ["username", "password"]
-                        .iter()
-                        .filter(|f| {
-                            (**f == "username" && !patch.username.is_empty())
-                                || (**f == "password" && !patch.password.is_empty())
-                        })
-                        .map(|f| (*f).to_owned()),
-                );
+                if !patch.username.is_empty() {
+                    p.push("username".into());
+                }
+                if !patch.password.is_empty() {
+                    p.push("password".into());
+                }
                 p
             }
         };
 
         let mut profile_paths = Vec::new();
+        let mut changed = Vec::new();
         let (mut set_username, mut set_password, mut set_active) = (false, false, false);
         for path in &paths {
-            let resolved = field_mask::resolve(&user_desc, path)
-                .map_err(|m| ServiceError::invalid("update_mask", m))?;
+            let resolved = field_mask::resolve(&user_desc, path).map_err(|m| ServiceError::invalid("update_mask", m))?;
             match resolved.top.as_str() {
-                t if schema::USER_OUTPUT_ONLY.contains(&t) => {}
+                t if schema::USER_OUTPUT_ONLY.contains(&t) => continue,
                 "username" => set_username = true,
                 "password" => set_password = true,
                 // Only a supervisor may (de)activate; from anyone else it is
                 // treated as server-managed, as old clients send it back.
-                "active" => set_active = caller.is_supervisor(),
+                "active" if !caller.is_supervisor() => continue,
+                "active" => set_active = true,
                 _ => profile_paths.push(resolved.json),
+            }
+            if !changed.contains(&resolved.top) {
+                changed.push(resolved.top);
             }
         }
 
-        let username = if set_username {
-            let key = validate::username(&patch.username)?;
-            Some((patch.username.clone(), key))
-        } else {
-            None
-        };
+        if set_username {
+            validate::username(&patch.username)?;
+        }
+        let username_bidx = if set_username { Some(core.username_index(caller.app_id, &patch.username).await?) } else { None };
         let password_hash = if set_password {
             validate::password(&patch.password, core.min_password_chars)?;
-            Some(
-                core.hasher
-                    .hash(SecretString::from(patch.password.clone()))
-                    .await?,
-            )
+            Some(core.hasher.hash(SecretString::from(patch.password.clone())).await?)
         } else {
             None
         };
 
         for _ in 0..UPDATE_ATTEMPTS {
-            let rec = core
-                .store
-                .get_user(caller.app_id, id)
-                .await?
-                .ok_or(ServiceError::NotFound("user"))?;
-            let mut merged_json = rec.profile.clone();
+            let rec = core.store.get_user(caller.app_id, id).await?.ok_or(ServiceError::NotFound("user"))?;
+            let plain = core
+                .keyring
+                .open(caller.app_id, id, profile::PROFILE_FIELD, &rec.profile_ct)
+                .await
+                .map_err(ServiceError::Crypto)?;
+            let mut merged_json = profile::profile_json(&plain)?;
             for path in &profile_paths {
                 field_mask::apply(&mut merged_json, &patch_json, path);
             }
-            let merged: pb::User = serde_json::from_value(merged_json)
-                .map_err(|e| ServiceError::invalid("user", e.to_string()))?;
+            let merged: pb::User =
+                serde_json::from_value(merged_json).map_err(|e| ServiceError::invalid("user", e.to_string()))?;
             validate::profile(&merged)?;
-            let active = if set_active {
-                patch.active.unwrap_or(true)
-            } else {
-                rec.active
+            let sealer = core.keyring.sealer(caller.app_id).await.map_err(ServiceError::Crypto)?;
+            let email_bidx = match profile::email_key(&merged) {
+                Some(e) => Some(core.email_index(caller.app_id, &e).await?),
+                None => None,
             };
+            let active = if set_active { patch.active.unwrap_or(true) } else { rec.active };
             let change = UserChange {
                 expected_version: rec.version,
-                username: username.clone(),
+                key_id: sealer.key_id,
+                username: username_bidx
+                    .clone()
+                    .map(|bidx| (sealer.seal(id, profile::USERNAME_FIELD, patch.username.as_bytes()), bidx)),
                 password_hash: password_hash.clone(),
-                email_key: profile::email_key(&merged),
-                profile: profile::to_profile(&merged)?,
+                email_bidx,
+                profile_ct: sealer.seal(id, profile::PROFILE_FIELD, &profile::to_profile(&merged)?),
                 active,
                 keep_session: (me.user_id == id).then_some(me.session_id),
             };
-            if let Some(updated) = core.store.update_user(caller.app_id, id, change).await? {
+            let mut record = core.record(ctx, "user.update", Some(&caller), caller.app_id).await;
+            record.subject_id = Some(id);
+            record.fields = changed.clone();
+            let mut records = vec![record];
+            if set_password {
+                let mut r = core.record(ctx, "user.password_change", Some(&caller), caller.app_id).await;
+                r.subject_id = Some(id);
+                r.fields = vec!["password".into()];
+                records.push(r);
+            }
+            if let Some(updated) = core.store.update_user(caller.app_id, id, change, &records).await? {
                 tracing::info!(app_id = %caller.app_id, users_id = %id, paths = paths.len(), "user updated");
-                return profile::to_user(&updated);
+                return core.open_user(&updated).await;
             }
         }
         Err(ServiceError::Contention)
     }
 
-    async fn delete(
-        &self,
-        md: &tonic::metadata::MetadataMap,
-        req: pb::DeleteUserRequest,
-    ) -> ServiceResult<()> {
-        let (caller, me) = self.core.auth.signed_in(md).await?;
+    async fn delete(&self, ctx: &Ctx, req: pb::DeleteUserRequest) -> ServiceResult<()> {
+        let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
         let id = validate::id(&req.users_id, "users_id")?;
-        authorise(&me, id)?;
-        if !self.core.store.delete_user(caller.app_id, id).await? {
-            return Err(ServiceError::NotFound("user"));
+        if let Err(e) = authorise(&me, id) {
+            self.refused(ctx, "user.delete", &caller, id, &e).await;
+            return Err(e);
+        }
+        let mut r = self.core.record(ctx, "user.delete", Some(&caller), caller.app_id).await;
+        r.subject_id = Some(id);
+        if !self.core.store.delete_user(caller.app_id, id, &r).await? {
+            let e = ServiceError::NotFound("user");
+            self.refused(ctx, "user.delete", &caller, id, &e).await;
+            return Err(e);
         }
         tracing::info!(app_id = %caller.app_id, users_id = %id, "user deleted");
         Ok(())
     }
 
-    async fn forgot_username(
-        &self,
-        md: &tonic::metadata::MetadataMap,
-        req: pb::ForgotUsernameRequest,
-    ) -> ServiceResult<()> {
-        let app_id = self.core.auth.app(md).await?;
+    async fn forgot_username(&self, ctx: &Ctx, req: pb::ForgotUsernameRequest) -> ServiceResult<()> {
+        let core = &self.core;
+        let app_id = core.auth.app(&ctx.md).await?;
         if req.email.trim().is_empty() {
             return Err(ServiceError::invalid("email", "is required"));
         }
         if !validate::looks_like_email(req.email.trim()) {
             return Err(ServiceError::invalid("email", "is not an email address"));
         }
-        let queued = self
-            .core
-            .store
-            .queue_username_reminders(app_id, &profile::fold(&req.email))
-            .await?;
+        let addr_key = self.address_key("reminder-addr", ctx.client_ip());
+        if let Some(key) = &addr_key {
+            if let Some(wait) = core.store.throttle_wait(std::slice::from_ref(key)).await? {
+                return Err(ServiceError::Throttled(wait));
+            }
+            core.store.throttle_fail(key, REMINDER_RULE).await?;
+        }
+        let bidx = core.email_index(app_id, &req.email).await?;
+        let record = core.record(ctx, "user.forgot_username", None, app_id).await;
+        let queued = core.store.queue_username_reminders(app_id, &bidx, &record).await?;
         tracing::debug!(%app_id, queued, "username reminders queued");
         Ok(())
     }
 
-    async fn list_groups(
-        &self,
-        md: &tonic::metadata::MetadataMap,
-        req: pb::ListUserGroupsRequest,
-    ) -> ServiceResult<pb::ListUserGroupsResponse> {
-        let (caller, me) = self.core.auth.signed_in(md).await?;
+    async fn list_groups(&self, ctx: &Ctx, req: pb::ListUserGroupsRequest) -> ServiceResult<pb::ListUserGroupsResponse> {
+        let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
         let id = validate::id(&req.users_id, "users_id")?;
         authorise(&me, id)?;
         if me.user_id != id && self.core.store.get_user(caller.app_id, id).await?.is_none() {
             return Err(ServiceError::NotFound("user"));
         }
         let groups = self.core.store.list_user_groups(caller.app_id, id).await?;
+        let mut r = self.core.record(ctx, "user.groups_read", Some(&caller), caller.app_id).await;
+        r.subject_id = Some(id);
+        r.fields = vec!["groups".into()];
+        self.core.trail.record(r);
         Ok(pb::ListUserGroupsResponse {
-            groups: groups
-                .into_iter()
-                .map(|g| pb::GroupRef {
-                    groups_id: g.id.to_string(),
-                    name: g.name,
-                })
-                .collect(),
+            groups: groups.into_iter().map(|g| pb::GroupRef { groups_id: g.id.to_string(), name: g.name }).collect(),
         })
     }
 
-    async fn sign_in(
-        &self,
-        md: &tonic::metadata::MetadataMap,
-        req: pb::SignInRequest,
-    ) -> ServiceResult<pb::User> {
+    async fn sign_in(&self, ctx: &Ctx, req: pb::SignInRequest) -> ServiceResult<pb::User> {
         let core = &self.core;
-        let app_id = core.auth.app(md).await?;
+        let app_id = core.auth.app(&ctx.md).await?;
         if req.username.is_empty() {
             return Err(ServiceError::invalid("username", "is required"));
         }
         if req.password.is_empty() {
             return Err(ServiceError::invalid("password", "is required"));
         }
-        let key = profile::fold(&req.username);
+        let bidx = core.username_index(app_id, &req.username).await?;
+        // Throttled by username (whether or not it exists) and by address;
+        // a waiting caller is refused before the password is looked at.
+        let user_key = [b"signin-user:".as_slice(), app_id.as_bytes(), &bidx].concat();
+        let addr_key = self.address_key("signin-addr", ctx.client_ip());
+        let mut keys = vec![user_key.clone()];
+        keys.extend(addr_key.clone());
+        if let Some(wait) = core.store.throttle_wait(&keys).await? {
+            let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
+            r.outcome = "throttled".into();
+            core.trail.record(r);
+            return Err(ServiceError::Throttled(wait));
+        }
         let creds = if req.username.chars().count() <= validate::MAX_USERNAME_CHARS {
-            core.store.credentials(app_id, &key).await?
+            core.store.credentials(app_id, &bidx).await?
         } else {
             None
         };
@@ -292,82 +355,116 @@ impl UserSvc {
             Some(c) => (Some(c.user_id), c.active, Some(c.password_hash)),
             None => (None, false, None),
         };
-        let ok = core
-            .hasher
-            .verify(SecretString::from(req.password), phc)
-            .await?;
+        let ok = core.hasher.verify(SecretString::from(req.password), phc).await?;
         let user_id = match user_id {
             Some(id) if ok && active => id,
             _ => {
+                core.store.throttle_fail(&user_key, USERNAME_RULE).await?;
+                if let Some(k) = &addr_key {
+                    core.store.throttle_fail(k, ADDRESS_RULE).await?;
+                }
+                let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
+                r.subject_id = user_id;
+                r.outcome = "failed".into();
+                core.store.append_audit(&[r]).await?;
                 tracing::info!(%app_id, "sign-in refused");
                 return Err(ServiceError::BadCredentials);
             }
         };
+        core.store.throttle_clear(&user_key).await?;
         let (token, session) = core.auth.new_session();
-        core.store.create_session(app_id, user_id, session).await?;
-        let rec = core
-            .store
-            .get_user(app_id, user_id)
-            .await?
-            .ok_or(ServiceError::BadCredentials)?;
+        let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
+        r.actor = "user".into();
+        r.actor_id = Some(user_id);
+        r.subject_id = Some(user_id);
+        core.store.create_session(app_id, user_id, session, &r).await?;
+        let rec = core.store.get_user(app_id, user_id).await?.ok_or(ServiceError::BadCredentials)?;
         tracing::info!(%app_id, users_id = %user_id, "signed in");
-        let mut out = profile::to_user(&rec)?;
+        let mut out = core.open_user(&rec).await?;
         out.session_token = token.expose_secret().to_owned();
         Ok(out)
     }
 
-    async fn sign_out(&self, md: &tonic::metadata::MetadataMap) -> ServiceResult<()> {
-        let (caller, me) = self.core.auth.signed_in(md).await?;
-        self.core
-            .store
-            .delete_session(caller.app_id, me.session_id)
-            .await?;
+    async fn sign_out(&self, ctx: &Ctx) -> ServiceResult<()> {
+        let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
+        let mut r = self.core.record(ctx, "session.sign_out", Some(&caller), caller.app_id).await;
+        r.subject_id = Some(me.user_id);
+        self.core.store.delete_sessions(caller.app_id, me.user_id, Some(me.session_id), Some(&r)).await?;
         tracing::info!(app_id = %caller.app_id, users_id = %me.user_id, "signed out");
+        Ok(())
+    }
+
+    async fn list_sessions(&self, ctx: &Ctx, req: pb::ListSessionsRequest) -> ServiceResult<pb::ListSessionsResponse> {
+        let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
+        let id = if req.users_id.is_empty() { me.user_id } else { validate::id(&req.users_id, "users_id")? };
+        authorise(&me, id)?;
+        let rows = self.core.store.list_sessions(caller.app_id, id, self.core.auth.policy().idle_timeout).await?;
+        Ok(pb::ListSessionsResponse {
+            sessions: rows
+                .into_iter()
+                .map(|s| pb::Session {
+                    session_id: s.id.to_string(),
+                    created_at: profile::format_time(s.created_at),
+                    last_seen_at: profile::format_time(s.last_seen_at),
+                    expires_at: profile::format_time(s.expires_at),
+                    current: s.id == me.session_id,
+                })
+                .collect(),
+        })
+    }
+
+    async fn revoke_session(&self, ctx: &Ctx, req: pb::RevokeSessionRequest) -> ServiceResult<()> {
+        let core = &self.core;
+        let (caller, me) = core.auth.signed_in(&ctx.md).await?;
+        let (owner, session) = if req.session_id.is_empty() {
+            let id = if req.users_id.is_empty() { me.user_id } else { validate::id(&req.users_id, "users_id")? };
+            (id, None)
+        } else {
+            let sid = validate::id(&req.session_id, "session_id")?;
+            // Another user's session is as good as absent to a non-supervisor.
+            let owner = core.store.session_owner(caller.app_id, sid).await?.ok_or(ServiceError::NotFound("session"))?;
+            if owner != me.user_id && !me.supervisor {
+                return Err(ServiceError::NotFound("session"));
+            }
+            (owner, Some(sid))
+        };
+        authorise(&me, owner)?;
+        let mut r = core.record(ctx, "session.revoke", Some(&caller), caller.app_id).await;
+        r.subject_id = Some(owner);
+        let n = core.store.delete_sessions(caller.app_id, owner, session, Some(&r)).await?;
+        if session.is_some() && n == 0 {
+            return Err(ServiceError::NotFound("session"));
+        }
         Ok(())
     }
 }
 
 #[tonic::async_trait]
 impl UserService for UserSvc {
-    async fn create_user(
-        &self,
-        request: Request<pb::CreateUserRequest>,
-    ) -> Result<Response<pb::User>, Status> {
-        let (md, _, req) = request.into_parts();
-        Ok(Response::new(self.create(&md, req).await?))
+    async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(self.create(&ctx, req).await?))
     }
 
-    async fn get_user(
-        &self,
-        request: Request<pb::GetUserRequest>,
-    ) -> Result<Response<pb::User>, Status> {
-        let (md, _, req) = request.into_parts();
-        Ok(Response::new(self.get(&md, req).await?))
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(self.get(&ctx, req).await?))
     }
 
-    async fn update_user(
-        &self,
-        request: Request<pb::UpdateUserRequest>,
-    ) -> Result<Response<pb::User>, Status> {
-        let (md, _, req) = request.into_parts();
-        Ok(Response::new(self.update(&md, req).await?))
+    async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(self.update(&ctx, req).await?))
     }
 
-    async fn delete_user(
-        &self,
-        request: Request<pb::DeleteUserRequest>,
-    ) -> Result<Response<Empty>, Status> {
-        let (md, _, req) = request.into_parts();
-        self.delete(&md, req).await?;
+    async fn delete_user(&self, request: Request<pb::DeleteUserRequest>) -> Result<Response<Empty>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        self.delete(&ctx, req).await?;
         Ok(Response::new(Empty {}))
     }
 
-    async fn forgot_username(
-        &self,
-        request: Request<pb::ForgotUsernameRequest>,
-    ) -> Result<Response<Empty>, Status> {
-        let (md, _, req) = request.into_parts();
-        self.forgot_username(&md, req).await?;
+    async fn forgot_username(&self, request: Request<pb::ForgotUsernameRequest>) -> Result<Response<Empty>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        self.forgot_username(&ctx, req).await?;
         Ok(Response::new(Empty {}))
     }
 
@@ -375,24 +472,32 @@ impl UserService for UserSvc {
         &self,
         request: Request<pb::ListUserGroupsRequest>,
     ) -> Result<Response<pb::ListUserGroupsResponse>, Status> {
-        let (md, _, req) = request.into_parts();
-        Ok(Response::new(self.list_groups(&md, req).await?))
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(self.list_groups(&ctx, req).await?))
     }
 
-    async fn sign_in(
-        &self,
-        request: Request<pb::SignInRequest>,
-    ) -> Result<Response<pb::User>, Status> {
-        let (md, _, req) = request.into_parts();
-        Ok(Response::new(self.sign_in(&md, req).await?))
+    async fn sign_in(&self, request: Request<pb::SignInRequest>) -> Result<Response<pb::User>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(self.sign_in(&ctx, req).await?))
     }
 
-    async fn sign_out(
+    async fn sign_out(&self, request: Request<pb::SignOutRequest>) -> Result<Response<Empty>, Status> {
+        let (ctx, _) = Ctx::split(request);
+        self.sign_out(&ctx).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_sessions(
         &self,
-        request: Request<pb::SignOutRequest>,
-    ) -> Result<Response<Empty>, Status> {
-        let (md, _, _) = request.into_parts();
-        self.sign_out(&md).await?;
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(self.list_sessions(&ctx, req).await?))
+    }
+
+    async fn revoke_session(&self, request: Request<pb::RevokeSessionRequest>) -> Result<Response<Empty>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        self.revoke_session(&ctx, req).await?;
         Ok(Response::new(Empty {}))
     }
 }

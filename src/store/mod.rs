@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::audit::{AuditRecord, StoredAudit};
+
 pub use postgres::PgStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,13 +50,24 @@ pub struct App {
     pub name: String,
 }
 
-/// A user row as the services see it.
+/// An application key as stored: wrapped by the master key.
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    /// "data" or "index".
+    pub purpose: String,
+    pub wrapped: Vec<u8>,
+    pub master_key_id: String,
+    pub current: bool,
+}
+
+/// A user row as the services see it: the profile is still sealed.
 #[derive(Debug, Clone)]
 pub struct UserRecord {
     pub id: Uuid,
     pub app_id: Uuid,
-    /// The proto3 JSON of the profile (see migrations).
-    pub profile: serde_json::Value,
+    pub profile_ct: Vec<u8>,
     pub active: bool,
     pub supervisor: bool,
     pub version: i64,
@@ -74,11 +87,12 @@ pub struct Credentials {
 pub struct NewUser {
     pub id: Uuid,
     pub app_id: Uuid,
-    pub username: String,
-    pub username_key: String,
+    pub key_id: Uuid,
+    pub username_ct: Vec<u8>,
+    pub username_bidx: Vec<u8>,
     pub password_hash: String,
-    pub email_key: Option<String>,
-    pub profile: serde_json::Value,
+    pub email_bidx: Option<Vec<u8>>,
+    pub profile_ct: Vec<u8>,
     pub active: bool,
 }
 
@@ -94,13 +108,25 @@ pub struct NewSession {
 #[derive(Debug, Clone)]
 pub struct UserChange {
     pub expected_version: i64,
-    pub username: Option<(String, String)>,
+    /// The data key the ciphertexts below are sealed with.
+    pub key_id: Uuid,
+    /// New username: (ciphertext, blind index).
+    pub username: Option<(Vec<u8>, Vec<u8>)>,
     pub password_hash: Option<String>,
-    pub email_key: Option<String>,
-    pub profile: serde_json::Value,
+    pub email_bidx: Option<Vec<u8>>,
+    pub profile_ct: Vec<u8>,
     pub active: bool,
     /// When the password changes, every session of the user but this one ends.
     pub keep_session: Option<Uuid>,
+}
+
+/// A user's ciphertexts, for re-encryption under a new key.
+#[derive(Debug, Clone)]
+pub struct SealedUser {
+    pub id: Uuid,
+    pub version: i64,
+    pub username_ct: Vec<u8>,
+    pub profile_ct: Vec<u8>,
 }
 
 /// A live session and who holds it.
@@ -119,6 +145,15 @@ pub enum SessionLookup {
     Unknown,
 }
 
+/// A session as listed to its user.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone)]
 pub struct GroupRecord {
     pub id: Uuid,
@@ -126,35 +161,65 @@ pub struct GroupRecord {
     pub is_default: bool,
 }
 
+/// Filters of `usersvc audit list`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub app_id: Option<Uuid>,
+    pub subject_id: Option<Uuid>,
+    pub since: Option<DateTime<Utc>>,
+    pub after_seq: i64,
+    pub limit: i64,
+}
+
+/// How failures of one kind are throttled.
+#[derive(Debug, Clone, Copy)]
+pub struct ThrottleRule {
+    /// Failures before the first wait.
+    pub free: i32,
+    /// Longest wait.
+    pub max_wait: std::time::Duration,
+    /// Failures older than this are forgotten.
+    pub window: std::time::Duration,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> Result<()>;
 
-    async fn create_app(&self, id: Uuid, name: &str, api_key_hash: &[u8]) -> Result<App>;
+    /// Creates an application with its first keys.
+    async fn create_app(&self, app: &App, api_key_hash: &[u8], keys: &[StoredKey], audit: &AuditRecord) -> Result<()>;
     async fn app_by_key_hash(&self, api_key_hash: &[u8]) -> Result<Option<App>>;
-    /// Makes the user with this (case-folded) username a supervisor, or not.
+    async fn app_key(&self, key_id: Uuid) -> Result<Option<StoredKey>>;
+    async fn current_app_key(&self, app_id: Uuid, purpose: &str) -> Result<Option<StoredKey>>;
+    async fn all_app_keys(&self) -> Result<Vec<StoredKey>>;
+    /// Replaces the wrapping of these keys (master key rotation), at once.
+    async fn rewrap_app_keys(&self, keys: &[StoredKey], audit: &AuditRecord) -> Result<()>;
+    /// Adds a key and makes it the current one of its purpose.
+    async fn add_current_app_key(&self, key: &StoredKey, audit: &AuditRecord) -> Result<()>;
+    /// Users of the application whose ciphertexts are under another key.
+    async fn users_not_under_key(&self, app_id: Uuid, key_id: Uuid, limit: i64) -> Result<Vec<SealedUser>>;
+    /// Stores a user's re-encrypted ciphertexts if the row is unchanged.
+    async fn reseal_user(&self, app_id: Uuid, user: &SealedUser, key_id: Uuid) -> Result<bool>;
+
+    /// Makes the user with this username (blind index) a supervisor.
     /// False when no such user exists in the application.
-    async fn set_supervisor(&self, app_id: Uuid, username_key: &str, on: bool) -> Result<bool>;
+    async fn set_supervisor(&self, app_id: Uuid, username_bidx: &[u8], on: bool, audit: &AuditRecord) -> Result<bool>;
 
     /// Inserts the user, their default-group memberships and, when given, a
-    /// first session, in one transaction.
-    async fn create_user(&self, user: NewUser, session: Option<NewSession>) -> Result<UserRecord>;
+    /// first session, with the trail, in one transaction.
+    async fn create_user(&self, user: NewUser, session: Option<NewSession>, audit: &[AuditRecord]) -> Result<UserRecord>;
     async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>>;
-    async fn credentials(&self, app_id: Uuid, username_key: &str) -> Result<Option<Credentials>>;
-    /// Applies the change if the user is still at the expected version:
-    /// `Ok(None)` when the row is gone or moved on (the caller re-reads).
-    async fn update_user(
-        &self,
-        app_id: Uuid,
-        user_id: Uuid,
-        change: UserChange,
-    ) -> Result<Option<UserRecord>>;
+    async fn credentials(&self, app_id: Uuid, username_bidx: &[u8]) -> Result<Option<Credentials>>;
+    /// Applies the change if the user is still at the expected version and
+    /// the key is still current: `Ok(None)` when the row is gone or moved on
+    /// (the caller re-reads).
+    async fn update_user(&self, app_id: Uuid, user_id: Uuid, change: UserChange, audit: &[AuditRecord]) -> Result<Option<UserRecord>>;
     /// Deletes the user with their sessions, memberships and queued mail.
-    async fn delete_user(&self, app_id: Uuid, user_id: Uuid) -> Result<bool>;
+    async fn delete_user(&self, app_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool>;
     /// Queues a username reminder for each user with this primary address.
-    async fn queue_username_reminders(&self, app_id: Uuid, email_key: &str) -> Result<u64>;
+    async fn queue_username_reminders(&self, app_id: Uuid, email_bidx: &[u8], audit: &AuditRecord) -> Result<u64>;
 
-    async fn create_session(&self, app_id: Uuid, user_id: Uuid, session: NewSession) -> Result<()>;
+    async fn create_session(&self, app_id: Uuid, user_id: Uuid, session: NewSession, audit: &AuditRecord) -> Result<()>;
     /// Finds the session of a token hash within the application, checking
     /// the idle timeout, and refreshes its last use when older than
     /// `touch_after`.
@@ -165,22 +230,32 @@ pub trait Store: Send + Sync + 'static {
         idle_timeout: std::time::Duration,
         touch_after: std::time::Duration,
     ) -> Result<SessionLookup>;
-    async fn delete_session(&self, app_id: Uuid, session_id: Uuid) -> Result<()>;
+    /// Ends one session (`session_id`) or all of a user's (`None`); returns
+    /// how many ended.
+    async fn delete_sessions(&self, app_id: Uuid, user_id: Uuid, session_id: Option<Uuid>, audit: Option<&AuditRecord>) -> Result<u64>;
+    async fn list_sessions(&self, app_id: Uuid, user_id: Uuid, idle_timeout: std::time::Duration) -> Result<Vec<SessionRow>>;
+    /// The user a session belongs to.
+    async fn session_owner(&self, app_id: Uuid, session_id: Uuid) -> Result<Option<Uuid>>;
 
-    async fn create_group(
-        &self,
-        app_id: Uuid,
-        id: Uuid,
-        name: &str,
-        is_default: bool,
-    ) -> Result<GroupRecord>;
+    async fn create_group(&self, app_id: Uuid, group: &GroupRecord, audit: &AuditRecord) -> Result<()>;
     async fn get_group(&self, app_id: Uuid, group_id: Uuid) -> Result<Option<GroupRecord>>;
-    async fn update_group(&self, app_id: Uuid, group: &GroupRecord) -> Result<bool>;
-    async fn delete_group(&self, app_id: Uuid, group_id: Uuid) -> Result<bool>;
+    async fn update_group(&self, app_id: Uuid, group: &GroupRecord, audit: &AuditRecord) -> Result<bool>;
+    async fn delete_group(&self, app_id: Uuid, group_id: Uuid, audit: &AuditRecord) -> Result<bool>;
     /// False when the group or the user is not in the application.
-    async fn add_member(&self, app_id: Uuid, group_id: Uuid, user_id: Uuid) -> Result<bool>;
-    async fn remove_member(&self, app_id: Uuid, group_id: Uuid, user_id: Uuid) -> Result<bool>;
+    async fn add_member(&self, app_id: Uuid, group_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool>;
+    async fn remove_member(&self, app_id: Uuid, group_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool>;
     async fn list_members(&self, app_id: Uuid, group_id: Uuid) -> Result<Vec<Uuid>>;
     async fn list_groups(&self, app_id: Uuid, default_only: bool) -> Result<Vec<GroupRecord>>;
     async fn list_user_groups(&self, app_id: Uuid, user_id: Uuid) -> Result<Vec<GroupRecord>>;
+
+    /// The longest wait any of these keys is under, if any.
+    async fn throttle_wait(&self, keys: &[Vec<u8>]) -> Result<Option<std::time::Duration>>;
+    /// Counts a failure against a key.
+    async fn throttle_fail(&self, key: &[u8], rule: ThrottleRule) -> Result<()>;
+    async fn throttle_clear(&self, key: &[u8]) -> Result<()>;
+
+    /// Appends records to the trail in one transaction.
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<()>;
+    /// Records in chain order.
+    async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<StoredAudit>>;
 }

@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row, migrate::MigrateDatabase, postgres::PgPoolOptions, postgres::PgRow};
+use sqlx::{PgConnection, PgPool, Row, migrate::MigrateDatabase, postgres::PgPoolOptions, postgres::PgRow};
 use uuid::Uuid;
 
 use super::{
-    App, Credentials, GroupRecord, NewSession, NewUser, Result, SessionInfo, SessionLookup, Store,
-    StoreError, UserChange, UserRecord,
+    App, AuditFilter, Credentials, GroupRecord, NewSession, NewUser, Result, SealedUser, SessionInfo,
+    SessionLookup, SessionRow, Store, StoreError, StoredKey, ThrottleRule, UserChange, UserRecord,
 };
+use crate::audit::{self, AuditRecord, StoredAudit};
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -46,13 +47,16 @@ impl PgStore {
 }
 
 const USER_COLUMNS: &str =
-    "id, app_id, profile, active, supervisor, version, created_at, updated_at";
+    "id, app_id, profile_ct, active, supervisor, version, created_at, updated_at";
+
+/// Serialises every writer of the trail, so that the chain has one order.
+const AUDIT_LOCK: i64 = 0x7573_6572_7376_6331;
 
 fn user_from_row(row: &PgRow) -> Result<UserRecord> {
     Ok(UserRecord {
         id: row.try_get("id")?,
         app_id: row.try_get("app_id")?,
-        profile: row.try_get("profile")?,
+        profile_ct: row.try_get("profile_ct")?,
         active: row.try_get("active")?,
         supervisor: row.try_get("supervisor")?,
         version: row.try_get("version")?,
@@ -69,10 +73,20 @@ fn group_from_row(row: &PgRow) -> Result<GroupRecord> {
     })
 }
 
+fn key_from_row(row: &PgRow) -> Result<StoredKey> {
+    Ok(StoredKey {
+        id: row.try_get("id")?,
+        app_id: row.try_get("app_id")?,
+        purpose: row.try_get("purpose")?,
+        wrapped: row.try_get("wrapped")?,
+        master_key_id: row.try_get("master_key_id")?,
+        current: row.try_get("current")?,
+    })
+}
+
 fn expiry(session: &NewSession, now: DateTime<Utc>) -> DateTime<Utc> {
     let max_age = chrono::Duration::from_std(session.max_age).unwrap_or(chrono::Duration::MAX);
-    now.checked_add_signed(max_age)
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    now.checked_add_signed(max_age).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Whole seconds: replies show times to the second, and a stored time must
@@ -82,15 +96,7 @@ fn now_seconds() -> DateTime<Utc> {
     DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)
 }
 
-async fn insert_session<'e, E>(
-    executor: E,
-    app_id: Uuid,
-    user_id: Uuid,
-    s: &NewSession,
-) -> Result<()>
-where
-    E: sqlx::PgExecutor<'e>,
-{
+async fn insert_session(conn: &mut PgConnection, app_id: Uuid, user_id: Uuid, s: &NewSession) -> Result<()> {
     sqlx::query(
         "INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -99,8 +105,46 @@ where
     .bind(user_id)
     .bind(&s.token_hash)
     .bind(expiry(s, Utc::now()))
-    .execute(executor)
+    .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Appends to the trail inside the caller's transaction: the records commit
+/// or vanish with the change they describe.
+async fn append_in(conn: &mut PgConnection, records: &[AuditRecord]) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(AUDIT_LOCK).execute(&mut *conn).await?;
+    let last: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let mut prev = last.unwrap_or_else(|| audit::GENESIS.to_vec());
+    for r in records {
+        let hash = audit::chain_hash(&prev, r);
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, app_id, actor, actor_id, subject_id, action, fields, outcome,
+                                       request_id, client_addr, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(r.id)
+        .bind(r.at)
+        .bind(r.app_id)
+        .bind(&r.actor)
+        .bind(r.actor_id)
+        .bind(r.subject_id)
+        .bind(&r.action)
+        .bind(&r.fields)
+        .bind(&r.outcome)
+        .bind(&r.request_id)
+        .bind(&r.client_addr)
+        .bind(&prev)
+        .bind(&hash)
+        .execute(&mut *conn)
+        .await?;
+        prev = hash;
+    }
     Ok(())
 }
 
@@ -111,17 +155,20 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn create_app(&self, id: Uuid, name: &str, api_key_hash: &[u8]) -> Result<App> {
+    async fn create_app(&self, app: &App, api_key_hash: &[u8], keys: &[StoredKey], audit: &AuditRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO applications (id, name, api_key_hash) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(name)
+            .bind(app.id)
+            .bind(&app.name)
             .bind(api_key_hash)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(App {
-            id,
-            name: name.to_owned(),
-        })
+        for k in keys {
+            insert_key(&mut tx, k).await?;
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn app_by_key_hash(&self, api_key_hash: &[u8]) -> Result<Option<App>> {
@@ -129,40 +176,132 @@ impl Store for PgStore {
             .bind(api_key_hash)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| {
-            Ok(App {
-                id: r.try_get("id")?,
-                name: r.try_get("name")?,
-            })
-        })
-        .transpose()
+        row.map(|r| Ok(App { id: r.try_get("id")?, name: r.try_get("name")? })).transpose()
     }
 
-    async fn set_supervisor(&self, app_id: Uuid, username_key: &str, on: bool) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE users SET supervisor = $3 WHERE app_id = $1 AND username_key = $2")
-                .bind(app_id)
-                .bind(username_key)
-                .bind(on)
-                .execute(&self.pool)
+    async fn app_key(&self, key_id: Uuid) -> Result<Option<StoredKey>> {
+        let row = sqlx::query("SELECT * FROM app_keys WHERE id = $1").bind(key_id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn current_app_key(&self, app_id: Uuid, purpose: &str) -> Result<Option<StoredKey>> {
+        let row = sqlx::query("SELECT * FROM app_keys WHERE app_id = $1 AND purpose = $2 AND current")
+            .bind(app_id)
+            .bind(purpose)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn all_app_keys(&self) -> Result<Vec<StoredKey>> {
+        let rows = sqlx::query("SELECT * FROM app_keys ORDER BY created_at, id").fetch_all(&self.pool).await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn rewrap_app_keys(&self, keys: &[StoredKey], audit: &AuditRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for k in keys {
+            sqlx::query("UPDATE app_keys SET wrapped = $2, master_key_id = $3 WHERE id = $1")
+                .bind(k.id)
+                .bind(&k.wrapped)
+                .bind(&k.master_key_id)
+                .execute(&mut *tx)
                 .await?;
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_current_app_key(&self, key: &StoredKey, audit: &AuditRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE app_keys SET current = false WHERE app_id = $1 AND purpose = $2 AND current")
+            .bind(key.app_id)
+            .bind(&key.purpose)
+            .execute(&mut *tx)
+            .await?;
+        insert_key(&mut tx, key).await?;
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn users_not_under_key(&self, app_id: Uuid, key_id: Uuid, limit: i64) -> Result<Vec<SealedUser>> {
+        let rows = sqlx::query(
+            "SELECT id, version, username_ct, profile_ct FROM users WHERE app_id = $1 AND key_id <> $2 LIMIT $3",
+        )
+        .bind(app_id)
+        .bind(key_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SealedUser {
+                    id: r.try_get("id")?,
+                    version: r.try_get("version")?,
+                    username_ct: r.try_get("username_ct")?,
+                    profile_ct: r.try_get("profile_ct")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn reseal_user(&self, app_id: Uuid, user: &SealedUser, key_id: Uuid) -> Result<bool> {
+        // The version is left as it is: a concurrent update that read the
+        // row before keeps its compare-and-set, and its own ciphertexts are
+        // under the current key anyway.
+        let done = sqlx::query(
+            "UPDATE users SET username_ct = $4, profile_ct = $5, key_id = $6
+             WHERE app_id = $1 AND id = $2 AND version = $3",
+        )
+        .bind(app_id)
+        .bind(user.id)
+        .bind(user.version)
+        .bind(&user.username_ct)
+        .bind(&user.profile_ct)
+        .bind(key_id)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() > 0)
     }
 
-    async fn create_user(&self, user: NewUser, session: Option<NewSession>) -> Result<UserRecord> {
+    async fn set_supervisor(&self, app_id: Uuid, username_bidx: &[u8], on: bool, audit: &AuditRecord) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE users SET supervisor = $3 WHERE app_id = $1 AND username_bidx = $2 RETURNING id",
+        )
+        .bind(app_id)
+        .bind(username_bidx)
+        .bind(on)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else {
+            return Ok(false);
+        };
+        let mut audit = audit.clone();
+        audit.subject_id = Some(id);
+        append_in(&mut tx, &[audit]).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn create_user(&self, user: NewUser, session: Option<NewSession>, audit: &[AuditRecord]) -> Result<UserRecord> {
         let now = now_seconds();
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(&format!(
-            "INSERT INTO users (id, app_id, username, username_key, password_hash, email_key, profile, active, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING {USER_COLUMNS}"
+            "INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
+                                profile_ct, active, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {USER_COLUMNS}"
         ))
         .bind(user.id)
         .bind(user.app_id)
-        .bind(&user.username)
-        .bind(&user.username_key)
+        .bind(user.key_id)
+        .bind(&user.username_ct)
+        .bind(&user.username_bidx)
         .bind(&user.password_hash)
-        .bind(&user.email_key)
-        .bind(&user.profile)
+        .bind(&user.email_bidx)
+        .bind(&user.profile_ct)
         .bind(user.active)
         .bind(now)
         .fetch_one(&mut *tx)
@@ -176,29 +315,28 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await?;
         if let Some(s) = &session {
-            insert_session(&mut *tx, user.app_id, user.id, s).await?;
+            insert_session(&mut tx, user.app_id, user.id, s).await?;
         }
+        append_in(&mut tx, audit).await?;
         tx.commit().await?;
         user_from_row(&row)
     }
 
     async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE app_id = $1 AND id = $2"
-        ))
-        .bind(app_id)
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE app_id = $1 AND id = $2"))
+            .bind(app_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
-    async fn credentials(&self, app_id: Uuid, username_key: &str) -> Result<Option<Credentials>> {
+    async fn credentials(&self, app_id: Uuid, username_bidx: &[u8]) -> Result<Option<Credentials>> {
         let row = sqlx::query(
-            "SELECT id, password_hash, active FROM users WHERE app_id = $1 AND username_key = $2",
+            "SELECT id, password_hash, active FROM users WHERE app_id = $1 AND username_bidx = $2",
         )
         .bind(app_id)
-        .bind(username_key)
+        .bind(username_bidx)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
@@ -211,35 +349,35 @@ impl Store for PgStore {
         .transpose()
     }
 
-    async fn update_user(
-        &self,
-        app_id: Uuid,
-        user_id: Uuid,
-        change: UserChange,
-    ) -> Result<Option<UserRecord>> {
+    async fn update_user(&self, app_id: Uuid, user_id: Uuid, change: UserChange, audit: &[AuditRecord]) -> Result<Option<UserRecord>> {
         let mut tx = self.pool.begin().await?;
-        let (username, username_key) = change.username.clone().unzip();
+        let (username_ct, username_bidx) = change.username.clone().unzip();
+        // A key rotated away since the caller sealed makes this a conflict:
+        // the caller re-reads and seals again under the current key.
         let row = sqlx::query(&format!(
             "UPDATE users SET
-                 username = COALESCE($4, username),
-                 username_key = COALESCE($5, username_key),
-                 password_hash = COALESCE($6, password_hash),
-                 email_key = $7,
-                 profile = $8,
-                 active = $9,
+                 key_id = $4,
+                 username_ct = COALESCE($5, username_ct),
+                 username_bidx = COALESCE($6, username_bidx),
+                 password_hash = COALESCE($7, password_hash),
+                 email_bidx = $8,
+                 profile_ct = $9,
+                 active = $10,
                  version = version + 1,
-                 updated_at = GREATEST($10, updated_at)
+                 updated_at = GREATEST($11, updated_at)
              WHERE app_id = $1 AND id = $2 AND version = $3
+               AND EXISTS (SELECT 1 FROM app_keys WHERE id = $4 AND current)
              RETURNING {USER_COLUMNS}"
         ))
         .bind(app_id)
         .bind(user_id)
         .bind(change.expected_version)
-        .bind(username)
-        .bind(username_key)
+        .bind(change.key_id)
+        .bind(username_ct)
+        .bind(username_bidx)
         .bind(&change.password_hash)
-        .bind(&change.email_key)
-        .bind(&change.profile)
+        .bind(&change.email_bidx)
+        .bind(&change.profile_ct)
         .bind(change.active)
         .bind(now_seconds())
         .fetch_optional(&mut *tx)
@@ -256,36 +394,60 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        append_in(&mut tx, audit).await?;
         tx.commit().await?;
         user_from_row(&row).map(Some)
     }
 
-    async fn delete_user(&self, app_id: Uuid, user_id: Uuid) -> Result<bool> {
+    async fn delete_user(&self, app_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool> {
         // Sessions, memberships and outbox rows go by ON DELETE CASCADE, in
-        // the same statement and so the same transaction.
+        // the same statement; the trail stays (it holds no PII).
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM users WHERE app_id = $1 AND id = $2")
             .bind(app_id)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    async fn queue_username_reminders(&self, app_id: Uuid, email_key: &str) -> Result<u64> {
-        let done = sqlx::query(
+    async fn queue_username_reminders(&self, app_id: Uuid, email_bidx: &[u8], audit: &AuditRecord) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO outbox (id, app_id, user_id, kind)
              SELECT gen_random_uuid(), app_id, id, 'username_reminder' FROM users
-             WHERE app_id = $1 AND email_key = $2",
+             WHERE app_id = $1 AND email_bidx = $2
+             RETURNING user_id",
         )
         .bind(app_id)
-        .bind(email_key)
-        .execute(&self.pool)
+        .bind(email_bidx)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(done.rows_affected())
+        let records: Vec<AuditRecord> = ids
+            .iter()
+            .map(|id| {
+                let mut r = audit.clone();
+                r.id = Uuid::now_v7();
+                r.subject_id = Some(*id);
+                r
+            })
+            .collect();
+        append_in(&mut tx, &records).await?;
+        tx.commit().await?;
+        Ok(ids.len() as u64)
     }
 
-    async fn create_session(&self, app_id: Uuid, user_id: Uuid, session: NewSession) -> Result<()> {
-        insert_session(&self.pool, app_id, user_id, &session).await
+    async fn create_session(&self, app_id: Uuid, user_id: Uuid, session: NewSession, audit: &AuditRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_session(&mut tx, app_id, user_id, &session).await?;
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn lookup_session(
@@ -313,7 +475,7 @@ impl Store for PgStore {
         };
         let session_id: Uuid = row.try_get("id")?;
         if !row.try_get::<bool, _>("live")? {
-            self.delete_session(app_id, session_id).await?;
+            sqlx::query("DELETE FROM sessions WHERE id = $1").bind(session_id).execute(&self.pool).await?;
             return Ok(SessionLookup::Expired);
         }
         if row.try_get::<bool, _>("stale")? {
@@ -329,67 +491,112 @@ impl Store for PgStore {
         }))
     }
 
-    async fn delete_session(&self, app_id: Uuid, session_id: Uuid) -> Result<()> {
-        sqlx::query("DELETE FROM sessions WHERE app_id = $1 AND id = $2")
+    async fn delete_sessions(&self, app_id: Uuid, user_id: Uuid, session_id: Option<Uuid>, audit: Option<&AuditRecord>) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "DELETE FROM sessions WHERE app_id = $1 AND user_id = $2 AND ($3::uuid IS NULL OR id = $3)",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .bind(session_id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(a) = audit {
+            append_in(&mut tx, std::slice::from_ref(a)).await?;
+        }
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list_sessions(&self, app_id: Uuid, user_id: Uuid, idle_timeout: Duration) -> Result<Vec<SessionRow>> {
+        let rows = sqlx::query(
+            "SELECT id, created_at, last_seen_at, expires_at FROM sessions
+             WHERE app_id = $1 AND user_id = $2 AND expires_at > now()
+               AND last_seen_at > now() - make_interval(secs => $3)
+             ORDER BY created_at, id",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .bind(idle_timeout.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SessionRow {
+                    id: r.try_get("id")?,
+                    created_at: r.try_get("created_at")?,
+                    last_seen_at: r.try_get("last_seen_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn session_owner(&self, app_id: Uuid, session_id: Uuid) -> Result<Option<Uuid>> {
+        Ok(sqlx::query_scalar("SELECT user_id FROM sessions WHERE app_id = $1 AND id = $2")
             .bind(app_id)
             .bind(session_id)
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn create_group(&self, app_id: Uuid, group: &GroupRecord, audit: &AuditRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO groups (id, app_id, name, is_default) VALUES ($1, $2, $3, $4)")
+            .bind(group.id)
+            .bind(app_id)
+            .bind(&group.name)
+            .bind(group.is_default)
+            .execute(&mut *tx)
             .await?;
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn create_group(
-        &self,
-        app_id: Uuid,
-        id: Uuid,
-        name: &str,
-        is_default: bool,
-    ) -> Result<GroupRecord> {
-        let row = sqlx::query(
-            "INSERT INTO groups (id, app_id, name, is_default) VALUES ($1, $2, $3, $4) RETURNING id, name, is_default",
-        )
-        .bind(id)
-        .bind(app_id)
-        .bind(name)
-        .bind(is_default)
-        .fetch_one(&self.pool)
-        .await?;
-        group_from_row(&row)
-    }
-
     async fn get_group(&self, app_id: Uuid, group_id: Uuid) -> Result<Option<GroupRecord>> {
-        let row =
-            sqlx::query("SELECT id, name, is_default FROM groups WHERE app_id = $1 AND id = $2")
-                .bind(app_id)
-                .bind(group_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query("SELECT id, name, is_default FROM groups WHERE app_id = $1 AND id = $2")
+            .bind(app_id)
+            .bind(group_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(group_from_row).transpose()
     }
 
-    async fn update_group(&self, app_id: Uuid, group: &GroupRecord) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE groups SET name = $3, is_default = $4 WHERE app_id = $1 AND id = $2",
-        )
-        .bind(app_id)
-        .bind(group.id)
-        .bind(&group.name)
-        .bind(group.is_default)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+    async fn update_group(&self, app_id: Uuid, group: &GroupRecord, audit: &AuditRecord) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE groups SET name = $3, is_default = $4 WHERE app_id = $1 AND id = $2")
+            .bind(app_id)
+            .bind(group.id)
+            .bind(&group.name)
+            .bind(group.is_default)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    async fn delete_group(&self, app_id: Uuid, group_id: Uuid) -> Result<bool> {
+    async fn delete_group(&self, app_id: Uuid, group_id: Uuid, audit: &AuditRecord) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM groups WHERE app_id = $1 AND id = $2")
             .bind(app_id)
             .bind(group_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    async fn add_member(&self, app_id: Uuid, group_id: Uuid, user_id: Uuid) -> Result<bool> {
+    async fn add_member(&self, app_id: Uuid, group_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
         // The SELECT finds nothing unless both rows are in the application;
         // an existing membership is left as it is.
         let row = sqlx::query(
@@ -406,21 +613,30 @@ impl Store for PgStore {
         .bind(app_id)
         .bind(group_id)
         .bind(user_id)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
+        if row.try_get::<i64, _>("n")? == 0 {
+            return Ok(false);
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    async fn remove_member(&self, app_id: Uuid, group_id: Uuid, user_id: Uuid) -> Result<bool> {
-        let done = sqlx::query(
-            "DELETE FROM memberships WHERE app_id = $1 AND group_id = $2 AND user_id = $3",
-        )
-        .bind(app_id)
-        .bind(group_id)
-        .bind(user_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+    async fn remove_member(&self, app_id: Uuid, group_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM memberships WHERE app_id = $1 AND group_id = $2 AND user_id = $3")
+            .bind(app_id)
+            .bind(group_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn list_members(&self, app_id: Uuid, group_id: Uuid) -> Result<Vec<Uuid>> {
@@ -431,9 +647,7 @@ impl Store for PgStore {
         .bind(group_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| r.try_get("user_id").map_err(StoreError::from))
-            .collect()
+        rows.iter().map(|r| r.try_get("user_id").map_err(StoreError::from)).collect()
     }
 
     async fn list_groups(&self, app_id: Uuid, default_only: bool) -> Result<Vec<GroupRecord>> {
@@ -458,4 +672,104 @@ impl Store for PgStore {
         .await?;
         rows.iter().map(group_from_row).collect()
     }
+
+    async fn throttle_wait(&self, keys: &[Vec<u8>]) -> Result<Option<Duration>> {
+        let secs: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM max(blocked_until) - now())::float8 FROM throttles
+             WHERE key = ANY($1) AND blocked_until > now()",
+        )
+        .bind(keys)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(secs.filter(|s| *s > 0.0).map(Duration::from_secs_f64))
+    }
+
+    async fn throttle_fail(&self, key: &[u8], rule: ThrottleRule) -> Result<()> {
+        // Past `free` failures the wait doubles with each one: 1 s, 2 s, 4 s,
+        // ... up to `max_wait`. Failures older than `window` are forgotten.
+        sqlx::query(
+            "INSERT INTO throttles AS t (key, failures, last_failure, blocked_until)
+             VALUES ($1, 1, now(), CASE WHEN $2 <= 1 THEN now() + make_interval(secs => 1) END)
+             ON CONFLICT (key) DO UPDATE SET
+                 failures = CASE WHEN t.last_failure < now() - make_interval(secs => $4) THEN 1 ELSE t.failures + 1 END,
+                 last_failure = now(),
+                 blocked_until = CASE
+                     WHEN (CASE WHEN t.last_failure < now() - make_interval(secs => $4) THEN 1 ELSE t.failures + 1 END) >= $2
+                     THEN now() + make_interval(secs => LEAST($3, power(2, LEAST(
+                         (CASE WHEN t.last_failure < now() - make_interval(secs => $4) THEN 1 ELSE t.failures + 1 END) - $2, 30))))
+                     ELSE NULL END",
+        )
+        .bind(key)
+        .bind(rule.free)
+        .bind(rule.max_wait.as_secs_f64())
+        .bind(rule.window.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn throttle_clear(&self, key: &[u8]) -> Result<()> {
+        sqlx::query("DELETE FROM throttles WHERE key = $1").bind(key).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        append_in(&mut tx, records).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_records(&self, f: &AuditFilter) -> Result<Vec<StoredAudit>> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit_events
+             WHERE seq > $1 AND ($2::uuid IS NULL OR app_id = $2) AND ($3::uuid IS NULL OR subject_id = $3)
+               AND ($4::timestamptz IS NULL OR at >= $4)
+             ORDER BY seq LIMIT $5",
+        )
+        .bind(f.after_seq)
+        .bind(f.app_id)
+        .bind(f.subject_id)
+        .bind(f.since)
+        .bind(f.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredAudit {
+                    seq: r.try_get("seq")?,
+                    prev_hash: r.try_get("prev_hash")?,
+                    hash: r.try_get("hash")?,
+                    record: AuditRecord {
+                        id: r.try_get("id")?,
+                        at: r.try_get("at")?,
+                        app_id: r.try_get("app_id")?,
+                        actor: r.try_get("actor")?,
+                        actor_id: r.try_get("actor_id")?,
+                        subject_id: r.try_get("subject_id")?,
+                        action: r.try_get("action")?,
+                        fields: r.try_get("fields")?,
+                        outcome: r.try_get("outcome")?,
+                        request_id: r.try_get("request_id")?,
+                        client_addr: r.try_get("client_addr")?,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+async fn insert_key(conn: &mut PgConnection, k: &StoredKey) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO app_keys (id, app_id, purpose, wrapped, master_key_id, current) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(k.id)
+    .bind(k.app_id)
+    .bind(&k.purpose)
+    .bind(&k.wrapped)
+    .bind(&k.master_key_id)
+    .bind(k.current)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -1,16 +1,17 @@
 //! The harness: a real PostgreSQL database for this test run, the real
 //! servers on port 0, and real gRPC and HTTP clients.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::OnceCell;
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 use usersvc::{
     app::Application,
-    auth::secret,
-    config::{DatabaseArgs, GatewayArgs, ServeArgs, SessionArgs},
+    admin::Admin,
+    config::{DatabaseArgs, GatewayArgs, KeyArgs, ServeArgs, SessionArgs},
+    crypto::MasterKey,
     pb::{self, group_service_client::GroupServiceClient, user_service_client::UserServiceClient},
     store::{PgStore, Store},
 };
@@ -65,11 +66,22 @@ pub async fn database_url() -> String {
         .clone()
 }
 
+/// One master key for the whole run: every server of the run shares the
+/// database, and so its wrapped keys.
+pub fn master_key() -> &'static str {
+    static KEY: OnceLock<String> = OnceLock::new();
+    KEY.get_or_init(|| MasterKey::generate().expose_secret().to_owned())
+}
+
 pub fn serve_args(database_url: String) -> ServeArgs {
     ServeArgs {
         db: DatabaseArgs {
             database_url,
             db_max_connections: 4,
+        },
+        keys: KeyArgs {
+            master_key_file: None,
+            master_key: Some(SecretString::from(master_key().to_owned())),
         },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
@@ -118,17 +130,13 @@ pub async fn spawn_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
 
 /// Creates another application in the same service; returns its id and key.
 pub async fn new_application(app: &Application) -> (uuid::Uuid, String) {
-    let key = secret::generate();
-    let created = app
-        .store
-        .create_app(
-            uuid::Uuid::now_v7(),
-            "test app",
-            &secret::digest(key.expose_secret()),
-        )
-        .await
-        .expect("create application");
+    let (created, key) = admin(app).create_app("test app").await.expect("create application");
     (created.id, key.expose_secret().to_owned())
+}
+
+/// The operator's view of the service's database.
+pub fn admin(app: &Application) -> Admin {
+    Admin::new(app.store.clone(), MasterKey::parse(master_key()).unwrap())
 }
 
 impl TestApp {
@@ -195,14 +203,12 @@ impl TestApp {
     /// Signs up a user and makes them a supervisor; returns (id, token).
     pub async fn supervisor(&self, username: &str) -> (String, String) {
         let (id, token) = self.sign_up(username).await;
-        assert!(
-            self.app
-                .store
-                .set_supervisor(self.app_id, &username.to_lowercase(), true)
-                .await
-                .unwrap()
-        );
+        self.make_supervisor(self.app_id, username).await;
         (id, token)
+    }
+
+    pub async fn make_supervisor(&self, app_id: uuid::Uuid, username: &str) {
+        assert!(admin(&self.app).add_supervisor(app_id, username).await.unwrap(), "no user {username}");
     }
 
     pub async fn count(&self, sql: &str, id: &str) -> i64 {

@@ -3,7 +3,6 @@
 use pbjson_types::FieldMask;
 use tonic::Code;
 use usersvc::pb;
-use usersvc::store::Store;
 
 use crate::common::{self, spawn};
 
@@ -237,21 +236,9 @@ async fn groups_of_another_application_are_invisible() {
     let (_, sup) = t.supervisor("mine").await;
     let (other_id, other_key) = common::new_application(&t.app).await;
     let (other_user, _) = t.sign_up_in(&other_key, "theirs").await;
-    assert!(
-        t.app
-            .store
-            .set_supervisor(other_id, "theirs", true)
-            .await
-            .unwrap()
-    );
+    t.make_supervisor(other_id, "theirs").await;
     let their_sup = t.sign_up_in(&other_key, "theirs2").await.1;
-    assert!(
-        t.app
-            .store
-            .set_supervisor(other_id, "theirs2", true)
-            .await
-            .unwrap()
-    );
+    t.make_supervisor(other_id, "theirs2").await;
     let theirs = groups
         .create_group(common::with_auth(
             pb::CreateGroupRequest {

@@ -4,7 +4,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::common::{TestApp, spawn, spawn_with};
-use usersvc::store::Store;
 
 fn fixture(name: &str) -> Value {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -289,13 +288,7 @@ async fn sign_in_and_out() {
 async fn groups_in_documented_shapes() {
     let t = spawn().await;
     let (_, sup) = t.http_sign_up("chief").await;
-    assert!(
-        t.app
-            .store
-            .set_supervisor(t.app_id, "chief", true)
-            .await
-            .unwrap()
-    );
+    t.make_supervisor(t.app_id, "chief").await;
     let (status, group) = t
         .call(
             Method::POST,
@@ -488,13 +481,7 @@ async fn authorisation_matrix_over_http() {
         StatusCode::OK
     );
     let (stranger, _) = t.sign_up_in(&other_key, "stranger").await;
-    assert!(
-        t.app
-            .store
-            .set_supervisor(t.app_id, "alice", true)
-            .await
-            .unwrap()
-    );
+    t.make_supervisor(t.app_id, "alice").await;
     assert_eq!(
         send(key.clone(), tok.clone(), format!("/v2/users/{stranger}")).await,
         StatusCode::NOT_FOUND

@@ -7,8 +7,11 @@ use serde_json::{Value, json};
 
 use crate::common::{database_url, spawn};
 
+/// The binary, with the run's master key.
 fn usersvc() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_usersvc"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_usersvc"));
+    c.env("USERSVC_MASTER_KEY", crate::common::master_key());
+    c
 }
 
 #[tokio::test]

@@ -1,0 +1,175 @@
+//! The operator's commands: applications, supervisors, keys and the trail.
+//! Each action an operator takes is itself recorded in the trail (actor
+//! "cli").
+
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+use crate::audit::{self, AuditRecord};
+use crate::auth::secret;
+use crate::crypto::{Keyring, MasterKey, keyring};
+use crate::service::profile;
+use crate::store::{App, AuditFilter, PgStore, Store};
+
+pub struct Admin {
+    pub store: Arc<PgStore>,
+    pub keyring: Keyring,
+}
+
+fn cli_record(action: &str, app_id: Option<Uuid>) -> AuditRecord {
+    let mut r = AuditRecord::new(action, app_id);
+    r.actor = "cli".into();
+    r
+}
+
+/// Users re-encrypted per batch during an application key rotation.
+const RESEAL_BATCH: i64 = 200;
+
+impl Admin {
+    pub fn new(store: Arc<PgStore>, master: MasterKey) -> Self {
+        let keyring = Keyring::new(master, store.clone());
+        Self { store, keyring }
+    }
+
+    /// Creates an application with its keys; returns it and its API key.
+    pub async fn create_app(&self, name: &str) -> anyhow::Result<(App, SecretString)> {
+        let app = App { id: Uuid::now_v7(), name: name.to_owned() };
+        let key = secret::generate();
+        let keys = [self.keyring.new_key(app.id, keyring::DATA), self.keyring.new_key(app.id, keyring::INDEX)];
+        let record = cli_record("app.create", Some(app.id));
+        self.store.create_app(&app, &secret::digest(key.expose_secret()), &keys, &record).await?;
+        Ok((app, key))
+    }
+
+    /// Makes a user a supervisor; false when the application has no such user.
+    pub async fn add_supervisor(&self, app_id: Uuid, username: &str) -> anyhow::Result<bool> {
+        let bidx = match self.keyring.blind(app_id, "username", &profile::fold(username)).await {
+            Ok(b) => b,
+            Err(crate::crypto::CryptoError::NoAppKey(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let mut record = cli_record("user.supervisor_add", Some(app_id));
+        record.fields = vec!["supervisor".into()];
+        Ok(self.store.set_supervisor(app_id, &bidx, true, &record).await?)
+    }
+
+    /// Re-wraps every application key under a new master key, in one
+    /// transaction. Returns how many keys were re-wrapped.
+    pub async fn rotate_master(&self, new: &MasterKey) -> anyhow::Result<usize> {
+        let mut keys = self.store.all_app_keys().await?;
+        for k in &mut keys {
+            if k.master_key_id != self.keyring.master().id() {
+                anyhow::bail!(
+                    "key {} is wrapped by master key {}, not by the current one ({})",
+                    k.id,
+                    k.master_key_id,
+                    self.keyring.master().id()
+                );
+            }
+            let plain = self.keyring.master().unwrap(k.id, k.app_id, &k.wrapped)?;
+            k.wrapped = new.wrap(k.id, k.app_id, &plain);
+            k.master_key_id = new.id().to_owned();
+        }
+        let mut record = cli_record("key.rotate_master", None);
+        record.fields = vec![format!("keys:{}", keys.len())];
+        self.store.rewrap_app_keys(&keys, &record).await?;
+        Ok(keys.len())
+    }
+
+    /// Gives an application a new data key and re-encrypts its users under
+    /// it in batches, while the service keeps serving: writers seal under
+    /// the new key from the moment it is current, and every older key stays
+    /// readable. Returns how many users were re-encrypted.
+    pub async fn rotate_app(&self, app_id: Uuid) -> anyhow::Result<u64> {
+        if self.store.current_app_key(app_id, keyring::DATA).await?.is_none() {
+            anyhow::bail!("no application {app_id}");
+        }
+        let new = self.keyring.new_key(app_id, keyring::DATA);
+        let mut record = cli_record("key.rotate_app", Some(app_id));
+        record.fields = vec![format!("key:{}", new.id)];
+        self.store.add_current_app_key(&new, &record).await?;
+        let sealer = self.keyring.sealer(app_id).await?;
+        anyhow::ensure!(sealer.key_id == new.id, "another rotation of {app_id} started meanwhile");
+        let mut resealed = 0;
+        loop {
+            let batch = self.store.users_not_under_key(app_id, new.id, RESEAL_BATCH).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for mut user in batch {
+                let username = self.keyring.open(app_id, user.id, profile::USERNAME_FIELD, &user.username_ct).await?;
+                let profile_pt = self.keyring.open(app_id, user.id, profile::PROFILE_FIELD, &user.profile_ct).await?;
+                user.username_ct = sealer.seal(user.id, profile::USERNAME_FIELD, &username);
+                user.profile_ct = sealer.seal(user.id, profile::PROFILE_FIELD, &profile_pt);
+                // A row changed meanwhile was written under the new key by
+                // its writer, or comes back in the next batch.
+                if self.store.reseal_user(app_id, &user, new.id).await? {
+                    resealed += 1;
+                }
+            }
+        }
+        Ok(resealed)
+    }
+
+    /// Walks the whole chain; the error names the first broken record.
+    pub async fn verify_trail(&self) -> anyhow::Result<Result<u64, (i64, &'static str)>> {
+        let mut prev = audit::GENESIS.to_vec();
+        let mut filter = AuditFilter { limit: 5000, ..Default::default() };
+        let mut n = 0;
+        loop {
+            let page = self.store.audit_records(&filter).await?;
+            let Some(last) = page.last() else {
+                return Ok(Ok(n));
+            };
+            filter.after_seq = last.seq;
+            match audit::verify(&page, prev) {
+                Ok(h) => prev = h,
+                Err(broken) => return Ok(Err(broken)),
+            }
+            n += page.len() as u64;
+        }
+    }
+
+    /// The trail as JSON lines, client addresses opened.
+    pub async fn list_trail(&self, mut filter: AuditFilter, out: &mut impl std::io::Write) -> anyhow::Result<u64> {
+        filter.limit = 5000;
+        let mut n = 0;
+        loop {
+            let page = self.store.audit_records(&filter).await?;
+            let Some(last) = page.last() else {
+                return Ok(n);
+            };
+            filter.after_seq = last.seq;
+            for s in &page {
+                let r = &s.record;
+                let addr = match (&r.client_addr, r.app_id) {
+                    (Some(ct), Some(app)) => self
+                        .keyring
+                        .open(app, r.id, "client_addr", ct)
+                        .await
+                        .ok()
+                        .map(|p| String::from_utf8_lossy(&p).into_owned()),
+                    _ => None,
+                };
+                let line = serde_json::json!({
+                    "seq": s.seq,
+                    "id": r.id,
+                    "at": r.at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+                    "appId": r.app_id,
+                    "actor": r.actor,
+                    "actorId": r.actor_id,
+                    "subjectId": r.subject_id,
+                    "action": r.action,
+                    "fields": r.fields,
+                    "outcome": r.outcome,
+                    "requestId": r.request_id,
+                    "clientAddr": addr,
+                });
+                writeln!(out, "{line}")?;
+                n += 1;
+            }
+        }
+    }
+}
