@@ -25,9 +25,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".google.protobuf", "::pbjson_types")
         .compile_fds(fds)?;
 
-    pbjson_build::Builder::new()
-        .register_descriptors(&encoded)?
-        .ignore_unknown_fields()
-        .build(&[".usersvc.v1"])?;
+    pbjson_build::Builder::new().register_descriptors(&encoded)?.ignore_unknown_fields().build(&[".usersvc.v1"])?;
     Ok(())
 }

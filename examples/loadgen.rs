@@ -23,21 +23,15 @@ fn env(name: &str, default: &str) -> String {
 
 fn with_auth<T>(msg: T, key: &str, token: &str) -> Request<T> {
     let mut req = Request::new(msg);
-    req.metadata_mut()
-        .insert("x-api-key", MetadataValue::try_from(key).unwrap());
-    req.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
-    );
+    req.metadata_mut().insert("x-api-key", MetadataValue::try_from(key).unwrap());
+    req.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).unwrap());
     req
 }
 
 fn report(name: &str, conns: usize, elapsed: Duration, mut lat: Vec<Duration>, errors: usize) {
     lat.sort();
     let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default()
     };
     let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
     println!(
@@ -77,10 +71,7 @@ async fn main() -> anyhow::Result<()> {
             user: Some(pb::User {
                 username: format!("load{i}-{run_id}"),
                 password: "load test password".into(),
-                email: Some(pb::Email {
-                    primary: format!("load{i}@example.com"),
-                    ..Default::default()
-                }),
+                email: Some(pb::Email { primary: format!("load{i}@example.com"), ..Default::default() }),
                 name: Some(pb::Name {
                     first_name: "Load".into(),
                     last_name: format!("Tester {i}"),
@@ -89,8 +80,7 @@ async fn main() -> anyhow::Result<()> {
                 ..Default::default()
             }),
         });
-        req.metadata_mut()
-            .insert("x-api-key", MetadataValue::try_from(key.as_str())?);
+        req.metadata_mut().insert("x-api-key", MetadataValue::try_from(key.as_str())?);
         let user = client.create_user(req).await?.into_inner();
         workers.push((client, user.users_id, user.session_token));
     }
@@ -108,16 +98,7 @@ async fn main() -> anyhow::Result<()> {
                 let (mut lat, mut errors) = (Vec::new(), 0);
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    match client
-                        .get_user(with_auth(
-                            pb::GetUserRequest {
-                                users_id: id.clone(),
-                            },
-                            &key,
-                            &token,
-                        ))
-                        .await
-                    {
+                    match client.get_user(with_auth(pb::GetUserRequest { users_id: id.clone() }, &key, &token)).await {
                         Ok(_) => lat.push(t.elapsed()),
                         Err(_) => errors += 1,
                     }
@@ -144,10 +125,7 @@ async fn main() -> anyhow::Result<()> {
             let key = key.clone();
             let url = format!("{http_addr}/v2/users/{id}");
             tokio::spawn(async move {
-                let http = reqwest::Client::builder()
-                    .pool_max_idle_per_host(1)
-                    .build()
-                    .unwrap();
+                let http = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
                 let (mut lat, mut errors) = (Vec::new(), 0);
                 while Instant::now() < deadline {
                     let t = Instant::now();
@@ -177,13 +155,7 @@ async fn main() -> anyhow::Result<()> {
         lat.extend(l);
         errors += e;
     }
-    report(
-        "http GET /v2/users/{id}",
-        conns,
-        start.elapsed(),
-        lat,
-        errors,
-    );
+    report("http GET /v2/users/{id}", conns, start.elapsed(), lat, errors);
 
     if std::env::var("LOADGEN_UPDATE").is_ok() {
         let deadline = Instant::now() + Duration::from_secs(secs);
@@ -200,15 +172,10 @@ async fn main() -> anyhow::Result<()> {
                         let req = pb::UpdateUserRequest {
                             users_id: id.clone(),
                             user: Some(pb::User {
-                                name: Some(pb::Name {
-                                    last_name: format!("Tester {n}"),
-                                    ..Default::default()
-                                }),
+                                name: Some(pb::Name { last_name: format!("Tester {n}"), ..Default::default() }),
                                 ..Default::default()
                             }),
-                            update_mask: Some(FieldMask {
-                                paths: vec!["name.last_name".into()],
-                            }),
+                            update_mask: Some(FieldMask { paths: vec!["name.last_name".into()] }),
                         };
                         let t = Instant::now();
                         match client.update_user(with_auth(req, &key, &token)).await {

@@ -9,8 +9,8 @@ use tonic::service::Routes;
 
 use crate::audit::{AuditSink, AuditWriter};
 use crate::auth::{Authenticator, PasswordHasher, caller::SessionPolicy};
-use crate::crypto::Keyring;
 use crate::config::ServeArgs;
+use crate::crypto::Keyring;
 use crate::gateway::{self, Gateway};
 use crate::pb::{group_service_server::GroupServiceServer, user_service_server::UserServiceServer};
 use crate::service::{Core, GroupSvc, UserSvc};
@@ -28,10 +28,7 @@ pub struct Application {
 
 /// The two services, ready to serve over any transport.
 pub fn services(core: Arc<Core>) -> (UserServiceServer<UserSvc>, GroupServiceServer<GroupSvc>) {
-    (
-        UserServiceServer::new(UserSvc::new(core.clone())),
-        GroupServiceServer::new(GroupSvc::new(core)),
-    )
+    (UserServiceServer::new(UserSvc::new(core.clone())), GroupServiceServer::new(GroupSvc::new(core)))
 }
 
 impl Application {
@@ -39,20 +36,14 @@ impl Application {
     pub async fn start(args: &ServeArgs) -> anyhow::Result<Self> {
         // Refuse to start without a master key before touching anything.
         let master = args.keys.load()?;
-        let store =
-            Arc::new(PgStore::connect(&args.db.database_url, args.db.db_max_connections).await?);
+        let store = Arc::new(PgStore::connect(&args.db.database_url, args.db.db_max_connections).await?);
         store.migrate().await?;
         let keyring = Arc::new(Keyring::new(master, store.clone()));
         let (trail, trail_writer) = AuditSink::start(store.clone());
-        let policy = SessionPolicy {
-            idle_timeout: args.sessions.session_idle_timeout,
-            max_age: args.sessions.session_max_age,
-        };
-        let cores = args.hash_concurrency.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        });
+        let policy =
+            SessionPolicy { idle_timeout: args.sessions.session_idle_timeout, max_age: args.sessions.session_max_age };
+        let cores =
+            args.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
         let core = Arc::new(Core {
             store: store.clone(),
             auth: Authenticator::new(store.clone(), policy),
@@ -64,12 +55,8 @@ impl Application {
         let (users, groups) = services(core);
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<UserServiceServer<UserSvc>>()
-            .await;
-        health_reporter
-            .set_serving::<GroupServiceServer<GroupSvc>>()
-            .await;
+        health_reporter.set_serving::<UserServiceServer<UserSvc>>().await;
+        health_reporter.set_serving::<GroupServiceServer<GroupSvc>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -87,38 +74,20 @@ impl Application {
                 .add_service(reflection)
                 .add_service(users.clone())
                 .add_service(groups.clone())
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(grpc_listener),
-                    stopped(shutdown_rx.clone()),
-                ),
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(shutdown_rx.clone())),
         );
 
         let gateway = Gateway::in_process(Routes::new(users).add_service(groups));
         let router = gateway::router(gateway, &args.gateway.cors_origins);
         let http = tokio::spawn(serve_http(http_listener, router, stopped(shutdown_rx)));
         tracing::info!(%grpc_addr, %http_addr, "usersvc serving");
-        Ok(Self {
-            grpc_addr,
-            http_addr,
-            store,
-            shutdown,
-            trail_writer,
-            grpc,
-            http,
-        })
+        Ok(Self { grpc_addr, http_addr, store, shutdown, trail_writer, grpc, http })
     }
 
     /// Runs until either server stops, or until SIGINT or SIGTERM: then both
     /// stop accepting, finish what is in flight, and the pool closes.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let Self {
-            shutdown,
-            trail_writer,
-            grpc,
-            http,
-            store,
-            ..
-        } = self;
+        let Self { shutdown, trail_writer, grpc, http, store, .. } = self;
         let mut grpc = grpc;
         let mut http = http;
         tokio::select! {
@@ -152,12 +121,9 @@ pub async fn serve_http(
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Completes once the flag turns true (or its sender is gone).

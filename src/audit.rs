@@ -107,7 +107,10 @@ pub struct StoredAudit {
 }
 
 /// Where the chain first breaks, if it does.
-pub fn verify<'a>(records: impl IntoIterator<Item = &'a StoredAudit>, mut prev: Vec<u8>) -> Result<Vec<u8>, (i64, &'static str)> {
+pub fn verify<'a>(
+    records: impl IntoIterator<Item = &'a StoredAudit>,
+    mut prev: Vec<u8>,
+) -> Result<Vec<u8>, (i64, &'static str)> {
     for r in records {
         if r.prev_hash != prev {
             return Err((r.seq, "does not chain from the record before it"));

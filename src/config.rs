@@ -8,11 +8,7 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL; the database is created when it does not exist.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/usersvc"
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/usersvc")]
     pub database_url: String,
     /// Connections in the database pool.
     #[arg(long, env = "USERSVC_DB_MAX_CONNECTIONS", default_value_t = 16)]
@@ -86,9 +82,7 @@ pub struct GatewayArgs {
 /// `90s`, `30m`, `12h`, `2d`, `500ms`, or bare seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
     let secs = match unit {
@@ -98,9 +92,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         "d" => n * 86400.0,
         _ => {
-            return Err(format!(
-                "unknown unit in duration {s:?} (use ms, s, m, h or d)"
-            ));
+            return Err(format!("unknown unit in duration {s:?} (use ms, s, m, h or d)"));
         }
     };
     if !secs.is_finite() || secs <= 0.0 {

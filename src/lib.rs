@@ -1,11 +1,11 @@
+pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod crypto;
 pub mod gateway;
 pub mod pb;
 pub mod schema;
 pub mod service;
 pub mod store;
-pub mod audit;
-pub mod crypto;
-pub mod admin;

@@ -191,7 +191,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             KeysCommand::RotateMaster { new_master_key_file, db, keys } => {
                 let new = MasterKey::load(Some(&new_master_key_file), None)?;
                 let n = admin(&db, &keys).await?.rotate_master(&new).await?;
-                eprintln!("usersvc: {n} application keys re-wrapped under master key {}; restart the service with it", new.id());
+                eprintln!(
+                    "usersvc: {n} application keys re-wrapped under master key {}; restart the service with it",
+                    new.id()
+                );
             }
             KeysCommand::RotateApp { app, db, keys } => {
                 let n = admin(&db, &keys).await?.rotate_app(app).await?;

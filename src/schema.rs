@@ -13,8 +13,7 @@ pub fn pool() -> &'static DescriptorPool {
         // The set is produced by build.rs from this crate's own protos, so a
         // failure here is a build defect, not a run-time condition.
         #[allow(clippy::expect_used)]
-        DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET)
-            .expect("descriptor set built by build.rs decodes")
+        DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptor set built by build.rs decodes")
     })
 }
 
@@ -127,10 +126,7 @@ pub fn quote_segment(seg: &str) -> String {
 /// A proto field path of an error ("addresses[0].zip_code") in the JSON
 /// form clients of the gateway know ("addresses[0].zipCode").
 pub fn field_path_to_json(path: &str) -> String {
-    path.split('.')
-        .map(snake_to_camel)
-        .collect::<Vec<_>>()
-        .join(".")
+    path.split('.').map(snake_to_camel).collect::<Vec<_>>().join(".")
 }
 
 #[cfg(test)]
@@ -143,22 +139,13 @@ mod tests {
         assert_eq!(snake_to_camel("users_id"), "usersId");
         assert_eq!(camel_to_snake("addressLine1"), "address_line1");
         assert_eq!(camel_to_snake("usersId"), "users_id");
-        assert_eq!(
-            field_path_to_json("addresses[0].zip_code"),
-            "addresses[0].zipCode"
-        );
+        assert_eq!(field_path_to_json("addresses[0].zip_code"), "addresses[0].zipCode");
     }
 
     #[test]
     fn paths_split_with_quotes() {
-        assert_eq!(
-            split_path("name.last_name").unwrap(),
-            vec!["name", "last_name"]
-        );
-        assert_eq!(
-            split_path("extras.`a.b`.c").unwrap(),
-            vec!["extras", "a.b", "c"]
-        );
+        assert_eq!(split_path("name.last_name").unwrap(), vec!["name", "last_name"]);
+        assert_eq!(split_path("extras.`a.b`.c").unwrap(), vec!["extras", "a.b", "c"]);
         assert_eq!(split_path("extras.`x``y`").unwrap(), vec!["extras", "x`y"]);
         assert!(split_path("a..b").is_err());
         assert!(split_path("").is_err());
@@ -175,9 +162,6 @@ mod tests {
     fn descriptors_resolve() {
         let user = message("User").unwrap();
         assert!(user.get_field_by_name("address_line1").is_none());
-        assert_eq!(
-            user.get_field_by_name("phone_number").unwrap().json_name(),
-            "phoneNumber"
-        );
+        assert_eq!(user.get_field_by_name("phone_number").unwrap().json_name(), "phoneNumber");
     }
 }

@@ -84,10 +84,7 @@ impl Authenticator {
     /// The application of the call's `x-api-key`.
     pub async fn app(&self, md: &MetadataMap) -> Result<Uuid, AuthError> {
         let value = header(md, API_KEY_HEADER).ok_or(AuthError::MissingApiKey)?;
-        let key = value
-            .ok()
-            .and_then(secret::api_key_from_header)
-            .ok_or(AuthError::InvalidApiKey)?;
+        let key = value.ok().and_then(secret::api_key_from_header).ok_or(AuthError::InvalidApiKey)?;
         let app = self.store.app_by_key_hash(&secret::digest(key)).await?;
         app.map(|a| a.id).ok_or(AuthError::InvalidApiKey)
     }
@@ -96,27 +93,16 @@ impl Authenticator {
     pub async fn signed_in(&self, md: &MetadataMap) -> Result<(Caller, SessionUser), AuthError> {
         let app_id = self.app(md).await?;
         let value = header(md, AUTHORIZATION_HEADER).ok_or(AuthError::MissingToken)?;
-        let token = value
-            .ok()
-            .and_then(secret::bearer_token)
-            .ok_or(AuthError::InvalidToken)?;
+        let token = value.ok().and_then(secret::bearer_token).ok_or(AuthError::InvalidToken)?;
         let user = self.session(app_id, token).await?;
-        Ok((
-            Caller {
-                app_id,
-                user: Some(user),
-            },
-            user,
-        ))
+        Ok((Caller { app_id, user: Some(user) }, user))
     }
 
     /// A caller who may be signed in. A token that does not resolve counts as
     /// none: the calls that use this are open to anyone with the key.
     pub async fn maybe_signed_in(&self, md: &MetadataMap) -> Result<Caller, AuthError> {
         let app_id = self.app(md).await?;
-        let token = header(md, AUTHORIZATION_HEADER)
-            .and_then(Result::ok)
-            .and_then(secret::bearer_token);
+        let token = header(md, AUTHORIZATION_HEADER).and_then(Result::ok).and_then(secret::bearer_token);
         let user = match token {
             Some(token) => match self.session(app_id, token).await {
                 Ok(user) => Some(user),
@@ -131,19 +117,12 @@ impl Authenticator {
     async fn session(&self, app_id: Uuid, token: &str) -> Result<SessionUser, AuthError> {
         let found = self
             .store
-            .lookup_session(
-                app_id,
-                &secret::digest(token),
-                self.policy.idle_timeout,
-                self.policy.touch_after(),
-            )
+            .lookup_session(app_id, &secret::digest(token), self.policy.idle_timeout, self.policy.touch_after())
             .await?;
         match found {
-            SessionLookup::Live(s) => Ok(SessionUser {
-                user_id: s.user_id,
-                session_id: s.session_id,
-                supervisor: s.supervisor,
-            }),
+            SessionLookup::Live(s) => {
+                Ok(SessionUser { user_id: s.user_id, session_id: s.session_id, supervisor: s.supervisor })
+            }
             SessionLookup::Expired => Err(AuthError::ExpiredToken),
             SessionLookup::Unknown => Err(AuthError::InvalidToken),
         }

@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordVerifier, Version, password_hash::SaltString,
-};
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordVerifier, Version, password_hash::SaltString};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
@@ -37,49 +35,30 @@ impl PasswordHasher {
     /// `concurrency` hashes run at once at most (the number of cores is right:
     /// each hash keeps one core busy).
     pub fn new(concurrency: usize) -> Result<Self, HashError> {
-        let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None)
-            .map_err(|e| HashError::Hash(e.to_string()))?;
+        let params =
+            Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).map_err(|e| HashError::Hash(e.to_string()))?;
         let dummy = crate::auth::secret::generate();
         let dummy_hash = hash_blocking(&params, dummy.expose_secret())?;
-        Ok(Self {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            params,
-            dummy_hash: dummy_hash.into(),
-        })
+        Ok(Self { permits: Arc::new(Semaphore::new(concurrency.max(1))), params, dummy_hash: dummy_hash.into() })
     }
 
     pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| HashError::Closed)?;
+        let _permit = self.permits.acquire().await.map_err(|_| HashError::Closed)?;
         let params = self.params.clone();
-        tokio::task::spawn_blocking(move || hash_blocking(&params, password.expose_secret()))
-            .await?
+        tokio::task::spawn_blocking(move || hash_blocking(&params, password.expose_secret())).await?
     }
 
     /// Checks a password against a PHC string, or against the dummy hash
     /// when there is none (the answer is then always false).
-    pub async fn verify(
-        &self,
-        password: SecretString,
-        phc: Option<String>,
-    ) -> Result<bool, HashError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| HashError::Closed)?;
+    pub async fn verify(&self, password: SecretString, phc: Option<String>) -> Result<bool, HashError> {
+        let _permit = self.permits.acquire().await.map_err(|_| HashError::Closed)?;
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy_hash.to_string());
         let ok = tokio::task::spawn_blocking(move || {
             let Ok(parsed) = PasswordHash::new(&phc) else {
                 return false;
             };
-            Argon2::default()
-                .verify_password(password.expose_secret().as_bytes(), &parsed)
-                .is_ok()
+            Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok()
         })
         .await?;
         Ok(ok && known)
@@ -101,28 +80,10 @@ mod tests {
     #[tokio::test]
     async fn hashes_verify_and_use_owasp_parameters() {
         let hasher = PasswordHasher::new(2).unwrap();
-        let phc = hasher
-            .hash(SecretString::from("correct horse"))
-            .await
-            .unwrap();
+        let phc = hasher.hash(SecretString::from("correct horse")).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
-        assert!(
-            hasher
-                .verify(SecretString::from("correct horse"), Some(phc.clone()))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !hasher
-                .verify(SecretString::from("wrong horse"), Some(phc))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !hasher
-                .verify(SecretString::from("correct horse"), None)
-                .await
-                .unwrap()
-        );
+        assert!(hasher.verify(SecretString::from("correct horse"), Some(phc.clone())).await.unwrap());
+        assert!(!hasher.verify(SecretString::from("wrong horse"), Some(phc)).await.unwrap());
+        assert!(!hasher.verify(SecretString::from("correct horse"), None).await.unwrap());
     }
 }

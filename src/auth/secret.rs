@@ -35,8 +35,7 @@ pub fn api_key_from_header(value: &str) -> Option<&str> {
 pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))
-        .then_some(token)
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' ')).then_some(token)
 }
 
 #[cfg(test)]
@@ -46,10 +45,7 @@ mod tests {
 
     #[test]
     fn api_key_shapes() {
-        assert_eq!(
-            api_key_from_header("browser api.catalyze.io abc"),
-            Some("abc")
-        );
+        assert_eq!(api_key_from_header("browser api.catalyze.io abc"), Some("abc"));
         assert_eq!(api_key_from_header("abc"), Some("abc"));
         assert_eq!(api_key_from_header("  abc  "), Some("abc"));
         assert_eq!(api_key_from_header(""), None);
@@ -72,10 +68,6 @@ mod tests {
         let b = generate();
         assert_ne!(a.expose_secret(), b.expose_secret());
         assert_eq!(a.expose_secret().len(), 43);
-        assert!(
-            a.expose_secret()
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-        );
+        assert!(a.expose_secret().bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
     }
 }

@@ -156,10 +156,8 @@ pub fn key_id_of(blob: &[u8]) -> Result<Uuid, CryptoError> {
 fn open_with(key: &Key, aad: &[u8], blob: &[u8]) -> Result<(Uuid, Vec<u8>), CryptoError> {
     let key_id = key_id_of(blob)?;
     let nonce = XNonce::from_slice(&blob[17..17 + NONCE_LEN]);
-    let plain = key
-        .cipher()
-        .decrypt(nonce, Payload { msg: &blob[17 + NONCE_LEN..], aad })
-        .map_err(|_| CryptoError::Decrypt)?;
+    let plain =
+        key.cipher().decrypt(nonce, Payload { msg: &blob[17 + NONCE_LEN..], aad }).map_err(|_| CryptoError::Decrypt)?;
     Ok((key_id, plain))
 }
 

@@ -40,21 +40,12 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         Self {
             status,
-            item: ErrorItem {
-                code: code.to_owned(),
-                message: message.into(),
-                field: None,
-            },
+            item: ErrorItem { code: code.to_owned(), message: message.into(), field: None },
             retry_after: None,
         }
     }
 
-    pub fn field(
-        status: StatusCode,
-        code: &str,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn field(status: StatusCode, code: &str, field: impl Into<String>, message: impl Into<String>) -> Self {
         let mut e = Self::new(status, code, message);
         e.item.field = Some(field.into());
         e
@@ -63,9 +54,7 @@ impl ApiError {
 
 pub fn http_status(code: Code) -> StatusCode {
     match code {
-        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-            StatusCode::BAD_REQUEST
-        }
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
         Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         Code::PermissionDenied => StatusCode::FORBIDDEN,
         Code::NotFound => StatusCode::NOT_FOUND,
@@ -84,8 +73,7 @@ fn code_word(code: Code) -> String {
         .enumerate()
         .flat_map(|(i, c)| {
             let sep = (i > 0 && c.is_ascii_uppercase()).then_some('_');
-            sep.into_iter()
-                .chain(std::iter::once(c.to_ascii_lowercase()))
+            sep.into_iter().chain(std::iter::once(c.to_ascii_lowercase()))
         })
         .collect()
 }
@@ -116,31 +104,18 @@ impl From<tonic::Status> for ApiError {
             (Code::Internal | Code::Unknown, _) => "internal error".to_owned(),
             _ => status.message().to_owned(),
         };
-        let retry_after = details
-            .retry_info()
-            .and_then(|r| r.retry_delay)
-            .map(|d| d.as_secs().max(1));
-        Self {
-            status: http_status(status.code()),
-            item: ErrorItem {
-                code,
-                message,
-                field,
-            },
-            retry_after,
-        }
+        let retry_after = details.retry_info().and_then(|r| r.retry_delay).map(|d| d.as_secs().max(1));
+        Self { status: http_status(status.code()), item: ErrorItem { code, message, field }, retry_after }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(ErrorBody {
-                errors: vec![self.item],
-            }),
-        )
-            .into_response()
+        let mut res = (self.status, Json(ErrorBody { errors: vec![self.item] })).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        res
     }
 }
 
@@ -149,25 +124,16 @@ impl IntoResponse for ApiError {
 pub async fn json_errors(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let status = res.status();
-    let is_json = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let is_json =
+        res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return res;
     }
     let (code, message) = match status {
         StatusCode::NOT_FOUND => ("not_found", "no such route"),
-        StatusCode::METHOD_NOT_ALLOWED => {
-            ("method_not_allowed", "this route does not take that method")
-        }
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ("payload_too_large", "the request body is larger than 1 MiB")
-        }
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
-            "unsupported_media_type",
-            "the body must be application/json",
-        ),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this route does not take that method"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is larger than 1 MiB"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "the body must be application/json"),
         StatusCode::REQUEST_TIMEOUT => ("request_timeout", "the request took too long"),
         s if s.is_client_error() => ("bad_request", "the request is malformed"),
         _ => ("internal", "internal error"),

@@ -52,26 +52,13 @@ pub fn parse<T: DeserializeOwned>(
         Value::Object(Map::new())
     } else {
         serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not valid JSON: {e}"),
-            )
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
         })?
     };
-    let desc = schema::message(message_name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
-    })?;
+    let desc = schema::message(message_name)
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))?;
     let Value::Object(obj) = &mut value else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "the body must be a JSON object",
-        ));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "the body must be a JSON object"));
     };
     for name in output_only {
         if let Some(f) = desc.get_field_by_name(name) {
@@ -80,12 +67,7 @@ pub fn parse<T: DeserializeOwned>(
         }
     }
     let mut paths = Vec::new();
-    check_message(
-        obj,
-        &desc,
-        "",
-        (mode == Mode::MergePatch).then_some(("", &mut paths)),
-    )?;
+    check_message(obj, &desc, "", (mode == Mode::MergePatch).then_some(("", &mut paths)))?;
     let message = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         bad(&path, format!("{path}: {}", e.inner()))
@@ -104,10 +86,7 @@ fn check_message(
 ) -> Result<(), ApiError> {
     let keys: Vec<String> = obj.keys().cloned().collect();
     for key in keys {
-        let Some(field) = desc
-            .get_field_by_json_name(&key)
-            .or_else(|| desc.get_field_by_name(&key))
-        else {
+        let Some(field) = desc.get_field_by_json_name(&key).or_else(|| desc.get_field_by_name(&key)) else {
             // Unknown members are ignored, as the proto3 mapping allows.
             obj.remove(&key);
             continue;
@@ -130,9 +109,7 @@ fn check_message(
             {
                 check_message(inner, m, &json_path, Some((&p, paths)))?;
             }
-            (Kind::Message(m), Value::Object(inner), Some((_, paths)), Some(p))
-                if schema::is_json_value(m) =>
-            {
+            (Kind::Message(m), Value::Object(inner), Some((_, paths)), Some(p)) if schema::is_json_value(m) => {
                 merge_json_paths(inner, &p, paths);
             }
             (_, v, mask, proto_path) => {
@@ -157,9 +134,7 @@ fn merge_json_paths(obj: &mut Map<String, Value>, prefix: &str, paths: &mut Vec<
                 obj.remove(&key);
                 paths.push(path);
             }
-            Some(Value::Object(inner)) if !inner.is_empty() => {
-                merge_json_paths(inner, &path, paths)
-            }
+            Some(Value::Object(inner)) if !inner.is_empty() => merge_json_paths(inner, &path, paths),
             Some(Value::Object(_)) => {}
             _ => paths.push(path),
         }
@@ -208,11 +183,7 @@ fn check_single(v: &mut Value, kind: &Kind, path: &str) -> Result<(), ApiError> 
 }
 
 fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{prefix}.{name}")
-    }
+    if prefix.is_empty() { name.to_owned() } else { format!("{prefix}.{name}") }
 }
 
 #[cfg(test)]
@@ -221,13 +192,7 @@ mod tests {
     use crate::pb;
 
     fn patch(body: &str) -> Result<Parsed<pb::User>, ApiError> {
-        parse(
-            &HeaderMap::new(),
-            body.as_bytes(),
-            "User",
-            schema::USER_OUTPUT_ONLY,
-            Mode::MergePatch,
-        )
+        parse(&HeaderMap::new(), body.as_bytes(), "User", schema::USER_OUTPUT_ONLY, Mode::MergePatch)
     }
 
     #[test]
@@ -236,33 +201,16 @@ mod tests {
             .unwrap();
         let mut paths = p.paths.clone();
         paths.sort();
-        assert_eq!(
-            paths,
-            vec![
-                "dob",
-                "extras.`c.d`",
-                "extras.a.b",
-                "name.first_name",
-                "name.last_name"
-            ]
-        );
+        assert_eq!(paths, vec!["dob", "extras.`c.d`", "extras.a.b", "name.first_name", "name.last_name"]);
         assert_eq!(p.message.name.unwrap().last_name, "X");
     }
 
     #[test]
     fn wrong_types_name_the_field() {
-        let field = |body: &str| {
-            patch(body)
-                .err()
-                .and_then(|e| e.item.field)
-                .unwrap_or_default()
-        };
+        let field = |body: &str| patch(body).err().and_then(|e| e.item.field).unwrap_or_default();
         assert_eq!(field(r#"{"age": "21"}"#), "age");
         assert_eq!(field(r#"{"email": "a@b.c"}"#), "email");
-        assert_eq!(
-            field(r#"{"addresses": [{"geocode": {"latitude": "x"}}]}"#),
-            "addresses[0].geocode.latitude"
-        );
+        assert_eq!(field(r#"{"addresses": [{"geocode": {"latitude": "x"}}]}"#), "addresses[0].geocode.latitude");
         assert_eq!(field(r#"{"addresses": {}}"#), "addresses");
         assert_eq!(field(r#"{"age": 21.5}"#), "age");
         assert_eq!(field(r#"{"age": 99999999999}"#), "age");

@@ -33,11 +33,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Any gRPC transport: the in-process services or a channel to a remote one.
 /// (The error is a concrete type: a boxed `dyn Error` trips rustc's
 /// higher-ranked lifetime check in the handlers' futures.)
-pub type GrpcTransport = BoxCloneSyncService<
-    http::Request<tonic::body::Body>,
-    http::Response<tonic::body::Body>,
-    tonic::transport::Error,
->;
+pub type GrpcTransport =
+    BoxCloneSyncService<http::Request<tonic::body::Body>, http::Response<tonic::body::Body>, tonic::transport::Error>;
 
 /// The gRPC clients the handlers call.
 #[derive(Clone)]
@@ -48,18 +45,12 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(transport: GrpcTransport) -> Self {
-        Self {
-            users: UserServiceClient::new(transport.clone()),
-            groups: GroupServiceClient::new(transport),
-        }
+        Self { users: UserServiceClient::new(transport.clone()), groups: GroupServiceClient::new(transport) }
     }
 
     /// Calls the services of this process without a network hop.
     pub fn in_process(routes: tonic::service::Routes) -> Self {
-        let svc = ServiceExt::<http::Request<tonic::body::Body>>::map_err(
-            routes,
-            |e: Infallible| match e {},
-        );
+        let svc = ServiceExt::<http::Request<tonic::body::Body>>::map_err(routes, |e: Infallible| match e {});
         Self::new(BoxCloneSyncService::new(svc))
     }
 
@@ -119,24 +110,15 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
     let v2 = Router::new()
         .route("/users", post(users::create))
         .route("/users/forgotUsername", post(users::forgot_username))
-        .route(
-            "/users/{users_id}",
-            get(users::get).put(users::update).delete(users::delete),
-        )
+        .route("/users/{users_id}", get(users::get).put(users::update).delete(users::delete))
         .route("/users/{users_id}/groups", get(users::groups))
         .route("/auth/signin", post(users::sign_in))
         .route("/auth/signout", get(users::sign_out))
         .route("/auth/sessions", get(users::sessions))
         .route("/auth/sessions/{session_id}", axum::routing::delete(users::revoke_session))
         .route("/groups", post(groups::create))
-        .route(
-            "/groups/{groups_id}",
-            get(groups::get).put(groups::update).delete(groups::delete),
-        )
-        .route(
-            "/groups/{groups_id}/users/{users_id}",
-            post(groups::add_member).delete(groups::remove_member),
-        )
+        .route("/groups/{groups_id}", get(groups::get).put(groups::update).delete(groups::delete))
+        .route("/groups/{groups_id}/users/{users_id}", post(groups::add_member).delete(groups::remove_member))
         .route("/groups/{groups_id}/members", get(groups::members))
         .route("/app/{app_id}/groups", get(groups::list_all))
         .route("/app/{app_id}/groups/default", get(groups::list_default));
@@ -157,11 +139,7 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
-    let origins: Vec<&str> = origins
-        .iter()
-        .map(|o| o.trim())
-        .filter(|o| !o.is_empty())
-        .collect();
+    let origins: Vec<&str> = origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()).collect();
     if origins.is_empty() {
         return None;
     }
@@ -173,13 +151,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([
-                Method::GET,
-                Method::POST,
-                Method::PUT,
-                Method::DELETE,
-                Method::OPTIONS,
-            ])
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
             .allow_headers([
                 HeaderName::from_static("x-api-key"),
                 header::AUTHORIZATION,

@@ -26,10 +26,7 @@ impl Ctx {
     }
 
     pub fn request_id(&self) -> Option<String> {
-        self.md
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(128).collect())
+        self.md.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(128).collect())
     }
 
     /// The client's address. A gateway in this process (no peer) or on this

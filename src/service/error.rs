@@ -42,19 +42,14 @@ pub type ServiceResult<T> = Result<T, ServiceError>;
 
 impl ServiceError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self::Invalid { field: field.into(), message: message.into() }
     }
 }
 
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(ref c) if c == "users_app_username_key" => {
-                ServiceError::UsernameTaken
-            }
+            StoreError::Conflict(ref c) if c == "users_app_username_key" => ServiceError::UsernameTaken,
             e => ServiceError::Store(e),
         }
     }

@@ -41,10 +41,7 @@ pub fn resolve(message: &MessageDescriptor, path: &str) -> Result<ResolvedPath, 
             Kind::Message(m) if !field.is_list() && !field.is_map() => Some(m),
             _ if last => None,
             _ => {
-                return Err(format!(
-                    "path {path:?} reaches into {:?}, which has no fields to name",
-                    field.name()
-                ));
+                return Err(format!("path {path:?} reaches into {:?}, which has no fields to name", field.name()));
             }
         };
     }
@@ -66,9 +63,7 @@ pub fn apply(target: &mut Value, patch: &Value, path: &[String]) {
             return;
         }
         let obj = object_mut(node);
-        node = obj
-            .entry(key.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
+        node = obj.entry(key.clone()).or_insert_with(|| Value::Object(Map::new()));
     }
     match new {
         Some(v) => {
@@ -93,8 +88,7 @@ fn object_mut(v: &mut Value) -> &mut Map<String, Value> {
 }
 
 fn lookup<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter()
-        .try_fold(v, |node, key| node.as_object()?.get(key))
+    path.iter().try_fold(v, |node, key| node.as_object()?.get(key))
 }
 
 #[cfg(test)]
@@ -127,15 +121,8 @@ mod tests {
         let patch = json!({"name": {"lastName": "C"}, "extras": {"k": {"x": 1}}});
         apply(&mut target, &patch, &["name".into(), "lastName".into()]);
         apply(&mut target, &patch, &["name".into(), "firstName".into()]);
-        apply(
-            &mut target,
-            &patch,
-            &["extras".into(), "k".into(), "x".into()],
-        );
+        apply(&mut target, &patch, &["extras".into(), "k".into(), "x".into()]);
         apply(&mut target, &patch, &["dob".into()]);
-        assert_eq!(
-            target,
-            json!({"name": {"lastName": "C"}, "extras": {"k": {"x": 1}}})
-        );
+        assert_eq!(target, json!({"name": {"lastName": "C"}, "extras": {"k": {"x": 1}}}));
     }
 }

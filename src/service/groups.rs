@@ -8,9 +8,9 @@ use uuid::Uuid;
 
 use super::context::Ctx;
 use super::error::{ServiceError, ServiceResult};
+use super::{Core, field_mask, validate};
 use crate::audit::AuditRecord;
 use crate::auth::Caller;
-use super::{Core, field_mask, validate};
 use crate::pb::{self, group_service_server::GroupService};
 use crate::schema;
 use crate::store::GroupRecord;
@@ -50,28 +50,17 @@ impl GroupSvc {
 
     async fn group(&self, app_id: Uuid, raw_id: &str) -> ServiceResult<GroupRecord> {
         let id = validate::id(raw_id, "groups_id")?;
-        self.core
-            .store
-            .get_group(app_id, id)
-            .await?
-            .ok_or(ServiceError::NotFound("group"))
+        self.core.store.get_group(app_id, id).await?.ok_or(ServiceError::NotFound("group"))
     }
 }
 
 fn to_pb(g: GroupRecord) -> pb::Group {
-    pb::Group {
-        groups_id: g.id.to_string(),
-        name: g.name,
-        default: Some(g.is_default),
-    }
+    pb::Group { groups_id: g.id.to_string(), name: g.name, default: Some(g.is_default) }
 }
 
 #[tonic::async_trait]
 impl GroupService for GroupSvc {
-    async fn create_group(
-        &self,
-        request: Request<pb::CreateGroupRequest>,
-    ) -> Result<Response<pb::Group>, Status> {
+    async fn create_group(&self, request: Request<pb::CreateGroupRequest>) -> Result<Response<pb::Group>, Status> {
         let (ctx, req) = Ctx::split(request);
         let caller = self.supervisor(&ctx).await?;
         let app_id = caller.app_id;
@@ -83,31 +72,19 @@ impl GroupService for GroupSvc {
         Ok(Response::new(to_pb(rec)))
     }
 
-    async fn get_group(
-        &self,
-        request: Request<pb::GetGroupRequest>,
-    ) -> Result<Response<pb::Group>, Status> {
+    async fn get_group(&self, request: Request<pb::GetGroupRequest>) -> Result<Response<pb::Group>, Status> {
         let (ctx, req) = Ctx::split(request);
         let caller = self.supervisor(&ctx).await?;
         let app_id = caller.app_id;
-        Ok(Response::new(to_pb(
-            self.group(app_id, &req.groups_id).await?,
-        )))
+        Ok(Response::new(to_pb(self.group(app_id, &req.groups_id).await?)))
     }
 
-    async fn update_group(
-        &self,
-        request: Request<pb::UpdateGroupRequest>,
-    ) -> Result<Response<pb::Group>, Status> {
+    async fn update_group(&self, request: Request<pb::UpdateGroupRequest>) -> Result<Response<pb::Group>, Status> {
         let (ctx, req) = Ctx::split(request);
         let caller = self.supervisor(&ctx).await?;
         let app_id = caller.app_id;
         let patch = req.group.unwrap_or_default();
-        let raw_id = if req.groups_id.is_empty() {
-            &patch.groups_id
-        } else {
-            &req.groups_id
-        };
+        let raw_id = if req.groups_id.is_empty() { &patch.groups_id } else { &req.groups_id };
         let mut rec = self.group(app_id, raw_id).await?;
         let desc = schema::message("Group").ok_or(ServiceError::NotFound("schema"))?;
         let paths = match &req.update_mask {
@@ -124,8 +101,7 @@ impl GroupService for GroupSvc {
             }
         };
         for path in &paths {
-            let resolved = field_mask::resolve(&desc, path)
-                .map_err(|m| ServiceError::invalid("update_mask", m))?;
+            let resolved = field_mask::resolve(&desc, path).map_err(|m| ServiceError::invalid("update_mask", m))?;
             match resolved.top.as_str() {
                 "name" => {
                     validate::group_name(&patch.name)?;
@@ -137,78 +113,45 @@ impl GroupService for GroupSvc {
         }
         let fields: Vec<&str> = paths.iter().map(String::as_str).collect();
         let r = self.record(&ctx, "group.update", &caller, None, &fields).await;
-        if !self
-            .core
-            .store
-            .update_group(app_id, &rec, &r)
-            .await
-            .map_err(ServiceError::from)?
-        {
+        if !self.core.store.update_group(app_id, &rec, &r).await.map_err(ServiceError::from)? {
             return Err(ServiceError::NotFound("group").into());
         }
         Ok(Response::new(to_pb(rec)))
     }
 
-    async fn delete_group(
-        &self,
-        request: Request<pb::DeleteGroupRequest>,
-    ) -> Result<Response<Empty>, Status> {
+    async fn delete_group(&self, request: Request<pb::DeleteGroupRequest>) -> Result<Response<Empty>, Status> {
         let (ctx, req) = Ctx::split(request);
         let caller = self.supervisor(&ctx).await?;
         let app_id = caller.app_id;
         let id = validate::id(&req.groups_id, "groups_id")?;
         let r = self.record(&ctx, "group.delete", &caller, None, &[]).await;
-        if !self
-            .core
-            .store
-            .delete_group(app_id, id, &r)
-            .await
-            .map_err(ServiceError::from)?
-        {
+        if !self.core.store.delete_group(app_id, id, &r).await.map_err(ServiceError::from)? {
             return Err(ServiceError::NotFound("group").into());
         }
         Ok(Response::new(Empty {}))
     }
 
-    async fn add_member(
-        &self,
-        request: Request<pb::AddMemberRequest>,
-    ) -> Result<Response<Empty>, Status> {
+    async fn add_member(&self, request: Request<pb::AddMemberRequest>) -> Result<Response<Empty>, Status> {
         let (ctx, req) = Ctx::split(request);
         let caller = self.supervisor(&ctx).await?;
         let app_id = caller.app_id;
         let group_id = validate::id(&req.groups_id, "groups_id")?;
         let user_id = validate::id(&req.users_id, "users_id")?;
         let r = self.record(&ctx, "group.member_add", &caller, Some(user_id), &["groups"]).await;
-        if !self
-            .core
-            .store
-            .add_member(app_id, group_id, user_id, &r)
-            .await
-            .map_err(ServiceError::from)?
-        {
+        if !self.core.store.add_member(app_id, group_id, user_id, &r).await.map_err(ServiceError::from)? {
             return Err(ServiceError::NotFound("group or user").into());
         }
         Ok(Response::new(Empty {}))
     }
 
-    async fn remove_member(
-        &self,
-        request: Request<pb::RemoveMemberRequest>,
-    ) -> Result<Response<Empty>, Status> {
+    async fn remove_member(&self, request: Request<pb::RemoveMemberRequest>) -> Result<Response<Empty>, Status> {
         let (ctx, req) = Ctx::split(request);
         let caller = self.supervisor(&ctx).await?;
         let app_id = caller.app_id;
         let group_id = validate::id(&req.groups_id, "groups_id")?;
         let user_id = validate::id(&req.users_id, "users_id")?;
         let r = self.record(&ctx, "group.member_remove", &caller, Some(user_id), &["groups"]).await;
-        if !self
-            .core
-            .store
-            .remove_member(app_id, group_id, user_id, &r)
-            .await
-            .map_err(ServiceError::from)?
-        {
+        if !self.core.store.remove_member(app_id, group_id, user_id, &r).await.map_err(ServiceError::from)? {
             return Err(ServiceError::NotFound("membership").into());
         }
         Ok(Response::new(Empty {}))
@@ -222,15 +165,8 @@ impl GroupService for GroupSvc {
         let caller = self.supervisor(&ctx).await?;
         let app_id = caller.app_id;
         let group = self.group(app_id, &req.groups_id).await?;
-        let members = self
-            .core
-            .store
-            .list_members(app_id, group.id)
-            .await
-            .map_err(ServiceError::from)?;
-        Ok(Response::new(pb::ListMembersResponse {
-            users_ids: members.iter().map(Uuid::to_string).collect(),
-        }))
+        let members = self.core.store.list_members(app_id, group.id).await.map_err(ServiceError::from)?;
+        Ok(Response::new(pb::ListMembersResponse { users_ids: members.iter().map(Uuid::to_string).collect() }))
     }
 
     async fn list_groups(
@@ -245,14 +181,7 @@ impl GroupService for GroupSvc {
         if !req.app_id.is_empty() && Uuid::try_parse(&req.app_id).ok() != Some(app_id) {
             return Err(ServiceError::NotFound("application").into());
         }
-        let groups = self
-            .core
-            .store
-            .list_groups(app_id, req.default_only)
-            .await
-            .map_err(ServiceError::from)?;
-        Ok(Response::new(pb::ListGroupsResponse {
-            groups: groups.into_iter().map(to_pb).collect(),
-        }))
+        let groups = self.core.store.list_groups(app_id, req.default_only).await.map_err(ServiceError::from)?;
+        Ok(Response::new(pb::ListGroupsResponse { groups: groups.into_iter().map(to_pb).collect() }))
     }
 }

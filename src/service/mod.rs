@@ -19,8 +19,8 @@ use uuid::Uuid;
 use crate::audit::{AuditRecord, AuditSink};
 use crate::auth::{Authenticator, Caller, PasswordHasher};
 use crate::crypto::Keyring;
-use crate::store::{Store, UserRecord};
 use crate::pb;
+use crate::store::{Store, UserRecord};
 use context::Ctx;
 use error::{ServiceError, ServiceResult};
 

@@ -20,23 +20,14 @@ use crate::store::{NewUser, ThrottleRule, UserChange};
 const UPDATE_ATTEMPTS: usize = 8;
 
 /// Sign-in failures per username: 5 free, then 1 s, 2 s, 4 s ... 15 min.
-pub const USERNAME_RULE: ThrottleRule = ThrottleRule {
-    free: 5,
-    max_wait: Duration::from_secs(15 * 60),
-    window: Duration::from_secs(60 * 60),
-};
+pub const USERNAME_RULE: ThrottleRule =
+    ThrottleRule { free: 5, max_wait: Duration::from_secs(15 * 60), window: Duration::from_secs(60 * 60) };
 /// Per client address: looser, as many users may share one.
-pub const ADDRESS_RULE: ThrottleRule = ThrottleRule {
-    free: 50,
-    max_wait: Duration::from_secs(15 * 60),
-    window: Duration::from_secs(60 * 60),
-};
+pub const ADDRESS_RULE: ThrottleRule =
+    ThrottleRule { free: 50, max_wait: Duration::from_secs(15 * 60), window: Duration::from_secs(60 * 60) };
 /// Username reminders per client address.
-pub const REMINDER_RULE: ThrottleRule = ThrottleRule {
-    free: 5,
-    max_wait: Duration::from_secs(15 * 60),
-    window: Duration::from_secs(15 * 60),
-};
+pub const REMINDER_RULE: ThrottleRule =
+    ThrottleRule { free: 5, max_wait: Duration::from_secs(15 * 60), window: Duration::from_secs(15 * 60) };
 
 #[derive(Clone)]
 pub struct UserSvc {
@@ -188,7 +179,8 @@ impl UserSvc {
         let mut changed = Vec::new();
         let (mut set_username, mut set_password, mut set_active) = (false, false, false);
         for path in &paths {
-            let resolved = field_mask::resolve(&user_desc, path).map_err(|m| ServiceError::invalid("update_mask", m))?;
+            let resolved =
+                field_mask::resolve(&user_desc, path).map_err(|m| ServiceError::invalid("update_mask", m))?;
             match resolved.top.as_str() {
                 t if schema::USER_OUTPUT_ONLY.contains(&t) => continue,
                 "username" => set_username = true,
@@ -207,7 +199,8 @@ impl UserSvc {
         if set_username {
             validate::username(&patch.username)?;
         }
-        let username_bidx = if set_username { Some(core.username_index(caller.app_id, &patch.username).await?) } else { None };
+        let username_bidx =
+            if set_username { Some(core.username_index(caller.app_id, &patch.username).await?) } else { None };
         let password_hash = if set_password {
             validate::password(&patch.password, core.min_password_chars)?;
             Some(core.hasher.hash(SecretString::from(patch.password.clone())).await?)
@@ -306,7 +299,11 @@ impl UserSvc {
         Ok(())
     }
 
-    async fn list_groups(&self, ctx: &Ctx, req: pb::ListUserGroupsRequest) -> ServiceResult<pb::ListUserGroupsResponse> {
+    async fn list_groups(
+        &self,
+        ctx: &Ctx,
+        req: pb::ListUserGroupsRequest,
+    ) -> ServiceResult<pb::ListUserGroupsResponse> {
         let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
         let id = validate::id(&req.users_id, "users_id")?;
         authorise(&me, id)?;

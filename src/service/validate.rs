@@ -23,22 +23,13 @@ pub fn username(name: &str) -> ServiceResult<String> {
         return Err(ServiceError::invalid("username", "is required"));
     }
     if n > MAX_USERNAME_CHARS {
-        return Err(ServiceError::invalid(
-            "username",
-            format!("must be at most {MAX_USERNAME_CHARS} characters"),
-        ));
+        return Err(ServiceError::invalid("username", format!("must be at most {MAX_USERNAME_CHARS} characters")));
     }
     if name.chars().any(char::is_control) {
-        return Err(ServiceError::invalid(
-            "username",
-            "must not contain control characters",
-        ));
+        return Err(ServiceError::invalid("username", "must not contain control characters"));
     }
     if name.trim() != name {
-        return Err(ServiceError::invalid(
-            "username",
-            "must not begin or end with white space",
-        ));
+        return Err(ServiceError::invalid("username", "must not begin or end with white space"));
     }
     Ok(super::profile::fold(name))
 }
@@ -49,16 +40,10 @@ pub fn password(pw: &str, min_chars: usize) -> ServiceResult<()> {
         return Err(ServiceError::invalid("password", "is required"));
     }
     if n < min_chars {
-        return Err(ServiceError::invalid(
-            "password",
-            format!("must be at least {min_chars} characters"),
-        ));
+        return Err(ServiceError::invalid("password", format!("must be at least {min_chars} characters")));
     }
     if n > MAX_PASSWORD_CHARS {
-        return Err(ServiceError::invalid(
-            "password",
-            format!("must be at most {MAX_PASSWORD_CHARS} characters"),
-        ));
+        return Err(ServiceError::invalid("password", format!("must be at most {MAX_PASSWORD_CHARS} characters")));
     }
     Ok(())
 }
@@ -89,8 +74,7 @@ pub fn looks_like_email(s: &str) -> bool {
 
 /// Checks every profile field of a user.
 pub fn profile(user: &pb::User) -> ServiceResult<()> {
-    let json =
-        serde_json::to_value(user).map_err(|e| ServiceError::invalid("user", e.to_string()))?;
+    let json = serde_json::to_value(user).map_err(|e| ServiceError::invalid("user", e.to_string()))?;
     sizes(&json, "")?;
     if let Some(email) = &user.email {
         for (field, value) in [
@@ -100,20 +84,14 @@ pub fn profile(user: &pb::User) -> ServiceResult<()> {
             ("other", &email.other),
         ] {
             if !value.is_empty() && !looks_like_email(value) {
-                return Err(ServiceError::invalid(
-                    format!("email.{field}"),
-                    "is not an email address",
-                ));
+                return Err(ServiceError::invalid(format!("email.{field}"), "is not an email address"));
             }
         }
     }
     if !user.dob.is_empty() {
         let ok = user.dob.len() == 10 && NaiveDate::parse_from_str(&user.dob, "%Y-%m-%d").is_ok();
         if !ok {
-            return Err(ServiceError::invalid(
-                "dob",
-                "must be a real date as YYYY-MM-DD",
-            ));
+            return Err(ServiceError::invalid("dob", "must be a real date as YYYY-MM-DD"));
         }
         let today = chrono::Utc::now().date_naive();
         if NaiveDate::parse_from_str(&user.dob, "%Y-%m-%d").is_ok_and(|d| d > today) {
@@ -123,10 +101,7 @@ pub fn profile(user: &pb::User) -> ServiceResult<()> {
     if let Some(age) = user.age
         && !(0..=MAX_AGE).contains(&age)
     {
-        return Err(ServiceError::invalid(
-            "age",
-            format!("must be between 0 and {MAX_AGE}"),
-        ));
+        return Err(ServiceError::invalid("age", format!("must be between 0 and {MAX_AGE}")));
     }
     for (i, a) in user.addresses.iter().enumerate() {
         if let Some(g) = &a.geocode {
@@ -145,14 +120,9 @@ pub fn profile(user: &pb::User) -> ServiceResult<()> {
         }
     }
     if let Some(extras) = &user.extras {
-        let size = serde_json::to_vec(extras)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(extras).map(|v| v.len()).unwrap_or(usize::MAX);
         if size > MAX_EXTRAS_BYTES {
-            return Err(ServiceError::invalid(
-                "extras",
-                format!("must be at most {MAX_EXTRAS_BYTES} bytes as JSON"),
-            ));
+            return Err(ServiceError::invalid("extras", format!("must be at most {MAX_EXTRAS_BYTES} bytes as JSON")));
         }
     }
     Ok(())
@@ -162,32 +132,21 @@ pub fn profile(user: &pb::User) -> ServiceResult<()> {
 /// its own limit). `path` is the proto path so far.
 fn sizes(v: &Value, path: &str) -> ServiceResult<()> {
     match v {
-        Value::String(s) if s.chars().count() > MAX_STRING_CHARS => Err(ServiceError::invalid(
-            path,
-            format!("must be at most {MAX_STRING_CHARS} characters"),
-        )),
+        Value::String(s) if s.chars().count() > MAX_STRING_CHARS => {
+            Err(ServiceError::invalid(path, format!("must be at most {MAX_STRING_CHARS} characters")))
+        }
         Value::Array(items) => {
             if items.len() > MAX_LIST_ITEMS {
-                return Err(ServiceError::invalid(
-                    path,
-                    format!("must have at most {MAX_LIST_ITEMS} items"),
-                ));
+                return Err(ServiceError::invalid(path, format!("must have at most {MAX_LIST_ITEMS} items")));
             }
-            items
-                .iter()
-                .enumerate()
-                .try_for_each(|(i, item)| sizes(item, &format!("{path}[{i}]")))
+            items.iter().enumerate().try_for_each(|(i, item)| sizes(item, &format!("{path}[{i}]")))
         }
         Value::Object(members) => members.iter().try_for_each(|(k, item)| {
             if path.is_empty() && k == "extras" {
                 return Ok(());
             }
             let name = schema::camel_to_snake(k);
-            let child = if path.is_empty() {
-                name
-            } else {
-                format!("{path}.{name}")
-            };
+            let child = if path.is_empty() { name } else { format!("{path}.{name}") };
             sizes(item, &child)
         }),
         _ => Ok(()),
@@ -200,10 +159,7 @@ pub fn group_name(name: &str) -> ServiceResult<()> {
         return Err(ServiceError::invalid("name", "is required"));
     }
     if name.chars().count() > MAX_STRING_CHARS {
-        return Err(ServiceError::invalid(
-            "name",
-            format!("must be at most {MAX_STRING_CHARS} characters"),
-        ));
+        return Err(ServiceError::invalid("name", format!("must be at most {MAX_STRING_CHARS} characters")));
     }
     Ok(())
 }
@@ -222,24 +178,10 @@ mod tests {
 
     #[test]
     fn emails() {
-        for ok in [
-            "primary@email.com",
-            "a.b+c@sub.example.org",
-            "x@xn--bcher-kva.ch",
-        ] {
+        for ok in ["primary@email.com", "a.b+c@sub.example.org", "x@xn--bcher-kva.ch"] {
             assert!(looks_like_email(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "plain",
-            "@x.com",
-            "a@",
-            "a@b",
-            "a b@c.com",
-            "a@b..com",
-            "a@-b.com",
-            "a@@b.com",
-        ] {
+        for bad in ["", "plain", "@x.com", "a@", "a@b", "a b@c.com", "a@b..com", "a@-b.com", "a@@b.com"] {
             assert!(!looks_like_email(bad), "{bad}");
         }
     }
@@ -261,28 +203,19 @@ mod tests {
             Err(ServiceError::Invalid { field, .. }) => field,
             other => panic!("expected a field error, got {other:?}"),
         };
-        let mut u = pb::User {
-            dob: "2001-02-30".into(),
-            ..Default::default()
-        };
+        let mut u = pb::User { dob: "2001-02-30".into(), ..Default::default() };
         assert_eq!(field(u.clone()), "dob");
         u.dob = "2000-01-01".into();
         assert!(profile(&u).is_ok());
         u.age = Some(151);
         assert_eq!(field(u.clone()), "age");
         u.age = Some(0);
-        u.addresses = vec![pb::Address {
-            zip_code: "z".repeat(1025),
-            ..Default::default()
-        }];
+        u.addresses = vec![pb::Address { zip_code: "z".repeat(1025), ..Default::default() }];
         assert_eq!(field(u.clone()), "addresses[0].zip_code");
         u.addresses = vec![pb::Address::default(); 101];
         assert_eq!(field(u.clone()), "addresses");
         u.addresses.clear();
-        u.email = Some(pb::Email {
-            work: "nope".into(),
-            ..Default::default()
-        });
+        u.email = Some(pb::Email { work: "nope".into(), ..Default::default() });
         assert_eq!(field(u), "email.work");
     }
 }

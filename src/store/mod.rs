@@ -34,9 +34,7 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::Conflict(db.constraint().unwrap_or_default().to_owned())
             }
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                StoreError::Unavailable(e)
-            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => StoreError::Unavailable(e),
             _ => StoreError::Database(e),
         }
     }
@@ -207,19 +205,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts the user, their default-group memberships and, when given, a
     /// first session, with the trail, in one transaction.
-    async fn create_user(&self, user: NewUser, session: Option<NewSession>, audit: &[AuditRecord]) -> Result<UserRecord>;
+    async fn create_user(
+        &self,
+        user: NewUser,
+        session: Option<NewSession>,
+        audit: &[AuditRecord],
+    ) -> Result<UserRecord>;
     async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>>;
     async fn credentials(&self, app_id: Uuid, username_bidx: &[u8]) -> Result<Option<Credentials>>;
     /// Applies the change if the user is still at the expected version and
     /// the key is still current: `Ok(None)` when the row is gone or moved on
     /// (the caller re-reads).
-    async fn update_user(&self, app_id: Uuid, user_id: Uuid, change: UserChange, audit: &[AuditRecord]) -> Result<Option<UserRecord>>;
+    async fn update_user(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        change: UserChange,
+        audit: &[AuditRecord],
+    ) -> Result<Option<UserRecord>>;
     /// Deletes the user with their sessions, memberships and queued mail.
     async fn delete_user(&self, app_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool>;
     /// Queues a username reminder for each user with this primary address.
     async fn queue_username_reminders(&self, app_id: Uuid, email_bidx: &[u8], audit: &AuditRecord) -> Result<u64>;
 
-    async fn create_session(&self, app_id: Uuid, user_id: Uuid, session: NewSession, audit: &AuditRecord) -> Result<()>;
+    async fn create_session(&self, app_id: Uuid, user_id: Uuid, session: NewSession, audit: &AuditRecord)
+    -> Result<()>;
     /// Finds the session of a token hash within the application, checking
     /// the idle timeout, and refreshes its last use when older than
     /// `touch_after`.
@@ -232,8 +242,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<SessionLookup>;
     /// Ends one session (`session_id`) or all of a user's (`None`); returns
     /// how many ended.
-    async fn delete_sessions(&self, app_id: Uuid, user_id: Uuid, session_id: Option<Uuid>, audit: Option<&AuditRecord>) -> Result<u64>;
-    async fn list_sessions(&self, app_id: Uuid, user_id: Uuid, idle_timeout: std::time::Duration) -> Result<Vec<SessionRow>>;
+    async fn delete_sessions(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        session_id: Option<Uuid>,
+        audit: Option<&AuditRecord>,
+    ) -> Result<u64>;
+    async fn list_sessions(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        idle_timeout: std::time::Duration,
+    ) -> Result<Vec<SessionRow>>;
     /// The user a session belongs to.
     async fn session_owner(&self, app_id: Uuid, session_id: Uuid) -> Result<Option<Uuid>>;
 

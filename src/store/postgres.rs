@@ -9,8 +9,8 @@ use sqlx::{PgConnection, PgPool, Row, migrate::MigrateDatabase, postgres::PgPool
 use uuid::Uuid;
 
 use super::{
-    App, AuditFilter, Credentials, GroupRecord, NewSession, NewUser, Result, SealedUser, SessionInfo,
-    SessionLookup, SessionRow, Store, StoreError, StoredKey, ThrottleRule, UserChange, UserRecord,
+    App, AuditFilter, Credentials, GroupRecord, NewSession, NewUser, Result, SealedUser, SessionInfo, SessionLookup,
+    SessionRow, Store, StoreError, StoredKey, ThrottleRule, UserChange, UserRecord,
 };
 use crate::audit::{self, AuditRecord, StoredAudit};
 
@@ -46,8 +46,7 @@ impl PgStore {
     }
 }
 
-const USER_COLUMNS: &str =
-    "id, app_id, profile_ct, active, supervisor, version, created_at, updated_at";
+const USER_COLUMNS: &str = "id, app_id, profile_ct, active, supervisor, version, created_at, updated_at";
 
 /// Serialises every writer of the trail, so that the chain has one order.
 const AUDIT_LOCK: i64 = 0x7573_6572_7376_6331;
@@ -66,11 +65,7 @@ fn user_from_row(row: &PgRow) -> Result<UserRecord> {
 }
 
 fn group_from_row(row: &PgRow) -> Result<GroupRecord> {
-    Ok(GroupRecord {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        is_default: row.try_get("is_default")?,
-    })
+    Ok(GroupRecord { id: row.try_get("id")?, name: row.try_get("name")?, is_default: row.try_get("is_default")? })
 }
 
 fn key_from_row(row: &PgRow) -> Result<StoredKey> {
@@ -97,16 +92,14 @@ fn now_seconds() -> DateTime<Utc> {
 }
 
 async fn insert_session(conn: &mut PgConnection, app_id: Uuid, user_id: Uuid, s: &NewSession) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(s.id)
-    .bind(app_id)
-    .bind(user_id)
-    .bind(&s.token_hash)
-    .bind(expiry(s, Utc::now()))
-    .execute(conn)
-    .await?;
+    sqlx::query("INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(s.id)
+        .bind(app_id)
+        .bind(user_id)
+        .bind(&s.token_hash)
+        .bind(expiry(s, Utc::now()))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -286,7 +279,12 @@ impl Store for PgStore {
         Ok(true)
     }
 
-    async fn create_user(&self, user: NewUser, session: Option<NewSession>, audit: &[AuditRecord]) -> Result<UserRecord> {
+    async fn create_user(
+        &self,
+        user: NewUser,
+        session: Option<NewSession>,
+        audit: &[AuditRecord],
+    ) -> Result<UserRecord> {
         let now = now_seconds();
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(&format!(
@@ -332,13 +330,11 @@ impl Store for PgStore {
     }
 
     async fn credentials(&self, app_id: Uuid, username_bidx: &[u8]) -> Result<Option<Credentials>> {
-        let row = sqlx::query(
-            "SELECT id, password_hash, active FROM users WHERE app_id = $1 AND username_bidx = $2",
-        )
-        .bind(app_id)
-        .bind(username_bidx)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT id, password_hash, active FROM users WHERE app_id = $1 AND username_bidx = $2")
+            .bind(app_id)
+            .bind(username_bidx)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| {
             Ok(Credentials {
                 user_id: r.try_get("id")?,
@@ -349,7 +345,13 @@ impl Store for PgStore {
         .transpose()
     }
 
-    async fn update_user(&self, app_id: Uuid, user_id: Uuid, change: UserChange, audit: &[AuditRecord]) -> Result<Option<UserRecord>> {
+    async fn update_user(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        change: UserChange,
+        audit: &[AuditRecord],
+    ) -> Result<Option<UserRecord>> {
         let mut tx = self.pool.begin().await?;
         let (username_ct, username_bidx) = change.username.clone().unzip();
         // A key rotated away since the caller sealed makes this a conflict:
@@ -442,7 +444,13 @@ impl Store for PgStore {
         Ok(ids.len() as u64)
     }
 
-    async fn create_session(&self, app_id: Uuid, user_id: Uuid, session: NewSession, audit: &AuditRecord) -> Result<()> {
+    async fn create_session(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        session: NewSession,
+        audit: &AuditRecord,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         insert_session(&mut tx, app_id, user_id, &session).await?;
         append_in(&mut tx, std::slice::from_ref(audit)).await?;
@@ -491,16 +499,21 @@ impl Store for PgStore {
         }))
     }
 
-    async fn delete_sessions(&self, app_id: Uuid, user_id: Uuid, session_id: Option<Uuid>, audit: Option<&AuditRecord>) -> Result<u64> {
+    async fn delete_sessions(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        session_id: Option<Uuid>,
+        audit: Option<&AuditRecord>,
+    ) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "DELETE FROM sessions WHERE app_id = $1 AND user_id = $2 AND ($3::uuid IS NULL OR id = $3)",
-        )
-        .bind(app_id)
-        .bind(user_id)
-        .bind(session_id)
-        .execute(&mut *tx)
-        .await?;
+        let done =
+            sqlx::query("DELETE FROM sessions WHERE app_id = $1 AND user_id = $2 AND ($3::uuid IS NULL OR id = $3)")
+                .bind(app_id)
+                .bind(user_id)
+                .bind(session_id)
+                .execute(&mut *tx)
+                .await?;
         if let Some(a) = audit {
             append_in(&mut tx, std::slice::from_ref(a)).await?;
         }

@@ -8,8 +8,8 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::OnceCell;
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 use usersvc::{
-    app::Application,
     admin::Admin,
+    app::Application,
     config::{DatabaseArgs, GatewayArgs, KeyArgs, ServeArgs, SessionArgs},
     crypto::MasterKey,
     pb::{self, group_service_client::GroupServiceClient, user_service_client::UserServiceClient},
@@ -25,9 +25,7 @@ fn server_url() -> String {
 }
 
 fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let base = match base.rfind('/') {
         Some(i) if i > "postgres://".len() => &base[..i],
         _ => base,
@@ -36,6 +34,17 @@ fn with_database(url: &str, db: &str) -> String {
         Some(q) => format!("{base}/{db}?{q}"),
         None => format!("{base}/{db}"),
     }
+}
+
+/// A database of its own, for tests that change what every other test
+/// shares (the master key, the trail's chain).
+pub async fn fresh_database() -> String {
+    let admin = server_url();
+    let name = format!("usersvc_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect(&admin).await.expect("connect to PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+    conn.close().await.ok();
+    with_database(&admin, &name)
 }
 
 static DATABASE: OnceCell<String> = OnceCell::const_new();
@@ -47,18 +56,11 @@ pub async fn database_url() -> String {
         .get_or_init(|| async {
             let admin = server_url();
             let name = format!("usersvc_test_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = PgConnection::connect(&admin)
-                .await
-                .expect("connect to PostgreSQL (set TEST_DATABASE_URL)");
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .expect("create test database");
+            let mut conn = PgConnection::connect(&admin).await.expect("connect to PostgreSQL (set TEST_DATABASE_URL)");
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
             conn.close().await.ok();
             let url = with_database(&admin, &name);
-            let store = PgStore::connect(&url, 1)
-                .await
-                .expect("connect to test database");
+            let store = PgStore::connect(&url, 1).await.expect("connect to test database");
             store.migrate().await.expect("migrate test database");
             url
         })
@@ -75,23 +77,15 @@ pub fn master_key() -> &'static str {
 
 pub fn serve_args(database_url: String) -> ServeArgs {
     ServeArgs {
-        db: DatabaseArgs {
-            database_url,
-            db_max_connections: 4,
-        },
-        keys: KeyArgs {
-            master_key_file: None,
-            master_key: Some(SecretString::from(master_key().to_owned())),
-        },
+        db: DatabaseArgs { database_url, db_max_connections: 4 },
+        keys: KeyArgs { master_key_file: None, master_key: Some(SecretString::from(master_key().to_owned())) },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         sessions: SessionArgs {
             session_idle_timeout: Duration::from_secs(1800),
             session_max_age: Duration::from_secs(12 * 3600),
         },
-        gateway: GatewayArgs {
-            cors_origins: vec![],
-        },
+        gateway: GatewayArgs { cors_origins: vec![] },
         hash_concurrency: Some(2),
         min_password_length: 8,
     }
@@ -120,12 +114,7 @@ pub async fn spawn_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
     configure(&mut args);
     let app = Application::start(&args).await.expect("start usersvc");
     let (app_id, api_key) = new_application(&app).await;
-    TestApp {
-        app,
-        app_id,
-        api_key,
-        http: reqwest::Client::new(),
-    }
+    TestApp { app, app_id, api_key, http: reqwest::Client::new() }
 }
 
 /// Creates another application in the same service; returns its id and key.
@@ -149,11 +138,7 @@ impl TestApp {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc_addr()))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect gRPC")
+        Channel::from_shared(format!("http://{}", self.grpc_addr())).unwrap().connect().await.expect("connect gRPC")
     }
 
     pub async fn users(&self) -> UserServiceClient<Channel> {
@@ -179,20 +164,13 @@ impl TestApp {
         let user = pb::User {
             username: username.into(),
             password: "correct horse battery".into(),
-            email: Some(pb::Email {
-                primary: format!("{username}@example.com"),
-                ..Default::default()
-            }),
+            email: Some(pb::Email { primary: format!("{username}@example.com"), ..Default::default() }),
             ..Default::default()
         };
         let out = self
             .users()
             .await
-            .create_user(with_auth(
-                pb::CreateUserRequest { user: Some(user) },
-                Some(api_key),
-                None,
-            ))
+            .create_user(with_auth(pb::CreateUserRequest { user: Some(user) }, Some(api_key), None))
             .await
             .expect("sign up")
             .into_inner();
@@ -213,27 +191,17 @@ impl TestApp {
 
     pub async fn count(&self, sql: &str, id: &str) -> i64 {
         let id = uuid::Uuid::parse_str(id).unwrap();
-        sqlx::query_scalar(sql)
-            .bind(id)
-            .fetch_one(self.app.store.pool())
-            .await
-            .unwrap()
+        sqlx::query_scalar(sql).bind(id).fetch_one(self.app.store.pool()).await.unwrap()
     }
 }
 
 pub fn with_auth<T>(message: T, api_key: Option<&str>, token: Option<&str>) -> Request<T> {
     let mut req = Request::new(message);
     if let Some(key) = api_key {
-        req.metadata_mut().insert(
-            "x-api-key",
-            MetadataValue::try_from(format!("browser usersvc.test {key}")).unwrap(),
-        );
+        req.metadata_mut().insert("x-api-key", MetadataValue::try_from(format!("browser usersvc.test {key}")).unwrap());
     }
     if let Some(token) = token {
-        req.metadata_mut().insert(
-            "authorization",
-            MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
-        );
+        req.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).unwrap());
     }
     req
 }
@@ -241,9 +209,5 @@ pub fn with_auth<T>(message: T, api_key: Option<&str>, token: Option<&str>) -> R
 /// The field named by an INVALID_ARGUMENT status.
 pub fn violation_field(status: &tonic::Status) -> Option<String> {
     use tonic_types::StatusExt;
-    status
-        .get_error_details()
-        .bad_request()
-        .and_then(|b| b.field_violations.first())
-        .map(|v| v.field.clone())
+    status.get_error_details().bad_request().and_then(|b| b.field_violations.first()).map(|v| v.field.clone())
 }

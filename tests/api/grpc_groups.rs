@@ -17,12 +17,7 @@ async fn groups_members_and_default_groups() {
     // Only a supervisor manages groups.
     let e = groups
         .create_group(t.req(
-            pb::CreateGroupRequest {
-                group: Some(pb::Group {
-                    name: "x".into(),
-                    ..Default::default()
-                }),
-            },
+            pb::CreateGroupRequest { group: Some(pb::Group { name: "x".into(), ..Default::default() }) },
             Some(&early_token),
         ))
         .await
@@ -30,127 +25,68 @@ async fn groups_members_and_default_groups() {
     assert_eq!(e.code(), Code::PermissionDenied);
 
     let create = |name: &str, default: bool| pb::CreateGroupRequest {
-        group: Some(pb::Group {
-            name: name.into(),
-            default: Some(default),
-            ..Default::default()
-        }),
+        group: Some(pb::Group { name: name.into(), default: Some(default), ..Default::default() }),
     };
-    let readers = groups
-        .create_group(t.req(create("Read Group", false), Some(&sup)))
-        .await
-        .unwrap()
-        .into_inner();
+    let readers = groups.create_group(t.req(create("Read Group", false), Some(&sup))).await.unwrap().into_inner();
     assert_eq!(readers.default, Some(false));
-    let everyone = groups
-        .create_group(t.req(create("Everyone", true), Some(&sup)))
-        .await
-        .unwrap()
-        .into_inner();
+    let everyone = groups.create_group(t.req(create("Everyone", true), Some(&sup))).await.unwrap().into_inner();
 
     // A user created after a default group exists joins it.
     let (late, late_token) = t.sign_up("late").await;
     let mine = users
-        .list_user_groups(t.req(
-            pb::ListUserGroupsRequest {
-                users_id: late.clone(),
-            },
-            Some(&late_token),
-        ))
+        .list_user_groups(t.req(pb::ListUserGroupsRequest { users_id: late.clone() }, Some(&late_token)))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        mine.groups,
-        vec![pb::GroupRef {
-            groups_id: everyone.groups_id.clone(),
-            name: "Everyone".into()
-        }]
-    );
+    assert_eq!(mine.groups, vec![pb::GroupRef { groups_id: everyone.groups_id.clone(), name: "Everyone".into() }]);
 
     // Members come and go.
-    let add = |g: &str, u: &str| pb::AddMemberRequest {
-        groups_id: g.into(),
-        users_id: u.into(),
-    };
-    groups
-        .add_member(t.req(add(&readers.groups_id, &early), Some(&sup)))
-        .await
-        .unwrap();
-    groups
-        .add_member(t.req(add(&readers.groups_id, &early), Some(&sup)))
-        .await
-        .expect("adding again changes nothing");
-    groups
-        .add_member(t.req(add(&readers.groups_id, &late), Some(&sup)))
-        .await
-        .unwrap();
+    let add = |g: &str, u: &str| pb::AddMemberRequest { groups_id: g.into(), users_id: u.into() };
+    groups.add_member(t.req(add(&readers.groups_id, &early), Some(&sup))).await.unwrap();
+    groups.add_member(t.req(add(&readers.groups_id, &early), Some(&sup))).await.expect("adding again changes nothing");
+    groups.add_member(t.req(add(&readers.groups_id, &late), Some(&sup))).await.unwrap();
     let members = groups
-        .list_members(t.req(
-            pb::ListMembersRequest {
-                groups_id: readers.groups_id.clone(),
-            },
-            Some(&sup),
-        ))
+        .list_members(t.req(pb::ListMembersRequest { groups_id: readers.groups_id.clone() }, Some(&sup)))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(members.users_ids, vec![early.clone(), late.clone()]);
     groups
-        .remove_member(t.req(
-            pb::RemoveMemberRequest {
-                groups_id: readers.groups_id.clone(),
-                users_id: early.clone(),
-            },
-            Some(&sup),
-        ))
+        .remove_member(
+            t.req(
+                pb::RemoveMemberRequest { groups_id: readers.groups_id.clone(), users_id: early.clone() },
+                Some(&sup),
+            ),
+        )
         .await
         .unwrap();
-    let e = groups
-        .remove_member(t.req(
-            pb::RemoveMemberRequest {
-                groups_id: readers.groups_id.clone(),
-                users_id: early.clone(),
-            },
-            Some(&sup),
-        ))
-        .await
-        .unwrap_err();
+    let e =
+        groups
+            .remove_member(t.req(
+                pb::RemoveMemberRequest { groups_id: readers.groups_id.clone(), users_id: early.clone() },
+                Some(&sup),
+            ))
+            .await
+            .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 
     // Listing, default only, and the app id check.
     let all = groups
-        .list_groups(t.req(
-            pb::ListGroupsRequest {
-                app_id: t.app_id.to_string(),
-                default_only: false,
-            },
-            Some(&sup),
-        ))
+        .list_groups(t.req(pb::ListGroupsRequest { app_id: t.app_id.to_string(), default_only: false }, Some(&sup)))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(all.groups.len(), 2);
     let defaults = groups
-        .list_groups(t.req(
-            pb::ListGroupsRequest {
-                app_id: String::new(),
-                default_only: true,
-            },
-            Some(&sup),
-        ))
+        .list_groups(t.req(pb::ListGroupsRequest { app_id: String::new(), default_only: true }, Some(&sup)))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(defaults.groups, vec![everyone.clone()]);
     let e = groups
-        .list_groups(t.req(
-            pb::ListGroupsRequest {
-                app_id: uuid::Uuid::new_v4().to_string(),
-                default_only: false,
-            },
-            Some(&sup),
-        ))
+        .list_groups(
+            t.req(pb::ListGroupsRequest { app_id: uuid::Uuid::new_v4().to_string(), default_only: false }, Some(&sup)),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -160,72 +96,30 @@ async fn groups_members_and_default_groups() {
         .update_group(t.req(
             pb::UpdateGroupRequest {
                 groups_id: readers.groups_id.clone(),
-                group: Some(pb::Group {
-                    name: "Readers".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["name".into(), "default".into()],
-                }),
+                group: Some(pb::Group { name: "Readers".into(), ..Default::default() }),
+                update_mask: Some(FieldMask { paths: vec!["name".into(), "default".into()] }),
             },
             Some(&sup),
         ))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        (renamed.name.as_str(), renamed.default),
-        ("Readers", Some(false))
-    );
+    assert_eq!((renamed.name.as_str(), renamed.default), ("Readers", Some(false)));
     groups
-        .delete_group(t.req(
-            pb::DeleteGroupRequest {
-                groups_id: readers.groups_id.clone(),
-            },
-            Some(&sup),
-        ))
+        .delete_group(t.req(pb::DeleteGroupRequest { groups_id: readers.groups_id.clone() }, Some(&sup)))
         .await
         .unwrap();
     let e = groups
-        .get_group(t.req(
-            pb::GetGroupRequest {
-                groups_id: readers.groups_id.clone(),
-            },
-            Some(&sup),
-        ))
+        .get_group(t.req(pb::GetGroupRequest { groups_id: readers.groups_id.clone() }, Some(&sup)))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    assert_eq!(
-        t.count(
-            "SELECT count(*) FROM memberships WHERE group_id = $1",
-            &readers.groups_id
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        t.count("SELECT count(*) FROM users WHERE id = $1", &late)
-            .await,
-        1,
-        "members outlive their group"
-    );
+    assert_eq!(t.count("SELECT count(*) FROM memberships WHERE group_id = $1", &readers.groups_id).await, 0);
+    assert_eq!(t.count("SELECT count(*) FROM users WHERE id = $1", &late).await, 1, "members outlive their group");
 
     // Deleting a user removes their memberships.
-    users
-        .delete_user(t.req(
-            pb::DeleteUserRequest {
-                users_id: late.clone(),
-            },
-            Some(&sup),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(
-        t.count("SELECT count(*) FROM memberships WHERE user_id = $1", &late)
-            .await,
-        0
-    );
+    users.delete_user(t.req(pb::DeleteUserRequest { users_id: late.clone() }, Some(&sup))).await.unwrap();
+    assert_eq!(t.count("SELECT count(*) FROM memberships WHERE user_id = $1", &late).await, 0);
     let _ = sup_id;
 }
 
@@ -241,12 +135,7 @@ async fn groups_of_another_application_are_invisible() {
     t.make_supervisor(other_id, "theirs2").await;
     let theirs = groups
         .create_group(common::with_auth(
-            pb::CreateGroupRequest {
-                group: Some(pb::Group {
-                    name: "Theirs".into(),
-                    ..Default::default()
-                }),
-            },
+            pb::CreateGroupRequest { group: Some(pb::Group { name: "Theirs".into(), ..Default::default() }) },
             Some(&other_key),
             Some(&their_sup),
         ))
@@ -254,23 +143,13 @@ async fn groups_of_another_application_are_invisible() {
         .unwrap()
         .into_inner();
     let e = groups
-        .get_group(t.req(
-            pb::GetGroupRequest {
-                groups_id: theirs.groups_id.clone(),
-            },
-            Some(&sup),
-        ))
+        .get_group(t.req(pb::GetGroupRequest { groups_id: theirs.groups_id.clone() }, Some(&sup)))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let mine = groups
         .create_group(t.req(
-            pb::CreateGroupRequest {
-                group: Some(pb::Group {
-                    name: "Mine".into(),
-                    ..Default::default()
-                }),
-            },
+            pb::CreateGroupRequest { group: Some(pb::Group { name: "Mine".into(), ..Default::default() }) },
             Some(&sup),
         ))
         .await
@@ -278,24 +157,14 @@ async fn groups_of_another_application_are_invisible() {
         .into_inner();
     // Their user cannot be put in my group, nor mine in theirs.
     let e = groups
-        .add_member(t.req(
-            pb::AddMemberRequest {
-                groups_id: mine.groups_id.clone(),
-                users_id: other_user.clone(),
-            },
-            Some(&sup),
-        ))
+        .add_member(
+            t.req(pb::AddMemberRequest { groups_id: mine.groups_id.clone(), users_id: other_user.clone() }, Some(&sup)),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = groups
-        .list_groups(t.req(
-            pb::ListGroupsRequest {
-                app_id: other_id.to_string(),
-                default_only: false,
-            },
-            Some(&sup),
-        ))
+        .list_groups(t.req(pb::ListGroupsRequest { app_id: other_id.to_string(), default_only: false }, Some(&sup)))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);

@@ -6,3 +6,4 @@ mod grpc_groups;
 mod grpc_users;
 mod http_gateway;
 mod processes;
+mod safeguards;

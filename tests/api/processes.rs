@@ -17,30 +17,15 @@ fn usersvc() -> Command {
 #[tokio::test]
 async fn cli_creates_applications_and_supervisors() {
     let db = database_url().await;
-    let out = usersvc()
-        .args(["app", "create", "--name", "clinic"])
-        .env("DATABASE_URL", &db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = usersvc().args(["app", "create", "--name", "clinic"]).env("DATABASE_URL", &db).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let app_id = created["appId"].as_str().unwrap().to_owned();
     uuid::Uuid::parse_str(&app_id).unwrap();
     assert!(created["apiKey"].as_str().unwrap().len() >= 32);
 
     let out = usersvc()
-        .args([
-            "supervisor",
-            "add",
-            "--app",
-            &app_id,
-            "--username",
-            "nobody",
-        ])
+        .args(["supervisor", "add", "--app", &app_id, "--username", "nobody"])
         .env("DATABASE_URL", &db)
         .output()
         .unwrap();
@@ -54,22 +39,11 @@ async fn cli_creates_applications_and_supervisors() {
     t2.api_key = created["apiKey"].as_str().unwrap().to_owned();
     t2.sign_up("Head.Nurse").await;
     let out = usersvc()
-        .args([
-            "supervisor",
-            "add",
-            "--app",
-            &app_id,
-            "--username",
-            "head.nurse",
-        ])
+        .args(["supervisor", "add", "--app", &app_id, "--username", "head.nurse"])
         .env("DATABASE_URL", &db)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 struct Child(std::process::Child);
@@ -125,28 +99,14 @@ async fn standalone_gateway_talks_to_the_service_over_tcp() {
     let res = client
         .get(t.url(&format!("/v2/users/{id}")))
         .header("X-Api-Key", &t.api_key)
-        .header(
-            "Authorization",
-            format!("Bearer {}", user["sessionToken"].as_str().unwrap()),
-        )
+        .header("Authorization", format!("Bearer {}", user["sessionToken"].as_str().unwrap()))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["name"]["firstName"],
-        "Re"
-    );
+    assert_eq!(res.json::<Value>().await.unwrap()["name"]["firstName"], "Re");
     // Errors keep their shape through the remote hop.
-    let res = client
-        .get(format!("{base}/v2/users/{id}"))
-        .header("X-Api-Key", &t.api_key)
-        .send()
-        .await
-        .unwrap();
+    let res = client.get(format!("{base}/v2/users/{id}")).header("X-Api-Key", &t.api_key).send().await.unwrap();
     assert_eq!(res.status(), 401);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["errors"][0]["code"],
-        "missing_session"
-    );
+    assert_eq!(res.json::<Value>().await.unwrap()["errors"][0]["code"], "missing_session");
 }

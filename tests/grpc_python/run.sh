@@ -67,6 +67,9 @@ trap 'exit 143' TERM
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE \"$DB\""
 DB_CREATED=1
 export DATABASE_URL="postgres://postgres@$PG_HOST:$PG_PORT/$DB"
+# A master key for this run only: PII is encrypted under it.
+USERSVC_MASTER_KEY=$("$BIN" keys generate)
+export USERSVC_MASTER_KEY
 
 # `app create` migrates the blank database itself.
 APP_JSON=$("$BIN" app create --name pycheck)

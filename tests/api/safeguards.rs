@@ -1,0 +1,441 @@
+//! PII safeguards: encryption at rest, the tamper-evident trail, throttling
+//! and session control.
+
+use std::time::Duration;
+
+use pbjson_types::FieldMask;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use tonic::Code;
+use usersvc::{admin::Admin, app::Application, crypto::MasterKey, pb, store::AuditFilter};
+
+use crate::common::{self, TestApp, spawn};
+
+/// A user whose every field is distinctive, so that any of it would be
+/// found in a dump.
+fn distinctive(tag: &str) -> pb::User {
+    pb::User {
+        username: format!("user-{tag}"),
+        password: format!("password-{tag}"),
+        email: Some(pb::Email { primary: format!("mail-{tag}@example.org"), ..Default::default() }),
+        name: Some(pb::Name {
+            first_name: format!("First{tag}"),
+            last_name: format!("Last{tag}"),
+            ..Default::default()
+        }),
+        ssn: format!("ssn{tag}"),
+        dob: "1970-01-02".into(),
+        addresses: vec![pb::Address { city: format!("City{tag}"), ..Default::default() }],
+        extras: Some(serde_json::from_value(json!({"note": format!("extra{tag}")})).unwrap()),
+        ..Default::default()
+    }
+}
+
+async fn create(t: &TestApp, user: pb::User) -> pb::User {
+    t.users().await.create_user(t.req(pb::CreateUserRequest { user: Some(user) }, None)).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn no_pii_in_any_table_or_dump() {
+    let t = spawn().await;
+    let tag = format!("Zq{}", uuid::Uuid::new_v4().simple());
+    let created = create(&t, distinctive(&tag)).await;
+    let token = created.session_token.clone();
+    let mut users = t.users().await;
+    // Read it, change it, ask for a reminder: every path that stores anything.
+    users.get_user(t.req(pb::GetUserRequest { users_id: created.users_id.clone() }, Some(&token))).await.unwrap();
+    let patch = pb::User { gender: format!("Gender{tag}"), ..Default::default() };
+    users
+        .update_user(t.req(
+            pb::UpdateUserRequest {
+                users_id: created.users_id.clone(),
+                user: Some(patch),
+                update_mask: Some(FieldMask { paths: vec!["gender".into()] }),
+            },
+            Some(&token),
+        ))
+        .await
+        .unwrap();
+    users
+        .forgot_username(t.req(pb::ForgotUsernameRequest { email: format!("mail-{tag}@example.org") }, None))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let needles = [tag.clone(), tag.to_lowercase()];
+    let tables: Vec<String> = sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
+        .fetch_all(t.app.store.pool())
+        .await
+        .unwrap();
+    assert!(tables.len() >= 8, "{tables:?}");
+    for table in &tables {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT t::text FROM {table} t")).fetch_all(t.app.store.pool()).await.unwrap();
+        for row in rows {
+            for n in &needles {
+                assert!(!row.contains(n.as_str()), "{table} holds PII in the clear: {row}");
+            }
+        }
+    }
+    let url = common::database_url().await;
+    let dump = std::process::Command::new("pg_dump").arg(&url).output().expect("pg_dump");
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("profile_ct"), "the dump has the users table");
+    for n in &needles {
+        assert!(!dump.contains(n.as_str()), "pg_dump shows PII");
+    }
+}
+
+#[tokio::test]
+async fn a_ciphertext_moved_to_another_row_does_not_open() {
+    let t = spawn().await;
+    let (_, sup) = t.supervisor("mover").await;
+    let a = create(&t, distinctive("a")).await;
+    let b = create(&t, distinctive("b")).await;
+    sqlx::query("UPDATE users SET profile_ct = (SELECT profile_ct FROM users WHERE id = $1) WHERE id = $2")
+        .bind(uuid::Uuid::parse_str(&a.users_id).unwrap())
+        .bind(uuid::Uuid::parse_str(&b.users_id).unwrap())
+        .execute(t.app.store.pool())
+        .await
+        .unwrap();
+    let mut users = t.users().await;
+    let e = users.get_user(t.req(pb::GetUserRequest { users_id: b.users_id.clone() }, Some(&sup))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal);
+    assert!(!e.message().contains("Firsta"), "nothing of the other row leaks");
+    let got =
+        users.get_user(t.req(pb::GetUserRequest { users_id: a.users_id }, Some(&sup))).await.unwrap().into_inner();
+    assert_eq!(got.name.unwrap().first_name, "Firsta");
+}
+
+#[tokio::test]
+async fn application_key_rotation_under_load_loses_nothing() {
+    let t = spawn().await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let u = create(&t, distinctive(&format!("rot{i}"))).await;
+        ids.push((u.users_id, u.session_token));
+    }
+    // Readers and writers run while the key changes under them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for (n, (id, token)) in ids.iter().take(6).cloned().enumerate() {
+        let mut users = t.users().await;
+        let req_key = t.api_key.clone();
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let mut last = String::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let value = format!("w{n}-{i}");
+                let req = pb::UpdateUserRequest {
+                    users_id: id.clone(),
+                    user: Some(pb::User { race: value.clone(), ..Default::default() }),
+                    update_mask: Some(FieldMask { paths: vec!["race".into()] }),
+                };
+                users
+                    .update_user(common::with_auth(req, Some(&req_key), Some(&token)))
+                    .await
+                    .expect("update during rotation");
+                last = value;
+                let got = users
+                    .get_user(common::with_auth(
+                        pb::GetUserRequest { users_id: id.clone() },
+                        Some(&req_key),
+                        Some(&token),
+                    ))
+                    .await
+                    .expect("read during rotation")
+                    .into_inner();
+                assert_eq!(got.race, last);
+            }
+            (id, last)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let admin = common::admin(&t.app);
+    let resealed = admin.rotate_app(t.app_id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut users = t.users().await;
+    for w in workers {
+        let (id, last) = w.await.unwrap();
+        let token = &ids.iter().find(|(i, _)| *i == id).unwrap().1;
+        let got =
+            users.get_user(t.req(pb::GetUserRequest { users_id: id.clone() }, Some(token))).await.unwrap().into_inner();
+        assert_eq!(got.race, last, "the last acknowledged write is there");
+    }
+    assert!(resealed >= 20, "{resealed}");
+    let old: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM users u JOIN app_keys k ON k.id = u.key_id WHERE u.app_id = $1 AND NOT k.current",
+    )
+    .bind(t.app_id)
+    .fetch_one(t.app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(old, 0, "every user is under the new key");
+    for (i, (id, token)) in ids.iter().enumerate() {
+        let got =
+            users.get_user(t.req(pb::GetUserRequest { users_id: id.clone() }, Some(token))).await.unwrap().into_inner();
+        assert_eq!(got.ssn, format!("ssnrot{i}"));
+    }
+}
+
+#[tokio::test]
+async fn master_key_rotation_rewraps_and_the_old_key_stops_working() {
+    let db = common::fresh_database().await;
+    let old_key = MasterKey::generate();
+    let new_key = MasterKey::generate();
+    let start = |key: &SecretString| {
+        let mut args = common::serve_args(db.clone());
+        args.keys.master_key = Some(key.clone());
+        async move { Application::start(&args).await.unwrap() }
+    };
+    let app = start(&old_key).await;
+    let admin = Admin::new(app.store.clone(), MasterKey::parse(old_key.expose_secret()).unwrap());
+    let (created, api_key) = admin.create_app("rotating").await.unwrap();
+    let t =
+        TestApp { app, app_id: created.id, api_key: api_key.expose_secret().to_owned(), http: reqwest::Client::new() };
+    let user = create(&t, distinctive("mk")).await;
+    let new_master = MasterKey::parse(new_key.expose_secret()).unwrap();
+    assert_eq!(admin.rotate_master(&new_master).await.unwrap(), 2);
+    t.app.abort();
+
+    // Restarted with the new key, everything reads.
+    let t = TestApp { app: start(&new_key).await, app_id: t.app_id, api_key: t.api_key.clone(), http: t.http.clone() };
+    let got = t
+        .users()
+        .await
+        .get_user(t.req(pb::GetUserRequest { users_id: user.users_id.clone() }, Some(&user.session_token)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.ssn, "ssnmk");
+    // With the old one, the keys no longer open.
+    let t = TestApp { app: start(&old_key).await, app_id: t.app_id, api_key: t.api_key.clone(), http: t.http.clone() };
+    let e = t
+        .users()
+        .await
+        .get_user(t.req(pb::GetUserRequest { users_id: user.users_id }, Some(&user.session_token)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal);
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_a_master_key() {
+    let mut args = common::serve_args(common::database_url().await);
+    args.keys.master_key = None;
+    let err = Application::start(&args).await.err().expect("refused").to_string();
+    assert!(err.contains("usersvc keys generate"), "{err}");
+    args.keys.master_key = Some(SecretString::from("too short".to_owned()));
+    assert!(Application::start(&args).await.is_err());
+}
+
+async fn trail_of(t: &TestApp, subject: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let filter = AuditFilter { subject_id: Some(subject.parse().unwrap()), ..Default::default() };
+    common::admin(&t.app).list_trail(filter, &mut out).await.unwrap();
+    String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn the_trail_records_each_access_by_field_name_only() {
+    let t = spawn().await;
+    let (_, sup) = t.supervisor("auditor").await;
+    let created = create(&t, distinctive("trail")).await;
+    let id = created.users_id.clone();
+    let mut users = t.users().await;
+    users.get_user(t.req(pb::GetUserRequest { users_id: id.clone() }, Some(&sup))).await.unwrap();
+    let patch = pb::User {
+        name: Some(pb::Name { last_name: "SecretSurname".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    users
+        .update_user(t.req(
+            pb::UpdateUserRequest {
+                users_id: id.clone(),
+                user: Some(patch),
+                update_mask: Some(FieldMask { paths: vec!["name.last_name".into()] }),
+            },
+            Some(&created.session_token),
+        ))
+        .await
+        .unwrap();
+    let bad = pb::SignInRequest { username: "user-trail".into(), password: "not it at all".into() };
+    users.sign_in(t.req(bad, None)).await.unwrap_err();
+    let (other, other_token) = t.sign_up("nosy").await;
+    users.get_user(t.req(pb::GetUserRequest { users_id: id.clone() }, Some(&other_token))).await.unwrap_err();
+    users.delete_user(t.req(pb::DeleteUserRequest { users_id: id.clone() }, Some(&sup))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let trail = trail_of(&t, &id).await;
+    let text = serde_json::to_string(&trail).unwrap();
+    assert!(!text.contains("SecretSurname") && !text.contains("Firsttrail"), "no values in the trail");
+    let find = |action: &str, outcome: &str| {
+        trail
+            .iter()
+            .find(|r| r["action"] == action && r["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {action}/{outcome} in {text}"))
+            .clone()
+    };
+    let c = find("user.create", "ok");
+    assert_eq!(c["actor"], "anonymous");
+    assert!(c["fields"].as_array().unwrap().contains(&json!("ssn")));
+    assert!(c["clientAddr"].as_str().is_some_and(|a| a.starts_with("127.")), "{c}");
+    let r = find("user.read", "ok");
+    assert_eq!(r["actor"], "supervisor");
+    assert!(r["fields"].as_array().unwrap().contains(&json!("name")));
+    let u = find("user.update", "ok");
+    assert_eq!(u["fields"], json!(["name"]));
+    assert_eq!(u["actorId"], id.as_str());
+    assert_eq!(find("session.sign_in", "failed")["actor"], "anonymous");
+    find("session.sign_in", "ok");
+    assert_eq!(find("user.read", "denied")["actorId"], other.as_str());
+    find("user.delete", "ok");
+}
+
+#[tokio::test]
+async fn audit_verify_finds_the_altered_record() {
+    let db = common::fresh_database().await;
+    let mut args = common::serve_args(db.clone());
+    args.keys.master_key = Some(SecretString::from(common::master_key().to_owned()));
+    let app = Application::start(&args).await.unwrap();
+    let (app_id, api_key) = common::new_application(&app).await;
+    let t = TestApp { app, app_id, api_key, http: reqwest::Client::new() };
+    for i in 0..3 {
+        t.sign_up(&format!("chain{i}")).await;
+    }
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_usersvc"))
+            .args(["audit", "verify"])
+            .env("DATABASE_URL", &db)
+            .env("USERSVC_MASTER_KEY", common::master_key())
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
+
+    // The table refuses changes...
+    let pool = t.app.store.pool();
+    let seq: i64 =
+        sqlx::query_scalar("SELECT seq FROM audit_events ORDER BY seq OFFSET 2 LIMIT 1").fetch_one(pool).await.unwrap();
+    assert!(
+        sqlx::query("UPDATE audit_events SET outcome = 'ok' WHERE seq = $1").bind(seq).execute(pool).await.is_err()
+    );
+    assert!(sqlx::query("DELETE FROM audit_events WHERE seq = $1").bind(seq).execute(pool).await.is_err());
+    // ...but a superuser who disables the trigger can: the chain shows it.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_update").execute(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE audit_events SET fields = '{ssn}' WHERE seq = $1").bind(seq).execute(&mut *tx).await.unwrap();
+    sqlx::query("ALTER TABLE audit_events ENABLE TRIGGER audit_events_no_update").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let out = verify();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("record {seq} ")), "{text}");
+}
+
+#[tokio::test]
+async fn sign_in_is_throttled_per_username_over_http() {
+    let t = spawn().await;
+    t.sign_up("guarded").await;
+    let sign_in = |pw: &'static str| {
+        t.http
+            .post(t.url("/v2/auth/signin"))
+            .header("X-Api-Key", &t.api_key)
+            .header("Content-Type", "application/json")
+            .body(json!({"username": "guarded", "password": pw}).to_string())
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(sign_in("wrong password").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    // Now even the right password waits.
+    let res = sign_in("correct horse battery").await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "throttled");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(sign_in("correct horse battery").await.unwrap().status(), StatusCode::OK);
+    // Success clears the count: one more failure does not block.
+    assert_eq!(sign_in("wrong password").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(sign_in("correct horse battery").await.unwrap().status(), StatusCode::OK);
+
+    // The waits grow: 1 s, then 2 s.
+    for _ in 0..6 {
+        sign_in("wrong password").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let res = sign_in("correct horse battery").await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(wait >= 1, "{wait}");
+}
+
+#[tokio::test]
+async fn users_see_and_end_their_sessions() {
+    let t = spawn().await;
+    let (id, first) = t.sign_up("sessions").await;
+    let mut users = t.users().await;
+    let second = users
+        .sign_in(
+            t.req(pb::SignInRequest { username: "sessions".into(), password: "correct horse battery".into() }, None),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .session_token;
+    let list = |token: String| {
+        let t = &t;
+        async move {
+            let res = t
+                .http
+                .get(t.url("/v2/auth/sessions"))
+                .header("X-Api-Key", &t.api_key)
+                .header("Authorization", format!("Bearer {token}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            res.json::<Vec<Value>>().await.unwrap()
+        }
+    };
+    let sessions = list(first.clone()).await;
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions.iter().filter(|s| s["current"] == true).count(), 1);
+    let other = sessions.iter().find(|s| s["current"] != true).unwrap()["sessionId"].as_str().unwrap().to_owned();
+    let res = t
+        .http
+        .delete(t.url(&format!("/v2/auth/sessions/{other}")))
+        .header("X-Api-Key", &t.api_key)
+        .header("Authorization", format!("Bearer {first}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let e = users.get_user(t.req(pb::GetUserRequest { users_id: id.clone() }, Some(&second))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert_eq!(list(first.clone()).await.len(), 1);
+
+    // Someone else's session is not there for a user; a supervisor ends all.
+    let (_, nosy) = t.sign_up("nosy2").await;
+    let mine = list(first.clone()).await[0]["sessionId"].as_str().unwrap().to_owned();
+    let e = users
+        .revoke_session(t.req(pb::RevokeSessionRequest { session_id: mine, users_id: String::new() }, Some(&nosy)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let (_, sup) = t.supervisor("sessionboss").await;
+    users
+        .revoke_session(t.req(pb::RevokeSessionRequest { session_id: String::new(), users_id: id.clone() }, Some(&sup)))
+        .await
+        .unwrap();
+    let e = users.get_user(t.req(pb::GetUserRequest { users_id: id }, Some(&first))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+}
