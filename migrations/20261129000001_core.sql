@@ -91,19 +91,34 @@ CREATE TABLE memberships (
 );
 CREATE INDEX memberships_user ON memberships (user_id);
 
--- Mail waiting to be sent. It names the user, not their address, so the
--- outbox holds no PII and a deleted user's mail goes with them.
+-- Mail waiting to be sent. It names the user, not their address (the sender
+-- reads and decrypts that when it sends), so the outbox holds no PII in the
+-- clear, and a deleted user's mail goes with them. A reset link's token is
+-- sealed like a profile. Sent messages are deleted; those given up on keep
+-- only their failure time.
 CREATE TABLE outbox (
     id              uuid PRIMARY KEY,
     app_id          uuid NOT NULL,
     user_id         uuid NOT NULL,
-    kind            text NOT NULL,
+    kind            text NOT NULL CHECK (kind IN ('username_reminder', 'password_reset')),
+    payload_ct      bytea,
     created_at      timestamptz NOT NULL DEFAULT now(),
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    failed_at       timestamptz,
     FOREIGN KEY (app_id, user_id) REFERENCES users (app_id, id) ON DELETE CASCADE
 );
-CREATE INDEX outbox_due ON outbox (next_attempt_at);
+CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE failed_at IS NULL;
+
+-- Password reset tokens: only their SHA-256; one live token per user.
+CREATE TABLE password_resets (
+    token_hash bytea PRIMARY KEY,
+    app_id     uuid NOT NULL,
+    user_id    uuid NOT NULL,
+    expires_at timestamptz NOT NULL,
+    FOREIGN KEY (app_id, user_id) REFERENCES users (app_id, id) ON DELETE CASCADE
+);
+CREATE INDEX password_resets_user ON password_resets (user_id);
 
 -- Failed sign-ins and reminder requests, counted per blind-indexed username
 -- and per keyed hash of the client address, so every replica sees them.

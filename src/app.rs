@@ -22,6 +22,7 @@ pub struct Application {
     pub store: Arc<PgStore>,
     shutdown: watch::Sender<bool>,
     trail_writer: AuditWriter,
+    mail_task: JoinHandle<()>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
 }
@@ -44,6 +45,21 @@ impl Application {
             SessionPolicy { idle_timeout: args.sessions.session_idle_timeout, max_age: args.sessions.session_max_age };
         let cores =
             args.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        let mail = &args.mail;
+        let transport = crate::mail::Transport::new(mail.smtp_url.as_deref(), mail.mail_dir.clone())?;
+        if let crate::mail::Transport::Dir(dir) = &transport {
+            tracing::info!(mail_dir = %dir.display(), "no SMTP server set: mail is written to a folder");
+        }
+        let mailer = crate::mail::Mailer {
+            store: store.clone(),
+            keyring: keyring.clone(),
+            transport,
+            from: mail.mail_from.parse().map_err(|e| anyhow::anyhow!("--mail-from: {e}"))?,
+            templates: crate::mail::Templates::new(mail.mail_templates.clone()),
+            public_url: String::new(),
+            give_up_after: mail.mail_give_up_after,
+            poll_every: mail.mail_poll_interval,
+        };
         let core = Arc::new(Core {
             store: store.clone(),
             auth: Authenticator::new(store.clone(), policy),
@@ -79,15 +95,20 @@ impl Application {
 
         let gateway = Gateway::in_process(Routes::new(users).add_service(groups));
         let router = gateway::router(gateway, &args.gateway.cors_origins);
+        let mailer = crate::mail::Mailer {
+            public_url: mail.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),
+            ..mailer
+        };
+        let mail_task = tokio::spawn(mailer.run(shutdown_rx.clone()));
         let http = tokio::spawn(serve_http(http_listener, router, stopped(shutdown_rx)));
         tracing::info!(%grpc_addr, %http_addr, "usersvc serving");
-        Ok(Self { grpc_addr, http_addr, store, shutdown, trail_writer, grpc, http })
+        Ok(Self { grpc_addr, http_addr, store, shutdown, trail_writer, mail_task, grpc, http })
     }
 
     /// Runs until either server stops, or until SIGINT or SIGTERM: then both
     /// stop accepting, finish what is in flight, and the pool closes.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let Self { shutdown, trail_writer, grpc, http, store, .. } = self;
+        let Self { shutdown, trail_writer, mail_task, grpc, http, store, .. } = self;
         let mut grpc = grpc;
         let mut http = http;
         tokio::select! {
@@ -103,6 +124,8 @@ impl Application {
         // The servers are gone, and with them every handle of the trail:
         // what is queued gets written before the pool closes.
         trail_writer.finish().await;
+        let _ = shutdown.send(true);
+        let _ = mail_task.await;
         store.pool().close().await;
         Ok(())
     }
@@ -111,6 +134,7 @@ impl Application {
     pub fn abort(&self) {
         self.grpc.abort();
         self.http.abort();
+        self.mail_task.abort();
     }
 }
 

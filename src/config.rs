@@ -53,12 +53,43 @@ pub struct ServeArgs {
     pub sessions: SessionArgs,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub mail: MailArgs,
     /// Password hashes computed at once (default: the number of cores).
     #[arg(long, env = "USERSVC_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,
     /// Shortest password accepted.
     #[arg(long, env = "USERSVC_MIN_PASSWORD_LENGTH", default_value_t = 8)]
     pub min_password_length: usize,
+}
+
+/// Mail delivery.
+#[derive(Debug, Clone, Args)]
+pub struct MailArgs {
+    /// SMTP server: smtp://host:port (STARTTLS where offered),
+    /// smtp://host:port?tls=required, or smtps://user:pass@host:465.
+    /// Without it, messages are written to --mail-dir.
+    #[arg(long, env = "USERSVC_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// The sender of every message.
+    #[arg(long, env = "USERSVC_MAIL_FROM", default_value = "usersvc <no-reply@localhost>")]
+    pub mail_from: String,
+    /// Where messages go as .eml files when no SMTP server is set.
+    #[arg(long, env = "USERSVC_MAIL_DIR", default_value = "usersvc-mail")]
+    pub mail_dir: std::path::PathBuf,
+    /// A folder of message templates replacing the built-in ones.
+    #[arg(long, env = "USERSVC_MAIL_TEMPLATES")]
+    pub mail_templates: Option<std::path::PathBuf>,
+    /// The address users reach the HTTP gateway at, for reset links
+    /// (default: http://HTTP_ADDR).
+    #[arg(long, env = "USERSVC_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// A message not delivered by then is given up on.
+    #[arg(long, env = "USERSVC_MAIL_GIVE_UP_AFTER", default_value = "24h", value_parser = parse_duration)]
+    pub mail_give_up_after: Duration,
+    /// How often the outbox is looked at when it was empty.
+    #[arg(long, env = "USERSVC_MAIL_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub mail_poll_interval: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

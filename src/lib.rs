@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod gateway;
+pub mod mail;
 pub mod pb;
 pub mod schema;
 pub mod service;

@@ -5,6 +5,7 @@
 pub mod error;
 mod groups;
 pub mod json;
+mod reset;
 mod users;
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
@@ -121,7 +122,9 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
         .route("/groups/{groups_id}/users/{users_id}", post(groups::add_member).delete(groups::remove_member))
         .route("/groups/{groups_id}/members", get(groups::members))
         .route("/app/{app_id}/groups", get(groups::list_all))
-        .route("/app/{app_id}/groups/default", get(groups::list_default));
+        .route("/app/{app_id}/groups/default", get(groups::list_default))
+        .route("/{app_id}/reset/user/{username}", get(reset::request))
+        .route("/reset/{token}", get(reset::form).post(reset::submit));
 
     let x_request_id = HeaderName::from_static("x-request-id");
     let mut app = Router::new()

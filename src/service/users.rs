@@ -13,7 +13,7 @@ use super::{Core, field_mask, profile, validate};
 use crate::auth::{Caller, SessionUser};
 use crate::pb::{self, user_service_server::UserService};
 use crate::schema;
-use crate::store::{NewUser, ThrottleRule, UserChange};
+use crate::store::{NewReset, NewUser, ResetCheck, ThrottleRule, UserChange};
 
 /// How often an update re-reads and retries when another update of the same
 /// user (or a key rotation) committed first.
@@ -25,9 +25,11 @@ pub const USERNAME_RULE: ThrottleRule =
 /// Per client address: looser, as many users may share one.
 pub const ADDRESS_RULE: ThrottleRule =
     ThrottleRule { free: 50, max_wait: Duration::from_secs(15 * 60), window: Duration::from_secs(60 * 60) };
-/// Username reminders per client address.
+/// Username reminders and reset requests per client address and
+/// application (a clinic behind one address has many users), and reset
+/// requests per username.
 pub const REMINDER_RULE: ThrottleRule =
-    ThrottleRule { free: 5, max_wait: Duration::from_secs(15 * 60), window: Duration::from_secs(15 * 60) };
+    ThrottleRule { free: 20, max_wait: Duration::from_secs(15 * 60), window: Duration::from_secs(15 * 60) };
 
 #[derive(Clone)]
 pub struct UserSvc {
@@ -52,8 +54,9 @@ fn authorise(me: &SessionUser, target: Uuid) -> ServiceResult<()> {
 }
 
 impl UserSvc {
-    fn address_key(&self, kind: &str, ip: Option<IpAddr>) -> Option<Vec<u8>> {
-        ip.map(|ip| self.core.keyring.global_index(kind, &ip.to_string()))
+    /// The throttle key of a client address within an application.
+    fn address_key(&self, kind: &str, app_id: Uuid, ip: Option<IpAddr>) -> Option<Vec<u8>> {
+        ip.map(|ip| [app_id.as_bytes().as_slice(), &self.core.keyring.global_index(kind, &ip.to_string())].concat())
     }
 
     /// Records a refused read or change, so attempts show in the trail too.
@@ -285,12 +288,11 @@ impl UserSvc {
         if !validate::looks_like_email(req.email.trim()) {
             return Err(ServiceError::invalid("email", "is not an email address"));
         }
-        let addr_key = self.address_key("reminder-addr", ctx.client_ip());
-        if let Some(key) = &addr_key {
-            if let Some(wait) = core.store.throttle_wait(std::slice::from_ref(key)).await? {
-                return Err(ServiceError::Throttled(wait));
-            }
-            core.store.throttle_fail(key, REMINDER_RULE).await?;
+        let addr_key = self.address_key("reminder-addr", app_id, ctx.client_ip());
+        if let Some(key) = addr_key
+            && let Some(wait) = core.store.throttle_attempt(&[(key, REMINDER_RULE)]).await?
+        {
+            return Err(ServiceError::Throttled(wait));
         }
         let bidx = core.email_index(app_id, &req.email).await?;
         let record = core.record(ctx, "user.forgot_username", None, app_id).await;
@@ -330,13 +332,15 @@ impl UserSvc {
             return Err(ServiceError::invalid("password", "is required"));
         }
         let bidx = core.username_index(app_id, &req.username).await?;
-        // Throttled by username (whether or not it exists) and by address;
-        // a waiting caller is refused before the password is looked at.
+        // Throttled by username (whether or not it exists) and by address.
+        // Each attempt is counted before the password is looked at, in one
+        // transaction, so parallel guesses cannot slip past the count; a
+        // waiting caller is refused without a check.
         let user_key = [b"signin-user:".as_slice(), app_id.as_bytes(), &bidx].concat();
-        let addr_key = self.address_key("signin-addr", ctx.client_ip());
-        let mut keys = vec![user_key.clone()];
-        keys.extend(addr_key.clone());
-        if let Some(wait) = core.store.throttle_wait(&keys).await? {
+        let addr_key = self.address_key("signin-addr", app_id, ctx.client_ip());
+        let mut keys = vec![(user_key.clone(), USERNAME_RULE)];
+        keys.extend(addr_key.clone().map(|k| (k, ADDRESS_RULE)));
+        if let Some(wait) = core.store.throttle_attempt(&keys).await? {
             let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
             r.outcome = "throttled".into();
             core.trail.record(r);
@@ -356,10 +360,6 @@ impl UserSvc {
         let user_id = match user_id {
             Some(id) if ok && active => id,
             _ => {
-                core.store.throttle_fail(&user_key, USERNAME_RULE).await?;
-                if let Some(k) = &addr_key {
-                    core.store.throttle_fail(k, ADDRESS_RULE).await?;
-                }
                 let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
                 r.subject_id = user_id;
                 r.outcome = "failed".into();
@@ -368,7 +368,9 @@ impl UserSvc {
                 return Err(ServiceError::BadCredentials);
             }
         };
-        core.store.throttle_clear(&user_key).await?;
+        // A success forgets the username's count and this attempt of the
+        // address's (many may sign in from one address).
+        core.store.throttle_succeeded(&user_key, addr_key.as_deref()).await?;
         let (token, session) = core.auth.new_session();
         let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
         r.actor = "user".into();
@@ -380,6 +382,77 @@ impl UserSvc {
         let mut out = core.open_user(&rec).await?;
         out.session_token = token.expose_secret().to_owned();
         Ok(out)
+    }
+
+    async fn request_reset(&self, ctx: &Ctx, req: pb::RequestPasswordResetRequest) -> ServiceResult<()> {
+        let core = &self.core;
+        let app_id = core.auth.app(&ctx.md).await?;
+        if !req.app_id.is_empty() && Uuid::try_parse(&req.app_id).ok() != Some(app_id) {
+            return Err(ServiceError::NotFound("application"));
+        }
+        if req.username.trim().is_empty() {
+            return Err(ServiceError::invalid("username", "is required"));
+        }
+        let bidx = core.username_index(app_id, &req.username).await?;
+        // Per address and per username, known or not: the same answer and
+        // the same work either way.
+        let user_key = [b"reset-user:".as_slice(), app_id.as_bytes(), &bidx].concat();
+        let mut keys = vec![(user_key, REMINDER_RULE)];
+        keys.extend(self.address_key("reset-addr", app_id, ctx.client_ip()).map(|k| (k, REMINDER_RULE)));
+        if let Some(wait) = core.store.throttle_attempt(&keys).await? {
+            return Err(ServiceError::Throttled(wait));
+        }
+        let token = crate::auth::secret::generate();
+        let outbox_id = Uuid::now_v7();
+        let sealer = core.keyring.sealer(app_id).await.map_err(ServiceError::Crypto)?;
+        let reset = NewReset {
+            token_hash: crate::auth::secret::digest(token.expose_secret()),
+            outbox_id,
+            payload_ct: crate::mail::seal_reset_token(&sealer, outbox_id, token.expose_secret()),
+            lifetime: crate::mail::RESET_LIFETIME,
+        };
+        let record = core.record(ctx, "user.password_reset_request", None, app_id).await;
+        core.store.request_password_reset(app_id, &bidx, &reset, &record).await?;
+        Ok(())
+    }
+
+    async fn reset_password(&self, ctx: &Ctx, req: pb::ResetPasswordRequest) -> ServiceResult<()> {
+        let core = &self.core;
+        let token = req.token.trim();
+        let invalid =
+            || ServiceError::invalid("token", "this reset link is not valid: it was used, replaced or never issued");
+        if token.is_empty() || token.len() > 128 {
+            return Err(invalid());
+        }
+        let hash = crate::auth::secret::digest(token);
+        let check = core.store.reset_password(&hash, None).await?;
+        let app_id = match check {
+            ResetCheck::Live { app_id, .. } => app_id,
+            ResetCheck::Expired => {
+                return Err(ServiceError::invalid("token", "this reset link has expired; ask for a new one"));
+            }
+            ResetCheck::Unknown => return Err(invalid()),
+        };
+        if req.check_only {
+            return Ok(());
+        }
+        validate::password(&req.new_password, core.min_password_chars).map_err(|e| match e {
+            ServiceError::Invalid { message, .. } => ServiceError::invalid("new_password", message),
+            e => e,
+        })?;
+        let password_hash = core.hasher.hash(SecretString::from(req.new_password)).await?;
+        let mut record = core.record(ctx, "user.password_reset", None, app_id).await;
+        record.fields = vec!["password".into()];
+        match core.store.reset_password(&hash, Some((&password_hash, &record))).await? {
+            ResetCheck::Live { user_id, .. } => {
+                tracing::info!(%app_id, users_id = %user_id, "password reset");
+                Ok(())
+            }
+            ResetCheck::Expired => {
+                Err(ServiceError::invalid("token", "this reset link has expired; ask for a new one"))
+            }
+            ResetCheck::Unknown => Err(invalid()),
+        }
     }
 
     async fn sign_out(&self, ctx: &Ctx) -> ServiceResult<()> {
@@ -481,6 +554,21 @@ impl UserService for UserSvc {
     async fn sign_out(&self, request: Request<pb::SignOutRequest>) -> Result<Response<Empty>, Status> {
         let (ctx, _) = Ctx::split(request);
         self.sign_out(&ctx).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn request_password_reset(
+        &self,
+        request: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        self.request_reset(&ctx, req).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn reset_password(&self, request: Request<pb::ResetPasswordRequest>) -> Result<Response<Empty>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        UserSvc::reset_password(self, &ctx, req).await?;
         Ok(Response::new(Empty {}))
     }
 

@@ -159,6 +159,48 @@ pub struct GroupRecord {
     pub is_default: bool,
 }
 
+/// A message of the outbox, claimed for sending.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    pub user_id: Uuid,
+    pub kind: String,
+    pub payload_ct: Option<Vec<u8>>,
+    /// Attempts so far, this one included.
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a message to a user is made from (sealed).
+#[derive(Debug, Clone)]
+pub struct MailRecipient {
+    pub app_name: String,
+    pub username_ct: Vec<u8>,
+    pub profile_ct: Vec<u8>,
+}
+
+/// A new reset token and the mail that carries it.
+#[derive(Debug, Clone)]
+pub struct NewReset {
+    pub token_hash: Vec<u8>,
+    pub outbox_id: Uuid,
+    /// The token, sealed to the outbox row.
+    pub payload_ct: Vec<u8>,
+    pub lifetime: std::time::Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResetCheck {
+    /// The token is live; the user it resets.
+    Live {
+        app_id: Uuid,
+        user_id: Uuid,
+    },
+    Expired,
+    Unknown,
+}
+
 /// Filters of `usersvc audit list`.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -269,11 +311,36 @@ pub trait Store: Send + Sync + 'static {
     async fn list_groups(&self, app_id: Uuid, default_only: bool) -> Result<Vec<GroupRecord>>;
     async fn list_user_groups(&self, app_id: Uuid, user_id: Uuid) -> Result<Vec<GroupRecord>>;
 
-    /// The longest wait any of these keys is under, if any.
-    async fn throttle_wait(&self, keys: &[Vec<u8>]) -> Result<Option<std::time::Duration>>;
-    /// Counts a failure against a key.
-    async fn throttle_fail(&self, key: &[u8], rule: ThrottleRule) -> Result<()>;
-    async fn throttle_clear(&self, key: &[u8]) -> Result<()>;
+    /// Counts an attempt against each key, in one transaction, unless one
+    /// of them is under a wait: then nothing is counted and the longest
+    /// wait is returned.
+    async fn throttle_attempt(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<Option<std::time::Duration>>;
+    /// After a success: forgets `clear`'s count, and takes this attempt off
+    /// `forgive`'s.
+    async fn throttle_succeeded(&self, clear: &[u8], forgive: Option<&[u8]>) -> Result<()>;
+
+    /// Issues a reset token for the active user with this username, voiding
+    /// their earlier ones, and queues its mail. The same statements run
+    /// whether or not the user exists. Returns the user, if any.
+    async fn request_password_reset(
+        &self,
+        app_id: Uuid,
+        username_bidx: &[u8],
+        reset: &NewReset,
+        audit: &AuditRecord,
+    ) -> Result<Option<Uuid>>;
+    /// Checks a reset token; with a new password hash (and its trail
+    /// record), uses it up: sets the password, voids every token and ends
+    /// every session of the user.
+    async fn reset_password(&self, token_hash: &[u8], new_password: Option<(&str, &AuditRecord)>)
+    -> Result<ResetCheck>;
+    /// Claims up to `limit` due messages for `lease` (another sender skips
+    /// them meanwhile).
+    async fn claim_outbox(&self, limit: i64, lease: std::time::Duration) -> Result<Vec<OutboxMessage>>;
+    async fn mail_recipient(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<MailRecipient>>;
+    async fn outbox_sent(&self, id: Uuid) -> Result<()>;
+    async fn outbox_retry(&self, id: Uuid, after: std::time::Duration) -> Result<()>;
+    async fn outbox_give_up(&self, id: Uuid) -> Result<()>;
 
     /// Appends records to the trail in one transaction.
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<()>;

@@ -9,8 +9,9 @@ use sqlx::{PgConnection, PgPool, Row, migrate::MigrateDatabase, postgres::PgPool
 use uuid::Uuid;
 
 use super::{
-    App, AuditFilter, Credentials, GroupRecord, NewSession, NewUser, Result, SealedUser, SessionInfo, SessionLookup,
-    SessionRow, Store, StoreError, StoredKey, ThrottleRule, UserChange, UserRecord,
+    App, AuditFilter, Credentials, GroupRecord, MailRecipient, NewReset, NewSession, NewUser, OutboxMessage,
+    ResetCheck, Result, SealedUser, SessionInfo, SessionLookup, SessionRow, Store, StoreError, StoredKey, ThrottleRule,
+    UserChange, UserRecord,
 };
 use crate::audit::{self, AuditRecord, StoredAudit};
 
@@ -686,43 +687,214 @@ impl Store for PgStore {
         rows.iter().map(group_from_row).collect()
     }
 
-    async fn throttle_wait(&self, keys: &[Vec<u8>]) -> Result<Option<Duration>> {
-        let secs: Option<f64> = sqlx::query_scalar(
-            "SELECT extract(epoch FROM max(blocked_until) - now())::float8 FROM throttles
-             WHERE key = ANY($1) AND blocked_until > now()",
-        )
-        .bind(keys)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(secs.filter(|s| *s > 0.0).map(Duration::from_secs_f64))
+    async fn throttle_attempt(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<Option<Duration>> {
+        let mut sorted: Vec<&(Vec<u8>, ThrottleRule)> = keys.iter().collect();
+        // One lock order for every caller: no deadlock between two attempts.
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tx = self.pool.begin().await?;
+        let mut wait: Option<f64> = None;
+        for (key, _) in &sorted {
+            sqlx::query(
+                "INSERT INTO throttles (key, failures, last_failure) VALUES ($1, 0, now()) ON CONFLICT DO NOTHING",
+            )
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+            let secs: Option<f64> = sqlx::query_scalar(
+                "SELECT extract(epoch FROM blocked_until - now())::float8 FROM throttles WHERE key = $1 FOR UPDATE",
+            )
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+            if let Some(s) = secs.filter(|s| *s > 0.0) {
+                wait = Some(wait.map_or(s, |w| w.max(s)));
+            }
+        }
+        if let Some(w) = wait {
+            tx.commit().await?;
+            return Ok(Some(Duration::from_secs_f64(w)));
+        }
+        for (key, rule) in &sorted {
+            // Past `free` attempts the wait doubles with each: 1 s, 2 s, 4 s,
+            // ... up to `max_wait`. Attempts older than `window` are forgotten.
+            sqlx::query(
+                "UPDATE throttles SET
+                     failures = n.failures,
+                     last_failure = now(),
+                     blocked_until = CASE WHEN n.failures >= $2
+                         THEN now() + make_interval(secs => LEAST($3, power(2, LEAST(n.failures - $2, 30))))
+                         ELSE NULL END
+                 FROM (SELECT CASE WHEN last_failure < now() - make_interval(secs => $4) THEN 1 ELSE failures + 1 END
+                              AS failures FROM throttles WHERE key = $1) n
+                 WHERE key = $1",
+            )
+            .bind(key)
+            .bind(rule.free)
+            .bind(rule.max_wait.as_secs_f64())
+            .bind(rule.window.as_secs_f64())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(None)
     }
 
-    async fn throttle_fail(&self, key: &[u8], rule: ThrottleRule) -> Result<()> {
-        // Past `free` failures the wait doubles with each one: 1 s, 2 s, 4 s,
-        // ... up to `max_wait`. Failures older than `window` are forgotten.
-        sqlx::query(
-            "INSERT INTO throttles AS t (key, failures, last_failure, blocked_until)
-             VALUES ($1, 1, now(), CASE WHEN $2 <= 1 THEN now() + make_interval(secs => 1) END)
-             ON CONFLICT (key) DO UPDATE SET
-                 failures = CASE WHEN t.last_failure < now() - make_interval(secs => $4) THEN 1 ELSE t.failures + 1 END,
-                 last_failure = now(),
-                 blocked_until = CASE
-                     WHEN (CASE WHEN t.last_failure < now() - make_interval(secs => $4) THEN 1 ELSE t.failures + 1 END) >= $2
-                     THEN now() + make_interval(secs => LEAST($3, power(2, LEAST(
-                         (CASE WHEN t.last_failure < now() - make_interval(secs => $4) THEN 1 ELSE t.failures + 1 END) - $2, 30))))
-                     ELSE NULL END",
-        )
-        .bind(key)
-        .bind(rule.free)
-        .bind(rule.max_wait.as_secs_f64())
-        .bind(rule.window.as_secs_f64())
-        .execute(&self.pool)
-        .await?;
+    async fn throttle_succeeded(&self, clear: &[u8], forgive: Option<&[u8]>) -> Result<()> {
+        sqlx::query("DELETE FROM throttles WHERE key = $1").bind(clear).execute(&self.pool).await?;
+        if let Some(key) = forgive {
+            sqlx::query("UPDATE throttles SET failures = GREATEST(failures - 1, 0) WHERE key = $1")
+                .bind(key)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 
-    async fn throttle_clear(&self, key: &[u8]) -> Result<()> {
-        sqlx::query("DELETE FROM throttles WHERE key = $1").bind(key).execute(&self.pool).await?;
+    async fn request_password_reset(
+        &self,
+        app_id: Uuid,
+        username_bidx: &[u8],
+        reset: &NewReset,
+        audit: &AuditRecord,
+    ) -> Result<Option<Uuid>> {
+        let mut tx = self.pool.begin().await?;
+        let user: Option<Uuid> = sqlx::query_scalar(
+            "WITH u AS (SELECT id FROM users WHERE app_id = $1 AND username_bidx = $2 AND active),
+                  void AS (DELETE FROM password_resets WHERE user_id IN (SELECT id FROM u)),
+                  token AS (INSERT INTO password_resets (token_hash, app_id, user_id, expires_at)
+                            SELECT $3, $1, id, now() + make_interval(secs => $6) FROM u),
+                  mail AS (INSERT INTO outbox (id, app_id, user_id, kind, payload_ct)
+                           SELECT $4, $1, id, 'password_reset', $5 FROM u)
+             SELECT id FROM u",
+        )
+        .bind(app_id)
+        .bind(username_bidx)
+        .bind(&reset.token_hash)
+        .bind(reset.outbox_id)
+        .bind(&reset.payload_ct)
+        .bind(reset.lifetime.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut audit = audit.clone();
+        audit.subject_id = user;
+        append_in(&mut tx, &[audit]).await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    async fn reset_password(
+        &self,
+        token_hash: &[u8],
+        new_password: Option<(&str, &AuditRecord)>,
+    ) -> Result<ResetCheck> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT app_id, user_id, expires_at > now() AS live FROM password_resets WHERE token_hash = $1 FOR UPDATE",
+        )
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(ResetCheck::Unknown);
+        };
+        let (app_id, user_id): (Uuid, Uuid) = (row.try_get("app_id")?, row.try_get("user_id")?);
+        if !row.try_get::<bool, _>("live")? {
+            sqlx::query("DELETE FROM password_resets WHERE token_hash = $1").bind(token_hash).execute(&mut *tx).await?;
+            tx.commit().await?;
+            return Ok(ResetCheck::Expired);
+        }
+        let Some((hash, audit)) = new_password else {
+            return Ok(ResetCheck::Live { app_id, user_id });
+        };
+        sqlx::query(
+            "UPDATE users SET password_hash = $3, version = version + 1, updated_at = GREATEST($4, updated_at)
+             WHERE app_id = $1 AND id = $2",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .bind(hash)
+        .bind(now_seconds())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM password_resets WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM sessions WHERE app_id = $1 AND user_id = $2")
+            .bind(app_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let mut audit = audit.clone();
+        audit.app_id = Some(app_id);
+        audit.subject_id = Some(user_id);
+        append_in(&mut tx, &[audit]).await?;
+        tx.commit().await?;
+        Ok(ResetCheck::Live { app_id, user_id })
+    }
+
+    async fn claim_outbox(&self, limit: i64, lease: Duration) -> Result<Vec<OutboxMessage>> {
+        let rows = sqlx::query(
+            "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2), attempts = attempts + 1
+             WHERE id IN (SELECT id FROM outbox WHERE next_attempt_at <= now() AND failed_at IS NULL
+                          ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, app_id, user_id, kind, payload_ct, attempts, created_at",
+        )
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxMessage {
+                    id: r.try_get("id")?,
+                    app_id: r.try_get("app_id")?,
+                    user_id: r.try_get("user_id")?,
+                    kind: r.try_get("kind")?,
+                    payload_ct: r.try_get("payload_ct")?,
+                    attempts: r.try_get("attempts")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn mail_recipient(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<MailRecipient>> {
+        let row = sqlx::query(
+            "SELECT a.name, u.username_ct, u.profile_ct FROM users u JOIN applications a ON a.id = u.app_id
+             WHERE u.app_id = $1 AND u.id = $2",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(MailRecipient {
+                app_name: r.try_get("name")?,
+                username_ct: r.try_get("username_ct")?,
+                profile_ct: r.try_get("profile_ct")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn outbox_sent(&self, id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM outbox WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn outbox_retry(&self, id: Uuid, after: Duration) -> Result<()> {
+        sqlx::query("UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2) WHERE id = $1")
+            .bind(id)
+            .bind(after.as_secs_f64())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn outbox_give_up(&self, id: Uuid) -> Result<()> {
+        // The sealed token goes; only the fact and time of failure stay.
+        sqlx::query("UPDATE outbox SET failed_at = now(), payload_ct = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use tonic::{Request, metadata::MetadataValue, transport::Channel};
 use usersvc::{
     admin::Admin,
     app::Application,
-    config::{DatabaseArgs, GatewayArgs, KeyArgs, ServeArgs, SessionArgs},
+    config::{DatabaseArgs, GatewayArgs, KeyArgs, MailArgs, ServeArgs, SessionArgs},
     crypto::MasterKey,
     pb::{self, group_service_client::GroupServiceClient, user_service_client::UserServiceClient},
     store::{PgStore, Store},
@@ -86,6 +86,15 @@ pub fn serve_args(database_url: String) -> ServeArgs {
             session_max_age: Duration::from_secs(12 * 3600),
         },
         gateway: GatewayArgs { cors_origins: vec![] },
+        mail: MailArgs {
+            smtp_url: None,
+            mail_from: "usersvc tests <no-reply@usersvc.test>".into(),
+            mail_dir: std::env::temp_dir().join(format!("usersvc-mail-{}", uuid::Uuid::new_v4().simple())),
+            mail_templates: None,
+            public_url: None,
+            mail_give_up_after: Duration::from_secs(3600),
+            mail_poll_interval: Duration::from_millis(100),
+        },
         hash_concurrency: Some(2),
         min_password_length: 8,
     }
@@ -110,7 +119,18 @@ pub async fn spawn() -> TestApp {
 }
 
 pub async fn spawn_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
-    let mut args = serve_args(database_url().await);
+    spawn_in(database_url().await, configure).await
+}
+
+/// A service on a database of its own: for tests whose background work
+/// (the mail sender drains every application's outbox) must not meet
+/// other tests'.
+pub async fn spawn_alone(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    spawn_in(fresh_database().await, configure).await
+}
+
+pub async fn spawn_in(database_url: String, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    let mut args = serve_args(database_url);
     configure(&mut args);
     let app = Application::start(&args).await.expect("start usersvc");
     let (app_id, api_key) = new_application(&app).await;

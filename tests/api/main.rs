@@ -5,5 +5,7 @@ mod common;
 mod grpc_groups;
 mod grpc_users;
 mod http_gateway;
+mod mail;
 mod processes;
 mod safeguards;
+mod smtp_sink;

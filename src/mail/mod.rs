@@ -1,0 +1,205 @@
+//! Mail: a sender inside `serve` drains the outbox over SMTP (or into a
+//! folder when no SMTP server is configured). Messages are claimed for a
+//! lease, so replicas never send one twice; temporary failures are retried
+//! with backoff until the message is too old, then it is given up on.
+
+pub mod templates;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::{Mailbox, MultiPart},
+};
+use tokio::sync::watch;
+
+use crate::crypto::Keyring;
+use crate::pb;
+use crate::service::profile;
+use crate::store::{OutboxMessage, Store};
+pub use templates::Templates;
+
+/// The field a reset token is sealed as, bound to its outbox row.
+pub const RESET_TOKEN_FIELD: &str = "reset_token";
+pub const RESET_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// How long a claimed message is kept from other senders.
+const LEASE: Duration = Duration::from_secs(120);
+
+pub enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// Each message as an `.eml` file, for development.
+    Dir(PathBuf),
+}
+
+impl Transport {
+    /// `smtp://` (STARTTLS where offered), `smtp://...?tls=required`, or
+    /// `smtps://`; none means the folder.
+    pub fn new(smtp_url: Option<&str>, dir: PathBuf) -> anyhow::Result<Self> {
+        match smtp_url {
+            Some(url) => {
+                let url = if url.starts_with("smtp://") && !url.contains("tls=") {
+                    let sep = if url.contains('?') { '&' } else { '?' };
+                    format!("{url}{sep}tls=opportunistic")
+                } else {
+                    url.to_owned()
+                };
+                let t = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)?
+                    .timeout(Some(Duration::from_secs(20)))
+                    .build();
+                Ok(Transport::Smtp(t))
+            }
+            None => Ok(Transport::Dir(dir)),
+        }
+    }
+}
+
+pub struct Mailer {
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+    pub transport: Transport,
+    pub from: Mailbox,
+    pub templates: Templates,
+    /// Where reset links point: the gateway's public address.
+    pub public_url: String,
+    /// A message not sent by then is given up on.
+    pub give_up_after: Duration,
+    pub poll_every: Duration,
+}
+
+enum Outcome {
+    Sent,
+    /// Worth trying again later.
+    Retry,
+    /// Will never go: no such user any more, no address, refused for good.
+    Drop(&'static str),
+}
+
+impl Mailer {
+    /// Sends until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            match self.store.claim_outbox(16, LEASE).await {
+                Ok(batch) if !batch.is_empty() => {
+                    for m in batch {
+                        self.deliver(m).await;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "outbox not reachable"),
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(self.poll_every) => {}
+            }
+        }
+    }
+
+    async fn deliver(&self, m: OutboxMessage) {
+        let outcome = match self.compose(&m).await {
+            Ok(Some(message)) => self.send(message).await,
+            Ok(None) => Outcome::Drop("the user or their address is gone"),
+            Err(e) => {
+                tracing::warn!(outbox_id = %m.id, error = %e, "message could not be composed");
+                Outcome::Retry
+            }
+        };
+        let result = match outcome {
+            Outcome::Sent => {
+                tracing::info!(outbox_id = %m.id, kind = %m.kind, "mail sent");
+                self.store.outbox_sent(m.id).await
+            }
+            Outcome::Drop(why) => {
+                tracing::warn!(outbox_id = %m.id, why, "mail given up");
+                self.store.outbox_give_up(m.id).await
+            }
+            Outcome::Retry => {
+                let age = (chrono::Utc::now() - m.created_at).to_std().unwrap_or_default();
+                if age >= self.give_up_after {
+                    tracing::warn!(outbox_id = %m.id, attempts = m.attempts, "mail given up after retrying");
+                    self.store.outbox_give_up(m.id).await
+                } else {
+                    let wait = Duration::from_secs(1u64 << m.attempts.clamp(0, 8)).min(Duration::from_secs(300));
+                    tracing::info!(outbox_id = %m.id, attempts = m.attempts, wait_s = wait.as_secs(), "mail will be retried");
+                    self.store.outbox_retry(m.id, wait).await
+                }
+            }
+        };
+        if let Err(e) = result {
+            // The lease runs out and the message is claimed again.
+            tracing::warn!(outbox_id = %m.id, error = %e, "outbox not updated");
+        }
+    }
+
+    /// The message for an outbox row, or None when it can never be sent.
+    async fn compose(&self, m: &OutboxMessage) -> anyhow::Result<Option<Message>> {
+        let Some(r) = self.store.mail_recipient(m.app_id, m.user_id).await? else {
+            return Ok(None);
+        };
+        let username = self.keyring.open(m.app_id, m.user_id, profile::USERNAME_FIELD, &r.username_ct).await?;
+        let username = String::from_utf8(username)?;
+        let profile_pt = self.keyring.open(m.app_id, m.user_id, profile::PROFILE_FIELD, &r.profile_ct).await?;
+        let user: pb::User = serde_json::from_slice(&profile_pt)?;
+        let Some(to) = user.email.map(|e| e.primary).filter(|e| !e.is_empty()) else {
+            return Ok(None);
+        };
+        let Ok(to) = to.parse::<lettre::Address>() else {
+            return Ok(None);
+        };
+        let link;
+        let mut values = vec![("app_name", r.app_name.as_str()), ("username", username.as_str())];
+        if m.kind == "password_reset" {
+            let Some(ct) = &m.payload_ct else {
+                return Ok(None);
+            };
+            let token = self.keyring.open(m.app_id, m.id, RESET_TOKEN_FIELD, ct).await?;
+            link = format!("{}/v2/reset/{}", self.public_url.trim_end_matches('/'), String::from_utf8(token)?);
+            values.push(("reset_link", &link));
+            values.push(("expires_minutes", "30"));
+        }
+        let rendered = self.templates.render(m.app_id, &m.kind, &values).await;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(Mailbox::new(None, to))
+            .subject(rendered.subject)
+            .message_id(Some(format!("<{}@usersvc>", m.id)))
+            .multipart(MultiPart::alternative_plain_html(rendered.text, rendered.html))?;
+        Ok(Some(message))
+    }
+
+    async fn send(&self, message: Message) -> Outcome {
+        match &self.transport {
+            Transport::Smtp(smtp) => match smtp.send(message).await {
+                Ok(_) => Outcome::Sent,
+                Err(e) if e.is_permanent() => {
+                    // The server's words may quote the address: log the class only.
+                    tracing::warn!(status = ?e.status(), "SMTP refused a message for good");
+                    Outcome::Drop("refused by the SMTP server")
+                }
+                Err(e) => {
+                    tracing::warn!(status = ?e.status(), timeout = e.is_timeout(), "SMTP not reachable or busy");
+                    Outcome::Retry
+                }
+            },
+            Transport::Dir(dir) => {
+                let name = format!("{}-{}.eml", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f"), uuid::Uuid::now_v7());
+                let write = async {
+                    tokio::fs::create_dir_all(dir).await?;
+                    tokio::fs::write(dir.join(name), message.formatted()).await
+                };
+                match write.await {
+                    Ok(()) => Outcome::Sent,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mail folder not writable");
+                        Outcome::Retry
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Seals a reset token to its outbox row.
+pub fn seal_reset_token(sealer: &crate::crypto::keyring::Sealer, outbox_id: uuid::Uuid, token: &str) -> Vec<u8> {
+    sealer.seal(outbox_id, RESET_TOKEN_FIELD, token.as_bytes())
+}
