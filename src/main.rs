@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Migrate the database, then serve gRPC and the JSON gateway.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Serve the JSON gateway alone, calling a remote gRPC service.
     Gateway {
         /// The gRPC service, e.g. http://127.0.0.1:50051
