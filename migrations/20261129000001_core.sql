@@ -140,6 +140,8 @@ CREATE TABLE audit_events (
     actor       text NOT NULL,
     actor_id    uuid,
     subject_id  uuid,
+    -- What else the action was on (a group).
+    object_id   uuid,
     action      text NOT NULL,
     fields      text[] NOT NULL,
     outcome     text NOT NULL,

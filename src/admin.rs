@@ -161,6 +161,7 @@ impl Admin {
                     "actor": r.actor,
                     "actorId": r.actor_id,
                     "subjectId": r.subject_id,
+                    "objectId": r.object_id,
                     "action": r.action,
                     "fields": r.fields,
                     "outcome": r.outcome,

@@ -16,6 +16,8 @@ use crate::pb::{group_service_server::GroupServiceServer, user_service_server::U
 use crate::service::{Core, GroupSvc, UserSvc};
 use crate::store::{PgStore, Store};
 
+const IN_PROCESS_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 pub struct Application {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
@@ -67,6 +69,7 @@ impl Application {
             keyring,
             trail,
             min_password_chars: args.min_password_length,
+            trusted_gateways: args.trusted_gateways.clone(),
         });
         let (users, groups) = services(core);
 
@@ -93,7 +96,12 @@ impl Application {
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(shutdown_rx.clone())),
         );
 
-        let gateway = Gateway::in_process(Routes::new(users).add_service(groups));
+        // In process, a request is as large as the JSON it came from allows
+        // (bodies are capped at 1 MiB; protobuf may be several times that).
+        let gateway = Gateway::in_process(
+            Routes::new(users.max_decoding_message_size(IN_PROCESS_MESSAGE_BYTES))
+                .add_service(groups.max_decoding_message_size(IN_PROCESS_MESSAGE_BYTES)),
+        );
         let router = gateway::router(gateway, &args.gateway.cors_origins);
         let mailer = crate::mail::Mailer {
             public_url: mail.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),

@@ -30,6 +30,8 @@ pub struct AuditRecord {
     pub actor: String,
     pub actor_id: Option<Uuid>,
     pub subject_id: Option<Uuid>,
+    /// What else the action was on: a group, for group actions.
+    pub object_id: Option<Uuid>,
     /// e.g. "user.read", "user.update", "session.sign_in".
     pub action: String,
     /// Names of the fields read or changed.
@@ -50,6 +52,7 @@ impl AuditRecord {
             actor: "anonymous".into(),
             actor_id: None,
             subject_id: None,
+            object_id: None,
             action: action.into(),
             fields: Vec::new(),
             outcome: "ok".into(),
@@ -67,6 +70,7 @@ struct Canonical<'a> {
     actor: &'a str,
     actor_id: Option<Uuid>,
     subject_id: Option<Uuid>,
+    object_id: Option<Uuid>,
     action: &'a str,
     fields: &'a [String],
     outcome: &'a str,
@@ -84,6 +88,7 @@ pub fn chain_hash(prev: &[u8], r: &AuditRecord) -> Vec<u8> {
         actor: &r.actor,
         actor_id: r.actor_id,
         subject_id: r.subject_id,
+        object_id: r.object_id,
         action: &r.action,
         fields: &r.fields,
         outcome: &r.outcome,

@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// Password hashes computed at once (default: the number of cores).
     #[arg(long, env = "USERSVC_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,
+    /// Standalone gateways (`usersvc gateway`) whose forwarded client
+    /// address is believed, comma-separated IPs. Others are taken at the
+    /// address they connect from.
+    #[arg(long, env = "USERSVC_TRUSTED_GATEWAYS", value_delimiter = ',')]
+    pub trusted_gateways: Vec<std::net::IpAddr>,
     /// Shortest password accepted.
     #[arg(long, env = "USERSVC_MIN_PASSWORD_LENGTH", default_value_t = 8)]
     pub min_password_length: usize,

@@ -114,8 +114,10 @@ impl MasterKey {
     }
 
     pub fn unwrap(&self, key_id: Uuid, app_id: Uuid, wrapped: &[u8]) -> Result<Key, CryptoError> {
-        let (_, raw) = open_with(&self.key, &wrap_aad(key_id, app_id), wrapped)?;
-        Key::from_slice(&raw).ok_or(CryptoError::Malformed)
+        let (_, mut raw) = open_with(&self.key, &wrap_aad(key_id, app_id), wrapped)?;
+        let key = Key::from_slice(&raw).ok_or(CryptoError::Malformed);
+        zeroize::Zeroize::zeroize(&mut raw);
+        key
     }
 }
 

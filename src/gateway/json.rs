@@ -110,6 +110,12 @@ fn check_message(
                 check_message(inner, m, &json_path, Some((&p, paths)))?;
             }
             (Kind::Message(m), Value::Object(inner), Some((_, paths)), Some(p)) if schema::is_json_value(m) => {
+                if crate::service::validate::json_depth(&Value::Object(inner.clone()))
+                    > crate::service::validate::MAX_EXTRAS_DEPTH
+                {
+                    let max = crate::service::validate::MAX_EXTRAS_DEPTH;
+                    return Err(bad(&json_path, format!("{json_path}: must nest at most {max} levels deep")));
+                }
                 merge_json_paths(inner, &p, paths);
             }
             (_, v, mask, proto_path) => {
@@ -158,7 +164,16 @@ fn check_value(v: &mut Value, field: &FieldDescriptor, path: &str) -> Result<(),
 
 fn check_single(v: &mut Value, kind: &Kind, path: &str) -> Result<(), ApiError> {
     let ok = match kind {
-        Kind::Message(m) if schema::is_json_value(m) => true,
+        // Deeper JSON would nest past what protobuf decodes; say so here.
+        Kind::Message(m) if schema::is_json_value(m) => {
+            if crate::service::validate::json_depth(v) > crate::service::validate::MAX_EXTRAS_DEPTH {
+                return Err(bad(
+                    path,
+                    format!("{path}: must nest at most {} levels deep", crate::service::validate::MAX_EXTRAS_DEPTH),
+                ));
+            }
+            true
+        }
         Kind::Message(m) => {
             let Value::Object(inner) = v else {
                 return Err(bad(path, format!("{path}: must be an object")));

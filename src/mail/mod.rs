@@ -22,6 +22,7 @@ pub use templates::Templates;
 /// The field a reset token is sealed as, bound to its outbox row.
 pub const RESET_TOKEN_FIELD: &str = "reset_token";
 pub const RESET_LIFETIME: Duration = Duration::from_secs(30 * 60);
+const SWEEP_EVERY: Duration = Duration::from_secs(300);
 /// How long a claimed message is kept from other senders.
 const LEASE: Duration = Duration::from_secs(120);
 
@@ -75,9 +76,19 @@ enum Outcome {
 }
 
 impl Mailer {
-    /// Sends until `stop` turns true.
+    /// Sends until `stop` turns true. Between batches it also sweeps out
+    /// expired sessions, tokens and throttle counts, now and then.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut last_sweep = std::time::Instant::now() - SWEEP_EVERY;
         loop {
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                last_sweep = std::time::Instant::now();
+                match self.store.sweep().await {
+                    Ok(n) if n > 0 => tracing::debug!(rows = n, "expired rows swept"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "sweep failed"),
+                }
+            }
             match self.store.claim_outbox(16, LEASE).await {
                 Ok(batch) if !batch.is_empty() => {
                     for m in batch {

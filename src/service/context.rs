@@ -29,14 +29,14 @@ impl Ctx {
         self.md.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(128).collect())
     }
 
-    /// The client's address. A gateway in this process (no peer) or on this
-    /// host (a loopback peer) forwards its client's; anyone else is taken
-    /// at the address they connect from.
-    pub fn client_ip(&self) -> Option<IpAddr> {
+    /// The client's address. The gateway in this process (no peer) and the
+    /// gateways the operator trusts forward their client's; anyone else is
+    /// taken at the address they connect from, whatever they claim.
+    pub fn client_ip(&self, trusted_gateways: &[IpAddr]) -> Option<IpAddr> {
         let forwarded = || self.md.get(CLIENT_ADDR).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
         match self.remote {
             None => forwarded(),
-            Some(peer) if peer.ip().is_loopback() => forwarded().or(Some(peer.ip())),
+            Some(peer) if trusted_gateways.contains(&peer.ip()) => forwarded().or(Some(peer.ip())),
             Some(peer) => Some(peer.ip()),
         }
     }

@@ -13,6 +13,9 @@ use crate::schema;
 pub struct ResolvedPath {
     pub top: String,
     pub json: Vec<String>,
+    /// The index in `json` of a `google.protobuf.Value` field the path goes
+    /// through: below it are free JSON keys, merged as RFC 7396 does.
+    pub value_at: Option<usize>,
 }
 
 /// Resolves `path` against `message`: proto names (or their JSON forms) down
@@ -23,6 +26,7 @@ pub fn resolve(message: &MessageDescriptor, path: &str) -> Result<ResolvedPath, 
     let mut json = Vec::with_capacity(segments.len());
     let mut current = Some(message.clone());
     let mut top = None;
+    let mut value_at = None;
     for (i, seg) in segments.iter().enumerate() {
         let Some(msg) = current.take() else {
             // Inside a JSON value: keys are kept as they are.
@@ -37,7 +41,10 @@ pub fn resolve(message: &MessageDescriptor, path: &str) -> Result<ResolvedPath, 
         json.push(field.json_name().to_owned());
         let last = i + 1 == segments.len();
         current = match field.kind() {
-            Kind::Message(m) if schema::is_json_value(&m) => None,
+            Kind::Message(m) if schema::is_json_value(&m) => {
+                value_at = Some(json.len() - 1);
+                None
+            }
             Kind::Message(m) if !field.is_list() && !field.is_map() => Some(m),
             _ if last => None,
             _ => {
@@ -46,20 +53,23 @@ pub fn resolve(message: &MessageDescriptor, path: &str) -> Result<ResolvedPath, 
         };
     }
     let top = top.ok_or_else(|| format!("empty path {path:?}"))?;
-    Ok(ResolvedPath { top, json })
+    Ok(ResolvedPath { top, json, value_at })
 }
 
 /// Copies the value at `path` in `patch` into `target`, or removes it from
 /// `target` when `patch` has none there. Objects on the way are created;
-/// a non-object on the way is replaced by one, as RFC 7396 does.
-pub fn apply(target: &mut Value, patch: &Value, path: &[String]) {
-    let new = lookup(patch, path).cloned();
-    let Some((last, parents)) = path.split_last() else {
+/// a non-object on the way is replaced by one, as RFC 7396 does. Removing
+/// from a message that is not there changes nothing; inside a JSON value,
+/// as in RFC 7396, the objects on the way are made all the same.
+pub fn apply(target: &mut Value, patch: &Value, path: &ResolvedPath) {
+    let new = lookup(patch, &path.json).cloned();
+    let Some((last, parents)) = path.json.split_last() else {
         return;
     };
     let mut node = target;
-    for key in parents {
-        if new.is_none() && node.get(key).is_none() {
+    for (i, key) in parents.iter().enumerate() {
+        let in_value = path.value_at.is_some_and(|v| i >= v);
+        if new.is_none() && node.get(key).is_none() && !in_value {
             return;
         }
         let obj = object_mut(node);
@@ -68,6 +78,9 @@ pub fn apply(target: &mut Value, patch: &Value, path: &[String]) {
     match new {
         Some(v) => {
             object_mut(node).insert(last.clone(), v);
+        }
+        None if path.value_at.is_some_and(|v| parents.len() > v) => {
+            object_mut(node).remove(last);
         }
         None => {
             if let Value::Object(obj) = node {
@@ -109,6 +122,7 @@ mod tests {
         assert_eq!(p.json, vec!["phoneNumber", "mobile"]);
         let p = resolve(&user(), "extras.some_key.`a.b`").unwrap();
         assert_eq!(p.json, vec!["extras", "some_key", "a.b"]);
+        assert_eq!(p.value_at, Some(0));
         assert!(resolve(&user(), "nope").is_err());
         assert!(resolve(&user(), "age.x").is_err());
         assert!(resolve(&user(), "addresses.city").is_err());
@@ -119,10 +133,13 @@ mod tests {
     fn applies_replace_clear_and_create() {
         let mut target = json!({"name": {"firstName": "A", "lastName": "B"}, "extras": "s"});
         let patch = json!({"name": {"lastName": "C"}, "extras": {"k": {"x": 1}}});
-        apply(&mut target, &patch, &["name".into(), "lastName".into()]);
-        apply(&mut target, &patch, &["name".into(), "firstName".into()]);
-        apply(&mut target, &patch, &["extras".into(), "k".into(), "x".into()]);
-        apply(&mut target, &patch, &["dob".into()]);
+        for p in ["name.last_name", "name.first_name", "extras.k.x", "dob", "phone_number.home"] {
+            apply(&mut target, &patch, &resolve(&user(), p).unwrap());
+        }
         assert_eq!(target, json!({"name": {"lastName": "C"}, "extras": {"k": {"x": 1}}}));
+        // RFC 7396: removing a key of a non-object makes it an object.
+        let mut target = json!({"extras": "s"});
+        apply(&mut target, &json!({}), &resolve(&user(), "extras.a").unwrap());
+        assert_eq!(target, json!({"extras": {}}));
     }
 }

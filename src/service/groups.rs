@@ -40,10 +40,12 @@ impl GroupSvc {
         action: &str,
         caller: &Caller,
         subject: Option<Uuid>,
+        group: Option<Uuid>,
         fields: &[&str],
     ) -> AuditRecord {
         let mut r = self.core.record(ctx, action, Some(caller), caller.app_id).await;
         r.subject_id = subject;
+        r.object_id = group;
         r.fields = fields.iter().map(|f| (*f).to_owned()).collect();
         r
     }
@@ -67,7 +69,7 @@ impl GroupService for GroupSvc {
         let g = req.group.unwrap_or_default();
         validate::group_name(&g.name)?;
         let rec = GroupRecord { id: Uuid::now_v7(), name: g.name, is_default: g.default.unwrap_or(false) };
-        let r = self.record(&ctx, "group.create", &caller, None, &["name", "default"]).await;
+        let r = self.record(&ctx, "group.create", &caller, None, Some(rec.id), &["name", "default"]).await;
         self.core.store.create_group(app_id, &rec, &r).await.map_err(ServiceError::from)?;
         Ok(Response::new(to_pb(rec)))
     }
@@ -85,7 +87,7 @@ impl GroupService for GroupSvc {
         let app_id = caller.app_id;
         let patch = req.group.unwrap_or_default();
         let raw_id = if req.groups_id.is_empty() { &patch.groups_id } else { &req.groups_id };
-        let mut rec = self.group(app_id, raw_id).await?;
+        let id = validate::id(raw_id, "groups_id")?;
         let desc = schema::message("Group").ok_or(ServiceError::NotFound("schema"))?;
         let paths = match &req.update_mask {
             Some(mask) => mask.paths.clone(),
@@ -100,22 +102,27 @@ impl GroupService for GroupSvc {
                 p
             }
         };
+        let (mut name, mut is_default) = (None, None);
         for path in &paths {
             let resolved = field_mask::resolve(&desc, path).map_err(|m| ServiceError::invalid("update_mask", m))?;
             match resolved.top.as_str() {
                 "name" => {
                     validate::group_name(&patch.name)?;
-                    rec.name = patch.name.clone();
+                    name = Some(patch.name.as_str());
                 }
-                "default" => rec.is_default = patch.default.unwrap_or(false),
+                "default" => is_default = Some(patch.default.unwrap_or(false)),
                 _ => {}
             }
         }
         let fields: Vec<&str> = paths.iter().map(String::as_str).collect();
-        let r = self.record(&ctx, "group.update", &caller, None, &fields).await;
-        if !self.core.store.update_group(app_id, &rec, &r).await.map_err(ServiceError::from)? {
-            return Err(ServiceError::NotFound("group").into());
-        }
+        let r = self.record(&ctx, "group.update", &caller, None, Some(id), &fields).await;
+        let rec = self
+            .core
+            .store
+            .update_group(app_id, id, name, is_default, &r)
+            .await
+            .map_err(ServiceError::from)?
+            .ok_or(ServiceError::NotFound("group"))?;
         Ok(Response::new(to_pb(rec)))
     }
 
@@ -124,7 +131,7 @@ impl GroupService for GroupSvc {
         let caller = self.supervisor(&ctx).await?;
         let app_id = caller.app_id;
         let id = validate::id(&req.groups_id, "groups_id")?;
-        let r = self.record(&ctx, "group.delete", &caller, None, &[]).await;
+        let r = self.record(&ctx, "group.delete", &caller, None, Some(id), &[]).await;
         if !self.core.store.delete_group(app_id, id, &r).await.map_err(ServiceError::from)? {
             return Err(ServiceError::NotFound("group").into());
         }
@@ -137,7 +144,7 @@ impl GroupService for GroupSvc {
         let app_id = caller.app_id;
         let group_id = validate::id(&req.groups_id, "groups_id")?;
         let user_id = validate::id(&req.users_id, "users_id")?;
-        let r = self.record(&ctx, "group.member_add", &caller, Some(user_id), &["groups"]).await;
+        let r = self.record(&ctx, "group.member_add", &caller, Some(user_id), Some(group_id), &["groups"]).await;
         if !self.core.store.add_member(app_id, group_id, user_id, &r).await.map_err(ServiceError::from)? {
             return Err(ServiceError::NotFound("group or user").into());
         }
@@ -150,7 +157,7 @@ impl GroupService for GroupSvc {
         let app_id = caller.app_id;
         let group_id = validate::id(&req.groups_id, "groups_id")?;
         let user_id = validate::id(&req.users_id, "users_id")?;
-        let r = self.record(&ctx, "group.member_remove", &caller, Some(user_id), &["groups"]).await;
+        let r = self.record(&ctx, "group.member_remove", &caller, Some(user_id), Some(group_id), &["groups"]).await;
         if !self.core.store.remove_member(app_id, group_id, user_id, &r).await.map_err(ServiceError::from)? {
             return Err(ServiceError::NotFound("membership").into());
         }

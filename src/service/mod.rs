@@ -33,19 +33,25 @@ pub struct Core {
     /// Where read records go (written in batches).
     pub trail: AuditSink,
     pub min_password_chars: usize,
+    /// Peers whose `x-client-addr` is believed (standalone gateways).
+    pub trusted_gateways: Vec<std::net::IpAddr>,
 }
 
 impl Core {
     /// A trail record of this call, with the client address sealed.
     pub async fn record(&self, ctx: &Ctx, action: &str, caller: Option<&Caller>, app_id: Uuid) -> AuditRecord {
         let mut r = ctx.record(action, caller, app_id);
-        if let Some(ip) = ctx.client_ip() {
+        if let Some(ip) = self.client_ip(ctx) {
             match self.keyring.recent_sealer(app_id).await {
                 Ok(sealer) => r.client_addr = Some(sealer.seal(r.id, "client_addr", ip.to_string().as_bytes())),
                 Err(e) => tracing::warn!(error = %e, "client address left out of a trail record"),
             }
         }
         r
+    }
+
+    pub fn client_ip(&self, ctx: &Ctx) -> Option<std::net::IpAddr> {
+        ctx.client_ip(&self.trusted_gateways)
     }
 
     /// Opens a stored user into the message a reply carries.

@@ -16,8 +16,9 @@ pub fn format_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-fn corrupt(e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::Store(StoreError::Corrupt(e.to_string()))
+/// The parser's own words may quote the data (PII): only the kind is kept.
+fn corrupt(_: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Store(StoreError::Corrupt("a stored profile does not parse as a User".into()))
 }
 
 /// The profile kept for a user, as JSON bytes: the message without what

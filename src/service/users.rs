@@ -42,18 +42,22 @@ impl UserSvc {
     }
 }
 
-/// A user acts on their own record; a supervisor on any of the application.
-/// Decided before the record is read, so the answer reveals nothing about
-/// whether another user exists.
-fn authorise(me: &SessionUser, target: Uuid) -> ServiceResult<()> {
-    if me.user_id == target || me.supervisor {
-        Ok(())
-    } else {
-        Err(ServiceError::Forbidden("a user may only act on their own record"))
-    }
-}
-
 impl UserSvc {
+    /// A user acts on their own record; a supervisor on any of the
+    /// application. Another user of the same application is forbidden
+    /// (403); an id that is no user of this application, another
+    /// application's included, is simply not there (404).
+    async fn authorise(&self, app_id: Uuid, me: &SessionUser, target: Uuid) -> ServiceResult<()> {
+        if me.user_id == target || me.supervisor {
+            return Ok(());
+        }
+        if self.core.store.get_user(app_id, target).await?.is_some() {
+            Err(ServiceError::Forbidden("a user may only act on their own record"))
+        } else {
+            Err(ServiceError::NotFound("user"))
+        }
+    }
+
     /// The throttle key of a client address within an application.
     fn address_key(&self, kind: &str, app_id: Uuid, ip: Option<IpAddr>) -> Option<Vec<u8>> {
         ip.map(|ip| [app_id.as_bytes().as_slice(), &self.core.keyring.global_index(kind, &ip.to_string())].concat())
@@ -128,7 +132,7 @@ impl UserSvc {
         let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
         let id = validate::id(&req.users_id, "users_id")?;
         let found = async {
-            authorise(&me, id)?;
+            self.authorise(caller.app_id, &me, id).await?;
             self.core.store.get_user(caller.app_id, id).await?.ok_or(ServiceError::NotFound("user"))
         }
         .await;
@@ -153,7 +157,7 @@ impl UserSvc {
         let patch = req.user.unwrap_or_default();
         let raw_id = if req.users_id.is_empty() { &patch.users_id } else { &req.users_id };
         let id = validate::id(raw_id, "users_id")?;
-        if let Err(e) = authorise(&me, id) {
+        if let Err(e) = self.authorise(caller.app_id, &me, id).await {
             self.refused(ctx, "user.update", &caller, id, &e).await;
             return Err(e);
         }
@@ -192,7 +196,7 @@ impl UserSvc {
                 // treated as server-managed, as old clients send it back.
                 "active" if !caller.is_supervisor() => continue,
                 "active" => set_active = true,
-                _ => profile_paths.push(resolved.json),
+                _ => profile_paths.push(resolved.clone()),
             }
             if !changed.contains(&resolved.top) {
                 changed.push(resolved.top);
@@ -264,7 +268,7 @@ impl UserSvc {
     async fn delete(&self, ctx: &Ctx, req: pb::DeleteUserRequest) -> ServiceResult<()> {
         let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
         let id = validate::id(&req.users_id, "users_id")?;
-        if let Err(e) = authorise(&me, id) {
+        if let Err(e) = self.authorise(caller.app_id, &me, id).await {
             self.refused(ctx, "user.delete", &caller, id, &e).await;
             return Err(e);
         }
@@ -288,7 +292,7 @@ impl UserSvc {
         if !validate::looks_like_email(req.email.trim()) {
             return Err(ServiceError::invalid("email", "is not an email address"));
         }
-        let addr_key = self.address_key("reminder-addr", app_id, ctx.client_ip());
+        let addr_key = self.address_key("reminder-addr", app_id, self.core.client_ip(ctx));
         if let Some(key) = addr_key
             && let Some(wait) = core.store.throttle_attempt(&[(key, REMINDER_RULE)]).await?
         {
@@ -296,8 +300,9 @@ impl UserSvc {
         }
         let bidx = core.email_index(app_id, &req.email).await?;
         let record = core.record(ctx, "user.forgot_username", None, app_id).await;
-        let queued = core.store.queue_username_reminders(app_id, &bidx, &record).await?;
-        tracing::debug!(%app_id, queued, "username reminders queued");
+        // How many matched is neither logged nor answered: it would tell who
+        // is registered.
+        core.store.queue_username_reminders(app_id, &bidx, &record).await?;
         Ok(())
     }
 
@@ -308,7 +313,7 @@ impl UserSvc {
     ) -> ServiceResult<pb::ListUserGroupsResponse> {
         let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
         let id = validate::id(&req.users_id, "users_id")?;
-        authorise(&me, id)?;
+        self.authorise(caller.app_id, &me, id).await?;
         if me.user_id != id && self.core.store.get_user(caller.app_id, id).await?.is_none() {
             return Err(ServiceError::NotFound("user"));
         }
@@ -337,7 +342,7 @@ impl UserSvc {
         // transaction, so parallel guesses cannot slip past the count; a
         // waiting caller is refused without a check.
         let user_key = [b"signin-user:".as_slice(), app_id.as_bytes(), &bidx].concat();
-        let addr_key = self.address_key("signin-addr", app_id, ctx.client_ip());
+        let addr_key = self.address_key("signin-addr", app_id, self.core.client_ip(ctx));
         let mut keys = vec![(user_key.clone(), USERNAME_RULE)];
         keys.extend(addr_key.clone().map(|k| (k, ADDRESS_RULE)));
         if let Some(wait) = core.store.throttle_attempt(&keys).await? {
@@ -398,7 +403,7 @@ impl UserSvc {
         // the same work either way.
         let user_key = [b"reset-user:".as_slice(), app_id.as_bytes(), &bidx].concat();
         let mut keys = vec![(user_key, REMINDER_RULE)];
-        keys.extend(self.address_key("reset-addr", app_id, ctx.client_ip()).map(|k| (k, REMINDER_RULE)));
+        keys.extend(self.address_key("reset-addr", app_id, self.core.client_ip(ctx)).map(|k| (k, REMINDER_RULE)));
         if let Some(wait) = core.store.throttle_attempt(&keys).await? {
             return Err(ServiceError::Throttled(wait));
         }
@@ -467,7 +472,7 @@ impl UserSvc {
     async fn list_sessions(&self, ctx: &Ctx, req: pb::ListSessionsRequest) -> ServiceResult<pb::ListSessionsResponse> {
         let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
         let id = if req.users_id.is_empty() { me.user_id } else { validate::id(&req.users_id, "users_id")? };
-        authorise(&me, id)?;
+        self.authorise(caller.app_id, &me, id).await?;
         let rows = self.core.store.list_sessions(caller.app_id, id, self.core.auth.policy().idle_timeout).await?;
         Ok(pb::ListSessionsResponse {
             sessions: rows
@@ -498,7 +503,7 @@ impl UserSvc {
             }
             (owner, Some(sid))
         };
-        authorise(&me, owner)?;
+        self.authorise(caller.app_id, &me, owner).await?;
         let mut r = core.record(ctx, "session.revoke", Some(&caller), caller.app_id).await;
         r.subject_id = Some(owner);
         let n = core.store.delete_sessions(caller.app_id, owner, session, Some(&r)).await?;

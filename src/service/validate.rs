@@ -11,6 +11,11 @@ use crate::schema;
 pub const MAX_STRING_CHARS: usize = 1024;
 pub const MAX_LIST_ITEMS: usize = 100;
 pub const MAX_EXTRAS_BYTES: usize = 64 * 1024;
+/// How deep `extras` may nest (objects and arrays).
+pub const MAX_EXTRAS_DEPTH: usize = 24;
+/// The whole profile as JSON: every string and list is bounded, but their
+/// sum must be too (a record has to fit in one gRPC message).
+pub const MAX_PROFILE_BYTES: usize = 256 * 1024;
 pub const MAX_USERNAME_CHARS: usize = 128;
 pub const MAX_PASSWORD_CHARS: usize = 1024;
 pub const MAX_AGE: i32 = 150;
@@ -120,12 +125,28 @@ pub fn profile(user: &pb::User) -> ServiceResult<()> {
         }
     }
     if let Some(extras) = &user.extras {
-        let size = serde_json::to_vec(extras).map(|v| v.len()).unwrap_or(usize::MAX);
+        let value = serde_json::to_value(extras).unwrap_or_default();
+        if json_depth(&value) > MAX_EXTRAS_DEPTH {
+            return Err(ServiceError::invalid("extras", format!("must nest at most {MAX_EXTRAS_DEPTH} levels deep")));
+        }
+        let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(usize::MAX);
         if size > MAX_EXTRAS_BYTES {
             return Err(ServiceError::invalid("extras", format!("must be at most {MAX_EXTRAS_BYTES} bytes as JSON")));
         }
     }
+    if serde_json::to_vec(&json).map(|v| v.len()).unwrap_or(usize::MAX) > MAX_PROFILE_BYTES {
+        return Err(ServiceError::invalid("user", format!("must be at most {MAX_PROFILE_BYTES} bytes as JSON in all")));
+    }
     Ok(())
+}
+
+/// How many objects and arrays are nested in a value.
+pub fn json_depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
+        Value::Object(members) => 1 + members.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// String lengths and list sizes everywhere but inside `extras` (which has
@@ -153,10 +174,13 @@ fn sizes(v: &Value, path: &str) -> ServiceResult<()> {
     }
 }
 
-/// A group's name: 1-1024 characters, not blank.
+/// A group's name: 1-1024 characters, not blank, no control characters.
 pub fn group_name(name: &str) -> ServiceResult<()> {
     if name.trim().is_empty() {
         return Err(ServiceError::invalid("name", "is required"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ServiceError::invalid("name", "must not contain control characters"));
     }
     if name.chars().count() > MAX_STRING_CHARS {
         return Err(ServiceError::invalid("name", format!("must be at most {MAX_STRING_CHARS} characters")));

@@ -302,7 +302,16 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_group(&self, app_id: Uuid, group: &GroupRecord, audit: &AuditRecord) -> Result<()>;
     async fn get_group(&self, app_id: Uuid, group_id: Uuid) -> Result<Option<GroupRecord>>;
-    async fn update_group(&self, app_id: Uuid, group: &GroupRecord, audit: &AuditRecord) -> Result<bool>;
+    /// Sets the given columns only, so concurrent updates of different
+    /// fields both stand. None when there is no such group.
+    async fn update_group(
+        &self,
+        app_id: Uuid,
+        group_id: Uuid,
+        name: Option<&str>,
+        is_default: Option<bool>,
+        audit: &AuditRecord,
+    ) -> Result<Option<GroupRecord>>;
     async fn delete_group(&self, app_id: Uuid, group_id: Uuid, audit: &AuditRecord) -> Result<bool>;
     /// False when the group or the user is not in the application.
     async fn add_member(&self, app_id: Uuid, group_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool>;
@@ -341,6 +350,10 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_sent(&self, id: Uuid) -> Result<()>;
     async fn outbox_retry(&self, id: Uuid, after: std::time::Duration) -> Result<()>;
     async fn outbox_give_up(&self, id: Uuid) -> Result<()>;
+
+    /// Deletes what has run out: sessions past their lifetime, reset tokens
+    /// past theirs, throttle counts long forgotten. Returns rows deleted.
+    async fn sweep(&self) -> Result<u64>;
 
     /// Appends records to the trail in one transaction.
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<()>;

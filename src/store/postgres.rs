@@ -118,9 +118,9 @@ async fn append_in(conn: &mut PgConnection, records: &[AuditRecord]) -> Result<(
     for r in records {
         let hash = audit::chain_hash(&prev, r);
         sqlx::query(
-            "INSERT INTO audit_events (id, at, app_id, actor, actor_id, subject_id, action, fields, outcome,
-                                       request_id, client_addr, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "INSERT INTO audit_events (id, at, app_id, actor, actor_id, subject_id, object_id, action, fields,
+                                       outcome, request_id, client_addr, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(r.id)
         .bind(r.at)
@@ -128,6 +128,7 @@ async fn append_in(conn: &mut PgConnection, records: &[AuditRecord]) -> Result<(
         .bind(&r.actor)
         .bind(r.actor_id)
         .bind(r.subject_id)
+        .bind(r.object_id)
         .bind(&r.action)
         .bind(&r.fields)
         .bind(&r.outcome)
@@ -577,21 +578,31 @@ impl Store for PgStore {
         row.as_ref().map(group_from_row).transpose()
     }
 
-    async fn update_group(&self, app_id: Uuid, group: &GroupRecord, audit: &AuditRecord) -> Result<bool> {
+    async fn update_group(
+        &self,
+        app_id: Uuid,
+        group_id: Uuid,
+        name: Option<&str>,
+        is_default: Option<bool>,
+        audit: &AuditRecord,
+    ) -> Result<Option<GroupRecord>> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE groups SET name = $3, is_default = $4 WHERE app_id = $1 AND id = $2")
-            .bind(app_id)
-            .bind(group.id)
-            .bind(&group.name)
-            .bind(group.is_default)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
+        let row = sqlx::query(
+            "UPDATE groups SET name = COALESCE($3, name), is_default = COALESCE($4, is_default)
+             WHERE app_id = $1 AND id = $2 RETURNING id, name, is_default",
+        )
+        .bind(app_id)
+        .bind(group_id)
+        .bind(name)
+        .bind(is_default)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
         append_in(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
-        Ok(true)
+        group_from_row(&row).map(Some)
     }
 
     async fn delete_group(&self, app_id: Uuid, group_id: Uuid, audit: &AuditRecord) -> Result<bool> {
@@ -898,6 +909,19 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn sweep(&self) -> Result<u64> {
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM sessions WHERE expires_at < now()",
+            "DELETE FROM password_resets WHERE expires_at < now()",
+            "DELETE FROM throttles WHERE last_failure < now() - interval '1 day'
+                 AND (blocked_until IS NULL OR blocked_until < now())",
+        ] {
+            n += sqlx::query(sql).execute(&self.pool).await?.rows_affected();
+        }
+        Ok(n)
+    }
+
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         append_in(&mut tx, records).await?;
@@ -932,6 +956,7 @@ impl Store for PgStore {
                         actor: r.try_get("actor")?,
                         actor_id: r.try_get("actor_id")?,
                         subject_id: r.try_get("subject_id")?,
+                        object_id: r.try_get("object_id")?,
                         action: r.try_get("action")?,
                         fields: r.try_get("fields")?,
                         outcome: r.try_get("outcome")?,

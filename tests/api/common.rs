@@ -97,6 +97,7 @@ pub fn serve_args(database_url: String) -> ServeArgs {
         },
         hash_concurrency: Some(2),
         min_password_length: 8,
+        trusted_gateways: vec![],
     }
 }
 

@@ -525,3 +525,73 @@ async fn request_ids_and_cors() {
         .unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn hostile_shapes_get_clear_400s() {
+    let t = spawn().await;
+    let (_, sup) = t.http_sign_up("shaper").await;
+    t.make_supervisor(t.app_id, "shaper").await;
+    // Deeply nested extras: refused by name, never a 500.
+    let mut deep = json!(1);
+    for _ in 0..60 {
+        deep = json!({ "a": deep });
+    }
+    let body = json!({"username": "deep", "password": "long enough", "extras": deep});
+    let (status, err) = t.call(Method::POST, "/v2/users", None, Some(&body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["errors"][0]["field"], "extras");
+    let mut deep_list = json!(1);
+    for _ in 0..60 {
+        deep_list = json!([deep_list]);
+    }
+    let body = json!({"username": "deep2", "password": "long enough", "extras": deep_list});
+    let (status, _) = t.call(Method::POST, "/v2/users", None, Some(&body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A wide list of numbers is no 500 either.
+    let wide: Vec<u8> = vec![1; 400_000];
+    let body = json!({"username": "wide", "password": "long enough", "extras": wide});
+    let (status, err) = t.call(Method::POST, "/v2/users", None, Some(&body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["errors"][0]["field"], "extras");
+    // A NUL in a group name.
+    let (status, err) = t.call(Method::POST, "/v2/groups", Some(&sup), Some(&json!({"name": "a\u{0}b"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["errors"][0]["field"], "name");
+}
+
+#[tokio::test]
+async fn another_applications_user_is_not_found_for_a_plain_user() {
+    let t = spawn().await;
+    let (_, token) = t.http_sign_up("local").await;
+    let (neighbour, _) = t.http_sign_up("neighbour").await;
+    let (_, other_key) = crate::common::new_application(&t.app).await;
+    let (stranger, _) = t.sign_up_in(&other_key, "stranger").await;
+    let (status, _) = t.call(Method::GET, &format!("/v2/users/{stranger}"), Some(&token), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = t.call(Method::GET, &format!("/v2/users/{}", uuid::Uuid::now_v7()), Some(&token), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = t.call(Method::GET, &format!("/v2/users/{neighbour}"), Some(&token), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn concurrent_group_updates_of_different_fields_both_stand() {
+    let t = spawn().await;
+    let (_, sup) = t.http_sign_up("grouper").await;
+    t.make_supervisor(t.app_id, "grouper").await;
+    for round in 0..8 {
+        let (_, g) =
+            t.call(Method::POST, "/v2/groups", Some(&sup), Some(&json!({"name": "before", "default": false}))).await;
+        let path = format!("/v2/groups/{}", g["groupsId"].as_str().unwrap());
+        let name = json!({"name": format!("after {round}")});
+        let default = json!({"default": true});
+        let (a, b) = tokio::join!(
+            t.call(Method::PUT, &path, Some(&sup), Some(&name)),
+            t.call(Method::PUT, &path, Some(&sup), Some(&default)),
+        );
+        assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK));
+        let (_, got) = t.call(Method::GET, &path, Some(&sup), None).await;
+        assert_eq!(got["name"], format!("after {round}"));
+        assert_eq!(got["default"], true);
+    }
+}

@@ -439,3 +439,50 @@ async fn users_see_and_end_their_sessions() {
     let e = users.get_user(t.req(pb::GetUserRequest { users_id: id }, Some(&first))).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn parallel_guesses_cannot_slip_past_the_count() {
+    let t = spawn().await;
+    t.sign_up("hammered").await;
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let (http, url, key) = (t.http.clone(), t.url("/v2/auth/signin"), t.api_key.clone());
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .header("X-Api-Key", key)
+                .header("Content-Type", "application/json")
+                .body(json!({"username": "hammered", "password": "a wrong guess"}).to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    let mut checked = 0;
+    let mut throttled = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            StatusCode::UNAUTHORIZED => checked += 1,
+            StatusCode::TOO_MANY_REQUESTS => throttled += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(checked <= 5, "{checked} guesses were checked");
+    assert_eq!(checked + throttled, 30);
+}
+
+#[tokio::test]
+async fn a_forwarded_address_is_believed_only_from_a_trusted_gateway() {
+    let t = spawn().await;
+    let mut req = t.req(
+        pb::CreateUserRequest {
+            user: Some(pb::User { username: "spoofer".into(), password: "long enough".into(), ..Default::default() }),
+        },
+        None,
+    );
+    req.metadata_mut().insert("x-client-addr", "203.0.113.9".parse().unwrap());
+    let id = t.users().await.create_user(req).await.unwrap().into_inner().users_id;
+    let trail = trail_of(&t, &id).await;
+    let created = trail.iter().find(|r| r["action"] == "user.create").unwrap();
+    assert_eq!(created["clientAddr"], "127.0.0.1", "the peer's own address, not the claim");
+}
