@@ -146,7 +146,7 @@ async fn append_in(conn: &mut PgConnection, records: &[AuditRecord]) -> Result<(
 #[async_trait]
 impl Store for PgStore {
     async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        sqlx::migrate!("./migrations/postgres").run(&self.pool).await?;
         Ok(())
     }
 
