@@ -11,10 +11,10 @@ use crate::audit::{self, AuditRecord};
 use crate::auth::secret;
 use crate::crypto::{Keyring, MasterKey, keyring};
 use crate::service::profile;
-use crate::store::{App, AuditFilter, PgStore, Store};
+use crate::store::{App, AuditFilter, Store};
 
 pub struct Admin {
-    pub store: Arc<PgStore>,
+    pub store: Arc<dyn Store>,
     pub keyring: Keyring,
 }
 
@@ -28,7 +28,7 @@ fn cli_record(action: &str, app_id: Option<Uuid>) -> AuditRecord {
 const RESEAL_BATCH: i64 = 200;
 
 impl Admin {
-    pub fn new(store: Arc<PgStore>, master: MasterKey) -> Self {
+    pub fn new(store: Arc<dyn Store>, master: MasterKey) -> Self {
         let keyring = Keyring::new(master, store.clone());
         Self { store, keyring }
     }

@@ -14,14 +14,17 @@ use crate::crypto::Keyring;
 use crate::gateway::{self, Gateway};
 use crate::pb::{group_service_server::GroupServiceServer, user_service_server::UserServiceServer};
 use crate::service::{Core, GroupSvc, UserSvc};
-use crate::store::{PgStore, Store};
+use crate::store::{Store, backend, backend::Pool};
 
 const IN_PROCESS_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 pub struct Application {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    pub store: Arc<PgStore>,
+    pub store: Arc<dyn Store>,
+    /// The database itself (tests look into it).
+    pub pool: Pool,
+    pub database_url: String,
     shutdown: watch::Sender<bool>,
     trail_writer: AuditWriter,
     mail_task: JoinHandle<()>,
@@ -38,8 +41,8 @@ impl Application {
     /// Connects, migrates, binds both addresses and starts serving.
     pub async fn start(args: &ServeArgs) -> anyhow::Result<Self> {
         // Refuse to start without a master key before touching anything.
-        let master = args.keys.load()?;
-        let store = Arc::new(PgStore::connect(&args.db.database_url, args.db.db_max_connections).await?);
+        let master = args.keys.load_for(&args.db.database_url)?;
+        let (store, pool) = backend::open(&args.db.database_url, args.db.db_max_connections).await?;
         store.migrate().await?;
         let keyring = Arc::new(Keyring::new(master, store.clone()));
         let (trail, trail_writer) = AuditSink::start(store.clone());
@@ -60,6 +63,7 @@ impl Application {
             templates: crate::mail::Templates::new(mail.mail_templates.clone()),
             public_url: String::new(),
             give_up_after: mail.mail_give_up_after,
+            reset_minutes: mail.reset_link_lifetime.as_secs().div_ceil(60),
             poll_every: mail.mail_poll_interval,
         };
         let core = Arc::new(Core {
@@ -70,6 +74,7 @@ impl Application {
             trail,
             min_password_chars: args.min_password_length,
             trusted_gateways: args.trusted_gateways.clone(),
+            reset_lifetime: args.mail.reset_link_lifetime,
         });
         let (users, groups) = services(core);
 
@@ -110,13 +115,14 @@ impl Application {
         let mail_task = tokio::spawn(mailer.run(shutdown_rx.clone()));
         let http = tokio::spawn(serve_http(http_listener, router, stopped(shutdown_rx)));
         tracing::info!(%grpc_addr, %http_addr, "usersvc serving");
-        Ok(Self { grpc_addr, http_addr, store, shutdown, trail_writer, mail_task, grpc, http })
+        let database_url = args.db.database_url.clone();
+        Ok(Self { grpc_addr, http_addr, store, pool, database_url, shutdown, trail_writer, mail_task, grpc, http })
     }
 
     /// Runs until either server stops, or until SIGINT or SIGTERM: then both
     /// stop accepting, finish what is in flight, and the pool closes.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let Self { shutdown, trail_writer, mail_task, grpc, http, store, .. } = self;
+        let Self { shutdown, trail_writer, mail_task, grpc, http, pool, .. } = self;
         let mut grpc = grpc;
         let mut http = http;
         tokio::select! {
@@ -134,7 +140,7 @@ impl Application {
         trail_writer.finish().await;
         let _ = shutdown.send(true);
         let _ = mail_task.await;
-        store.pool().close().await;
+        pool.close().await;
         Ok(())
     }
 

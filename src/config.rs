@@ -7,8 +7,9 @@ use clap::Args;
 /// Where the service keeps its data.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL; the database is created when it does not exist.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/usersvc")]
+    /// sqlite://PATH (the default: nothing to install) or postgres://...;
+    /// the database is created when it does not exist.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://usersvc-data/usersvc.db")]
     pub database_url: String,
     /// Connections in the database pool.
     #[arg(long, env = "USERSVC_DB_MAX_CONNECTIONS", default_value_t = 16)]
@@ -30,6 +31,49 @@ impl KeyArgs {
     pub fn load(&self) -> Result<crate::crypto::MasterKey, crate::crypto::CryptoError> {
         crate::crypto::MasterKey::load(self.master_key_file.as_deref(), self.master_key.as_ref())
     }
+
+    /// The configured master key; on SQLite, without one, the key in
+    /// `master.key` beside the database file, made (mode 0600) on first use.
+    /// PostgreSQL always needs one configured.
+    pub fn load_for(&self, database_url: &str) -> Result<crate::crypto::MasterKey, crate::crypto::CryptoError> {
+        use crate::crypto::{CryptoError, MasterKey};
+        use crate::store::backend::{Backend, sqlite_dir};
+        match self.load() {
+            Err(CryptoError::NoMasterKey) if Backend::of(database_url) == Some(Backend::Sqlite) => {
+                let Some(dir) = sqlite_dir(database_url) else {
+                    // An in-memory database lives as long as its key.
+                    return MasterKey::parse(secrecy::ExposeSecret::expose_secret(&MasterKey::generate()));
+                };
+                let path = dir.join("master.key");
+                if !path.exists() {
+                    write_new_key(&path).map_err(CryptoError::KeyFile)?;
+                    eprintln!(
+                        "usersvc: made a master key at {} (keep it, and keep it out of the database's backups)",
+                        path.display()
+                    );
+                }
+                MasterKey::load(Some(&path), None)
+            }
+            other => other,
+        }
+    }
+}
+
+/// Writes a new master key to a file only its owner can read.
+fn write_new_key(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    let key = crate::crypto::MasterKey::generate();
+    file.write_all(secrecy::ExposeSecret::expose_secret(&key).as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
 }
 
 fn secret(s: &str) -> Result<secrecy::SecretString, String> {
@@ -89,6 +133,9 @@ pub struct MailArgs {
     /// (default: http://HTTP_ADDR).
     #[arg(long, env = "USERSVC_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// How long a mailed password reset link works.
+    #[arg(long, env = "USERSVC_RESET_LINK_LIFETIME", default_value = "30m", value_parser = parse_duration)]
+    pub reset_link_lifetime: Duration,
     /// A message not delivered by then is given up on.
     #[arg(long, env = "USERSVC_MAIL_GIVE_UP_AFTER", default_value = "24h", value_parser = parse_duration)]
     pub mail_give_up_after: Duration,

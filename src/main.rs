@@ -1,6 +1,6 @@
 //! `usersvc`: serve, run the gateway alone, and the operator's commands.
 
-use std::{process::ExitCode, sync::Arc};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
@@ -12,7 +12,7 @@ use usersvc::{
     config::{DatabaseArgs, GatewayArgs, KeyArgs, ServeArgs},
     crypto::MasterKey,
     gateway::{self, Gateway},
-    store::{AuditFilter, PgStore, Store},
+    store::{AuditFilter, backend},
 };
 
 #[derive(Parser)]
@@ -154,10 +154,10 @@ async fn main() -> ExitCode {
 }
 
 async fn admin(db: &DatabaseArgs, keys: &KeyArgs) -> anyhow::Result<Admin> {
-    let master = keys.load()?;
-    let store = PgStore::connect(&db.database_url, 2).await?;
+    let master = keys.load_for(&db.database_url)?;
+    let (store, _) = backend::open(&db.database_url, 2).await?;
     store.migrate().await?;
-    Ok(Admin::new(Arc::new(store), master))
+    Ok(Admin::new(store, master))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -21,7 +21,6 @@ pub use templates::Templates;
 
 /// The field a reset token is sealed as, bound to its outbox row.
 pub const RESET_TOKEN_FIELD: &str = "reset_token";
-pub const RESET_LIFETIME: Duration = Duration::from_secs(30 * 60);
 const SWEEP_EVERY: Duration = Duration::from_secs(300);
 /// How long a claimed message is kept from other senders.
 const LEASE: Duration = Duration::from_secs(120);
@@ -64,6 +63,8 @@ pub struct Mailer {
     pub public_url: String,
     /// A message not sent by then is given up on.
     pub give_up_after: Duration,
+    /// How long a reset link works, as the message says it.
+    pub reset_minutes: u64,
     pub poll_every: Duration,
 }
 
@@ -158,6 +159,7 @@ impl Mailer {
             return Ok(None);
         };
         let link;
+        let minutes = self.reset_minutes.to_string();
         let mut values = vec![("app_name", r.app_name.as_str()), ("username", username.as_str())];
         if m.kind == "password_reset" {
             let Some(ct) = &m.payload_ct else {
@@ -166,7 +168,7 @@ impl Mailer {
             let token = self.keyring.open(m.app_id, m.id, RESET_TOKEN_FIELD, ct).await?;
             link = format!("{}/v2/reset/{}", self.public_url.trim_end_matches('/'), String::from_utf8(token)?);
             values.push(("reset_link", &link));
-            values.push(("expires_minutes", "30"));
+            values.push(("expires_minutes", &minutes));
         }
         let rendered = self.templates.render(m.app_id, &m.kind, &values).await;
         let message = Message::builder()

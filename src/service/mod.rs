@@ -35,6 +35,8 @@ pub struct Core {
     pub min_password_chars: usize,
     /// Peers whose `x-client-addr` is believed (standalone gateways).
     pub trusted_gateways: Vec<std::net::IpAddr>,
+    /// How long a mailed reset link works.
+    pub reset_lifetime: std::time::Duration,
 }
 
 impl Core {

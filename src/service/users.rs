@@ -414,7 +414,7 @@ impl UserSvc {
             token_hash: crate::auth::secret::digest(token.expose_secret()),
             outbox_id,
             payload_ct: crate::mail::seal_reset_token(&sealer, outbox_id, token.expose_secret()),
-            lifetime: crate::mail::RESET_LIFETIME,
+            lifetime: core.reset_lifetime,
         };
         let record = core.record(ctx, "user.password_reset_request", None, app_id).await;
         core.store.request_password_reset(app_id, &bidx, &reset, &record).await?;

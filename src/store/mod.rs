@@ -2,7 +2,9 @@
 //! Every method that touches users, groups or sessions takes the application
 //! id and scopes its query to it.
 
+pub mod backend;
 mod postgres;
+mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -11,6 +13,7 @@ use uuid::Uuid;
 use crate::audit::{AuditRecord, StoredAudit};
 
 pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,7 +35,41 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
-                StoreError::Conflict(db.constraint().unwrap_or_default().to_owned())
+                if let Some(name) = db.constraint() {
+                    return StoreError::Conflict(name.to_owned());
+                }
+                // SQLite names the columns, not the constraint ("UNIQUE
+                // constraint failed: users.app_id, users.username_bidx"): give
+                // the name PostgreSQL reports for the same constraint.
+                const SQLITE_NAMES: &[(&str, &str)] = &[
+                    ("users.app_id, users.username_bidx", "users_app_username_key"),
+                    ("users.app_id, users.id", "users_app_id"),
+                    ("users.id", "users_pkey"),
+                    ("applications.id", "applications_pkey"),
+                    ("applications.api_key_hash", "applications_api_key_hash_key"),
+                    ("app_keys.id", "app_keys_pkey"),
+                    ("app_keys.app_id, app_keys.purpose", "app_keys_current"),
+                    ("sessions.id", "sessions_pkey"),
+                    ("sessions.token_hash", "sessions_token_hash_key"),
+                    ("groups.id", "groups_pkey"),
+                    ("groups.app_id, groups.id", "groups_app_id"),
+                    ("memberships.group_id, memberships.user_id", "memberships_pkey"),
+                    ("outbox.id", "outbox_pkey"),
+                    ("password_resets.token_hash", "password_resets_pkey"),
+                    ("throttles.key", "throttles_pkey"),
+                    ("audit_events.seq", "audit_events_pkey"),
+                    ("audit_events.id", "audit_events_id_key"),
+                ];
+                let columns = db.message().strip_prefix("UNIQUE constraint failed: ").unwrap_or_default();
+                let name = SQLITE_NAMES.iter().find(|(c, _)| *c == columns).map_or(columns, |(_, n)| n);
+                StoreError::Conflict(name.to_owned())
+            }
+            // SQLite: another process held the write lock past busy_timeout.
+            sqlx::Error::Database(db)
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                    && db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == 5) =>
+            {
+                StoreError::Unavailable(e)
             }
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => StoreError::Unavailable(e),
             _ => StoreError::Database(e),

@@ -1,5 +1,5 @@
-//! The harness: a real PostgreSQL database for this test run, the real
-//! servers on port 0, and real gRPC and HTTP clients.
+//! The harness: a real database (SQLite, and PostgreSQL when one is named),
+//! the real servers on port 0, and real gRPC and HTTP clients.
 
 use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
@@ -13,15 +13,60 @@ use usersvc::{
     config::{DatabaseArgs, GatewayArgs, KeyArgs, MailArgs, ServeArgs, SessionArgs},
     crypto::MasterKey,
     pb::{self, group_service_client::GroupServiceClient, user_service_client::UserServiceClient},
-    store::{PgStore, Store},
+    store::backend::Pool,
 };
 
-/// The server that tests create their database on:
-/// TEST_DATABASE_URL, else DATABASE_URL, else the local default.
-fn server_url() -> String {
+/// Which store a test runs on. Every test runs on SQLite (nothing to
+/// install); with TEST_DATABASE_URL or DATABASE_URL naming a PostgreSQL
+/// server, on PostgreSQL as well (see `both_stores!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+tokio::task_local! {
+    pub static BACKEND: Backend;
+}
+
+/// The backend of the running test (SQLite outside `both_stores!`).
+pub fn backend() -> Backend {
+    BACKEND.try_with(|b| *b).unwrap_or(Backend::Sqlite)
+}
+
+/// Runs each test once per store: `mod NAME { fn sqlite(); fn postgres() }`.
+/// The PostgreSQL run needs a server (TEST_DATABASE_URL or DATABASE_URL);
+/// without one it says so and passes, and `.ci/run` always sets one.
+macro_rules! both_stores {
+    ($(#[$meta:meta])* async fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test]
+            async fn sqlite() {
+                $crate::common::BACKEND.scope($crate::common::Backend::Sqlite, async $body).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if $crate::common::postgres_server().is_none() {
+                    eprintln!("PostgreSQL run not made: set TEST_DATABASE_URL (or DATABASE_URL) to a postgres:// server");
+                    return;
+                }
+                $crate::common::BACKEND.scope($crate::common::Backend::Postgres, async $body).await
+            }
+        }
+    };
+}
+
+/// The PostgreSQL server tests make their databases on, if one is named.
+pub fn postgres_server() -> Option<String> {
     std::env::var("TEST_DATABASE_URL")
         .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+        .ok()
+        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
 }
 
 fn with_database(url: &str, db: &str) -> String {
@@ -36,36 +81,43 @@ fn with_database(url: &str, db: &str) -> String {
     }
 }
 
-/// A database of its own, for tests that change what every other test
-/// shares (the master key, the trail's chain).
+/// A database of its own on the test's backend: a new PostgreSQL database,
+/// or a new SQLite file.
 pub async fn fresh_database() -> String {
-    let admin = server_url();
-    let name = format!("usersvc_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = PgConnection::connect(&admin).await.expect("connect to PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
-    conn.close().await.ok();
-    with_database(&admin, &name)
+    match backend() {
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join(format!("usersvc-test-{}", uuid::Uuid::new_v4().simple()));
+            format!("sqlite://{}/usersvc.db", dir.display())
+        }
+        Backend::Postgres => {
+            let admin = postgres_server().expect("a PostgreSQL server");
+            let name = format!("usersvc_test_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = PgConnection::connect(&admin).await.expect("connect to PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+            conn.close().await.ok();
+            with_database(&admin, &name)
+        }
+    }
 }
 
-static DATABASE: OnceCell<String> = OnceCell::const_new();
+static SHARED_PG: OnceCell<String> = OnceCell::const_new();
 
-/// One fresh database per test run (tests isolate by application inside it);
-/// `.ci/run` drops the old ones.
+/// Where a test's service keeps its data. On PostgreSQL, one database per
+/// run, each test isolated by its own application (`.ci/run` drops old
+/// ones); on SQLite, a file per test (SQLite has one writer).
 pub async fn database_url() -> String {
-    DATABASE
-        .get_or_init(|| async {
-            let admin = server_url();
-            let name = format!("usersvc_test_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = PgConnection::connect(&admin).await.expect("connect to PostgreSQL (set TEST_DATABASE_URL)");
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
-            conn.close().await.ok();
-            let url = with_database(&admin, &name);
-            let store = PgStore::connect(&url, 1).await.expect("connect to test database");
-            store.migrate().await.expect("migrate test database");
-            url
-        })
-        .await
-        .clone()
+    match backend() {
+        Backend::Sqlite => fresh_database().await,
+        Backend::Postgres => SHARED_PG
+            .get_or_init(|| async {
+                let url = fresh_database().await;
+                let (store, _) = usersvc::store::backend::open(&url, 1).await.expect("open test database");
+                store.migrate().await.expect("migrate test database");
+                url
+            })
+            .await
+            .clone(),
+    }
 }
 
 /// One master key for the whole run: every server of the run shares the
@@ -93,6 +145,7 @@ pub fn serve_args(database_url: String) -> ServeArgs {
             mail_templates: None,
             public_url: None,
             mail_give_up_after: Duration::from_secs(3600),
+            reset_link_lifetime: Duration::from_secs(30 * 60),
             mail_poll_interval: Duration::from_millis(100),
         },
         hash_concurrency: Some(2),
@@ -107,6 +160,7 @@ pub struct TestApp {
     pub app_id: uuid::Uuid,
     pub api_key: String,
     pub http: reqwest::Client,
+    pub db_url: String,
 }
 
 impl Drop for TestApp {
@@ -131,17 +185,33 @@ pub async fn spawn_alone(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
 }
 
 pub async fn spawn_in(database_url: String, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
-    let mut args = serve_args(database_url);
+    let mut args = serve_args(database_url.clone());
     configure(&mut args);
     let app = Application::start(&args).await.expect("start usersvc");
     let (app_id, api_key) = new_application(&app).await;
-    TestApp { app, app_id, api_key, http: reqwest::Client::new() }
+    TestApp { app, app_id, api_key, http: reqwest::Client::new(), db_url: database_url }
 }
 
 /// Creates another application in the same service; returns its id and key.
 pub async fn new_application(app: &Application) -> (uuid::Uuid, String) {
-    let (created, key) = admin(app).create_app("test app").await.expect("create application");
+    new_application_keyed(app, Some(master_key())).await
+}
+
+/// The same, under a given master key (None: the one beside a SQLite file).
+pub async fn new_application_keyed(app: &Application, master: Option<&str>) -> (uuid::Uuid, String) {
+    let master = match master {
+        Some(k) => MasterKey::parse(k).unwrap(),
+        None => usersvc::config::KeyArgs { master_key_file: None, master_key: None }
+            .load_for(&database_url_of(app))
+            .unwrap(),
+    };
+    let (created, key) =
+        Admin::new(app.store.clone(), master).create_app("test app").await.expect("create application");
     (created.id, key.expose_secret().to_owned())
+}
+
+fn database_url_of(app: &Application) -> String {
+    app.database_url.clone()
 }
 
 /// The operator's view of the service's database.
@@ -210,9 +280,113 @@ impl TestApp {
         assert!(admin(&self.app).add_supervisor(app_id, username).await.unwrap(), "no user {username}");
     }
 
+    /// A count from SQL with one id bound (`$1`), on either store.
     pub async fn count(&self, sql: &str, id: &str) -> i64 {
         let id = uuid::Uuid::parse_str(id).unwrap();
-        sqlx::query_scalar(sql).bind(id).fetch_one(self.app.store.pool()).await.unwrap()
+        match &self.app.pool {
+            Pool::Postgres(p) => sqlx::query_scalar(sql).bind(id).fetch_one(p).await.unwrap(),
+            Pool::Sqlite(p) => sqlx::query_scalar(sql).bind(id).fetch_one(p).await.unwrap(),
+        }
+    }
+
+    /// One integer from SQL with nothing bound.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        match &self.app.pool {
+            Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        }
+    }
+
+    /// A count from SQL with this test's application bound (`$1`).
+    pub async fn count_app(&self, sql: &str) -> i64 {
+        self.count(sql, &self.app_id.to_string()).await
+    }
+
+    /// Integers from SQL with this test's application bound (`$1`).
+    pub async fn ints_app(&self, sql: &str) -> Vec<i64> {
+        match &self.app.pool {
+            Pool::Postgres(p) => sqlx::query_scalar::<_, i32>(sql)
+                .bind(self.app_id)
+                .fetch_all(p)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+            Pool::Sqlite(p) => sqlx::query_scalar(sql).bind(self.app_id).fetch_all(p).await.unwrap(),
+        }
+    }
+
+    /// Runs SQL with two ids bound (`$1`, `$2`); false when the database refuses.
+    pub async fn exec2(&self, sql: &str, a: uuid::Uuid, b: uuid::Uuid) -> bool {
+        match &self.app.pool {
+            Pool::Postgres(p) => sqlx::query(sql).bind(a).bind(b).execute(p).await.is_ok(),
+            Pool::Sqlite(p) => sqlx::query(sql).bind(a).bind(b).execute(p).await.is_ok(),
+        }
+    }
+
+    /// Runs SQL with one integer bound (`$1`); false when the database refuses.
+    pub async fn exec_int(&self, sql: &str, n: i64) -> bool {
+        match &self.app.pool {
+            Pool::Postgres(p) => sqlx::query(sql).bind(n).execute(p).await.is_ok(),
+            Pool::Sqlite(p) => sqlx::query(sql).bind(n).execute(p).await.is_ok(),
+        }
+    }
+
+    /// Everything the database holds, as text: `pg_dump`, or the SQLite
+    /// files themselves.
+    pub async fn dump(&self) -> String {
+        match &self.app.pool {
+            Pool::Postgres(_) => {
+                let out = std::process::Command::new("pg_dump").arg(&self.db_url).output().expect("pg_dump");
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+            Pool::Sqlite(p) => {
+                sqlx::query("PRAGMA wal_checkpoint(FULL)").execute(p).await.unwrap();
+                let path = self.db_url.trim_start_matches("sqlite://").to_owned();
+                let mut all = Vec::new();
+                for file in [path.clone(), format!("{path}-wal")] {
+                    all.extend(std::fs::read(&file).unwrap_or_default());
+                }
+                String::from_utf8_lossy(&all).into_owned()
+            }
+        }
+    }
+
+    /// Changes a trail record as a superuser would: around the trigger.
+    pub async fn tamper_with_trail(&self, seq: i64) {
+        match &self.app.pool {
+            Pool::Postgres(p) => {
+                let mut tx = p.begin().await.unwrap();
+                for sql in [
+                    "ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_update",
+                    "UPDATE audit_events SET fields = '{ssn}' WHERE seq = $1",
+                    "ALTER TABLE audit_events ENABLE TRIGGER audit_events_no_update",
+                ] {
+                    let q = sqlx::query(sql);
+                    let q = if sql.contains("$1") { q.bind(seq) } else { q };
+                    q.execute(&mut *tx).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+            Pool::Sqlite(p) => {
+                let triggers: Vec<String> = sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_events'",
+                )
+                .fetch_all(p)
+                .await
+                .unwrap();
+                for t in &triggers {
+                    sqlx::query(&format!("DROP TRIGGER {t}")).execute(p).await.unwrap();
+                }
+                sqlx::query("UPDATE audit_events SET fields = '[\"ssn\"]' WHERE seq = $1")
+                    .bind(seq)
+                    .execute(p)
+                    .await
+                    .unwrap();
+            }
+        }
     }
 }
 

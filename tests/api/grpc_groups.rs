@@ -6,7 +6,7 @@ use usersvc::pb;
 
 use crate::common::{self, spawn};
 
-#[tokio::test]
+both_stores! {
 async fn groups_members_and_default_groups() {
     let t = spawn().await;
     let mut groups = t.groups().await;
@@ -122,8 +122,9 @@ async fn groups_members_and_default_groups() {
     assert_eq!(t.count("SELECT count(*) FROM memberships WHERE user_id = $1", &late).await, 0);
     let _ = sup_id;
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn groups_of_another_application_are_invisible() {
     let t = spawn().await;
     let mut groups = t.groups().await;
@@ -168,4 +169,5 @@ async fn groups_of_another_application_are_invisible() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+}
 }

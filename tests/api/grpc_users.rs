@@ -40,7 +40,7 @@ fn full_user(username: &str) -> pb::User {
     }
 }
 
-#[tokio::test]
+both_stores! {
 async fn lifecycle_create_read_update_sign_out_in_delete() {
     let t = spawn().await;
     let mut users = t.users().await;
@@ -102,8 +102,9 @@ async fn lifecycle_create_read_update_sign_out_in_delete() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn authorisation_matrix() {
     let t = spawn().await;
     let mut users = t.users().await;
@@ -164,8 +165,9 @@ async fn authorisation_matrix() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(common::violation_field(&e).as_deref(), Some("users_id"));
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn field_mask_updates_nested_extras_and_clearing() {
     let t = spawn().await;
     let mut users = t.users().await;
@@ -223,8 +225,9 @@ async fn field_mask_updates_nested_extras_and_clearing() {
     assert_eq!(out.active, Some(true));
     assert_eq!(out.created_at, created.created_at);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn password_change_revokes_other_sessions() {
     let t = spawn().await;
     let mut users = t.users().await;
@@ -255,8 +258,9 @@ async fn password_change_revokes_other_sessions() {
     let e = users.update_user(t.req(change, Some(&first))).await.unwrap_err();
     assert_eq!(common::violation_field(&e).as_deref(), Some("password"));
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn sessions_expire_when_idle_and_at_their_maximum_age() {
     let t = common::spawn_with(|a| {
         a.sessions.session_idle_timeout = Duration::from_millis(1500);
@@ -287,8 +291,9 @@ async fn sessions_expire_when_idle_and_at_their_maximum_age() {
     assert_eq!(e.code(), Code::Unauthenticated, "an idle session ends");
     assert!(e.message().contains("expired"), "{}", e.message());
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn validation_rules_name_their_field() {
     let t = spawn().await;
     let mut users = t.users().await;
@@ -335,11 +340,7 @@ async fn validation_rules_name_their_field() {
         assert_eq!(common::violation_field(&e).as_deref(), Some(field), "{e:?}");
     }
     // Nothing was stored by any of them.
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE app_id = $1")
-        .bind(t.app_id)
-        .fetch_one(t.app.store.pool())
-        .await
-        .unwrap();
+    let n = t.count_app("SELECT count(*) FROM users WHERE app_id = $1").await;
     assert_eq!(n, 0);
 
     // A username is unique regardless of letter case.
@@ -348,8 +349,9 @@ async fn validation_rules_name_their_field() {
     let e = users.create_user(t.req(pb::CreateUserRequest { user: Some(dup) }, None)).await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn sign_in_failures_look_alike() {
     let t = spawn().await;
     let mut users = t.users().await;
@@ -376,8 +378,9 @@ async fn sign_in_failures_look_alike() {
     assert_eq!(seen[0].0, Code::Unauthenticated);
     assert!(seen.iter().all(|s| *s == seen[0]), "{seen:?}");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn forgot_username_queues_mail_and_answers_alike() {
     let t = spawn().await;
     let mut users = t.users().await;
@@ -397,8 +400,9 @@ async fn forgot_username_queues_mail_and_answers_alike() {
     let e = users.forgot_username(t.req(pb::ForgotUsernameRequest { email: "nope".into() }, None)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn supervisor_creates_users_without_a_session_and_sets_active() {
     let t = spawn().await;
     let mut users = t.users().await;
@@ -423,8 +427,9 @@ async fn supervisor_creates_users_without_a_session_and_sets_active() {
     let out = users.create_user(t.req(pb::CreateUserRequest { user: Some(user) }, None)).await.unwrap().into_inner();
     assert_eq!(out.active, Some(true));
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn health_is_served() {
     let t = spawn().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(t.channel().await);
@@ -434,4 +439,5 @@ async fn health_is_served() {
         .unwrap()
         .into_inner();
     assert_eq!(reply.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
 }

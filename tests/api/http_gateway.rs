@@ -57,7 +57,7 @@ fn is_timestamp(v: &Value) -> bool {
     v.as_str().is_some_and(|s| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%SZ").is_ok())
 }
 
-#[tokio::test]
+both_stores! {
 async fn documented_full_model_round_trips() {
     let t = spawn().await;
     let sent = fixture("create_full.json");
@@ -112,8 +112,9 @@ async fn documented_full_model_round_trips() {
     let (status, _) = t.call(Method::GET, &format!("/v2/users/{id}"), Some(token), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn documented_short_create_and_reminder() {
     // The document's own password, "test123", is seven characters: accepted
     // where the operator sets the minimum to seven, refused by default.
@@ -131,8 +132,9 @@ async fn documented_short_create_and_reminder() {
         t.call(Method::POST, "/v2/users/forgotUsername", None, Some(&fixture("forgot_username.json"))).await;
     assert_eq!((status, body), (StatusCode::OK, json!({})));
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn merge_patch_semantics() {
     let t = spawn().await;
     let (id, token) = t.http_sign_up("merger").await;
@@ -164,8 +166,9 @@ async fn merge_patch_semantics() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["name"], got["name"]);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn sign_in_and_out() {
     let t = spawn().await;
     let (id, _) = t.http_sign_up("walker").await;
@@ -185,8 +188,9 @@ async fn sign_in_and_out() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(err["errors"][0]["code"], "invalid_credentials");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn groups_in_documented_shapes() {
     let t = spawn().await;
     let (_, sup) = t.http_sign_up("chief").await;
@@ -235,8 +239,9 @@ async fn groups_in_documented_shapes() {
     let (status, _) = t.call(Method::GET, &format!("/v2/groups/{gid}"), Some(&sup), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn authorisation_matrix_over_http() {
     let t = spawn().await;
     let (alice, alice_token) = t.http_sign_up("alice").await;
@@ -272,8 +277,9 @@ async fn authorisation_matrix_over_http() {
     t.make_supervisor(t.app_id, "alice").await;
     assert_eq!(send(key.clone(), tok.clone(), format!("/v2/users/{stranger}")).await, StatusCode::NOT_FOUND);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn bad_requests_get_clear_errors_and_change_nothing() {
     let t = spawn().await;
     let (id, token) = t.http_sign_up("steady").await;
@@ -486,15 +492,12 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let (status, after) = t.call(Method::GET, &format!("/v2/users/{id}"), Some(&token), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(after, before);
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE app_id = $1")
-        .bind(t.app_id)
-        .fetch_one(t.app.store.pool())
-        .await
-        .unwrap();
+    let n = t.count_app("SELECT count(*) FROM users WHERE app_id = $1").await;
     assert_eq!(n, 1, "no bad request created a user");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn request_ids_and_cors() {
     let t = spawn_with(|a| a.gateway.cors_origins = vec!["https://app.example.com".into()]).await;
     let res = t.http.get(t.url("/v2/users/x")).header("X-Request-Id", "trace-123").send().await.unwrap();
@@ -525,8 +528,9 @@ async fn request_ids_and_cors() {
         .unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn hostile_shapes_get_clear_400s() {
     let t = spawn().await;
     let (_, sup) = t.http_sign_up("shaper").await;
@@ -558,8 +562,9 @@ async fn hostile_shapes_get_clear_400s() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
     assert_eq!(err["errors"][0]["field"], "name");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn another_applications_user_is_not_found_for_a_plain_user() {
     let t = spawn().await;
     let (_, token) = t.http_sign_up("local").await;
@@ -573,8 +578,9 @@ async fn another_applications_user_is_not_found_for_a_plain_user() {
     let (status, _) = t.call(Method::GET, &format!("/v2/users/{neighbour}"), Some(&token), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn concurrent_group_updates_of_different_fields_both_stand() {
     let t = spawn().await;
     let (_, sup) = t.http_sign_up("grouper").await;
@@ -594,4 +600,5 @@ async fn concurrent_group_updates_of_different_fields_both_stand() {
         assert_eq!(got["name"], format!("after {round}"));
         assert_eq!(got["default"], true);
     }
+}
 }

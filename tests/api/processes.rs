@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::common::{database_url, spawn};
+use crate::common::spawn;
 
 /// The binary, with the run's master key.
 fn usersvc() -> Command {
@@ -14,9 +14,10 @@ fn usersvc() -> Command {
     c
 }
 
-#[tokio::test]
+both_stores! {
 async fn cli_creates_applications_and_supervisors() {
-    let db = database_url().await;
+    let t = spawn().await;
+    let db = t.db_url.clone();
     let out = usersvc().args(["app", "create", "--name", "clinic"]).env("DATABASE_URL", &db).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -33,7 +34,6 @@ async fn cli_creates_applications_and_supervisors() {
     assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
 
     // A user of that application can be made a supervisor and then manage groups.
-    let t = spawn().await;
     let mut t2 = t;
     t2.app_id = app_id.parse().unwrap();
     t2.api_key = created["apiKey"].as_str().unwrap().to_owned();
@@ -45,6 +45,7 @@ async fn cli_creates_applications_and_supervisors() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+}
 
 struct Child(std::process::Child);
 
@@ -55,7 +56,7 @@ impl Drop for Child {
     }
 }
 
-#[tokio::test]
+both_stores! {
 async fn standalone_gateway_talks_to_the_service_over_tcp() {
     let t = spawn().await;
     let port = {
@@ -109,4 +110,5 @@ async fn standalone_gateway_talks_to_the_service_over_tcp() {
     let res = client.get(format!("{base}/v2/users/{id}")).header("X-Api-Key", &t.api_key).send().await.unwrap();
     assert_eq!(res.status(), 401);
     assert_eq!(res.json::<Value>().await.unwrap()["errors"][0]["code"], "missing_session");
+}
 }

@@ -36,7 +36,7 @@ async fn create(t: &TestApp, user: pb::User) -> pb::User {
     t.users().await.create_user(t.req(pb::CreateUserRequest { user: Some(user) }, None)).await.unwrap().into_inner()
 }
 
-#[tokio::test]
+both_stores! {
 async fn no_pii_in_any_table_or_dump() {
     let t = spawn().await;
     let tag = format!("Zq{}", uuid::Uuid::new_v4().simple());
@@ -63,43 +63,31 @@ async fn no_pii_in_any_table_or_dump() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let needles = [tag.clone(), tag.to_lowercase()];
-    let tables: Vec<String> = sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
-        .fetch_all(t.app.store.pool())
-        .await
-        .unwrap();
-    assert!(tables.len() >= 8, "{tables:?}");
-    for table in &tables {
-        let rows: Vec<String> =
-            sqlx::query_scalar(&format!("SELECT t::text FROM {table} t")).fetch_all(t.app.store.pool()).await.unwrap();
-        for row in rows {
-            for n in &needles {
-                assert!(!row.contains(n.as_str()), "{table} holds PII in the clear: {row}");
-            }
-        }
-    }
-    let url = common::database_url().await;
-    let dump = std::process::Command::new("pg_dump").arg(&url).output().expect("pg_dump");
-    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
-    let dump = String::from_utf8_lossy(&dump.stdout);
+    // pg_dump of the database, or the SQLite file itself: every table,
+    // index and journal.
+    let needles = [tag.clone(), tag.to_lowercase(), "127.0.0.1".to_owned()];
+    let dump = t.dump().await;
     assert!(dump.contains("profile_ct"), "the dump has the users table");
     for n in &needles {
-        assert!(!dump.contains(n.as_str()), "pg_dump shows PII");
+        assert!(!dump.contains(n.as_str()), "the database shows {n} in the clear");
     }
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn a_ciphertext_moved_to_another_row_does_not_open() {
     let t = spawn().await;
     let (_, sup) = t.supervisor("mover").await;
     let a = create(&t, distinctive("a")).await;
     let b = create(&t, distinctive("b")).await;
-    sqlx::query("UPDATE users SET profile_ct = (SELECT profile_ct FROM users WHERE id = $1) WHERE id = $2")
-        .bind(uuid::Uuid::parse_str(&a.users_id).unwrap())
-        .bind(uuid::Uuid::parse_str(&b.users_id).unwrap())
-        .execute(t.app.store.pool())
+    assert!(
+        t.exec2(
+            "UPDATE users SET profile_ct = (SELECT profile_ct FROM users WHERE id = $1) WHERE id = $2",
+            a.users_id.parse().unwrap(),
+            b.users_id.parse().unwrap(),
+        )
         .await
-        .unwrap();
+    );
     let mut users = t.users().await;
     let e = users.get_user(t.req(pb::GetUserRequest { users_id: b.users_id.clone() }, Some(&sup))).await.unwrap_err();
     assert_eq!(e.code(), Code::Internal);
@@ -108,8 +96,9 @@ async fn a_ciphertext_moved_to_another_row_does_not_open() {
         users.get_user(t.req(pb::GetUserRequest { users_id: a.users_id }, Some(&sup))).await.unwrap().into_inner();
     assert_eq!(got.name.unwrap().first_name, "Firsta");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn application_key_rotation_under_load_loses_nothing() {
     let t = spawn().await;
     let mut ids = Vec::new();
@@ -168,13 +157,8 @@ async fn application_key_rotation_under_load_loses_nothing() {
         assert_eq!(got.race, last, "the last acknowledged write is there");
     }
     assert!(resealed >= 20, "{resealed}");
-    let old: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM users u JOIN app_keys k ON k.id = u.key_id WHERE u.app_id = $1 AND NOT k.current",
-    )
-    .bind(t.app_id)
-    .fetch_one(t.app.store.pool())
-    .await
-    .unwrap();
+    let old =
+        t.count_app("SELECT count(*) FROM users u JOIN app_keys k ON k.id = u.key_id WHERE u.app_id = $1 AND NOT k.current").await;
     assert_eq!(old, 0, "every user is under the new key");
     for (i, (id, token)) in ids.iter().enumerate() {
         let got =
@@ -182,8 +166,9 @@ async fn application_key_rotation_under_load_loses_nothing() {
         assert_eq!(got.ssn, format!("ssnrot{i}"));
     }
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn master_key_rotation_rewraps_and_the_old_key_stops_working() {
     let db = common::fresh_database().await;
     let old_key = MasterKey::generate();
@@ -197,14 +182,26 @@ async fn master_key_rotation_rewraps_and_the_old_key_stops_working() {
     let admin = Admin::new(app.store.clone(), MasterKey::parse(old_key.expose_secret()).unwrap());
     let (created, api_key) = admin.create_app("rotating").await.unwrap();
     let t =
-        TestApp { app, app_id: created.id, api_key: api_key.expose_secret().to_owned(), http: reqwest::Client::new() };
+        TestApp {
+            app,
+            app_id: created.id,
+            api_key: api_key.expose_secret().to_owned(),
+            http: reqwest::Client::new(),
+            db_url: db.clone(),
+        };
     let user = create(&t, distinctive("mk")).await;
     let new_master = MasterKey::parse(new_key.expose_secret()).unwrap();
     assert_eq!(admin.rotate_master(&new_master).await.unwrap(), 2);
     t.app.abort();
 
     // Restarted with the new key, everything reads.
-    let t = TestApp { app: start(&new_key).await, app_id: t.app_id, api_key: t.api_key.clone(), http: t.http.clone() };
+    let t = TestApp {
+        app: start(&new_key).await,
+        app_id: t.app_id,
+        api_key: t.api_key.clone(),
+        http: t.http.clone(),
+        db_url: db.clone(),
+    };
     let got = t
         .users()
         .await
@@ -214,7 +211,13 @@ async fn master_key_rotation_rewraps_and_the_old_key_stops_working() {
         .into_inner();
     assert_eq!(got.ssn, "ssnmk");
     // With the old one, the keys no longer open.
-    let t = TestApp { app: start(&old_key).await, app_id: t.app_id, api_key: t.api_key.clone(), http: t.http.clone() };
+    let t = TestApp {
+        app: start(&old_key).await,
+        app_id: t.app_id,
+        api_key: t.api_key.clone(),
+        http: t.http.clone(),
+        db_url: db.clone(),
+    };
     let e = t
         .users()
         .await
@@ -223,15 +226,39 @@ async fn master_key_rotation_rewraps_and_the_old_key_stops_working() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Internal);
 }
+}
 
-#[tokio::test]
-async fn serve_refuses_to_start_without_a_master_key() {
-    let mut args = common::serve_args(common::database_url().await);
+both_stores! {
+async fn serve_needs_a_master_key_on_postgres_and_makes_one_on_sqlite() {
+    let db = common::database_url().await;
+    let mut args = common::serve_args(db.clone());
     args.keys.master_key = None;
-    let err = Application::start(&args).await.err().expect("refused").to_string();
-    assert!(err.contains("usersvc keys generate"), "{err}");
+    match common::backend() {
+        common::Backend::Postgres => {
+            let err = Application::start(&args).await.err().expect("refused").to_string();
+            assert!(err.contains("usersvc keys generate"), "{err}");
+        }
+        common::Backend::Sqlite => {
+            // The first start makes master.key beside the database, readable
+            // by its owner only; the next start reads the same key.
+            let app = Application::start(&args).await.unwrap();
+            let (app_id, api_key) = common::new_application_keyed(&app, None).await;
+            let t = TestApp { app, app_id, api_key, http: reqwest::Client::new(), db_url: db.clone() };
+            let (id, token) = t.sign_up("keyed").await;
+            t.app.abort();
+            let dir = usersvc::store::backend::sqlite_dir(&db).unwrap();
+            let meta = std::fs::metadata(dir.join("master.key")).unwrap();
+            #[cfg(unix)]
+            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+            let again = Application::start(&args).await.unwrap();
+            let t = TestApp { app: again, app_id: t.app_id, api_key: t.api_key.clone(), http: t.http.clone(), db_url: db };
+            let got = t.users().await.get_user(t.req(pb::GetUserRequest { users_id: id }, Some(&token))).await.unwrap();
+            assert_eq!(got.into_inner().active, Some(true));
+        }
+    }
     args.keys.master_key = Some(SecretString::from("too short".to_owned()));
     assert!(Application::start(&args).await.is_err());
+}
 }
 
 async fn trail_of(t: &TestApp, subject: &str) -> Vec<Value> {
@@ -241,7 +268,7 @@ async fn trail_of(t: &TestApp, subject: &str) -> Vec<Value> {
     String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-#[tokio::test]
+both_stores! {
 async fn the_trail_records_each_access_by_field_name_only() {
     let t = spawn().await;
     let (_, sup) = t.supervisor("auditor").await;
@@ -296,15 +323,16 @@ async fn the_trail_records_each_access_by_field_name_only() {
     assert_eq!(find("user.read", "denied")["actorId"], other.as_str());
     find("user.delete", "ok");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn audit_verify_finds_the_altered_record() {
     let db = common::fresh_database().await;
     let mut args = common::serve_args(db.clone());
     args.keys.master_key = Some(SecretString::from(common::master_key().to_owned()));
     let app = Application::start(&args).await.unwrap();
     let (app_id, api_key) = common::new_application(&app).await;
-    let t = TestApp { app, app_id, api_key, http: reqwest::Client::new() };
+    let t = TestApp { app, app_id, api_key, http: reqwest::Client::new(), db_url: db.clone() };
     for i in 0..3 {
         t.sign_up(&format!("chain{i}")).await;
     }
@@ -321,26 +349,19 @@ async fn audit_verify_finds_the_altered_record() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
 
     // The table refuses changes...
-    let pool = t.app.store.pool();
-    let seq: i64 =
-        sqlx::query_scalar("SELECT seq FROM audit_events ORDER BY seq OFFSET 2 LIMIT 1").fetch_one(pool).await.unwrap();
-    assert!(
-        sqlx::query("UPDATE audit_events SET outcome = 'ok' WHERE seq = $1").bind(seq).execute(pool).await.is_err()
-    );
-    assert!(sqlx::query("DELETE FROM audit_events WHERE seq = $1").bind(seq).execute(pool).await.is_err());
-    // ...but a superuser who disables the trigger can: the chain shows it.
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_update").execute(&mut *tx).await.unwrap();
-    sqlx::query("UPDATE audit_events SET fields = '{ssn}' WHERE seq = $1").bind(seq).execute(&mut *tx).await.unwrap();
-    sqlx::query("ALTER TABLE audit_events ENABLE TRIGGER audit_events_no_update").execute(&mut *tx).await.unwrap();
-    tx.commit().await.unwrap();
+    let seq = t.scalar("SELECT seq FROM audit_events ORDER BY seq LIMIT 1 OFFSET 2").await;
+    assert!(!t.exec_int("UPDATE audit_events SET outcome = 'ok' WHERE seq = $1", seq).await);
+    assert!(!t.exec_int("DELETE FROM audit_events WHERE seq = $1", seq).await);
+    // ...but a superuser who gets around the trigger can: the chain shows it.
+    t.tamper_with_trail(seq).await;
     let out = verify();
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("record {seq} ")), "{text}");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn sign_in_is_throttled_per_username_over_http() {
     let t = spawn().await;
     t.sign_up("guarded").await;
@@ -377,8 +398,9 @@ async fn sign_in_is_throttled_per_username_over_http() {
     let wait: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(wait >= 1, "{wait}");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn users_see_and_end_their_sessions() {
     let t = spawn().await;
     let (id, first) = t.sign_up("sessions").await;
@@ -439,8 +461,9 @@ async fn users_see_and_end_their_sessions() {
     let e = users.get_user(t.req(pb::GetUserRequest { users_id: id }, Some(&first))).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn parallel_guesses_cannot_slip_past_the_count() {
     let t = spawn().await;
     t.sign_up("hammered").await;
@@ -470,8 +493,9 @@ async fn parallel_guesses_cannot_slip_past_the_count() {
     assert!(checked <= 5, "{checked} guesses were checked");
     assert_eq!(checked + throttled, 30);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn a_forwarded_address_is_believed_only_from_a_trusted_gateway() {
     let t = spawn().await;
     let mut req = t.req(
@@ -485,4 +509,5 @@ async fn a_forwarded_address_is_believed_only_from_a_trusted_gateway() {
     let trail = trail_of(&t, &id).await;
     let created = trail.iter().find(|r| r["action"] == "user.create").unwrap();
     assert_eq!(created["clientAddr"], "127.0.0.1", "the peer's own address, not the claim");
+}
 }

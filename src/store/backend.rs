@@ -1,0 +1,87 @@
+//! Which store a database URL names, and opening it.
+
+use std::{path::PathBuf, sync::Arc};
+
+use super::{PgStore, SqliteStore, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else {
+            None
+        }
+    }
+}
+
+/// The database under the store, for what is not behind the trait: the
+/// tests' own checks, and closing.
+#[derive(Debug, Clone)]
+pub enum Pool {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+impl Pool {
+    pub async fn close(&self) {
+        match self {
+            Pool::Postgres(p) => p.close().await,
+            Pool::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("DATABASE_URL must start with postgres:// or sqlite: (got a URL of another kind)")]
+pub struct UnknownBackend;
+
+/// Connects to the store of a URL (creating the database if it is missing).
+pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<(Arc<dyn Store>, Pool)> {
+    match Backend::of(url).ok_or(UnknownBackend)? {
+        Backend::Postgres => {
+            let store = PgStore::connect(url, max_connections).await?;
+            let pool = Pool::Postgres(store.pool().clone());
+            Ok((Arc::new(store), pool))
+        }
+        Backend::Sqlite => {
+            let store = SqliteStore::connect(url).await?;
+            let pool = Pool::Sqlite(store.pool().clone());
+            Ok((Arc::new(store), pool))
+        }
+    }
+}
+
+/// The folder of a SQLite database file (None in memory).
+pub fn sqlite_dir(url: &str) -> Option<PathBuf> {
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.contains(":memory:") {
+        return None;
+    }
+    let parent = PathBuf::from(path).parent().map(PathBuf::from).unwrap_or_default();
+    Some(if parent.as_os_str().is_empty() { PathBuf::from(".") } else { parent })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_and_folders() {
+        assert_eq!(Backend::of("postgres://x/y"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("sqlite://usersvc-data/usersvc.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of("mysql://x"), None);
+        assert_eq!(sqlite_dir("sqlite://usersvc-data/usersvc.db"), Some(PathBuf::from("usersvc-data")));
+        assert_eq!(sqlite_dir("sqlite:///var/lib/u.db?mode=rwc"), Some(PathBuf::from("/var/lib")));
+        assert_eq!(sqlite_dir("sqlite://u.db"), Some(PathBuf::from(".")));
+        assert_eq!(sqlite_dir("sqlite::memory:"), None);
+    }
+}

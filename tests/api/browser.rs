@@ -1,0 +1,341 @@
+//! The mailed password-reset link in a real browser: headless Chromium,
+//! driven over the W3C WebDriver protocol (plain HTTP JSON to a chromedriver
+//! this test starts), with JavaScript switched off.
+//!
+//! Ignored by plain `cargo test`: it needs `chromium` and `chromedriver`.
+//! `.ci/run` installs them and runs `cargo test --test api browser -- --ignored`;
+//! run that way without them, the test fails and says why.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tonic::Code;
+use usersvc::pb;
+
+use crate::common::{TestApp, spawn_alone};
+use crate::smtp_sink::{SmtpSink, text_part};
+
+/// The key of a web element reference in W3C WebDriver replies.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// The reset link of a message.
+fn reset_link(data: &str) -> String {
+    let text = text_part(data);
+    let start = text.find("http://").expect("a link");
+    text[start..].split_whitespace().next().unwrap().to_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A chromedriver of this test's own, killed on drop.
+struct Chromedriver {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Chromedriver {
+    /// Starts `chromedriver` (or `$CHROMEDRIVER`) and waits until it is ready.
+    async fn start(http: &reqwest::Client) -> Self {
+        let program = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".to_owned());
+        let port = free_port();
+        let child = Command::new(&program)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start `{program}`: {e}. This test needs chromium and chromedriver \
+                     (Debian: apt-get install chromium chromium-driver; .ci/run does that)"
+                )
+            });
+        let mut driver = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(exit) = driver.child.try_wait().unwrap() {
+                panic!("`{program} --port={port}` exited before it was ready: {exit}");
+            }
+            if let Ok(res) = http.get(format!("{}/status", driver.url())).send().await
+                && let Ok(status) = res.json::<Value>().await
+                && status["value"]["ready"] == json!(true)
+            {
+                return driver;
+            }
+            assert!(Instant::now() < deadline, "chromedriver on port {port} did not answer /status in 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// One browser: a WebDriver session with a profile directory of its own.
+/// Dropped before `quit` (a failed assertion), it still ends the session,
+/// so no Chromium outlives the test.
+struct Browser {
+    http: reqwest::Client,
+    driver_port: u16,
+    session: String,
+    profile: PathBuf,
+    open: bool,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if self.open {
+            // No runtime to await in here: a plain HTTP/1.1 DELETE by hand.
+            if let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.driver_port)) {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(20)));
+                let _ = write!(
+                    conn,
+                    "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    self.session, self.driver_port
+                );
+                // chromedriver answers once the browser is gone; it may keep
+                // the connection open, so stop at the end of the headers.
+                let (mut reply, mut buf) = (Vec::new(), [0u8; 1024]);
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    reply.extend_from_slice(&buf[..n]);
+                    if reply.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+impl Browser {
+    async fn open(http: &reqwest::Client, driver: &Chromedriver) -> Self {
+        let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+        assert!(
+            std::path::Path::new(&binary).exists(),
+            "no Chromium at {binary}: install chromium (.ci/run does) or set CHROMIUM"
+        );
+        let profile = std::env::temp_dir().join(format!("usersvc-chromium-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&profile).unwrap();
+        let caps = json!({
+            "capabilities": {
+                "alwaysMatch": {
+                    "browserName": "chrome",
+                    "pageLoadStrategy": "normal",
+                    "goog:chromeOptions": {
+                        "binary": binary,
+                        "args": [
+                            "--headless=new",
+                            "--no-sandbox",
+                            "--disable-gpu",
+                            "--disable-dev-shm-usage",
+                            "--disable-quic",
+                            "--no-first-run",
+                            "--disable-background-networking",
+                            "--disable-component-update",
+                            "--disable-sync",
+                            format!("--user-data-dir={}", profile.display()),
+                        ],
+                        // The form must work without JavaScript: give it none.
+                        "prefs": { "profile.managed_default_content_settings.javascript": 2 },
+                    },
+                },
+            },
+        });
+        let res = http
+            .post(format!("{}/session", driver.url()))
+            .json(&caps)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .expect("POST /session to chromedriver");
+        let status = res.status();
+        let body: Value = res.json().await.expect("a JSON reply to POST /session");
+        let session = match body["value"]["sessionId"].as_str() {
+            Some(id) if status.is_success() => id.to_owned(),
+            _ => {
+                let _ = std::fs::remove_dir_all(&profile);
+                panic!("chromedriver refused a new session ({status}): {body}");
+            }
+        };
+        Self { http: http.clone(), driver_port: driver.port, session, profile, open: true }
+    }
+
+    /// One command; the reply's `value`, or the WebDriver error.
+    async fn try_call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, Value> {
+        let url = format!("http://127.0.0.1:{}/session/{}{path}", self.driver_port, self.session);
+        let mut req = self.http.request(method.clone(), &url).timeout(Duration::from_secs(60));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let ok = res.status().is_success();
+        let mut reply: Value = res.json().await.unwrap_or_else(|e| panic!("{method} {path}: not JSON: {e}"));
+        let value = reply["value"].take();
+        if ok { Ok(value) } else { Err(value) }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method.clone(), path, body).await.unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call(Method::POST, "/url", Some(json!({ "url": url }))).await;
+    }
+
+    async fn title(&self) -> String {
+        self.call(Method::GET, "/title", None).await.as_str().unwrap().to_owned()
+    }
+
+    async fn source(&self) -> String {
+        self.call(Method::GET, "/source", None).await.as_str().unwrap().to_owned()
+    }
+
+    async fn try_find(&self, css: &str) -> Result<String, Value> {
+        let found = self.try_call(Method::POST, "/element", Some(json!({ "using": "css selector", "value": css })));
+        let found = found.await?;
+        match found[ELEMENT].as_str() {
+            Some(el) => Ok(el.to_owned()),
+            None => panic!("chromedriver found {css} but sent no element reference: {found}"),
+        }
+    }
+
+    async fn find(&self, css: &str) -> String {
+        match self.try_find(css).await {
+            Ok(el) => el,
+            Err(e) => panic!("no element {css} ({e}); the page is:\n{}", self.source().await),
+        }
+    }
+
+    /// Waits for an element to appear (the next page to load), up to `secs`.
+    async fn wait_for(&self, css: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Ok(el) = self.try_find(css).await {
+                return el;
+            }
+            if Instant::now() > deadline {
+                panic!("no element {css} after {secs} s; the page is:\n{}", self.source().await);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn text(&self, el: &str) -> String {
+        self.call(Method::GET, &format!("/element/{el}/text"), None).await.as_str().unwrap().to_owned()
+    }
+
+    async fn attribute(&self, el: &str, name: &str) -> Option<String> {
+        self.call(Method::GET, &format!("/element/{el}/attribute/{name}"), None).await.as_str().map(str::to_owned)
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let el = self.find(css).await;
+        self.call(Method::POST, &format!("/element/{el}/clear"), Some(json!({}))).await;
+        self.call(Method::POST, &format!("/element/{el}/value"), Some(json!({ "text": text }))).await;
+    }
+
+    async fn click(&self, css: &str) {
+        let el = self.find(css).await;
+        self.call(Method::POST, &format!("/element/{el}/click"), Some(json!({}))).await;
+    }
+
+    /// Types the new password twice and submits the form.
+    async fn submit_reset(&self, password: &str, confirm: &str) {
+        self.type_into("#password", password).await;
+        self.type_into("#confirm", confirm).await;
+        self.click("button[type=submit]").await;
+    }
+
+    async fn quit(mut self) {
+        self.call(Method::DELETE, "", None).await;
+        self.open = false;
+    }
+}
+
+async fn sign_in(t: &TestApp, password: &str) -> Result<pb::User, tonic::Status> {
+    let req = pb::SignInRequest { username: "browsing".into(), password: password.into() };
+    t.users().await.sign_in(t.req(req, None)).await.map(|r| r.into_inner())
+}
+
+#[tokio::test]
+#[ignore = "needs chromium and chromedriver; .ci/run installs them"]
+async fn reset_form_works_in_headless_chromium() {
+    let sink = SmtpSink::start().await;
+    let url = sink.url();
+    let t = spawn_alone(|a| a.mail.smtp_url = Some(url)).await;
+    let (id, old_session) = t.sign_up("browsing").await;
+    sign_in(&t, "correct horse battery").await.expect("the old password works before the reset");
+
+    // The mailed link.
+    let res = t
+        .http
+        .get(t.url(&format!("/v2/{}/reset/user/browsing", t.app_id)))
+        .header("X-Api-Key", &t.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let got = sink.wait_for(1, 10).await;
+    assert_eq!(got.len(), 1, "one reset mail");
+    let link = reset_link(&got[0].data);
+    assert!(link.starts_with(&format!("http://{}/v2/reset/", t.app.http_addr)), "{link}");
+
+    // The form, in Chromium.
+    let http = reqwest::Client::new();
+    let driver = Chromedriver::start(&http).await;
+    let browser = Browser::open(&http, &driver).await;
+    // JavaScript is off indeed: a page's script does not run.
+    browser.goto("data:text/html,<title>script off</title><script>document.title='script on'</script>").await;
+    assert_eq!(browser.title().await, "script off");
+
+    browser.goto(&link).await;
+    assert_eq!(browser.title().await, "Password reset");
+    let page = browser.source().await;
+    assert!(!page.to_ascii_lowercase().contains("<script"), "the form page has no script:\n{page}");
+    assert!(page.contains("Choose a new password"), "{page}");
+
+    // Two different passwords: the form again, with the reason as an alert.
+    browser.submit_reset("a new password", "another password").await;
+    let error = browser.wait_for("#error", 15).await;
+    assert_eq!(browser.attribute(&error, "role").await.as_deref(), Some("alert"));
+    let said = browser.text(&error).await;
+    assert!(said.contains("not the same"), "{said}");
+    assert_eq!(browser.title().await, "Password reset");
+
+    // The same password twice: done.
+    browser.submit_reset("a new password", "a new password").await;
+    let done = browser.wait_for("p[role=status]", 15).await;
+    let heading = browser.text(&browser.find("h1").await).await;
+    assert_eq!(heading, "Your password has been changed");
+    let said = browser.text(&done).await;
+    assert!(said.contains("sign in with your new password"), "{said}");
+    assert!(browser.source().await.contains("Your password has been changed"));
+    browser.quit().await;
+    drop(driver);
+
+    // The old password and the old session are gone; the new password works.
+    let e = sign_in(&t, "correct horse battery").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let e = t.users().await.get_user(t.req(pb::GetUserRequest { users_id: id }, Some(&old_session))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let signed_in = sign_in(&t, "a new password").await.expect("the new password works");
+    assert!(!signed_in.session_token.is_empty());
+}
