@@ -46,7 +46,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5))
-            .synchronous(SqliteSynchronous::Normal);
+            // FULL: what was acknowledged survives a power loss, the trail
+            // included (NORMAL could lose the last commits).
+            .synchronous(SqliteSynchronous::Full);
         if !in_memory(url)
             && let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty())
         {
@@ -260,13 +262,20 @@ fn audit_from_row(r: &SqliteRow) -> Result<StoredAudit> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("./migrations/sqlite").run(&self.pool).await?;
+        // sqlx takes no lock on SQLite: two processes starting on a new file
+        // may both apply the first migration, and the second then fails on
+        // tables that exist by now. Each migration is one transaction, so a
+        // second run finds it applied (or fails again, for real).
+        let migrator = sqlx::migrate!("./migrations/sqlite");
+        if let Err(first) = migrator.run(&self.pool).await {
+            migrator.run(&self.pool).await.map_err(|_| first)?;
+        }
         Ok(())
     }
 
     async fn create_app(&self, app: &App, api_key_hash: &[u8], keys: &[StoredKey], audit: &AuditRecord) -> Result<()> {
-        let now = now_us();
         let mut tx = self.pool.begin_with(BEGIN).await?;
+        let now = now_us();
         sqlx::query("INSERT INTO applications (id, name, api_key_hash, created_at) VALUES (?1, ?2, ?3, ?4)")
             .bind(app.id)
             .bind(&app.name)
@@ -407,8 +416,8 @@ impl Store for SqliteStore {
         session: Option<NewSession>,
         audit: &[AuditRecord],
     ) -> Result<UserRecord> {
-        let now = now_seconds();
         let mut tx = self.pool.begin_with(BEGIN).await?;
+        let now = now_seconds();
         let row = sqlx::query(&format!(
             "INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
                                 profile_ct, active, created_at, updated_at)
@@ -542,8 +551,8 @@ impl Store for SqliteStore {
     }
 
     async fn queue_username_reminders(&self, app_id: Uuid, email_bidx: &[u8], audit: &AuditRecord) -> Result<u64> {
-        let now = now_us();
         let mut tx = self.pool.begin_with(BEGIN).await?;
+        let now = now_us();
         let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE app_id = ?1 AND email_bidx = ?2")
             .bind(app_id)
             .bind(email_bidx)
@@ -837,8 +846,8 @@ impl Store for SqliteStore {
         let mut sorted: Vec<&(Vec<u8>, ThrottleRule)> = keys.iter().collect();
         // The same order as the PostgreSQL store (there, the lock order).
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        let now = now_us();
         let mut tx = self.pool.begin_with(BEGIN).await?;
+        let now = now_us();
         let mut wait: Option<i64> = None;
         for (key, _) in &sorted {
             sqlx::query(
@@ -903,8 +912,8 @@ impl Store for SqliteStore {
         reset: &NewReset,
         audit: &AuditRecord,
     ) -> Result<Option<Uuid>> {
-        let now = now_us();
         let mut tx = self.pool.begin_with(BEGIN).await?;
+        let now = now_us();
         // The same four statements run whether or not there is such a user:
         // each of the last three selects it again and does nothing without it.
         let user: Option<Uuid> =
@@ -947,8 +956,8 @@ impl Store for SqliteStore {
         token_hash: &[u8],
         new_password: Option<(&str, &AuditRecord)>,
     ) -> Result<ResetCheck> {
-        let now = now_us();
         let mut tx = self.pool.begin_with(BEGIN).await?;
+        let now = now_us();
         let row =
             sqlx::query("SELECT app_id, user_id, expires_at > ?2 AS live FROM password_resets WHERE token_hash = ?1")
                 .bind(token_hash)
@@ -992,8 +1001,8 @@ impl Store for SqliteStore {
     }
 
     async fn claim_outbox(&self, limit: i64, lease: Duration) -> Result<Vec<OutboxMessage>> {
-        let now = now_us();
         let mut tx = self.pool.begin_with(BEGIN).await?;
+        let now = now_us();
         // The write lock keeps any other sender out between the two steps.
         let due: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM outbox WHERE next_attempt_at <= ?1 AND failed_at IS NULL ORDER BY next_attempt_at LIMIT ?2",
@@ -1605,6 +1614,31 @@ mod tests {
         let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(p).await.unwrap();
         let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(p).await.unwrap();
         let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(p).await.unwrap();
-        assert_eq!((journal.as_str(), fk, sync, busy), ("wal", 1, 1, 5000));
+        assert_eq!((journal.as_str(), fk, sync, busy), ("wal", 1, 2, 5000));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_stores_on_one_file_keep_one_chain() {
+        // Two stores on one file stand for two processes (the server and the
+        // CLI): each has its own connection, and the write lock orders them.
+        let dir = std::env::temp_dir().join(format!("usersvc-sqlite-{}", Uuid::new_v4()));
+        let url = format!("sqlite://{}/usersvc.db", dir.display());
+        let (a, b) = (SqliteStore::connect(&url).await.unwrap(), SqliteStore::connect(&url).await.unwrap());
+        let (ma, mb) = tokio::join!(a.migrate(), b.migrate());
+        ma.unwrap();
+        mb.unwrap();
+        let write = |s: SqliteStore| {
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    let batch: Vec<_> = (0..(i % 3) + 1).map(|_| AuditRecord::new("user.read", None)).collect();
+                    s.append_audit(&batch).await.unwrap();
+                }
+            })
+        };
+        let (ta, tb) = (write(a.clone()), write(b.clone()));
+        ta.await.unwrap();
+        tb.await.unwrap();
+        assert_eq!(chain_is_whole(&a).await.len(), 2 * (14 + 13 * 2 + 13 * 3));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

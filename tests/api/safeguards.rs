@@ -253,7 +253,10 @@ async fn serve_needs_a_master_key_on_postgres_and_makes_one_on_sqlite() {
             let again = Application::start(&args).await.unwrap();
             let t = TestApp { app: again, app_id: t.app_id, api_key: t.api_key.clone(), http: t.http.clone(), db_url: db };
             let got = t.users().await.get_user(t.req(pb::GetUserRequest { users_id: id }, Some(&token))).await.unwrap();
-            assert_eq!(got.into_inner().active, Some(true));
+            assert_eq!(got.into_inner().active, Some(true), "the user and their session outlived the restart");
+            let master = usersvc::config::KeyArgs { master_key_file: None, master_key: None }.load_for(&t.db_url).unwrap();
+            let trail = Admin::new(t.app.store.clone(), master).verify_trail().await.unwrap();
+            assert!(trail.is_ok_and(|n| n >= 3), "the trail outlived it too: {trail:?}");
         }
     }
     args.keys.master_key = Some(SecretString::from("too short".to_owned()));
