@@ -1,4 +1,5 @@
-//! The operator's commands: applications, supervisors, keys and the trail.
+//! The operator's commands: applications, supervisors, service tokens, keys
+//! and the trail.
 //! Each action an operator takes is itself recorded in the trail (actor
 //! "cli").
 
@@ -8,10 +9,10 @@ use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::audit::{self, AuditRecord};
-use crate::auth::secret;
+use crate::auth::{caller::SERVICE_ROLES, secret};
 use crate::crypto::{Keyring, MasterKey, keyring};
 use crate::service::profile;
-use crate::store::{App, AuditFilter, Store};
+use crate::store::{App, AuditFilter, NewServiceToken, Store, TokenRevocation};
 
 pub struct Admin {
     pub store: Arc<dyn Store>,
@@ -26,6 +27,31 @@ fn cli_record(action: &str, app_id: Option<Uuid>) -> AuditRecord {
 
 /// Users re-encrypted per batch during an application key rotation.
 const RESEAL_BATCH: i64 = 200;
+
+/// The longest service token name, in characters.
+const MAX_TOKEN_NAME_CHARS: usize = 100;
+
+/// A service token as issued: the token is shown this once and never again.
+pub struct IssuedToken {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub token: SecretString,
+}
+
+/// A name is a label for the operator; its value is never echoed in errors,
+/// logs or the trail.
+fn check_token_name(name: &str) -> anyhow::Result<&str> {
+    let name = name.trim();
+    anyhow::ensure!(!name.is_empty(), "a service token needs a name (--name)");
+    anyhow::ensure!(!name.chars().any(char::is_control), "the name must not contain control characters");
+    anyhow::ensure!(
+        name.chars().count() <= MAX_TOKEN_NAME_CHARS,
+        "the name must be at most {MAX_TOKEN_NAME_CHARS} characters"
+    );
+    Ok(name)
+}
 
 impl Admin {
     pub fn new(store: Arc<dyn Store>, master: MasterKey) -> Self {
@@ -53,6 +79,66 @@ impl Admin {
         let mut record = cli_record("user.supervisor_add", Some(app_id));
         record.fields = vec!["supervisor".into()];
         Ok(self.store.set_supervisor(app_id, &bidx, true, &record).await?)
+    }
+
+    /// Fails unless the application exists.
+    async fn known_app(&self, app_id: Uuid) -> anyhow::Result<()> {
+        if self.store.current_app_key(app_id, keyring::DATA).await?.is_none() {
+            anyhow::bail!("no application {app_id}");
+        }
+        Ok(())
+    }
+
+    /// Issues a service token: a long-lived bearer credential that internal
+    /// callers send with the application's API key, acting with `role`'s
+    /// rights in that application until revoked. Only its digest is stored.
+    pub async fn create_token(&self, app_id: Uuid, role: &str, name: &str) -> anyhow::Result<IssuedToken> {
+        if !SERVICE_ROLES.contains(&role) {
+            anyhow::bail!("unknown role {role:?}: a service token's role must be one of: {}", SERVICE_ROLES.join(", "));
+        }
+        let name = check_token_name(name)?;
+        self.known_app(app_id).await?;
+        let token = secret::generate();
+        let new = NewServiceToken {
+            id: Uuid::now_v7(),
+            app_id,
+            name: name.to_owned(),
+            role: role.to_owned(),
+            token_hash: secret::digest(token.expose_secret()),
+        };
+        let mut record = cli_record("token.create", Some(app_id));
+        record.object_id = Some(new.id);
+        record.fields = vec![format!("role:{role}")];
+        self.store.create_service_token(&new, &record).await?;
+        Ok(IssuedToken { id: new.id, app_id, name: new.name, role: new.role, token })
+    }
+
+    /// Revokes a service token of the application: every replica refuses it
+    /// from the next call on.
+    pub async fn revoke_token(&self, app_id: Uuid, token_id: Uuid) -> anyhow::Result<TokenRevocation> {
+        self.known_app(app_id).await?;
+        let mut record = cli_record("token.revoke", Some(app_id));
+        record.object_id = Some(token_id);
+        Ok(self.store.revoke_service_token(app_id, token_id, &record).await?)
+    }
+
+    /// The application's service tokens as JSON lines: never the token.
+    pub async fn list_tokens(&self, app_id: Uuid, out: &mut impl std::io::Write) -> anyhow::Result<u64> {
+        self.known_app(app_id).await?;
+        let tokens = self.store.list_service_tokens(app_id).await?;
+        for t in &tokens {
+            let line = serde_json::json!({
+                "tokenId": t.id,
+                "name": t.name,
+                "role": t.role,
+                "createdAt": profile::format_time(t.created_at),
+                "lastUsedAt": t.last_used_at.map(profile::format_time),
+                "revoked": t.revoked_at.is_some(),
+                "revokedAt": t.revoked_at.map(profile::format_time),
+            });
+            writeln!(out, "{line}")?;
+        }
+        Ok(tokens.len() as u64)
     }
 
     /// Re-wraps every application key under a new master key, in one

@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
@@ -26,8 +27,10 @@ pub struct Application {
     pub pool: Pool,
     pub database_url: String,
     shutdown: watch::Sender<bool>,
+    shutdown_grace: std::time::Duration,
     trail_writer: AuditWriter,
     mail_task: JoinHandle<()>,
+    monitor_task: JoinHandle<()>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
 }
@@ -40,8 +43,12 @@ pub fn services(core: Arc<Core>) -> (UserServiceServer<UserSvc>, GroupServiceSer
 impl Application {
     /// Connects, migrates, binds both addresses and starts serving.
     pub async fn start(args: &ServeArgs) -> anyhow::Result<Self> {
+        // Counting starts before the first request.
+        crate::observe::handle();
         // Refuse to start without a master key before touching anything.
         let master = args.keys.load_for(&args.db.database_url)?;
+        // And without TLS files that do not read, or only half of them.
+        let tls = crate::tls::ServerTls::load(&args.tls)?;
         let (store, pool) = backend::open(&args.db.database_url, args.db.db_max_connections).await?;
         store.migrate().await?;
         let keyring = Arc::new(Keyring::new(master, store.clone()));
@@ -79,8 +86,8 @@ impl Application {
         let (users, groups) = services(core);
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<UserServiceServer<UserSvc>>().await;
-        health_reporter.set_serving::<GroupServiceServer<GroupSvc>>().await;
+        // Serving only once the database answers (the monitor keeps it true).
+        set_health(&health_reporter, monitor::database_ready(&pool).await).await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -92,9 +99,17 @@ impl Application {
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
 
+        let limits = &args.limits;
+        let mut grpc_server = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            grpc_server = grpc_server.tls_config(tls.grpc.clone()).context("TLS for the gRPC port")?;
+        }
         let grpc = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(health)
+            grpc_server
+                .timeout(limits.request_timeout)
+                .concurrency_limit_per_connection(limits.grpc_concurrency_per_connection)
+                .layer(crate::observe::GrpcObserveLayer)
+                .add_service(health.clone())
                 .add_service(reflection)
                 .add_service(users.clone())
                 .add_service(groups.clone())
@@ -105,36 +120,76 @@ impl Application {
         // (bodies are capped at 1 MiB; protobuf may be several times that).
         let gateway = Gateway::in_process(
             Routes::new(users.max_decoding_message_size(IN_PROCESS_MESSAGE_BYTES))
-                .add_service(groups.max_decoding_message_size(IN_PROCESS_MESSAGE_BYTES)),
+                .add_service(groups.max_decoding_message_size(IN_PROCESS_MESSAGE_BYTES))
+                .add_service(health),
         );
-        let router = gateway::router(gateway, &args.gateway.cors_origins);
+        let router = gateway::router(gateway, &args.gateway.cors_origins)
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                limits.request_timeout,
+            ))
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests));
+        let monitor_task = tokio::spawn(monitor::run(pool.clone(), health_reporter, shutdown_rx.clone()));
         let mailer = crate::mail::Mailer {
-            public_url: mail.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),
+            public_url: mail.public_url.clone().unwrap_or_else(|| {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{http_addr}")
+            }),
             ..mailer
         };
         let mail_task = tokio::spawn(mailer.run(shutdown_rx.clone()));
-        let http = tokio::spawn(serve_http(http_listener, router, stopped(shutdown_rx)));
-        tracing::info!(%grpc_addr, %http_addr, "usersvc serving");
+        let http = match &tls {
+            Some(tls) => tokio::spawn(serve_https(http_listener, tls.http.clone(), router, stopped(shutdown_rx))),
+            None => tokio::spawn(serve_http(http_listener, router, stopped(shutdown_rx))),
+        };
+        let tls_mode = match &tls {
+            None => "off",
+            Some(t) if t.mutual => "on (gRPC requires client certificates)",
+            Some(_) => "on",
+        };
+        tracing::info!(%grpc_addr, %http_addr, tls = tls_mode, "usersvc serving");
         let database_url = args.db.database_url.clone();
-        Ok(Self { grpc_addr, http_addr, store, pool, database_url, shutdown, trail_writer, mail_task, grpc, http })
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            store,
+            pool,
+            database_url,
+            shutdown,
+            shutdown_grace: limits.shutdown_grace,
+            trail_writer,
+            mail_task,
+            monitor_task,
+            grpc,
+            http,
+        })
     }
 
     /// Runs until either server stops, or until SIGINT or SIGTERM: then both
     /// stop accepting, finish what is in flight, and the pool closes.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let Self { shutdown, trail_writer, mail_task, grpc, http, pool, .. } = self;
+        let Self { shutdown, shutdown_grace, trail_writer, mail_task, monitor_task, grpc, http, pool, .. } = self;
         let mut grpc = grpc;
         let mut http = http;
         tokio::select! {
             r = &mut grpc => r??,
             r = &mut http => r??,
             () = signal() => {
-                tracing::info!("shutting down");
+                tracing::info!(grace_s = shutdown_grace.as_secs(), "shutting down: finishing requests in flight");
                 let _ = shutdown.send(true);
-                grpc.await??;
-                http.await??;
+                let drained = tokio::time::timeout(shutdown_grace, async {
+                    let _ = (&mut grpc).await;
+                    let _ = (&mut http).await;
+                })
+                .await;
+                if drained.is_err() {
+                    tracing::warn!("requests still running after the grace period were cut off");
+                    grpc.abort();
+                    http.abort();
+                }
             }
         }
+        let _ = monitor_task.await;
         // The servers are gone, and with them every handle of the trail:
         // what is queued gets written before the pool closes.
         trail_writer.finish().await;
@@ -149,6 +204,7 @@ impl Application {
         self.grpc.abort();
         self.http.abort();
         self.mail_task.abort();
+        self.monitor_task.abort();
     }
 }
 
@@ -159,6 +215,22 @@ pub async fn serve_http(
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The same over TLS: handshakes run beside the accept loop, and handlers
+/// still see the client's address (`ConnectInfo<SocketAddr>`).
+pub async fn serve_https(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Through `tap_io`, axum gives any listener's address as connect info.
+    let listener = crate::tls::TlsListener::new(listener, tls).tap_io(|_| {});
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
@@ -188,5 +260,91 @@ pub async fn signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+/// Every service of the gRPC port answers health checks alike.
+async fn set_health(reporter: &tonic_health::server::HealthReporter, ready: bool) {
+    use tonic_health::ServingStatus::{NotServing, Serving};
+    let status = if ready { Serving } else { NotServing };
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status("usersvc.v1.UserService", status).await;
+    reporter.set_service_status("usersvc.v1.GroupService", status).await;
+}
+
+/// Watches the database: health follows it, and the pool and outbox
+/// gauges are kept current.
+mod monitor {
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+
+    use crate::store::backend::Pool;
+
+    const EVERY: Duration = Duration::from_secs(1);
+
+    /// The database answers and has every migration this build knows.
+    pub async fn database_ready(pool: &Pool) -> bool {
+        let check = async {
+            match pool {
+                Pool::Postgres(p) => {
+                    let applied: Option<i64> =
+                        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                            .fetch_one(p)
+                            .await?;
+                    let known = sqlx::migrate!("./migrations/postgres").iter().map(|m| m.version).max();
+                    Ok::<bool, sqlx::Error>(applied >= known)
+                }
+                Pool::Sqlite(p) => {
+                    let applied: Option<i64> =
+                        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                            .fetch_one(p)
+                            .await?;
+                    let known = sqlx::migrate!("./migrations/sqlite").iter().map(|m| m.version).max();
+                    Ok(applied >= known)
+                }
+            }
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(2), check).await, Ok(Ok(true)))
+    }
+
+    async fn gauges(pool: &Pool) {
+        let (size, idle) = match pool {
+            Pool::Postgres(p) => (p.size(), p.num_idle()),
+            Pool::Sqlite(p) => (p.size(), p.num_idle()),
+        };
+        metrics::gauge!("usersvc_db_pool_connections").set(f64::from(size));
+        metrics::gauge!("usersvc_db_pool_idle").set(idle as f64);
+        let sql = "SELECT count(*) FROM outbox WHERE failed_at IS NULL";
+        let backlog: Result<i64, sqlx::Error> = match pool {
+            Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+            Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        };
+        if let Ok(n) = backlog {
+            metrics::gauge!("usersvc_outbox_backlog").set(n as f64);
+        }
+    }
+
+    pub async fn run(pool: Pool, reporter: tonic_health::server::HealthReporter, mut stop: watch::Receiver<bool>) {
+        let mut was = None;
+        loop {
+            let ready = database_ready(&pool).await;
+            if was != Some(ready) {
+                if !ready {
+                    tracing::warn!("database unreachable or behind: reporting NOT_SERVING");
+                } else if was.is_some() {
+                    tracing::info!("database back: reporting SERVING");
+                }
+                super::set_health(&reporter, ready).await;
+                was = Some(ready);
+            }
+            if ready {
+                gauges(&pool).await;
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(EVERY) => {}
+            }
+        }
     }
 }

@@ -26,7 +26,7 @@ pub struct AuditRecord {
     /// it was hashed.
     pub at: DateTime<Utc>,
     pub app_id: Option<Uuid>,
-    /// "user", "supervisor", "anonymous" or "cli".
+    /// "user", "supervisor", "service" (a service token), "anonymous" or "cli".
     pub actor: String,
     pub actor_id: Option<Uuid>,
     pub subject_id: Option<Uuid>,

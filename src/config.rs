@@ -99,6 +99,10 @@ pub struct ServeArgs {
     pub gateway: GatewayArgs,
     #[command(flatten)]
     pub mail: MailArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Password hashes computed at once (default: the number of cores).
     #[arg(long, env = "USERSVC_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,
@@ -110,6 +114,40 @@ pub struct ServeArgs {
     /// Shortest password accepted.
     #[arg(long, env = "USERSVC_MIN_PASSWORD_LENGTH", default_value_t = 8)]
     pub min_password_length: usize,
+}
+
+/// TLS on both ports (both plain without these flags).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// PEM certificate (chain) both ports serve; with --tls-key.
+    #[arg(long, env = "USERSVC_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "USERSVC_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CA certificate(s): the gRPC port then requires client
+    /// certificates signed by it (mutual TLS between services). The HTTP
+    /// port never asks for one.
+    #[arg(long, env = "USERSVC_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+}
+
+/// Bounds on what requests may take.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// A request not answered by then is cut off (HTTP 408, gRPC
+    /// DEADLINE_EXCEEDED).
+    #[arg(long, env = "USERSVC_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// HTTP requests served at once; more wait their turn.
+    #[arg(long, env = "USERSVC_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+    /// gRPC calls served at once on one connection.
+    #[arg(long, env = "USERSVC_GRPC_CONCURRENCY_PER_CONNECTION", default_value_t = 256)]
+    pub grpc_concurrency_per_connection: usize,
+    /// On SIGTERM or SIGINT, how long requests in flight may take to finish.
+    #[arg(long, env = "USERSVC_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 /// Mail delivery.

@@ -12,14 +12,23 @@ use usersvc::{
     config::{DatabaseArgs, GatewayArgs, KeyArgs, ServeArgs},
     crypto::MasterKey,
     gateway::{self, Gateway},
-    store::{AuditFilter, backend},
+    store::{AuditFilter, TokenRevocation, backend},
 };
 
 #[derive(Parser)]
 #[command(name = "usersvc", version, about = "A HIPAA-minded user and PII service")]
 struct Cli {
+    /// Log lines as JSON objects (for collectors) or for people.
+    #[arg(long, global = true, env = "USERSVC_LOG_FORMAT", default_value = "pretty")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
 }
 
 #[derive(Subcommand)]
@@ -28,9 +37,12 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Serve the JSON gateway alone, calling a remote gRPC service.
     Gateway {
-        /// The gRPC service, e.g. http://127.0.0.1:50051
+        /// The gRPC service, e.g. http://127.0.0.1:50051, or https://... for
+        /// one serving TLS.
         #[arg(long, env = "USERSVC_GRPC_UPSTREAM")]
         grpc_upstream: String,
+        #[command(flatten)]
+        upstream_tls: usersvc::tls::UpstreamTlsArgs,
         #[arg(long, env = "USERSVC_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         http_addr: std::net::SocketAddr,
         #[command(flatten)]
@@ -45,6 +57,11 @@ enum Command {
     Supervisor {
         #[command(subcommand)]
         command: SupervisorCommand,
+    },
+    /// Service tokens: revocable credentials for internal callers.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Master and application keys.
     Keys {
@@ -79,6 +96,47 @@ enum SupervisorCommand {
         app: uuid::Uuid,
         #[arg(long)]
         username: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a service token; prints {"tokenId", "token", "appId", "name",
+    /// "role"} as JSON. The token is shown only here: callers send it as
+    /// `authorization: Bearer TOKEN` with the application's x-api-key.
+    Create {
+        #[arg(long)]
+        app: uuid::Uuid,
+        /// The rights it acts with in the application: supervisor.
+        #[arg(long)]
+        role: String,
+        /// A label for the operator (which service holds it).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Revoke a service token: every replica refuses it from the next call.
+    Revoke {
+        #[arg(long)]
+        app: uuid::Uuid,
+        #[arg(long)]
+        token_id: uuid::Uuid,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Print an application's service tokens as JSON lines (never the tokens).
+    List {
+        #[arg(long)]
+        app: uuid::Uuid,
         #[command(flatten)]
         db: DatabaseArgs,
         #[command(flatten)]
@@ -140,11 +198,14 @@ enum AuditCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+        LogFormat::Pretty => logs.init(),
+    }
+    match run(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("usersvc: {e:#}");
@@ -163,8 +224,8 @@ async fn admin(db: &DatabaseArgs, keys: &KeyArgs) -> anyhow::Result<Admin> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => Application::start(&args).await?.wait().await?,
-        Command::Gateway { grpc_upstream, http_addr, gateway: gw } => {
-            let channel = tonic::transport::Channel::from_shared(grpc_upstream)?.connect_lazy();
+        Command::Gateway { grpc_upstream, upstream_tls, http_addr, gateway: gw } => {
+            let channel = usersvc::tls::upstream_channel(&grpc_upstream, &upstream_tls)?;
             let router = gateway::router(Gateway::remote(channel), &gw.cors_origins);
             let listener = tokio::net::TcpListener::bind(http_addr).await?;
             tracing::info!(http_addr = %listener.local_addr()?, "usersvc gateway serving");
@@ -186,6 +247,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             eprintln!("usersvc: the user is now a supervisor of application {app}");
         }
+        Command::Token { command } => match command {
+            TokenCommand::Create { app, role, name, db, keys } => {
+                let issued = admin(&db, &keys).await?.create_token(app, &role, &name).await?;
+                let out = serde_json::json!({
+                    "tokenId": issued.id,
+                    "token": issued.token.expose_secret(),
+                    "appId": issued.app_id,
+                    "name": issued.name,
+                    "role": issued.role,
+                });
+                println!("{out}");
+            }
+            TokenCommand::Revoke { app, token_id, db, keys } => {
+                match admin(&db, &keys).await?.revoke_token(app, token_id).await? {
+                    TokenRevocation::Revoked => eprintln!("usersvc: service token {token_id} is revoked"),
+                    TokenRevocation::AlreadyRevoked => {
+                        eprintln!("usersvc: service token {token_id} was already revoked")
+                    }
+                    TokenRevocation::Unknown => anyhow::bail!("no service token {token_id} in application {app}"),
+                }
+            }
+            TokenCommand::List { app, db, keys } => {
+                let mut out = std::io::stdout().lock();
+                admin(&db, &keys).await?.list_tokens(app, &mut out).await?;
+            }
+        },
         Command::Keys { command } => match command {
             KeysCommand::Generate => println!("{}", MasterKey::generate().expose_secret()),
             KeysCommand::RotateMaster { new_master_key_file, db, keys } => {

@@ -1,5 +1,5 @@
 -- Applications (tenants), their keys, users, sessions, groups, memberships,
--- the mail outbox, sign-in throttles and the audit trail. Every row below
+-- the mail outbox, service tokens, sign-in throttles and the audit trail. Every row below
 -- applications carries app_id, and the foreign keys pair (app_id, id) so that
 -- no row can point into another application.
 --
@@ -119,6 +119,25 @@ CREATE TABLE password_resets (
     FOREIGN KEY (app_id, user_id) REFERENCES users (app_id, id) ON DELETE CASCADE
 );
 CREATE INDEX password_resets_user ON password_resets (user_id);
+
+-- Service credentials for internal callers: long-lived bearer tokens, sent
+-- with the application's API key, that act with a role's rights in that one
+-- application until revoked. Only the token's SHA-256 is kept (it is 256-bit
+-- random, like a session token). Revoked tokens stay, marked, for the record;
+-- every call looks its token up here, so a revocation holds at once on every
+-- replica. The name is the operator's label; it is kept out of logs and the
+-- trail (which names tokens by id).
+CREATE TABLE service_tokens (
+    id           uuid PRIMARY KEY,
+    app_id       uuid NOT NULL REFERENCES applications (id) ON DELETE CASCADE,
+    name         text NOT NULL,
+    role         text NOT NULL CHECK (role IN ('supervisor')),
+    token_hash   bytea NOT NULL UNIQUE,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    last_used_at timestamptz,
+    revoked_at   timestamptz
+);
+CREATE INDEX service_tokens_app ON service_tokens (app_id, created_at);
 
 -- Failed sign-ins and reminder requests, counted per blind-indexed username
 -- and per keyed hash of the client address, so every replica sees them.

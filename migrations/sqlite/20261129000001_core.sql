@@ -118,6 +118,20 @@ CREATE TABLE password_resets (
 ) STRICT;
 CREATE INDEX password_resets_user ON password_resets (user_id);
 
+CREATE TABLE service_tokens (
+    id           BLOB NOT NULL,
+    app_id       BLOB NOT NULL REFERENCES applications (id) ON DELETE CASCADE,
+    name         TEXT NOT NULL,
+    role         TEXT NOT NULL CHECK (role IN ('supervisor')),
+    token_hash   BLOB NOT NULL,
+    created_at   INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)),
+    last_used_at INTEGER,
+    revoked_at   INTEGER,
+    CONSTRAINT service_tokens_token_hash_key UNIQUE (token_hash),
+    CONSTRAINT service_tokens_pkey PRIMARY KEY (id)
+) STRICT;
+CREATE INDEX service_tokens_app ON service_tokens (app_id, created_at);
+
 CREATE TABLE throttles (
     key           BLOB PRIMARY KEY NOT NULL,
     failures      INTEGER NOT NULL,

@@ -1,6 +1,12 @@
 //! Resolves a call's metadata into the calling application and, when a
-//! bearer token is sent, the signed-in user. Every RPC starts here, so the
-//! gRPC port and the in-process gateway share one path.
+//! bearer token is sent, the signed-in user or the internal service. Every
+//! RPC starts here, so the gRPC port and the in-process gateway share one
+//! path.
+//!
+//! A bearer token is a user's session token or an application's service
+//! token (`usersvc token create`): both are looked up by their SHA-256 within
+//! the application of the call's API key, on every call (no cache), so an
+//! ended session or a revoked token stops working at once on every replica.
 
 use std::{sync::Arc, time::Duration};
 
@@ -30,12 +36,37 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
-/// The signed-in user behind a call.
+/// The roles a service token may act with: "supervisor" only, for now.
+pub const SERVICE_ROLES: &[&str] = &["supervisor"];
+
+/// How often a service token's last use is written at most.
+const SERVICE_TOUCH_AFTER: Duration = Duration::from_secs(60);
+
+/// What kind of credential a call's bearer token is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// A user's session.
+    User,
+    /// An internal service's token: no user stands behind it.
+    Service,
+}
+
+/// The signed-in user behind a call, or the service acting in their stead.
+/// For a service, `user_id` and `session_id` are both the token's id, which
+/// is no user's id: "the caller's own" record or sessions are none.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionUser {
     pub user_id: Uuid,
     pub session_id: Uuid,
     pub supervisor: bool,
+    pub kind: Principal,
+}
+
+impl SessionUser {
+    /// A call made with a service token.
+    pub fn is_service(&self) -> bool {
+        self.kind == Principal::Service
+    }
 }
 
 /// The application a call belongs to, and its user when signed in.
@@ -114,17 +145,35 @@ impl Authenticator {
         Ok(Caller { app_id, user })
     }
 
+    /// The session of a token, else the live service token of the same
+    /// application. Another application's token of either kind is as good
+    /// as none.
     async fn session(&self, app_id: Uuid, token: &str) -> Result<SessionUser, AuthError> {
-        let found = self
-            .store
-            .lookup_session(app_id, &secret::digest(token), self.policy.idle_timeout, self.policy.touch_after())
-            .await?;
+        let hash = secret::digest(token);
+        let found =
+            self.store.lookup_session(app_id, &hash, self.policy.idle_timeout, self.policy.touch_after()).await?;
         match found {
-            SessionLookup::Live(s) => {
-                Ok(SessionUser { user_id: s.user_id, session_id: s.session_id, supervisor: s.supervisor })
-            }
+            SessionLookup::Live(s) => Ok(SessionUser {
+                user_id: s.user_id,
+                session_id: s.session_id,
+                supervisor: s.supervisor,
+                kind: Principal::User,
+            }),
             SessionLookup::Expired => Err(AuthError::ExpiredToken),
-            SessionLookup::Unknown => Err(AuthError::InvalidToken),
+            SessionLookup::Unknown => self.service(app_id, &hash).await,
+        }
+    }
+
+    async fn service(&self, app_id: Uuid, hash: &[u8]) -> Result<SessionUser, AuthError> {
+        let found = self.store.lookup_service_token(app_id, hash, SERVICE_TOUCH_AFTER).await?;
+        match found {
+            Some(t) if SERVICE_ROLES.contains(&t.role.as_str()) => Ok(SessionUser {
+                user_id: t.token_id,
+                session_id: t.token_id,
+                supervisor: t.role == "supervisor",
+                kind: Principal::Service,
+            }),
+            _ => Err(AuthError::InvalidToken),
         }
     }
 

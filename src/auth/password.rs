@@ -43,15 +43,26 @@ impl PasswordHasher {
     }
 
     pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|_| HashError::Closed)?;
+        let _permit = self.permit().await?;
         let params = self.params.clone();
         tokio::task::spawn_blocking(move || hash_blocking(&params, password.expose_secret())).await?
+    }
+
+    /// A place in the hash pool; the queue and the wait are measured.
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, HashError> {
+        let queued = metrics::gauge!("usersvc_password_hash_queue_depth");
+        queued.increment(1.0);
+        let start = std::time::Instant::now();
+        let permit = self.permits.acquire().await;
+        queued.decrement(1.0);
+        metrics::histogram!("usersvc_password_hash_wait_seconds").record(start.elapsed().as_secs_f64());
+        permit.map_err(|_| HashError::Closed)
     }
 
     /// Checks a password against a PHC string, or against the dummy hash
     /// when there is none (the answer is then always false).
     pub async fn verify(&self, password: SecretString, phc: Option<String>) -> Result<bool, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|_| HashError::Closed)?;
+        let _permit = self.permit().await?;
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy_hash.to_string());
         let ok = tokio::task::spawn_blocking(move || {

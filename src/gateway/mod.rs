@@ -5,6 +5,8 @@
 pub mod error;
 mod groups;
 pub mod json;
+pub mod openapi;
+mod probes;
 mod reset;
 mod users;
 
@@ -27,6 +29,7 @@ use tower_http::{
 
 use crate::pb::{group_service_client::GroupServiceClient, user_service_client::UserServiceClient};
 use error::ApiError;
+use tonic_health::pb::health_client::HealthClient;
 
 /// Request bodies larger than this are refused with 413 before parsing.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -42,16 +45,23 @@ pub type GrpcTransport =
 pub struct Gateway {
     users: UserServiceClient<GrpcTransport>,
     groups: GroupServiceClient<GrpcTransport>,
+    health: HealthClient<GrpcTransport>,
 }
 
 impl Gateway {
     pub fn new(transport: GrpcTransport) -> Self {
-        Self { users: UserServiceClient::new(transport.clone()), groups: GroupServiceClient::new(transport) }
+        Self {
+            users: UserServiceClient::new(transport.clone()),
+            groups: GroupServiceClient::new(transport.clone()),
+            health: HealthClient::new(transport),
+        }
     }
 
-    /// Calls the services of this process without a network hop.
+    /// Calls the services of this process without a network hop (observed
+    /// like calls from the network).
     pub fn in_process(routes: tonic::service::Routes) -> Self {
-        let svc = ServiceExt::<http::Request<tonic::body::Body>>::map_err(routes, |e: Infallible| match e {});
+        let observed = tower::Layer::layer(&crate::observe::GrpcObserveLayer, routes);
+        let svc = ServiceExt::<http::Request<tonic::body::Body>>::map_err(observed, |e: Infallible| match e {});
         Self::new(BoxCloneSyncService::new(svc))
     }
 
@@ -124,11 +134,16 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
         .route("/app/{app_id}/groups", get(groups::list_all))
         .route("/app/{app_id}/groups/default", get(groups::list_default))
         .route("/{app_id}/reset/user/{username}", get(reset::request))
-        .route("/reset/{token}", get(reset::form).post(reset::submit));
+        .route("/reset/{token}", get(reset::form).post(reset::submit))
+        .route("/openapi.json", get(openapi::serve))
+        .route_layer(axum::middleware::from_fn(crate::observe::http_metrics));
 
     let x_request_id = HeaderName::from_static("x-request-id");
     let mut app = Router::new()
         .nest("/v2", v2)
+        .route("/healthz", get(probes::alive))
+        .route("/readyz", get(probes::ready))
+        .route("/metrics", get(crate::observe::render))
         .with_state(gateway)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))

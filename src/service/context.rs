@@ -41,12 +41,21 @@ impl Ctx {
         }
     }
 
-    /// A trail record of this call by this caller.
+    /// A trail record of this call by this caller: a user ("user" or
+    /// "supervisor", with their id) or a service token ("service", with the
+    /// token's id).
     pub fn record(&self, action: &str, caller: Option<&Caller>, app_id: Uuid) -> AuditRecord {
         let mut r = AuditRecord::new(action, Some(app_id));
         r.request_id = self.request_id();
         if let Some(user) = caller.and_then(|c| c.user) {
-            r.actor = if user.supervisor { "supervisor" } else { "user" }.into();
+            r.actor = if user.is_service() {
+                "service"
+            } else if user.supervisor {
+                "supervisor"
+            } else {
+                "user"
+            }
+            .into();
             r.actor_id = Some(user.user_id);
         }
         r

@@ -349,6 +349,7 @@ impl UserSvc {
             let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
             r.outcome = "throttled".into();
             core.trail.record(r);
+            metrics::counter!("usersvc_throttled_total", "kind" => "sign_in").increment(1);
             return Err(ServiceError::Throttled(wait));
         }
         let creds = if req.username.chars().count() <= validate::MAX_USERNAME_CHARS {
@@ -369,6 +370,8 @@ impl UserSvc {
                 r.subject_id = user_id;
                 r.outcome = "failed".into();
                 core.store.append_audit(&[r]).await?;
+                metrics::counter!("usersvc_signin_failures_total").increment(1);
+                core.store.throttle_failed(&keys).await?;
                 tracing::info!(%app_id, "sign-in refused");
                 return Err(ServiceError::BadCredentials);
             }
@@ -462,6 +465,9 @@ impl UserSvc {
 
     async fn sign_out(&self, ctx: &Ctx) -> ServiceResult<()> {
         let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
+        if me.is_service() {
+            return Err(ServiceError::Forbidden("service tokens are revoked with usersvc token revoke"));
+        }
         let mut r = self.core.record(ctx, "session.sign_out", Some(&caller), caller.app_id).await;
         r.subject_id = Some(me.user_id);
         self.core.store.delete_sessions(caller.app_id, me.user_id, Some(me.session_id), Some(&r)).await?;
@@ -493,6 +499,10 @@ impl UserSvc {
         let (caller, me) = core.auth.signed_in(&ctx.md).await?;
         let (owner, session) = if req.session_id.is_empty() {
             let id = if req.users_id.is_empty() { me.user_id } else { validate::id(&req.users_id, "users_id")? };
+            // A service token has no sessions of its own to end.
+            if me.is_service() && id == me.user_id {
+                return Err(ServiceError::NotFound("session"));
+            }
             (id, None)
         } else {
             let sid = validate::id(&req.session_id, "session_id")?;

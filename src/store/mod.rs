@@ -1,6 +1,6 @@
 //! Persistence behind one trait, so that a second backend can follow.
-//! Every method that touches users, groups or sessions takes the application
-//! id and scopes its query to it.
+//! Every method that touches users, groups, sessions or service tokens takes
+//! the application id and scopes its query to it.
 
 pub mod backend;
 mod postgres;
@@ -57,6 +57,8 @@ impl From<sqlx::Error> for StoreError {
                     ("outbox.id", "outbox_pkey"),
                     ("password_resets.token_hash", "password_resets_pkey"),
                     ("throttles.key", "throttles_pkey"),
+                    ("service_tokens.id", "service_tokens_pkey"),
+                    ("service_tokens.token_hash", "service_tokens_token_hash_key"),
                     ("audit_events.seq", "audit_events_pkey"),
                     ("audit_events.id", "audit_events_id_key"),
                 ];
@@ -238,6 +240,48 @@ pub enum ResetCheck {
     Unknown,
 }
 
+/// A service token as issued: its digest and who it acts as. The token
+/// itself is shown to the operator once and never stored.
+#[derive(Debug, Clone)]
+pub struct NewServiceToken {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    /// The operator's label (kept out of logs and the trail).
+    pub name: String,
+    /// The rights it acts with in its application: "supervisor".
+    pub role: String,
+    pub token_hash: Vec<u8>,
+}
+
+/// A live (unrevoked) service token, as a call presents it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceTokenInfo {
+    pub token_id: Uuid,
+    pub role: String,
+}
+
+/// A service token as listed to the operator: never the token or its digest.
+#[derive(Debug, Clone)]
+pub struct ServiceTokenRow {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// What revoking a service token found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRevocation {
+    /// It was live and is now revoked.
+    Revoked,
+    /// It had been revoked before; nothing changed.
+    AlreadyRevoked,
+    /// The application has no token with that id.
+    Unknown,
+}
+
 /// Filters of `usersvc audit list`.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -361,6 +405,10 @@ pub trait Store: Send + Sync + 'static {
     /// of them is under a wait: then nothing is counted and the longest
     /// wait is returned.
     async fn throttle_attempt(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<Option<std::time::Duration>>;
+    /// After a failure: a key at or past its free attempts waits from now
+    /// (the wait counts from the refusal the caller saw, not from the start
+    /// of the attempt, however long the password check took).
+    async fn throttle_failed(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<()>;
     /// After a success: forgets `clear`'s count, and takes this attempt off
     /// `forgive`'s.
     async fn throttle_succeeded(&self, clear: &[u8], forgive: Option<&[u8]>) -> Result<()>;
@@ -387,6 +435,23 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_sent(&self, id: Uuid) -> Result<()>;
     async fn outbox_retry(&self, id: Uuid, after: std::time::Duration) -> Result<()>;
     async fn outbox_give_up(&self, id: Uuid) -> Result<()>;
+
+    /// Stores a new service token, with its trail record, in one transaction.
+    async fn create_service_token(&self, token: &NewServiceToken, audit: &AuditRecord) -> Result<()>;
+    /// The live token of a token hash within the application (a revoked
+    /// one, or another application's, is None), refreshing its last use
+    /// when older than `touch_after`.
+    async fn lookup_service_token(
+        &self,
+        app_id: Uuid,
+        token_hash: &[u8],
+        touch_after: std::time::Duration,
+    ) -> Result<Option<ServiceTokenInfo>>;
+    /// Revokes a token of the application, with its trail record (written
+    /// only when the token was live).
+    async fn revoke_service_token(&self, app_id: Uuid, token_id: Uuid, audit: &AuditRecord) -> Result<TokenRevocation>;
+    /// The application's tokens, revoked ones included, oldest first.
+    async fn list_service_tokens(&self, app_id: Uuid) -> Result<Vec<ServiceTokenRow>>;
 
     /// Deletes what has run out: sessions past their lifetime, reset tokens
     /// past theirs, throttle counts long forgotten. Returns rows deleted.

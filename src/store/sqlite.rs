@@ -24,9 +24,9 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    App, AuditFilter, Credentials, GroupRecord, MailRecipient, NewReset, NewSession, NewUser, OutboxMessage,
-    ResetCheck, Result, SealedUser, SessionInfo, SessionLookup, SessionRow, Store, StoreError, StoredKey, ThrottleRule,
-    UserChange, UserRecord,
+    App, AuditFilter, Credentials, GroupRecord, MailRecipient, NewReset, NewServiceToken, NewSession, NewUser,
+    OutboxMessage, ResetCheck, Result, SealedUser, ServiceTokenInfo, ServiceTokenRow, SessionInfo, SessionLookup,
+    SessionRow, Store, StoreError, StoredKey, ThrottleRule, TokenRevocation, UserChange, UserRecord,
 };
 use crate::audit::{self, AuditRecord, StoredAudit};
 
@@ -104,6 +104,10 @@ fn time(micros: i64) -> Result<DateTime<Utc>> {
 
 fn time_of(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>> {
     time(row.try_get(column)?)
+}
+
+fn optional_time_of(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>> {
+    row.try_get::<Option<i64>, _>(column)?.map(time).transpose()
 }
 
 fn now_us() -> i64 {
@@ -894,6 +898,26 @@ impl Store for SqliteStore {
         Ok(None)
     }
 
+    async fn throttle_failed(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<()> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let now = now_us();
+        for (key, rule) in keys {
+            let failures: Option<i32> = sqlx::query_scalar("SELECT failures FROM throttles WHERE key = ?1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(failures) = failures.filter(|f| *f >= rule.free) else { continue };
+            let doubling = Duration::from_secs(1 << (i64::from(failures) - i64::from(rule.free)).clamp(0, 30));
+            sqlx::query("UPDATE throttles SET blocked_until = ?2 WHERE key = ?1")
+                .bind(key)
+                .bind(later(now, rule.max_wait.min(doubling)))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn throttle_succeeded(&self, clear: &[u8], forgive: Option<&[u8]>) -> Result<()> {
         sqlx::query("DELETE FROM throttles WHERE key = ?1").bind(clear).execute(&self.pool).await?;
         if let Some(key) = forgive {
@@ -1068,6 +1092,101 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn create_service_token(&self, token: &NewServiceToken, audit: &AuditRecord) -> Result<()> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        sqlx::query(
+            "INSERT INTO service_tokens (id, app_id, name, role, token_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(token.id)
+        .bind(token.app_id)
+        .bind(&token.name)
+        .bind(&token.role)
+        .bind(&token.token_hash)
+        .bind(now_us())
+        .execute(&mut *tx)
+        .await?;
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn lookup_service_token(
+        &self,
+        app_id: Uuid,
+        token_hash: &[u8],
+        touch_after: Duration,
+    ) -> Result<Option<ServiceTokenInfo>> {
+        let now = now_us();
+        let row = sqlx::query(
+            "SELECT id, role, last_used_at IS NULL OR last_used_at < ?3 AS stale
+             FROM service_tokens WHERE token_hash = ?1 AND app_id = ?2 AND revoked_at IS NULL",
+        )
+        .bind(token_hash)
+        .bind(app_id)
+        .bind(earlier(now, touch_after))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let token_id: Uuid = row.try_get("id")?;
+        if row.try_get::<bool, _>("stale")? {
+            sqlx::query("UPDATE service_tokens SET last_used_at = ?2 WHERE id = ?1")
+                .bind(token_id)
+                .bind(now_us())
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(Some(ServiceTokenInfo { token_id, role: row.try_get("role")? }))
+    }
+
+    async fn revoke_service_token(&self, app_id: Uuid, token_id: Uuid, audit: &AuditRecord) -> Result<TokenRevocation> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let revoked: Option<bool> =
+            sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM service_tokens WHERE app_id = ?1 AND id = ?2")
+                .bind(app_id)
+                .bind(token_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match revoked {
+            None => return Ok(TokenRevocation::Unknown),
+            Some(true) => return Ok(TokenRevocation::AlreadyRevoked),
+            Some(false) => {}
+        }
+        sqlx::query("UPDATE service_tokens SET revoked_at = ?3 WHERE app_id = ?1 AND id = ?2")
+            .bind(app_id)
+            .bind(token_id)
+            .bind(now_us())
+            .execute(&mut *tx)
+            .await?;
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(TokenRevocation::Revoked)
+    }
+
+    async fn list_service_tokens(&self, app_id: Uuid) -> Result<Vec<ServiceTokenRow>> {
+        let rows = sqlx::query(
+            "SELECT id, name, role, created_at, last_used_at, revoked_at FROM service_tokens
+             WHERE app_id = ?1 ORDER BY created_at, id",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ServiceTokenRow {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    role: r.try_get("role")?,
+                    created_at: time_of(r, "created_at")?,
+                    last_used_at: optional_time_of(r, "last_used_at")?,
+                    revoked_at: optional_time_of(r, "revoked_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn sweep(&self) -> Result<u64> {
@@ -1592,6 +1711,79 @@ mod tests {
         let forever = NewSession { max_age: Duration::MAX, ..session("forever") };
         s.create_session(f.app.id, nu.id, forever, &AuditRecord::new("x", None)).await.unwrap();
         assert_eq!(s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn service_tokens_are_scoped_touched_listed_and_revoked() {
+        let db = temp_db().await;
+        let s = &db.store;
+        let f = new_app(s, "svc").await;
+        let other = new_app(s, "svc other").await;
+        let token = |hash: &str| NewServiceToken {
+            id: Uuid::now_v7(),
+            app_id: f.app.id,
+            name: "billing sync".into(),
+            role: "supervisor".into(),
+            token_hash: hash.as_bytes().to_vec(),
+        };
+        let record = |action: &str, id: Uuid| {
+            let mut r = AuditRecord::new(action, Some(f.app.id));
+            r.actor = "cli".into();
+            r.object_id = Some(id);
+            r
+        };
+        let a = token("hash-a");
+        s.create_service_token(&a, &record("token.create", a.id)).await.unwrap();
+        assert!(s.list_service_tokens(f.app.id).await.unwrap()[0].last_used_at.is_none(), "not used yet");
+
+        let live = Some(ServiceTokenInfo { token_id: a.id, role: "supervisor".into() });
+        assert_eq!(s.lookup_service_token(f.app.id, b"hash-a", HOUR).await.unwrap(), live);
+        assert_eq!(s.lookup_service_token(other.app.id, b"hash-a", HOUR).await.unwrap(), None, "scoped");
+        assert_eq!(s.lookup_service_token(f.app.id, b"hash-x", HOUR).await.unwrap(), None);
+        assert!(s.list_service_tokens(other.app.id).await.unwrap().is_empty());
+
+        // The first use is written; later ones only past `touch_after`.
+        let listed = s.list_service_tokens(f.app.id).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        let row = &listed[0];
+        assert_eq!(
+            (row.id, row.name.as_str(), row.role.as_str(), row.revoked_at),
+            (a.id, "billing sync", "supervisor", None)
+        );
+        let first_use = row.last_used_at.expect("touched on first use");
+        assert!(first_use >= row.created_at);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        s.lookup_service_token(f.app.id, b"hash-a", HOUR).await.unwrap().unwrap();
+        assert_eq!(s.list_service_tokens(f.app.id).await.unwrap()[0].last_used_at, Some(first_use));
+        s.lookup_service_token(f.app.id, b"hash-a", Duration::ZERO).await.unwrap().unwrap();
+        assert!(s.list_service_tokens(f.app.id).await.unwrap()[0].last_used_at.unwrap() > first_use);
+
+        // A digest is unique; a role other than supervisor is refused.
+        let dup = token("hash-a");
+        match s.create_service_token(&dup, &record("token.create", dup.id)).await {
+            Err(StoreError::Conflict(c)) => assert_eq!(c, "service_tokens_token_hash_key"),
+            other => panic!("{other:?}"),
+        }
+        let admin = NewServiceToken { role: "admin".into(), ..token("hash-b") };
+        assert!(s.create_service_token(&admin, &record("token.create", admin.id)).await.is_err());
+
+        // Revocation: scoped to the application, once, and at once.
+        let revoke =
+            |app: Uuid, id: Uuid| async move { s.revoke_service_token(app, id, &record("token.revoke", id)).await };
+        assert_eq!(revoke(other.app.id, a.id).await.unwrap(), TokenRevocation::Unknown);
+        assert_eq!(revoke(f.app.id, Uuid::now_v7()).await.unwrap(), TokenRevocation::Unknown);
+        assert_eq!(s.lookup_service_token(f.app.id, b"hash-a", HOUR).await.unwrap(), live, "still live");
+        assert_eq!(revoke(f.app.id, a.id).await.unwrap(), TokenRevocation::Revoked);
+        assert_eq!(s.lookup_service_token(f.app.id, b"hash-a", Duration::ZERO).await.unwrap(), None);
+        assert_eq!(revoke(f.app.id, a.id).await.unwrap(), TokenRevocation::AlreadyRevoked);
+        let listed = s.list_service_tokens(f.app.id).await.unwrap();
+        assert_eq!(listed.len(), 1, "a revoked token stays listed");
+        assert!(listed[0].revoked_at.is_some());
+
+        let trail = chain_is_whole(s).await;
+        let actions: Vec<_> =
+            trail.iter().filter(|r| r.record.object_id == Some(a.id)).map(|r| r.record.action.as_str()).collect();
+        assert_eq!(actions, ["token.create", "token.revoke"], "refused and repeated revocations write nothing");
     }
 
     #[tokio::test]

@@ -150,7 +150,14 @@ pub fn serve_args(database_url: String) -> ServeArgs {
         },
         hash_concurrency: Some(2),
         min_password_length: 8,
+        limits: usersvc::config::LimitArgs {
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 1024,
+            grpc_concurrency_per_connection: 256,
+            shutdown_grace: Duration::from_secs(5),
+        },
         trusted_gateways: vec![],
+        tls: usersvc::config::TlsArgs::default(),
     }
 }
 

@@ -1,0 +1,125 @@
+//! What an operator sees: Prometheus metrics and per-call spans. Labels
+//! carry routes, RPC names, methods and status codes, never an id or PII.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::OnceLock,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use axum::{
+    extract::{MatchedPath, Request},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument;
+
+/// Latency buckets, in seconds: sub-millisecond reads to slow hashes.
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The process's metrics recorder (installed once, whatever starts first).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().set_buckets(BUCKETS).and_then(|b| b.install_recorder()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// `GET /metrics`: the Prometheus text format.
+pub async fn render() -> Response {
+    let body = handle().map(|h| h.render()).unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Counts and times every HTTP request by its route template.
+pub async fn http_metrics(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let method = req.method().as_str().to_owned();
+    let start = Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::counter!("usersvc_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("usersvc_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(start.elapsed().as_secs_f64());
+    res
+}
+
+/// A tower layer for gRPC: a span per call (with its request id) and
+/// counts and times by RPC and status code.
+#[derive(Clone, Copy, Default)]
+pub struct GrpcObserveLayer;
+
+impl<S> tower::Layer<S> for GrpcObserveLayer {
+    type Service = GrpcObserve<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcObserve { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcObserve<S> {
+    inner: S,
+}
+
+/// The RPC name of a path, from a closed set (a client's made-up path must
+/// not grow the label space).
+fn rpc_label(path: &str) -> String {
+    let known =
+        path.starts_with("/usersvc.v1.") || path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
+    if known && path.len() < 96 { path.trim_start_matches('/').to_owned() } else { "unknown".to_owned() }
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for GrpcObserve<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let rpc = rpc_label(req.uri().path());
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(128).collect::<String>())
+            .unwrap_or_default();
+        let span = tracing::info_span!("rpc", rpc = %rpc, request_id = %request_id);
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(
+            async move {
+                let res = fut.await;
+                // A unary error is answered with the status in the headers;
+                // a success carries it in the trailers, as 0.
+                let code = match &res {
+                    Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_owned(),
+                    Err(_) => "transport".to_owned(),
+                };
+                metrics::counter!("usersvc_grpc_requests_total", "rpc" => rpc.clone(), "code" => code).increment(1);
+                metrics::histogram!("usersvc_grpc_request_duration_seconds", "rpc" => rpc)
+                    .record(start.elapsed().as_secs_f64());
+                res
+            }
+            .instrument(span),
+        )
+    }
+}

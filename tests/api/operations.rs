@@ -1,0 +1,190 @@
+//! Operating the service: probes, metrics, logs without PII, and replicas
+//! sharing one database.
+
+use std::{
+    io::Read,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tonic::Code;
+use usersvc::pb;
+
+use crate::common::{spawn, spawn_in};
+
+both_stores! {
+async fn probes_and_metrics() {
+    let t = spawn().await;
+    let res = t.http.get(t.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = t.http.get(t.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{}", res.text().await.unwrap());
+    let mut health = tonic_health::pb::health_client::HealthClient::new(t.channel().await);
+    let status = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(status.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    let (id, token) = t.sign_up("metered").await;
+    let res = t
+        .http
+        .get(t.url(&format!("/v2/users/{id}")))
+        .header("X-Api-Key", &t.api_key)
+        .header("Authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let text = t.http.get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "usersvc_http_requests_total{",
+        "usersvc_http_request_duration_seconds_bucket{",
+        "usersvc_grpc_requests_total{",
+        "usersvc_password_hash_wait_seconds",
+        "usersvc_password_hash_queue_depth",
+        "usersvc_db_pool_connections",
+        "usersvc_outbox_backlog",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    assert!(text.contains(r#"route="/v2/users/{users_id}""#), "routes are labelled by template");
+    assert!(text.contains(r#"rpc="usersvc.v1.UserService/CreateUser""#));
+    assert!(!text.contains(&id) && !text.contains("metered") && !text.contains(&token), "no id, name or token in labels");
+}
+}
+
+both_stores! {
+async fn replicas_share_sessions_sign_outs_and_throttles() {
+    let a = spawn().await;
+    let mut b = spawn_in(a.db_url.clone(), |_| {}).await;
+    // b serves a's application: same database, another server's memory.
+    b.app_id = a.app_id;
+    b.api_key = a.api_key.clone();
+    let (id, token) = a.sign_up("roaming").await;
+    let mut on_b = b.users().await;
+    on_b.get_user(b.req(pb::GetUserRequest { users_id: id.clone() }, Some(&token))).await.expect("a's token works on b");
+    a.users().await.sign_out(a.req(pb::SignOutRequest {}, Some(&token))).await.unwrap();
+    let e = on_b.get_user(b.req(pb::GetUserRequest { users_id: id.clone() }, Some(&token))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "a sign-out on a is seen by b at once");
+    // Failures on both count together.
+    for (i, t) in [&a, &b, &a, &b, &a].iter().enumerate() {
+        let e = t
+            .users()
+            .await
+            .sign_in(t.req(pb::SignInRequest { username: "roaming".into(), password: format!("wrong {i}") }, None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    let e = on_b
+        .sign_in(b.req(pb::SignInRequest { username: "roaming".into(), password: "correct horse battery".into() }, None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "the sixth attempt waits, wherever it lands");
+}
+}
+
+#[test]
+fn logs_carry_no_pii_passwords_or_tokens_at_any_level() {
+    let dir = std::env::temp_dir().join(format!("usersvc-logs-{}", uuid::Uuid::new_v4().simple()));
+    let db = format!("sqlite://{}/usersvc.db", dir.display());
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (grpc, http) = (free(), free());
+    let bin = env!("CARGO_BIN_EXE_usersvc");
+    let created =
+        Command::new(bin).args(["app", "create", "--name", "logged", "--database-url", &db]).output().unwrap();
+    assert!(created.status.success());
+    let key = serde_json::from_slice::<Value>(&created.stdout).unwrap()["apiKey"].as_str().unwrap().to_owned();
+    let mut server = Command::new(bin)
+        .args(["serve", "--log-format", "json", "--database-url", &db])
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}"), "--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--mail-dir", &dir.join("mail").display().to_string()])
+        .env("RUST_LOG", "trace")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let secrets: Vec<String> = rt.block_on(async {
+        let base = format!("http://127.0.0.1:{http}");
+        let c = reqwest::Client::new();
+        for _ in 0..100 {
+            if c.get(format!("{base}/healthz")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let body = json!({
+            "username": "Logan.Secretname",
+            "password": "pw-Quux-Hidden-42",
+            "email": {"primary": "logan.secret@example.org"},
+            "name": {"firstName": "Loganfirst", "lastName": "Loganlast"},
+            "ssn": "987-65-4320",
+        });
+        let user: Value = c
+            .post(format!("{base}/v2/users"))
+            .header("X-Api-Key", &key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = user["sessionToken"].as_str().unwrap().to_owned();
+        let id = user["usersId"].as_str().unwrap().to_owned();
+        let auth = format!("Bearer {token}");
+        c.get(format!("{base}/v2/users/{id}"))
+            .header("X-Api-Key", &key)
+            .header("Authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        c.put(format!("{base}/v2/users/{id}"))
+            .header("X-Api-Key", &key)
+            .header("Authorization", &auth)
+            .json(&json!({"name": {"lastName": "Newsecretlast"}, "password": "pw-Quux-Newer-43"}))
+            .send()
+            .await
+            .unwrap();
+        c.post(format!("{base}/v2/auth/signin"))
+            .header("X-Api-Key", &key)
+            .json(&json!({"username": "Logan.Secretname", "password": "pw-wrong-Guess-44"}))
+            .send()
+            .await
+            .unwrap();
+        c.post(format!("{base}/v2/users/forgotUsername"))
+            .header("X-Api-Key", &key)
+            .json(&json!({"email": "logan.secret@example.org"}))
+            .send()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        vec![token, key.clone()]
+    });
+    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
+    let mut logs = String::new();
+    server.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    let _ = server.wait();
+    assert!(logs.lines().count() > 50, "trace logging was on");
+    assert!(logs.lines().filter(|l| l.starts_with('{')).count() > 10, "JSON lines");
+    let mut needles: Vec<String> = [
+        "Secretname",
+        "secretname",
+        "pw-Quux",
+        "pw-wrong",
+        "logan.secret",
+        "Loganfirst",
+        "Loganlast",
+        "Newsecretlast",
+        "987-65-4320",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    needles.extend(secrets);
+    for n in &needles {
+        assert!(!logs.contains(n.as_str()), "the logs hold {n}");
+    }
+}
