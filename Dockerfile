@@ -23,10 +23,12 @@ RUN mkdir -p src \
     && cargo build --release --locked \
     && rm -rf src
 
-# 2. The crate itself. sqlx::migrate! embeds migrations/ at compile time.
+# 2. The crate itself. sqlx::migrate! embeds migrations/ and include_str!
+#    the mail templates at compile time.
 #    COPY keeps the context's mtimes, which may be older than the stub build,
 #    so touch the crate roots to make cargo rebuild them.
 COPY migrations ./migrations
+COPY templates ./templates
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked \
@@ -40,9 +42,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 usersvc \
     && useradd --system --uid 10001 --gid usersvc --no-create-home \
-       --home-dir /nonexistent --shell /usr/sbin/nologin usersvc
+       --home-dir /nonexistent --shell /usr/sbin/nologin usersvc \
+    && mkdir -p /var/lib/usersvc && chown usersvc:usersvc /var/lib/usersvc
 
 COPY --from=builder /usr/local/bin/usersvc /usr/local/bin/usersvc
+# Without DATABASE_URL the embedded SQLite store (and its master.key) live
+# here; mount a volume to keep them.
+WORKDIR /var/lib/usersvc
+VOLUME /var/lib/usersvc
 
 # The defaults in the binary bind to 127.0.0.1, unreachable from outside a
 # container: listen on all interfaces here.
