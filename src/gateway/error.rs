@@ -137,7 +137,9 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
         StatusCode::NOT_FOUND => ("not_found", "no such route"),
         StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this route does not take that method"),
         StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is larger than 1 MiB"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "the body must be application/json"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "this route does not take a body of that content type")
+        }
         StatusCode::REQUEST_TIMEOUT => ("request_timeout", "the request took too long"),
         s if s.is_client_error() => ("bad_request", "the request is malformed"),
         _ => ("internal", "internal error"),
