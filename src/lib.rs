@@ -11,4 +11,5 @@ pub mod pb;
 pub mod schema;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod tls;

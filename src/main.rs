@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
 use usersvc::{
     admin::Admin,
@@ -200,18 +200,31 @@ enum AuditCommand {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => logs.json().with_current_span(true).init(),
-        LogFormat::Pretty => logs.init(),
-    }
-    match run(cli).await {
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match cli.log_format {
+        LogFormat::Json => logs.json().with_current_span(true).boxed(),
+        LogFormat::Pretty => logs.boxed(),
+    };
+    let (otel, telemetry) = match usersvc::telemetry::init() {
+        Ok(Some((layer, telemetry))) => (Some(layer), Some(telemetry)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("usersvc: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing_subscriber::registry().with(filter).with(logs).with(otel).init();
+    let code = match run(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("usersvc: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
     }
+    code
 }
 
 async fn admin(db: &DatabaseArgs, keys: &KeyArgs) -> anyhow::Result<Admin> {

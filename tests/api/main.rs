@@ -15,4 +15,5 @@ mod processes;
 mod safeguards;
 mod service_tokens;
 mod smtp_sink;
+mod telemetry;
 mod tls;
