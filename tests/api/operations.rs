@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 use usersvc::pb;
 
-use crate::common::{spawn, spawn_in};
+use crate::common::{spawn, spawn_alone, spawn_in};
 
 both_stores! {
 async fn probes_and_metrics() {
@@ -187,4 +187,28 @@ fn logs_carry_no_pii_passwords_or_tokens_at_any_level() {
     for n in &needles {
         assert!(!logs.contains(n.as_str()), "the logs hold {n}");
     }
+}
+
+both_stores! {
+async fn readiness_follows_the_schema() {
+    // A database that is behind this build's migrations is not ready: the
+    // probe and gRPC health say so until it is current again.
+    let t = spawn_alone(|_| {}).await;
+    let ready = || async {
+        let http = t.http.get(t.url("/readyz")).send().await.unwrap().status();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(t.channel().await);
+        let grpc = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+        (http, grpc.into_inner().status)
+    };
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    assert_eq!(ready().await, (StatusCode::OK, serving));
+    let last = t.scalar("SELECT max(version) FROM _sqlx_migrations").await;
+    assert!(t.exec_int("UPDATE _sqlx_migrations SET success = false WHERE version = $1", last).await);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(ready().await, (StatusCode::SERVICE_UNAVAILABLE, not_serving));
+    assert!(t.exec_int("UPDATE _sqlx_migrations SET success = true WHERE version = $1", last).await);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(ready().await, (StatusCode::OK, serving));
+}
 }
