@@ -81,14 +81,20 @@ impl From<sqlx::Error> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-#[derive(Debug, Clone)]
+/// A row as one of the types above, read by column name the same way on
+/// either store.
+fn from_row<'r, R: sqlx::Row, T: sqlx::FromRow<'r, R>>(row: &'r R) -> Result<T> {
+    Ok(T::from_row(row)?)
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct App {
     pub id: Uuid,
     pub name: String,
 }
 
 /// An application key as stored: wrapped by the master key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredKey {
     pub id: Uuid,
     pub app_id: Uuid,
@@ -113,8 +119,9 @@ pub struct UserRecord {
 }
 
 /// What sign-in needs of a user.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Credentials {
+    #[sqlx(rename = "id")]
     pub user_id: Uuid,
     pub password_hash: String,
     pub active: bool,
@@ -158,7 +165,7 @@ pub struct UserChange {
 }
 
 /// A user's ciphertexts, for re-encryption under a new key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SealedUser {
     pub id: Uuid,
     pub version: i64,
@@ -191,7 +198,7 @@ pub struct SessionRow {
     pub expires_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GroupRecord {
     pub id: Uuid,
     pub name: String,

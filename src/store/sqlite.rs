@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::{
     App, AuditFilter, Credentials, GroupRecord, MailRecipient, NewReset, NewServiceToken, NewSession, NewUser,
     OutboxMessage, ResetCheck, Result, SealedUser, ServiceTokenInfo, ServiceTokenRow, SessionInfo, SessionLookup,
-    SessionRow, Store, StoreError, StoredKey, ThrottleRule, TokenRevocation, UserChange, UserRecord,
+    SessionRow, Store, StoreError, StoredKey, ThrottleRule, TokenRevocation, UserChange, UserRecord, from_row,
 };
 use crate::audit::{self, AuditRecord, StoredAudit};
 
@@ -131,21 +131,6 @@ fn user_from_row(row: &SqliteRow) -> Result<UserRecord> {
         version: row.try_get("version")?,
         created_at: time_of(row, "created_at")?,
         updated_at: time_of(row, "updated_at")?,
-    })
-}
-
-fn group_from_row(row: &SqliteRow) -> Result<GroupRecord> {
-    Ok(GroupRecord { id: row.try_get("id")?, name: row.try_get("name")?, is_default: row.try_get("is_default")? })
-}
-
-fn key_from_row(row: &SqliteRow) -> Result<StoredKey> {
-    Ok(StoredKey {
-        id: row.try_get("id")?,
-        app_id: row.try_get("app_id")?,
-        purpose: row.try_get("purpose")?,
-        wrapped: row.try_get("wrapped")?,
-        master_key_id: row.try_get("master_key_id")?,
-        current: row.try_get("current")?,
     })
 }
 
@@ -300,7 +285,7 @@ impl Store for SqliteStore {
             .bind(api_key_hash)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok(App { id: r.try_get("id")?, name: r.try_get("name")? })).transpose()
+        row.as_ref().map(from_row).transpose()
     }
 
     async fn app_key(&self, key_id: Uuid) -> Result<Option<StoredKey>> {
@@ -308,7 +293,7 @@ impl Store for SqliteStore {
             .bind(key_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(key_from_row).transpose()
+        row.as_ref().map(from_row).transpose()
     }
 
     async fn current_app_key(&self, app_id: Uuid, purpose: &str) -> Result<Option<StoredKey>> {
@@ -318,14 +303,14 @@ impl Store for SqliteStore {
                 .bind(purpose)
                 .fetch_optional(&self.pool)
                 .await?;
-        row.as_ref().map(key_from_row).transpose()
+        row.as_ref().map(from_row).transpose()
     }
 
     async fn all_app_keys(&self) -> Result<Vec<StoredKey>> {
         let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM app_keys ORDER BY created_at, id"))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(key_from_row).collect()
+        rows.iter().map(from_row).collect()
     }
 
     async fn rewrap_app_keys(&self, keys: &[StoredKey], audit: &AuditRecord) -> Result<()> {
@@ -365,16 +350,7 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SealedUser {
-                    id: r.try_get("id")?,
-                    version: r.try_get("version")?,
-                    username_ct: r.try_get("username_ct")?,
-                    profile_ct: r.try_get("profile_ct")?,
-                })
-            })
-            .collect()
+        rows.iter().map(from_row).collect()
     }
 
     async fn reseal_user(&self, app_id: Uuid, user: &SealedUser, key_id: Uuid) -> Result<bool> {
@@ -471,14 +447,7 @@ impl Store for SqliteStore {
             .bind(username_bidx)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| {
-            Ok(Credentials {
-                user_id: r.try_get("id")?,
-                password_hash: r.try_get("password_hash")?,
-                active: r.try_get("active")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(from_row).transpose()
     }
 
     async fn update_user(
@@ -721,7 +690,7 @@ impl Store for SqliteStore {
             .bind(group_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(group_from_row).transpose()
+        row.as_ref().map(from_row).transpose()
     }
 
     async fn update_group(
@@ -748,7 +717,7 @@ impl Store for SqliteStore {
         };
         append_in(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
-        group_from_row(&row).map(Some)
+        from_row(&row).map(Some)
     }
 
     async fn delete_group(&self, app_id: Uuid, group_id: Uuid, audit: &AuditRecord) -> Result<bool> {
@@ -831,7 +800,7 @@ impl Store for SqliteStore {
         .bind(default_only)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(group_from_row).collect()
+        rows.iter().map(from_row).collect()
     }
 
     async fn list_user_groups(&self, app_id: Uuid, user_id: Uuid) -> Result<Vec<GroupRecord>> {
@@ -843,7 +812,7 @@ impl Store for SqliteStore {
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(group_from_row).collect()
+        rows.iter().map(from_row).collect()
     }
 
     async fn throttle_attempt(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<Option<Duration>> {
