@@ -87,59 +87,73 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("loadgen: {conns} users ready");
 
     // gRPC GetUser.
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let start = Instant::now();
-    let tasks: Vec<_> = workers
-        .iter()
-        .cloned()
-        .map(|(mut client, id, token)| {
-            let key = key.clone();
-            tokio::spawn(async move {
-                let (mut lat, mut errors) = (Vec::new(), 0);
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    match client.get_user(with_auth(pb::GetUserRequest { users_id: id.clone() }, &key, &token)).await {
-                        Ok(_) => lat.push(t.elapsed()),
-                        Err(_) => errors += 1,
-                    }
-                }
-                (lat, errors)
-            })
-        })
-        .collect();
-    let (mut lat, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await?;
-        lat.extend(l);
-        errors += e;
-    }
-    report("grpc GetUser", conns, start.elapsed(), lat, errors);
+    let steps = workers.iter().cloned().map(|(client, id, token)| {
+        let key = key.clone();
+        move || {
+            let (mut client, req) =
+                (client.clone(), with_auth(pb::GetUserRequest { users_id: id.clone() }, &key, &token));
+            async move { client.get_user(req).await.is_ok() }
+        }
+    });
+    measure("grpc GetUser", conns, secs, steps.collect()).await?;
 
     // HTTP GET /v2/users/{id}: one keep-alive connection per worker.
+    let steps = workers.iter().map(|(_, id, token)| {
+        let http = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap_or_default();
+        let (url, key, auth) =
+            (format!("{http_addr}/v2/users/{id}"), format!("browser loadgen {key}"), format!("Bearer {token}"));
+        move || {
+            let req = http.get(&url).header("X-Api-Key", &key).header("Authorization", &auth);
+            async move {
+                match req.send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        }
+    });
+    measure("http GET /v2/users/{id}", conns, secs, steps.collect()).await?;
+
+    if std::env::var("LOADGEN_UPDATE").is_ok() {
+        let steps = workers.iter().cloned().map(|(client, id, token)| {
+            let key = key.clone();
+            let mut n = 0u64;
+            move || {
+                n += 1;
+                let req = pb::UpdateUserRequest {
+                    users_id: id.clone(),
+                    user: Some(pb::User {
+                        name: Some(pb::Name { last_name: format!("Tester {n}"), ..Default::default() }),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(FieldMask { paths: vec!["name.last_name".into()] }),
+                };
+                let (mut client, req) = (client.clone(), with_auth(req, &key, &token));
+                async move { client.update_user(req).await.is_ok() }
+            }
+        });
+        measure("grpc UpdateUser", conns, secs, steps.collect()).await?;
+    }
+    Ok(())
+}
+
+/// Runs every worker's step over and over until the time is up, timing each
+/// (a step answers whether it succeeded), then reports the run.
+async fn measure<S, F>(name: &str, conns: usize, secs: u64, steps: Vec<S>) -> anyhow::Result<()>
+where
+    S: FnMut() -> F + Send + 'static,
+    F: std::future::Future<Output = bool> + Send,
+{
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
-    let tasks: Vec<_> = workers
-        .iter()
-        .cloned()
-        .map(|(_, id, token)| {
-            let key = key.clone();
-            let url = format!("{http_addr}/v2/users/{id}");
+    let tasks: Vec<_> = steps
+        .into_iter()
+        .map(|mut step| {
             tokio::spawn(async move {
-                let http = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
                 let (mut lat, mut errors) = (Vec::new(), 0);
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    let res = http
-                        .get(&url)
-                        .header("X-Api-Key", format!("browser loadgen {key}"))
-                        .header("Authorization", format!("Bearer {token}"))
-                        .send()
-                        .await;
-                    let ok = match res {
-                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if ok {
+                    if step().await {
                         lat.push(t.elapsed());
                     } else {
                         errors += 1;
@@ -155,45 +169,6 @@ async fn main() -> anyhow::Result<()> {
         lat.extend(l);
         errors += e;
     }
-    report("http GET /v2/users/{id}", conns, start.elapsed(), lat, errors);
-
-    if std::env::var("LOADGEN_UPDATE").is_ok() {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let start = Instant::now();
-        let tasks: Vec<_> = workers
-            .iter()
-            .cloned()
-            .map(|(mut client, id, token)| {
-                let key = key.clone();
-                tokio::spawn(async move {
-                    let (mut lat, mut errors, mut n) = (Vec::new(), 0, 0u64);
-                    while Instant::now() < deadline {
-                        n += 1;
-                        let req = pb::UpdateUserRequest {
-                            users_id: id.clone(),
-                            user: Some(pb::User {
-                                name: Some(pb::Name { last_name: format!("Tester {n}"), ..Default::default() }),
-                                ..Default::default()
-                            }),
-                            update_mask: Some(FieldMask { paths: vec!["name.last_name".into()] }),
-                        };
-                        let t = Instant::now();
-                        match client.update_user(with_auth(req, &key, &token)).await {
-                            Ok(_) => lat.push(t.elapsed()),
-                            Err(_) => errors += 1,
-                        }
-                    }
-                    (lat, errors)
-                })
-            })
-            .collect();
-        let (mut lat, mut errors) = (Vec::new(), 0);
-        for t in tasks {
-            let (l, e) = t.await?;
-            lat.extend(l);
-            errors += e;
-        }
-        report("grpc UpdateUser", conns, start.elapsed(), lat, errors);
-    }
+    report(name, conns, start.elapsed(), lat, errors);
     Ok(())
 }
