@@ -1,51 +1,118 @@
-//! argon2id hashing off the async reactor, behind a semaphore so that a
-//! storm of sign-ins queues instead of starving every other request.
+//! argon2id hashing on a pool of its own: a few threads (one per core by
+//! default) that run at the lowest CPU priority, behind a semaphore so that a
+//! storm of sign-ins queues instead of starving every other request. The
+//! async reactor, the database and every read keep their latency while
+//! hashes saturate the cores; with nothing else to do, hashes get it all.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordVerifier, Version, password_hash::SaltString};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore, oneshot};
 
 /// OWASP's minimum for argon2id: 19 MiB, two passes, one lane.
 pub const MEMORY_KIB: u32 = 19 * 1024;
 pub const ITERATIONS: u32 = 2;
 pub const PARALLELISM: u32 = 1;
 
+/// The nice value of hashing threads: the lowest priority there is.
+const HASH_NICENESS: i32 = 19;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     #[error("password hashing failed: {0}")]
     Hash(String),
-    #[error("password hashing task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
     #[error("password hasher closed")]
     Closed,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The hashing threads; they end when the last handle is dropped.
+struct HashPool {
+    jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+impl HashPool {
+    fn start(threads: usize) -> Result<Self, HashError> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("usersvc-hash-{i}"))
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| HashError::Hash(format!("starting a hashing thread: {e}")))?;
+        }
+        Ok(Self { jobs: Mutex::new(tx) })
+    }
+
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, HashError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs.lock().map_err(|_| HashError::Closed)?.send(job).map_err(|_| HashError::Closed)?;
+        rx.await.map_err(|_| HashError::Closed)
+    }
+}
+
+/// Makes the calling thread (only it: on Linux, niceness is per thread) the
+/// last to get a core when others want one.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority only reads its integer arguments; the id is
+        // this thread's own.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, HASH_NICENESS) };
+        if rc != 0 {
+            tracing::warn!("hashing threads run at normal priority (setpriority failed)");
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct PasswordHasher {
     permits: Arc<Semaphore>,
+    pool: Arc<HashPool>,
     params: Params,
     /// Verified against when a username is unknown, so that both failures
-    /// cost one verification.
-    dummy_hash: Arc<str>,
+    /// cost one verification. Made on first need, not at start.
+    dummy_hash: Arc<OnceCell<Arc<str>>>,
 }
 
 impl PasswordHasher {
-    /// `concurrency` hashes run at once at most (the number of cores is right:
-    /// each hash keeps one core busy).
+    /// `concurrency` hashes run at once at most, each on its own thread (the
+    /// number of cores is right: each hash keeps one core busy).
     pub fn new(concurrency: usize) -> Result<Self, HashError> {
         let params =
             Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).map_err(|e| HashError::Hash(e.to_string()))?;
-        let dummy = crate::auth::secret::generate();
-        let dummy_hash = hash_blocking(&params, dummy.expose_secret())?;
-        Ok(Self { permits: Arc::new(Semaphore::new(concurrency.max(1))), params, dummy_hash: dummy_hash.into() })
+        let threads = concurrency.max(1);
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(threads)),
+            pool: Arc::new(HashPool::start(threads)?),
+            params,
+            dummy_hash: Arc::default(),
+        })
     }
 
     pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
         let _permit = self.permit().await?;
         let params = self.params.clone();
-        tokio::task::spawn_blocking(move || hash_blocking(&params, password.expose_secret())).await?
+        self.pool.run(move || hash_blocking(&params, password.expose_secret())).await?
     }
 
     /// A place in the hash pool; the queue and the wait are measured.
@@ -62,17 +129,32 @@ impl PasswordHasher {
     /// Checks a password against a PHC string, or against the dummy hash
     /// when there is none (the answer is then always false).
     pub async fn verify(&self, password: SecretString, phc: Option<String>) -> Result<bool, HashError> {
-        let _permit = self.permit().await?;
         let known = phc.is_some();
-        let phc = phc.unwrap_or_else(|| self.dummy_hash.to_string());
-        let ok = tokio::task::spawn_blocking(move || {
-            let Ok(parsed) = PasswordHash::new(&phc) else {
-                return false;
-            };
-            Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok()
-        })
-        .await?;
+        let phc = match phc {
+            Some(phc) => phc,
+            None => self.dummy().await?.to_string(),
+        };
+        let _permit = self.permit().await?;
+        let ok = self
+            .pool
+            .run(move || {
+                let Ok(parsed) = PasswordHash::new(&phc) else {
+                    return false;
+                };
+                Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok()
+            })
+            .await?;
         Ok(ok && known)
+    }
+
+    async fn dummy(&self) -> Result<Arc<str>, HashError> {
+        self.dummy_hash
+            .get_or_try_init(|| async {
+                let dummy = crate::auth::secret::generate();
+                self.hash(dummy).await.map(Arc::from)
+            })
+            .await
+            .cloned()
     }
 }
 

@@ -2,7 +2,9 @@
 //! Every method that touches users, groups, sessions or service tokens takes
 //! the application id and scopes its query to it.
 
+pub mod auth_cache;
 pub mod backend;
+mod pg_notify;
 mod postgres;
 mod sqlite;
 

@@ -1,13 +1,14 @@
 //! The PostgreSQL store (sqlx). Queries are checked at run time so that the
 //! project builds without a database; the end-to-end tests exercise each one.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row, migrate::MigrateDatabase, postgres::PgPoolOptions, postgres::PgRow};
 use uuid::Uuid;
 
+use super::auth_cache::AuthCache;
 use super::{
     App, AuditFilter, Credentials, GroupRecord, MailRecipient, NewReset, NewServiceToken, NewSession, NewUser,
     OutboxMessage, ResetCheck, Result, SealedUser, ServiceTokenInfo, ServiceTokenRow, SessionInfo, SessionLookup,
@@ -18,6 +19,8 @@ use crate::audit::{self, AuditRecord, StoredAudit};
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// API keys and sessions, remembered while every replica's evictions arrive.
+    auth: Arc<AuthCache>,
 }
 
 impl PgStore {
@@ -39,7 +42,9 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        let auth = Arc::new(AuthCache::default());
+        tokio::spawn(super::pg_notify::listen(pool.clone(), auth.clone()));
+        Ok(Self { pool, auth })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -152,11 +157,19 @@ impl Store for PgStore {
     }
 
     async fn app_by_key_hash(&self, api_key_hash: &[u8]) -> Result<Option<App>> {
+        if let Some(app) = self.auth.app(api_key_hash) {
+            return Ok(Some(app));
+        }
+        let seen = self.auth.generation();
         let row = sqlx::query("SELECT id, name FROM applications WHERE api_key_hash = $1")
             .bind(api_key_hash)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(from_row).transpose()
+        let app: Option<App> = row.as_ref().map(from_row).transpose()?;
+        if let Some(app) = &app {
+            self.auth.put_app(seen, api_key_hash, app);
+        }
+        Ok(app)
     }
 
     async fn app_key(&self, key_id: Uuid) -> Result<Option<StoredKey>> {
@@ -254,6 +267,8 @@ impl Store for PgStore {
         audit.subject_id = Some(id);
         append_in(&mut tx, &[audit]).await?;
         tx.commit().await?;
+        // What the user's sessions grant changed.
+        self.auth.evict_all();
         Ok(true)
     }
 
@@ -358,17 +373,22 @@ impl Store for PgStore {
         let Some(row) = row else {
             return Ok(None);
         };
+        let mut ended: Vec<Vec<u8>> = Vec::new();
         if change.password_hash.is_some() || !change.active {
             // A new password or a deactivation ends the user's other sessions.
-            sqlx::query("DELETE FROM sessions WHERE app_id = $1 AND user_id = $2 AND id IS DISTINCT FROM $3")
-                .bind(app_id)
-                .bind(user_id)
-                .bind(change.keep_session.filter(|_| change.active))
-                .execute(&mut *tx)
-                .await?;
+            ended = sqlx::query_scalar(
+                "DELETE FROM sessions WHERE app_id = $1 AND user_id = $2 AND id IS DISTINCT FROM $3
+                 RETURNING token_hash",
+            )
+            .bind(app_id)
+            .bind(user_id)
+            .bind(change.keep_session.filter(|_| change.active))
+            .fetch_all(&mut *tx)
+            .await?;
         }
         append_in(&mut tx, audit).await?;
         tx.commit().await?;
+        self.auth.evict_sessions(ended.iter().map(Vec::as_slice));
         user_from_row(&row).map(Some)
     }
 
@@ -386,6 +406,8 @@ impl Store for PgStore {
         }
         append_in(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
+        // Its sessions went by cascade.
+        self.auth.evict_all();
         Ok(true)
     }
 
@@ -436,10 +458,15 @@ impl Store for PgStore {
         idle_timeout: Duration,
         touch_after: Duration,
     ) -> Result<SessionLookup> {
+        if let Some(info) = self.auth.session(app_id, token_hash) {
+            return Ok(SessionLookup::Live(info));
+        }
+        let seen = self.auth.generation();
         let row = sqlx::query(
             "SELECT s.id, s.user_id, u.supervisor,
                     (u.active AND s.expires_at > now() AND s.last_seen_at > now() - make_interval(secs => $3)) AS live,
-                    s.last_seen_at < now() - make_interval(secs => $4) AS stale
+                    s.last_seen_at < now() - make_interval(secs => $4) AS stale,
+                    extract(epoch FROM s.expires_at - now())::float8 AS remaining
              FROM sessions s JOIN users u ON u.app_id = s.app_id AND u.id = s.user_id
              WHERE s.token_hash = $1 AND s.app_id = $2",
         )
@@ -463,11 +490,12 @@ impl Store for PgStore {
                 .execute(&self.pool)
                 .await?;
         }
-        Ok(SessionLookup::Live(SessionInfo {
-            session_id,
-            user_id: row.try_get("user_id")?,
-            supervisor: row.try_get("supervisor")?,
-        }))
+        let info = SessionInfo { session_id, user_id: row.try_get("user_id")?, supervisor: row.try_get("supervisor")? };
+        // Remembered no longer than a touch may wait (so idle expiry stays
+        // as accurate as without), nor past the session's end.
+        let remaining = Duration::try_from_secs_f64(row.try_get("remaining")?).unwrap_or_default();
+        self.auth.put_session(seen, app_id, token_hash, &info, touch_after.min(remaining));
+        Ok(SessionLookup::Live(info))
     }
 
     async fn delete_sessions(
@@ -478,18 +506,21 @@ impl Store for PgStore {
         audit: Option<&AuditRecord>,
     ) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
-        let done =
-            sqlx::query("DELETE FROM sessions WHERE app_id = $1 AND user_id = $2 AND ($3::uuid IS NULL OR id = $3)")
-                .bind(app_id)
-                .bind(user_id)
-                .bind(session_id)
-                .execute(&mut *tx)
-                .await?;
+        let ended: Vec<Vec<u8>> = sqlx::query_scalar(
+            "DELETE FROM sessions WHERE app_id = $1 AND user_id = $2 AND ($3::uuid IS NULL OR id = $3)
+             RETURNING token_hash",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .bind(session_id)
+        .fetch_all(&mut *tx)
+        .await?;
         if let Some(a) = audit {
             append_in(&mut tx, std::slice::from_ref(a)).await?;
         }
         tx.commit().await?;
-        Ok(done.rows_affected())
+        self.auth.evict_sessions(ended.iter().map(Vec::as_slice));
+        Ok(ended.len() as u64)
     }
 
     async fn list_sessions(&self, app_id: Uuid, user_id: Uuid, idle_timeout: Duration) -> Result<Vec<SessionRow>> {
@@ -813,16 +844,18 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM password_resets WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM sessions WHERE app_id = $1 AND user_id = $2")
-            .bind(app_id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+        let ended: Vec<Vec<u8>> =
+            sqlx::query_scalar("DELETE FROM sessions WHERE app_id = $1 AND user_id = $2 RETURNING token_hash")
+                .bind(app_id)
+                .bind(user_id)
+                .fetch_all(&mut *tx)
+                .await?;
         let mut audit = audit.clone();
         audit.app_id = Some(app_id);
         audit.subject_id = Some(user_id);
         append_in(&mut tx, &[audit]).await?;
         tx.commit().await?;
+        self.auth.evict_sessions(ended.iter().map(Vec::as_slice));
         Ok(ResetCheck::Live { app_id, user_id })
     }
 

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Measures usersvc on this machine against this machine's own limits, all in
+# one session, and writes bench/results.md (see bench/README.md).
+#
+#   bench/run.sh [SECONDS]     (measured seconds per run; default 10)
+#
+# Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust), like the tests.
+# Makes a fresh database, which it drops at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-${BENCH_SECONDS:-10}}
+CONNS=16
+PGBASE=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
+GRPC=127.0.0.1:50161
+HTTP=127.0.0.1:18161
+
+cargo build --release --bin usersvc --bin usersvc-bench
+BIN=target/release/usersvc
+BENCH=target/release/usersvc-bench
+
+DB=usersvc_bench_$(date +%s)
+export DATABASE_URL=$PGBASE/$DB
+USERSVC_MASTER_KEY=$("$BIN" keys generate)
+export USERSVC_MASTER_KEY
+LINES=$(mktemp)
+LOG=$(mktemp)
+SERVER=
+cleanup() {
+  [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null
+  psql "$PGBASE/postgres" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -f "$LINES"
+}
+trap cleanup EXIT
+
+start() {
+  "$BIN" serve --grpc-addr "$GRPC" --http-addr "$HTTP" --log-format json >>"$LOG" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 300); do
+    curl -fs "http://$HTTP/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "bench: the service did not start; its log:" >&2
+  cat "$LOG" >&2
+  exit 1
+}
+stop() {
+  kill "$SERVER" && wait "$SERVER" 2>/dev/null || true
+  SERVER=
+}
+bench() {
+  echo "bench: $*" >&2
+  "$BENCH" "$@" | tee -a "$LINES"
+}
+load() {
+  bench run --grpc-addr "$GRPC" --http-addr "$HTTP" --seconds "$SECS" "$@"
+}
+
+echo "bench: $(nproc) cores; $SECS s per run; database $DB" >&2
+bench argon2 --seconds "$SECS"
+start
+load --scenario get --via grpc -c "$CONNS"
+load --scenario get --via http -c "$CONNS"
+bench postgres --database-url "$DATABASE_URL" -c "$CONNS" --seconds "$SECS"
+load --scenario get --via http -c "$CONNS" --storm 8
+for via in http grpc; do
+  for scenario in signin create update groups mixed; do
+    load --scenario "$scenario" --via "$via" -c "$CONNS"
+  done
+done
+stop
+# Memory on a fresh process: its peak over the whole run, preparation included.
+start
+load --scenario mixed --via http -c 64 --server-pid "$SERVER"
+stop
+# Start to ready on the now migrated database.
+bench startup --readyz "http://$HTTP/readyz" --runs 5 -- "$BIN" serve --grpc-addr "$GRPC" --http-addr "$HTTP"
+
+"$BENCH" report "$LINES" >bench/results.md
+sed -n '/^## Targets/,/^## Every run/p' bench/results.md | sed '$d'
+echo "bench: wrote bench/results.md" >&2

@@ -1,0 +1,198 @@
+//! The results table: every run of one session with the targets of issue 8
+//! worked out as ratios to the baselines measured in the same session.
+
+use std::{fmt::Write as _, path::PathBuf};
+
+use serde_json::Value;
+
+fn lines(files: &[PathBuf]) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for f in files {
+        for line in std::fs::read_to_string(f)?.lines().filter(|l| l.trim_start().starts_with('{')) {
+            out.push(serde_json::from_str(line)?);
+        }
+    }
+    Ok(out)
+}
+
+fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+fn is(v: &Value, key: &str, want: &str) -> bool {
+    v.get(key).and_then(Value::as_str) == Some(want)
+}
+
+/// The first run of a scenario, over a transport, at a connection count,
+/// with or without a sign-in storm.
+fn find<'a>(runs: &'a [Value], run: &str, via: Option<&str>, conns: Option<f64>, storm: bool) -> Option<&'a Value> {
+    runs.iter().find(|v| {
+        is(v, "run", run)
+            && via.is_none_or(|via| is(v, "via", via))
+            && conns.is_none_or(|c| num(v, "connections") == Some(c))
+            && v.get("storm_connections").is_some() == storm
+    })
+}
+
+struct Target {
+    what: String,
+    figure: String,
+    goal: String,
+    met: Option<bool>,
+}
+
+pub fn print(files: &[PathBuf]) -> anyhow::Result<()> {
+    let runs = lines(files)?;
+    let mut md = String::new();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let argon = runs.iter().find(|v| is(v, "run", "argon2"));
+    let _ = writeln!(md, "# usersvc benchmark results\n");
+    let _ = writeln!(md, "Written by `bench/run.sh` (do not edit by hand).\n");
+    let _ = writeln!(md, "- Machine: {} cores, {cpu}", crate::cores());
+    if let Some(a) = argon {
+        let _ = writeln!(md, "- argon2id parameters: {}", a.get("params").and_then(Value::as_str).unwrap_or("?"));
+    }
+    let _ = writeln!(
+        md,
+        "- Everything below was measured in one session, one run after another, on this machine: the load tool, the service and PostgreSQL share its cores.\n"
+    );
+
+    let pg = find(&runs, "postgres_point_lookup", None, Some(16.0), false).and_then(|v| num(v, "rps"));
+    let hashes = argon.and_then(|v| num(v, "hashes_per_s"));
+    let mut targets = Vec::new();
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+
+    let get_http = find(&runs, "get", Some("http"), Some(16.0), false);
+    let get_grpc = find(&runs, "get", Some("grpc"), Some(16.0), false);
+    if let (Some(get), Some(pg)) = (get_http.and_then(|v| num(v, "rps")), pg) {
+        let r = ratio(get, pg);
+        targets.push(Target {
+            what: "GET /v2/users/{id}, 16 connections: requests/s vs PostgreSQL point lookup".into(),
+            figure: format!("{get:.0} / {pg:.0} = {:.0} %", r * 100.0),
+            goal: "≥ 35 %".into(),
+            met: Some(r >= 0.35),
+        });
+    }
+    if let Some(p99) = get_http.and_then(|v| num(v, "p99_ms")) {
+        targets.push(Target {
+            what: "GET /v2/users/{id}, 16 connections: p99".into(),
+            figure: format!("{p99:.2} ms"),
+            goal: "≤ 10 ms".into(),
+            met: Some(p99 <= 10.0),
+        });
+    }
+    if let (Some(h), Some(g)) = (get_http.and_then(|v| num(v, "rps")), get_grpc.and_then(|v| num(v, "rps"))) {
+        let cost = 1.0 - ratio(h, g);
+        targets.push(Target {
+            what: "Gateway cost: GET over JSON vs GetUser over gRPC, 16 connections".into(),
+            figure: format!("{h:.0} vs {g:.0} requests/s: {:.1} % fewer", cost * 100.0),
+            goal: "≤ 15 %".into(),
+            met: Some(cost <= 0.15),
+        });
+    }
+    for scenario in ["signin", "create"] {
+        for via in ["http", "grpc"] {
+            if let (Some(rps), Some(hashes)) =
+                (find(&runs, scenario, Some(via), None, false).and_then(|v| num(v, "rps")), hashes)
+            {
+                let r = ratio(rps, hashes);
+                targets.push(Target {
+                    what: format!("`{scenario}` over {via} vs argon2 baseline"),
+                    figure: format!("{rps:.1} / {hashes:.1} = {:.0} %", r * 100.0),
+                    goal: "≥ 85 %".into(),
+                    met: Some(r >= 0.85),
+                });
+            }
+        }
+    }
+    let stormy = find(&runs, "get", Some("http"), Some(16.0), true);
+    if let (Some(calm), Some(storm)) = (get_http.and_then(|v| num(v, "p99_ms")), stormy.and_then(|v| num(v, "p99_ms")))
+    {
+        let r = ratio(storm, calm);
+        let signins = stormy.and_then(|v| num(v, "storm_rps")).unwrap_or(0.0);
+        targets.push(Target {
+            what: "GET p99 during a sign-in storm vs without".into(),
+            figure: format!("{storm:.2} ms vs {calm:.2} ms = {r:.2}× (storm: {signins:.1} sign-ins/s)"),
+            goal: "≤ 3×".into(),
+            met: Some(r <= 3.0),
+        });
+    }
+    if let Some(rss) = find(&runs, "mixed", None, Some(64.0), false).and_then(|v| num(v, "server_rss_max_mib")) {
+        targets.push(Target {
+            what: "Peak resident size, mixed scenario at 64 connections".into(),
+            figure: format!("{rss:.1} MiB"),
+            goal: "≤ 100 MB".into(),
+            met: Some(rss * 1.048_576 <= 100.0),
+        });
+    }
+    if let Some(ready) = runs.iter().find(|v| is(v, "run", "startup")).and_then(|v| num(v, "max_ms")) {
+        targets.push(Target {
+            what: "Start to ready (/readyz 200) on a migrated database, worst of the runs".into(),
+            figure: format!("{ready:.1} ms"),
+            goal: "≤ 200 ms".into(),
+            met: Some(ready <= 200.0),
+        });
+    }
+
+    let _ = writeln!(md, "## Targets (issue 8)\n");
+    let _ = writeln!(md, "| Target | Figure | Goal | Met |\n|---|---|---|---|");
+    for t in &targets {
+        let met = match t.met {
+            Some(true) => "met",
+            Some(false) => "**NOT met**",
+            None => "?",
+        };
+        let _ = writeln!(md, "| {} | {} | {} | {met} |", t.what, t.figure, t.goal);
+    }
+
+    let _ = writeln!(md, "\n## Every run\n");
+    let _ = writeln!(
+        md,
+        "| Run | Via | Conns | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | ratio | notes |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for v in &runs {
+        let s = |k: &str| v.get(k).map(|x| x.to_string().trim_matches('"').to_owned()).unwrap_or_default();
+        let run = s("run");
+        let rps = num(v, "rps");
+        let ratio_cell = match (run.as_str(), rps) {
+            ("signin" | "create", Some(r)) => hashes.map(|h| format!("{:.0} % of argon2", ratio(r, h) * 100.0)),
+            ("postgres_point_lookup" | "argon2" | "startup", _) => None,
+            (_, Some(r)) => pg.map(|p| format!("{:.0} % of PG", ratio(r, p) * 100.0)),
+            _ => None,
+        }
+        .unwrap_or_default();
+        let mut notes = Vec::new();
+        if let Some(n) = num(v, "storm_connections") {
+            notes.push(format!("+{n} sign-in storm connections at {} sign-ins/s", s("storm_rps")));
+        }
+        if let Some(m) = num(v, "server_rss_max_mib") {
+            notes.push(format!("server peak RSS {m} MiB"));
+        }
+        if let Some(h) = num(v, "hashes_per_s") {
+            notes.push(format!("{h} hashes/s on {} threads", s("threads")));
+        }
+        if run == "startup" {
+            notes.push(format!("ready after {} ms", s("ready_ms")));
+        }
+        let _ = writeln!(
+            md,
+            "| {run} | {} | {} | {} | {} | {} | {} | {} | {} | {ratio_cell} | {} |",
+            s("via"),
+            s("connections"),
+            s("rps"),
+            s("p50_ms"),
+            s("p90_ms"),
+            s("p99_ms"),
+            s("max_ms"),
+            s("errors"),
+            notes.join("; ")
+        );
+    }
+    print!("{md}");
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! Keeps the auth cache of this replica in step with every other one:
+//! LISTENs for the evictions the triggers of `…_auth_notify.sql` send, on a
+//! connection of its own. The cache is live only while the channel is.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::{PgPool, postgres::PgListener};
+
+use super::auth_cache::AuthCache;
+
+pub const CHANNEL: &str = "usersvc_auth";
+
+/// Runs until the pool closes.
+pub async fn listen(pool: PgPool, cache: Arc<AuthCache>) {
+    let closed = pool.close_event();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            () = &mut closed => break,
+            () = follow(&pool, &cache) => {}
+        }
+        cache.set_live(false);
+        tokio::select! {
+            () = &mut closed => break,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    cache.set_live(false);
+}
+
+/// Follows the channel until its connection drops.
+async fn follow(pool: &PgPool, cache: &AuthCache) {
+    // A one-connection pool of its own: the listener holds its connection
+    // for good, and the main pool must be able to close without it.
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let mut listener = match PgListener::connect_with(&own).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(error = %e, "auth cache: no notification channel yet");
+            return;
+        }
+    };
+    if let Err(e) = listener.listen(CHANNEL).await {
+        tracing::debug!(error = %e, "auth cache: LISTEN failed");
+        return;
+    }
+    // Listening from here on: what changed before is forgotten.
+    cache.set_live(true);
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => match n.payload() {
+                "*" => cache.evict_all(),
+                hex => match decode_hex(hex) {
+                    Some(hash) => cache.evict_sessions([hash.as_slice()]),
+                    None => cache.evict_all(),
+                },
+            },
+            // The connection dropped: notifications may have been missed.
+            Ok(None) | Err(_) => {
+                tracing::warn!("auth cache: notification channel lost; reading from the database until it is back");
+                return;
+            }
+        }
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_payloads() {
+        assert_eq!(super::decode_hex("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(super::decode_hex("0"), None);
+        assert_eq!(super::decode_hex("zz"), None);
+    }
+}
