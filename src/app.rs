@@ -49,7 +49,8 @@ impl Application {
         let master = args.keys.load_for(&args.db.database_url)?;
         // And without TLS files that do not read, or only half of them.
         let tls = crate::tls::ServerTls::load(&args.tls)?;
-        let (store, pool) = backend::open(&args.db.database_url, args.db.db_max_connections).await?;
+        let db = &args.db;
+        let (store, pool) = backend::open_with(&db.database_url, db.db_max_connections, db.db_acquire_timeout).await?;
         store.migrate().await?;
         let keyring = Arc::new(Keyring::new(master, store.clone()));
         let (trail, trail_writer) = AuditSink::start(store.clone());

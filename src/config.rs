@@ -14,6 +14,10 @@ pub struct DatabaseArgs {
     /// Connections in the database pool.
     #[arg(long, env = "USERSVC_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// How long a request waits for a database connection (all busy, or the
+    /// database away) before it is answered 503 / UNAVAILABLE.
+    #[arg(long, env = "USERSVC_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub db_acquire_timeout: Duration,
 }
 
 /// Where the master key comes from.
