@@ -152,6 +152,15 @@ pub struct LimitArgs {
     /// On SIGTERM or SIGINT, how long requests in flight may take to finish.
     #[arg(long, env = "USERSVC_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// A connection must send a request's complete headers (HTTP) or its
+    /// preface (gRPC) within this time of opening; an HTTP keep-alive
+    /// connection idle this long after its last response is closed too.
+    #[arg(long, env = "USERSVC_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Open connections per port; more are closed as soon as they are
+    /// accepted.
+    #[arg(long, env = "USERSVC_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
 }
 
 /// Mail delivery.

@@ -6,6 +6,7 @@ pub mod config;
 pub mod crypto;
 pub mod gateway;
 pub mod mail;
+pub mod net;
 pub mod observe;
 pub mod pb;
 pub mod schema;

@@ -155,6 +155,8 @@ pub fn serve_args(database_url: String) -> ServeArgs {
             max_concurrent_requests: 1024,
             grpc_concurrency_per_connection: 256,
             shutdown_grace: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
         },
         trusted_gateways: vec![],
         tls: usersvc::config::TlsArgs::default(),
