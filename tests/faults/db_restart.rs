@@ -209,7 +209,9 @@ async fn database_restart_under_load() {
     assert!(odd.is_empty(), "unexpected outcomes: {odd:#?}");
     let slowest_failure =
         samples.iter().filter(|x| x.outcome == Outcome::Unavailable).map(|x| x.end - x.start).max().unwrap_or_default();
-    assert!(slowest_failure <= ACQUIRE + Duration::from_millis(1500), "a failure took {slowest_failure:?}");
+    // The acquire timeout, and what ran before the failing query (a
+    // loaded machine, a password hash).
+    assert!(slowest_failure <= ACQUIRE + Duration::from_secs(3), "a failure took {slowest_failure:?}");
 
     // While the database is away, every request fails, fast.
     let during: Vec<_> = samples.iter().filter(|x| x.start >= down && x.end <= starting).collect();
