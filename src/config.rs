@@ -154,7 +154,8 @@ pub struct LimitArgs {
     pub shutdown_grace: Duration,
     /// A connection must send a request's complete headers (HTTP) or its
     /// preface (gRPC) within this time of opening; an HTTP keep-alive
-    /// connection idle this long after its last response is closed too.
+    /// connection idle this long after its last response is closed too
+    /// (behind a load balancer, set it above the balancer's idle timeout).
     #[arg(long, env = "USERSVC_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
     /// Open connections per port; more are closed as soon as they are
