@@ -5,7 +5,6 @@ use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
 use crate::audit::{AuditSink, AuditWriter};
@@ -18,6 +17,8 @@ use crate::service::{Core, GroupSvc, UserSvc};
 use crate::store::{Store, backend, backend::Pool};
 
 const IN_PROCESS_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// HTTP/2 pings on idle gRPC connections, to find peers that are gone.
+const GRPC_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct Application {
     pub grpc_addr: SocketAddr,
@@ -49,7 +50,8 @@ impl Application {
         let master = args.keys.load_for(&args.db.database_url)?;
         // And without TLS files that do not read, or only half of them.
         let tls = crate::tls::ServerTls::load(&args.tls)?;
-        let (store, pool) = backend::open(&args.db.database_url, args.db.db_max_connections).await?;
+        let db = &args.db;
+        let (store, pool) = backend::open_with(&db.database_url, db.db_max_connections, db.db_acquire_timeout).await?;
         store.migrate().await?;
         let keyring = Arc::new(Keyring::new(master, store.clone()));
         let (trail, trail_writer) = AuditSink::start(store.clone());
@@ -104,16 +106,21 @@ impl Application {
         if let Some(tls) = &tls {
             grpc_server = grpc_server.tls_config(tls.grpc.clone()).context("TLS for the gRPC port")?;
         }
+        let conn_limits = crate::net::ConnLimits::from(limits);
         let grpc = tokio::spawn(
             grpc_server
                 .timeout(limits.request_timeout)
                 .concurrency_limit_per_connection(limits.grpc_concurrency_per_connection)
+                .http2_keepalive_interval(Some(GRPC_KEEPALIVE))
                 .layer(crate::observe::GrpcObserveLayer)
                 .add_service(health.clone())
                 .add_service(reflection)
                 .add_service(users.clone())
                 .add_service(groups.clone())
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(shutdown_rx.clone())),
+                .serve_with_incoming_shutdown(
+                    crate::net::grpc_incoming(grpc_listener, conn_limits),
+                    stopped(shutdown_rx.clone()),
+                ),
         );
 
         // In process, a request is as large as the JSON it came from allows
@@ -139,8 +146,13 @@ impl Application {
         };
         let mail_task = tokio::spawn(mailer.run(shutdown_rx.clone()));
         let http = match &tls {
-            Some(tls) => tokio::spawn(serve_https(http_listener, tls.http.clone(), router, stopped(shutdown_rx))),
-            None => tokio::spawn(serve_http(http_listener, router, stopped(shutdown_rx))),
+            Some(tls) => tokio::spawn(crate::net::serve_http(
+                crate::tls::TlsListener::new(http_listener, tls.http.clone()),
+                router,
+                conn_limits,
+                stopped(shutdown_rx),
+            )),
+            None => tokio::spawn(crate::net::serve_http(http_listener, router, conn_limits, stopped(shutdown_rx))),
         };
         let tls_mode = match &tls {
             None => "off",
@@ -209,15 +221,13 @@ impl Application {
 }
 
 /// Serves the gateway, with the client's address available to handlers,
-/// until `shutdown` completes.
+/// until `shutdown` completes (connections bounded as by default).
 pub async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::net::serve_http(listener, router, crate::net::ConnLimits::default(), shutdown).await
 }
 
 /// The same over TLS: handshakes run beside the accept loop, and handlers
@@ -228,12 +238,8 @@ pub async fn serve_https(
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Through `tap_io`, axum gives any listener's address as connect info.
-    let listener = crate::tls::TlsListener::new(listener, tls).tap_io(|_| {});
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let listener = crate::tls::TlsListener::new(listener, tls);
+    crate::net::serve_http(listener, router, crate::net::ConnLimits::default(), shutdown).await
 }
 
 /// Completes once the flag turns true (or its sender is gone).

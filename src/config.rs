@@ -14,6 +14,10 @@ pub struct DatabaseArgs {
     /// Connections in the database pool.
     #[arg(long, env = "USERSVC_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// How long a request waits for a database connection (all busy, or the
+    /// database away) before it is answered 503 / UNAVAILABLE.
+    #[arg(long, env = "USERSVC_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub db_acquire_timeout: Duration,
 }
 
 /// Where the master key comes from.
@@ -148,6 +152,16 @@ pub struct LimitArgs {
     /// On SIGTERM or SIGINT, how long requests in flight may take to finish.
     #[arg(long, env = "USERSVC_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// A connection must send a request's complete headers (HTTP) or its
+    /// preface (gRPC) within this time of opening; an HTTP keep-alive
+    /// connection idle this long after its last response is closed too
+    /// (behind a load balancer, set it above the balancer's idle timeout).
+    #[arg(long, env = "USERSVC_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Open connections per port; more are closed as soon as they are
+    /// accepted.
+    #[arg(long, env = "USERSVC_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
 }
 
 /// Mail delivery.

@@ -7,6 +7,7 @@ pub mod crypto;
 pub mod gateway;
 pub mod mail;
 pub mod memory;
+pub mod net;
 pub mod observe;
 pub mod pb;
 pub mod schema;

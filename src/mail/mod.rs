@@ -24,6 +24,15 @@ pub const RESET_TOKEN_FIELD: &str = "reset_token";
 const SWEEP_EVERY: Duration = Duration::from_secs(300);
 /// How long a claimed message is kept from other senders.
 const LEASE: Duration = Duration::from_secs(120);
+/// The longest wait between two attempts at a message: once the SMTP server
+/// is back, what waited for it goes within this time (a reset link is only
+/// good for half an hour).
+const RETRY_CAP: Duration = Duration::from_secs(60);
+
+/// The wait after a failed attempt: 2 s, 4 s, 8 s ... up to [`RETRY_CAP`].
+fn retry_wait(attempts: i32) -> Duration {
+    Duration::from_secs(1u64 << attempts.clamp(1, 16)).min(RETRY_CAP)
+}
 
 pub enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
@@ -131,7 +140,7 @@ impl Mailer {
                     tracing::warn!(outbox_id = %m.id, attempts = m.attempts, "mail given up after retrying");
                     self.store.outbox_give_up(m.id).await
                 } else {
-                    let wait = Duration::from_secs(1u64 << m.attempts.clamp(0, 8)).min(Duration::from_secs(300));
+                    let wait = retry_wait(m.attempts);
                     tracing::info!(outbox_id = %m.id, attempts = m.attempts, wait_s = wait.as_secs(), "mail will be retried");
                     self.store.outbox_retry(m.id, wait).await
                 }
@@ -215,4 +224,16 @@ impl Mailer {
 /// Seals a reset token to its outbox row.
 pub fn seal_reset_token(sealer: &crate::crypto::keyring::Sealer, outbox_id: uuid::Uuid, token: &str) -> Vec<u8> {
     sealer.seal(outbox_id, RESET_TOKEN_FIELD, token.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_up_to_a_minute() {
+        let waits: Vec<u64> = (1..=8).map(|a| retry_wait(a).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(retry_wait(1000), RETRY_CAP);
+    }
 }

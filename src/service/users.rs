@@ -17,7 +17,16 @@ use crate::store::{NewReset, NewUser, ResetCheck, ThrottleRule, UserChange};
 
 /// How often an update re-reads and retries when another update of the same
 /// user (or a key rotation) committed first.
-const UPDATE_ATTEMPTS: usize = 8;
+const UPDATE_ATTEMPTS: u32 = 16;
+
+/// The pause before retry `attempt` of a compare-and-set that lost: random
+/// (so that the writers who lost together do not meet again), growing from
+/// 10 ms to at most 320 ms.
+fn update_backoff(attempt: u32) -> Duration {
+    use rand::Rng;
+    let ceiling = 10u64 << attempt.min(5);
+    Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling))
+}
 
 /// Sign-in failures per username: 5 free, then 1 s, 2 s, 4 s ... 15 min.
 pub const USERNAME_RULE: ThrottleRule =
@@ -215,7 +224,10 @@ impl UserSvc {
             None
         };
 
-        for _ in 0..UPDATE_ATTEMPTS {
+        for attempt in 0..UPDATE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(update_backoff(attempt)).await;
+            }
             let rec = core.store.get_user(caller.app_id, id).await?.ok_or(ServiceError::NotFound("user"))?;
             let plain = core
                 .keyring

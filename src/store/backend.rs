@@ -1,6 +1,6 @@
 //! Which store a database URL names, and opening it.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use super::{PgStore, SqliteStore, Store};
 
@@ -45,9 +45,22 @@ pub struct UnknownBackend;
 
 /// Connects to the store of a URL (creating the database if it is missing).
 pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<(Arc<dyn Store>, Pool)> {
+    open_with(url, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+}
+
+/// How long a request waits for a PostgreSQL connection unless told otherwise.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The same, with a bound on how long a request waits for a connection
+/// before it fails as unavailable (PostgreSQL; SQLite keeps its own).
+pub async fn open_with(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> anyhow::Result<(Arc<dyn Store>, Pool)> {
     match Backend::of(url).ok_or(UnknownBackend)? {
         Backend::Postgres => {
-            let store = PgStore::connect(url, max_connections).await?;
+            let store = PgStore::connect_with(url, max_connections, acquire_timeout).await?;
             let pool = Pool::Postgres(store.pool().clone());
             Ok((Arc::new(store), pool))
         }

@@ -75,7 +75,20 @@ impl From<sqlx::Error> for StoreError {
             {
                 StoreError::Unavailable(e)
             }
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => StoreError::Unavailable(e),
+            // PostgreSQL going away or not taking connections: shutting down
+            // (57P01, 57P02), starting up (57P03), out of connection slots
+            // (53300), or the connection itself failing (class 08).
+            sqlx::Error::Database(db)
+                if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some()
+                    && db.code().is_some_and(|c| {
+                        c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                    }) =>
+            {
+                StoreError::Unavailable(e)
+            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => {
+                StoreError::Unavailable(e)
+            }
             _ => StoreError::Database(e),
         }
     }

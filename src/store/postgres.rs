@@ -29,6 +29,10 @@ impl PgStore {
     /// The database is created first when it does not exist yet, so a fresh
     /// server needs no manual step.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        Self::connect_with(url, max_connections, super::backend::DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    pub async fn connect_with(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self> {
         if !sqlx::Postgres::database_exists(url).await? {
             // Another process may create it at the same moment; that is fine.
             if let Err(e) = sqlx::Postgres::create_database(url).await
@@ -37,11 +41,8 @@ impl PgStore {
                 return Err(e.into());
             }
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await?;
+        let pool =
+            PgPoolOptions::new().max_connections(max_connections).acquire_timeout(acquire_timeout).connect(url).await?;
         let auth = Arc::new(AuthCache::default());
         tokio::spawn(super::pg_notify::listen(pool.clone(), auth.clone()));
         Ok(Self { pool, auth })

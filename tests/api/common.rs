@@ -129,7 +129,7 @@ pub fn master_key() -> &'static str {
 
 pub fn serve_args(database_url: String) -> ServeArgs {
     ServeArgs {
-        db: DatabaseArgs { database_url, db_max_connections: 4 },
+        db: DatabaseArgs { database_url, db_max_connections: 4, db_acquire_timeout: Duration::from_secs(5) },
         keys: KeyArgs { master_key_file: None, master_key: Some(SecretString::from(master_key().to_owned())) },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
@@ -155,6 +155,8 @@ pub fn serve_args(database_url: String) -> ServeArgs {
             max_concurrent_requests: 1024,
             grpc_concurrency_per_connection: 256,
             shutdown_grace: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
         },
         trusted_gateways: vec![],
         tls: usersvc::config::TlsArgs::default(),

@@ -5,6 +5,7 @@
 mod common;
 
 mod browser;
+mod concurrency;
 mod grpc_groups;
 mod grpc_users;
 mod http_gateway;
