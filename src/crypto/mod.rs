@@ -133,7 +133,8 @@ pub fn field_aad(app_id: Uuid, row_id: Uuid, field: &str) -> Vec<u8> {
 /// `version || key id || nonce || ciphertext and tag`.
 fn seal_with(key: &Key, key_id: Uuid, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    // A CSPRNG seeded from the OS (no system call per nonce).
+    rand::thread_rng().fill_bytes(&mut nonce);
     let ct = key
         .cipher()
         .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })

@@ -97,6 +97,27 @@ async fn insert_session(conn: &mut PgConnection, app_id: Uuid, user_id: Uuid, s:
 
 /// Appends to the trail inside the caller's transaction: the records commit
 /// or vanish with the change they describe.
+/// A batch of trail records, column by column (bound as arrays).
+#[derive(Default)]
+struct AuditColumns {
+    id: Vec<Uuid>,
+    at: Vec<DateTime<Utc>>,
+    app_id: Vec<Option<Uuid>>,
+    actor: Vec<String>,
+    actor_id: Vec<Option<Uuid>>,
+    subject_id: Vec<Option<Uuid>>,
+    object_id: Vec<Option<Uuid>>,
+    action: Vec<String>,
+    /// Each record's field names as a JSON array: arrays of arrays of
+    /// different lengths cannot be bound.
+    fields: Vec<String>,
+    outcome: Vec<String>,
+    request_id: Vec<Option<String>>,
+    client_addr: Vec<Option<Vec<u8>>>,
+    prev_hash: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
 async fn append_in(conn: &mut PgConnection, records: &[AuditRecord]) -> Result<()> {
     if records.is_empty() {
         return Ok(());
@@ -106,31 +127,54 @@ async fn append_in(conn: &mut PgConnection, records: &[AuditRecord]) -> Result<(
         .fetch_optional(&mut *conn)
         .await?;
     let mut prev = last.unwrap_or_else(|| audit::GENESIS.to_vec());
+    // One statement for the whole batch: the rows go in the order given
+    // (seq follows ORDER BY n), each chaining from the one before.
+    let mut cols = AuditColumns::default();
     for r in records {
         let hash = audit::chain_hash(&prev, r);
-        sqlx::query(
-            "INSERT INTO audit_events (id, at, app_id, actor, actor_id, subject_id, object_id, action, fields,
-                                       outcome, request_id, client_addr, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(r.id)
-        .bind(r.at)
-        .bind(r.app_id)
-        .bind(&r.actor)
-        .bind(r.actor_id)
-        .bind(r.subject_id)
-        .bind(r.object_id)
-        .bind(&r.action)
-        .bind(&r.fields)
-        .bind(&r.outcome)
-        .bind(&r.request_id)
-        .bind(&r.client_addr)
-        .bind(&prev)
-        .bind(&hash)
-        .execute(&mut *conn)
-        .await?;
-        prev = hash;
+        cols.id.push(r.id);
+        cols.at.push(r.at);
+        cols.app_id.push(r.app_id);
+        cols.actor.push(r.actor.clone());
+        cols.actor_id.push(r.actor_id);
+        cols.subject_id.push(r.subject_id);
+        cols.object_id.push(r.object_id);
+        cols.action.push(r.action.clone());
+        cols.fields.push(serde_json::to_string(&r.fields).unwrap_or_else(|_| "[]".into()));
+        cols.outcome.push(r.outcome.clone());
+        cols.request_id.push(r.request_id.clone());
+        cols.client_addr.push(r.client_addr.clone());
+        cols.prev_hash.push(std::mem::replace(&mut prev, hash.clone()));
+        cols.hash.push(hash);
     }
+    sqlx::query(
+        "INSERT INTO audit_events (id, at, app_id, actor, actor_id, subject_id, object_id, action, fields,
+                                   outcome, request_id, client_addr, prev_hash, hash)
+         SELECT id, at, app_id, actor, actor_id, subject_id, object_id, action,
+                ARRAY(SELECT jsonb_array_elements_text(fields::jsonb)),
+                outcome, request_id, client_addr, prev_hash, hash
+         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::text[], $5::uuid[], $6::uuid[], $7::uuid[],
+                     $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::bytea[], $14::bytea[])
+              WITH ORDINALITY AS t(id, at, app_id, actor, actor_id, subject_id, object_id, action, fields,
+                                   outcome, request_id, client_addr, prev_hash, hash, n)
+         ORDER BY n",
+    )
+    .bind(cols.id)
+    .bind(cols.at)
+    .bind(cols.app_id)
+    .bind(cols.actor)
+    .bind(cols.actor_id)
+    .bind(cols.subject_id)
+    .bind(cols.object_id)
+    .bind(cols.action)
+    .bind(cols.fields)
+    .bind(cols.outcome)
+    .bind(cols.request_id)
+    .bind(cols.client_addr)
+    .bind(cols.prev_hash)
+    .bind(cols.hash)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

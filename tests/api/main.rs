@@ -13,6 +13,7 @@ mod mail;
 mod openapi;
 mod operations;
 mod processes;
+mod replicas;
 mod safeguards;
 mod service_tokens;
 mod smtp_sink;

@@ -38,11 +38,12 @@ async fn requests_fail_fast_when_every_connection_is_busy() {
         .into_inner();
     let (id, token) = (created.users_id, created.session_token);
 
-    // Another session locks the table every call reads first: the service's
-    // two connections get stuck behind it, and the pool is empty.
+    // Another session locks the table every read reads (API keys and
+    // sessions may come from memory; the user's row never does): the
+    // service's two connections get stuck behind it, and the pool is empty.
     let mut locker = sqlx::PgConnection::connect(&pg.url("usersvc")).await.unwrap();
     sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
-    sqlx::query("LOCK TABLE applications IN ACCESS EXCLUSIVE MODE").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE").execute(&mut locker).await.unwrap();
 
     let mut calls = JoinSet::new();
     for i in 0..12 {

@@ -1,0 +1,86 @@
+//! Two replicas on one PostgreSQL database. Each keeps API keys and sessions
+//! in memory for a moment; whatever ends a session on one must stop it
+//! working on the other at once (PostgreSQL LISTEN/NOTIFY), and on the
+//! replica that ended it, before the reply.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{self, BACKEND, Backend, TestApp, spawn, spawn_in};
+
+async fn status(app: &TestApp, key: &str, token: &str, path: &str) -> u16 {
+    let res = app.http.get(app.url(path)).header("X-Api-Key", key).bearer_auth(token).send().await.unwrap();
+    res.status().as_u16()
+}
+
+/// How long until `path` on `app` stops answering 200 (None: it did not
+/// within two seconds).
+async fn refused_after(app: &TestApp, key: &str, token: &str, path: &str) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        if status(app, key, token, path).await == 401 {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn ending_a_session_on_one_replica_ends_it_on_every_other_at_once() {
+    if common::postgres_server().is_none() {
+        eprintln!("PostgreSQL run not made: set TEST_DATABASE_URL");
+        return;
+    }
+    BACKEND
+        .scope(Backend::Postgres, async {
+            let a = spawn().await;
+            let b = spawn_in(a.db_url.clone(), |_| {}).await;
+            let key = a.api_key.clone();
+
+            // Sign-out.
+            let (id, token) = a.sign_up("replica-signout").await;
+            let me = format!("/v2/users/{id}");
+            for _ in 0..3 {
+                assert_eq!(status(&b, &key, &token, &me).await, 200, "read on the other replica");
+                assert_eq!(status(&a, &key, &token, &me).await, 200);
+            }
+            assert_eq!(status(&a, &key, &token, "/v2/auth/signout").await, 200);
+            assert_eq!(status(&a, &key, &token, &me).await, 401, "the replica that signed out, at once");
+            let took = refused_after(&b, &key, &token, &me).await.expect("the other replica refuses the session");
+            assert!(took < Duration::from_millis(500), "seen by the other replica after {took:?}");
+
+            // A password change ends the user's other sessions.
+            let (id, first) = a.sign_up("replica-password").await;
+            let me = format!("/v2/users/{id}");
+            let second = a
+                .http
+                .post(a.url("/v2/auth/signin"))
+                .header("X-Api-Key", &key)
+                .json(&serde_json::json!({"username": "replica-password", "password": "correct horse battery"}))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()["sessionToken"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(status(&b, &key, &first, &me).await, 200);
+            let res = b
+                .http
+                .put(b.url(&me))
+                .header("X-Api-Key", &key)
+                .bearer_auth(&second)
+                .json(&serde_json::json!({"password": "another horse battery"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status().as_u16(), 200);
+            assert_eq!(status(&b, &key, &first, &me).await, 401, "ended on the replica that changed it");
+            let took = refused_after(&a, &key, &first, &me).await.expect("ended on the other replica");
+            assert!(took < Duration::from_millis(500), "seen by the other replica after {took:?}");
+            assert_eq!(status(&a, &key, &second, &me).await, 200, "the session that changed it stays");
+        })
+        .await
+}
