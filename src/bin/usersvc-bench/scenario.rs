@@ -161,12 +161,12 @@ impl Target {
                 match scenario {
                     Scenario::Get => client.get_user(authed.req(get(user.id))).await.is_ok(),
                     Scenario::Update => client.update_user(authed.req(update(user.id))).await.is_ok(),
-                    Scenario::Mixed if n % 10 == 0 => client.update_user(authed.req(update(user.id))).await.is_ok(),
+                    Scenario::Mixed if n.is_multiple_of(10) => {
+                        client.update_user(authed.req(update(user.id))).await.is_ok()
+                    }
                     Scenario::Mixed => client.get_user(authed.req(get(user.id))).await.is_ok(),
                     Scenario::Groups => client
-                        .list_user_groups(
-                            authed.req(pb::ListUserGroupsRequest { users_id: user.id, ..Default::default() }),
-                        )
+                        .list_user_groups(authed.req(pb::ListUserGroupsRequest { users_id: user.id }))
                         .await
                         .is_ok(),
                     Scenario::Signin => {
@@ -198,7 +198,7 @@ impl Target {
             n += 1;
             let req = match scenario {
                 Scenario::Get => http.get(&me),
-                Scenario::Mixed if n % 10 != 0 => http.get(&me),
+                Scenario::Mixed if !n.is_multiple_of(10) => http.get(&me),
                 Scenario::Update | Scenario::Mixed => {
                     http.put(&me).json(&serde_json::json!({"name": {"lastName": format!("Tester {n}")}}))
                 }
