@@ -13,6 +13,10 @@ pub fn tune_allocator() {
         // other thread exists.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+            // Fixing the mmap threshold also fixes the trim threshold at its
+            // small default: the heap would be shrunk and grown again all the
+            // time. Small blocks may keep a few MiB; big ones are unmapped.
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 32 * 1024 * 1024);
             libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
