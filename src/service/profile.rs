@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::error::{ServiceError, ServiceResult};
+use super::field_mask::{self, ResolvedPath};
 use crate::pb;
 use crate::schema;
 use crate::store::{StoreError, UserRecord};
@@ -39,6 +40,16 @@ pub fn to_profile(user: &pb::User) -> ServiceResult<Vec<u8>> {
 /// The profile as a JSON value (for field-mask application).
 pub fn profile_json(plaintext: &[u8]) -> ServiceResult<serde_json::Value> {
     serde_json::from_slice(plaintext).map_err(corrupt)
+}
+
+/// The user a stored profile becomes under the profile paths of an update:
+/// each path of `patch` (the request's user as JSON) applied in turn.
+pub fn merge(plaintext: &[u8], patch: &serde_json::Value, paths: &[ResolvedPath]) -> ServiceResult<pb::User> {
+    let mut merged = profile_json(plaintext)?;
+    for path in paths {
+        field_mask::apply(&mut merged, patch, path);
+    }
+    serde_json::from_value(merged).map_err(|e| ServiceError::invalid("user", e.to_string()))
 }
 
 /// The message a reply carries for a stored user, from its opened profile.
