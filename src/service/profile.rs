@@ -42,6 +42,10 @@ pub fn to_profile(user: &pb::User) -> ServiceResult<Vec<u8>> {
     if u.extras.as_ref().is_some_and(|e| !super::validate::representable(e)) {
         return Err(corrupt("extras without a JSON form"));
     }
+    let finite = |v: Option<f64>| v.is_none_or(f64::is_finite);
+    if u.addresses.iter().filter_map(|a| a.geocode.as_ref()).any(|g| !finite(g.latitude) || !finite(g.longitude)) {
+        return Err(corrupt("a geocode without a JSON form"));
+    }
     serde_json::to_vec(&u).map_err(corrupt)
 }
 
@@ -153,6 +157,17 @@ mod tests {
             assert!(crate::service::validate::profile(&null).is_ok());
             assert_eq!(to_user(&record(), &to_profile(&null).unwrap()).unwrap().extras, None);
         }
+        // Found by the same target later: a NaN geocode was stored as null
+        // and read back as none (validation refuses it; so does storage).
+        let nan = pb::User {
+            addresses: vec![pb::Address {
+                geocode: Some(pb::Geocode { latitude: Some(f64::NAN), longitude: None }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(crate::service::validate::profile(&nan).is_err());
+        assert!(to_profile(&nan).is_err());
         // Inside `extras`, a null is kept (read back as a value with no kind).
         let inner = to_user(&record(), &to_profile(&with(nested(Some(Kind::NullValue(0))))).unwrap()).unwrap();
         assert_eq!(inner.extras, with(nested(None)).extras);
