@@ -107,6 +107,18 @@ fn header<'a>(md: &'a MetadataMap, name: &str) -> Option<Result<&'a str, ()>> {
     md.get(name).map(|v| v.to_str().map_err(|_| ()))
 }
 
+/// The API key of a call's `x-api-key`, as read before any lookup.
+pub fn api_key(md: &MetadataMap) -> Result<&str, AuthError> {
+    let value = header(md, API_KEY_HEADER).ok_or(AuthError::MissingApiKey)?;
+    value.ok().and_then(secret::api_key_from_header).ok_or(AuthError::InvalidApiKey)
+}
+
+/// The bearer token of a call's `authorization`, as read before any lookup:
+/// None without the header.
+pub fn bearer(md: &MetadataMap) -> Option<Result<&str, AuthError>> {
+    header(md, AUTHORIZATION_HEADER).map(|v| v.ok().and_then(secret::bearer_token).ok_or(AuthError::InvalidToken))
+}
+
 impl Authenticator {
     pub fn new(store: Arc<dyn Store>, policy: SessionPolicy) -> Self {
         Self { store, policy }
@@ -114,8 +126,7 @@ impl Authenticator {
 
     /// The application of the call's `x-api-key`.
     pub async fn app(&self, md: &MetadataMap) -> Result<Uuid, AuthError> {
-        let value = header(md, API_KEY_HEADER).ok_or(AuthError::MissingApiKey)?;
-        let key = value.ok().and_then(secret::api_key_from_header).ok_or(AuthError::InvalidApiKey)?;
+        let key = api_key(md)?;
         let app = self.store.app_by_key_hash(&secret::digest(key)).await?;
         app.map(|a| a.id).ok_or(AuthError::InvalidApiKey)
     }
@@ -123,8 +134,7 @@ impl Authenticator {
     /// A caller who must be signed in.
     pub async fn signed_in(&self, md: &MetadataMap) -> Result<(Caller, SessionUser), AuthError> {
         let app_id = self.app(md).await?;
-        let value = header(md, AUTHORIZATION_HEADER).ok_or(AuthError::MissingToken)?;
-        let token = value.ok().and_then(secret::bearer_token).ok_or(AuthError::InvalidToken)?;
+        let token = bearer(md).ok_or(AuthError::MissingToken)??;
         let user = self.session(app_id, token).await?;
         Ok((Caller { app_id, user: Some(user) }, user))
     }
@@ -133,7 +143,7 @@ impl Authenticator {
     /// none: the calls that use this are open to anyone with the key.
     pub async fn maybe_signed_in(&self, md: &MetadataMap) -> Result<Caller, AuthError> {
         let app_id = self.app(md).await?;
-        let token = header(md, AUTHORIZATION_HEADER).and_then(Result::ok).and_then(secret::bearer_token);
+        let token = bearer(md).and_then(Result::ok);
         let user = match token {
             Some(token) => match self.session(app_id, token).await {
                 Ok(user) => Some(user),

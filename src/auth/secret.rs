@@ -20,12 +20,18 @@ pub fn digest(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
+/// Whether a key or token could be one: visible ASCII only (the secrets are
+/// base64url), so control characters never reach a lookup.
+fn plausible(secret: &str) -> bool {
+    !secret.is_empty() && secret.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// The key of an `X-Api-Key` value: `{platform} {identifier} {key}` or the
 /// bare key. None when the header is empty or has another shape.
 pub fn api_key_from_header(value: &str) -> Option<&str> {
     let words: Vec<&str> = value.split_ascii_whitespace().collect();
     match words.as_slice() {
-        [key] | [_, _, key] => Some(key),
+        [key] | [_, _, key] => Some(*key).filter(|k| plausible(k)),
         _ => None,
     }
 }
@@ -35,7 +41,7 @@ pub fn api_key_from_header(value: &str) -> Option<&str> {
 pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' ')).then_some(token)
+    (scheme.eq_ignore_ascii_case("bearer") && plausible(token)).then_some(token)
 }
 
 #[cfg(test)]
@@ -51,6 +57,10 @@ mod tests {
         assert_eq!(api_key_from_header(""), None);
         assert_eq!(api_key_from_header("a b"), None);
         assert_eq!(api_key_from_header("a b c d"), None);
+        // Found by the auth_headers fuzz target: a vertical tab is not
+        // split on, and a key with control characters came through.
+        assert_eq!(api_key_from_header("e\0a\0\u{b}\0\u{b}p "), None);
+        assert_eq!(api_key_from_header("browser x k\u{b}ey"), None);
     }
 
     #[test]
@@ -60,6 +70,8 @@ mod tests {
         assert_eq!(bearer_token("Basic xyz"), None);
         assert_eq!(bearer_token("Bearer"), None);
         assert_eq!(bearer_token("Bearer a b"), None);
+        assert_eq!(bearer_token("Bearer a\tb"), None);
+        assert_eq!(bearer_token("Bearer a\u{b}b"), None);
     }
 
     #[test]

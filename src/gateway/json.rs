@@ -104,9 +104,12 @@ fn check_message(
         let Some(v) = obj.get_mut(&key) else { continue };
         match (&field.kind(), v, mask.as_mut(), proto_path) {
             // A nested message in a patch merges member by member.
+            // The object itself is named too (`name.*`): RFC 7396 makes it
+            // exist even when none of its members does.
             (Kind::Message(m), Value::Object(inner), Some((_, paths)), Some(p))
                 if !field.is_list() && !schema::is_json_value(m) =>
             {
+                paths.push(format!("{p}.*"));
                 check_message(inner, m, &json_path, Some((&p, paths)))?;
             }
             (Kind::Message(m), Value::Object(inner), Some((_, paths)), Some(p)) if schema::is_json_value(m) => {
@@ -130,8 +133,14 @@ fn check_message(
 }
 
 /// The paths of a merge patch inside a free JSON object (`extras`): nested
-/// objects merge, `null` removes a key, anything else replaces it.
+/// objects merge, `null` removes a key, anything else replaces it. An empty
+/// object is a merge path (`prefix.*`): it changes nothing in an object and
+/// makes anything else one, as RFC 7396 does.
 fn merge_json_paths(obj: &mut Map<String, Value>, prefix: &str, paths: &mut Vec<String>) {
+    if obj.is_empty() {
+        paths.push(format!("{prefix}.*"));
+        return;
+    }
     let keys: Vec<String> = obj.keys().cloned().collect();
     for key in keys {
         let path = format!("{prefix}.{}", schema::quote_segment(&key));
@@ -140,8 +149,7 @@ fn merge_json_paths(obj: &mut Map<String, Value>, prefix: &str, paths: &mut Vec<
                 obj.remove(&key);
                 paths.push(path);
             }
-            Some(Value::Object(inner)) if !inner.is_empty() => merge_json_paths(inner, &path, paths),
-            Some(Value::Object(_)) => {}
+            Some(Value::Object(inner)) => merge_json_paths(inner, &path, paths),
             _ => paths.push(path),
         }
     }
@@ -216,8 +224,21 @@ mod tests {
             .unwrap();
         let mut paths = p.paths.clone();
         paths.sort();
-        assert_eq!(paths, vec!["dob", "extras.`c.d`", "extras.a.b", "name.first_name", "name.last_name"]);
+        assert_eq!(paths, vec!["dob", "extras.`c.d`", "extras.a.b", "name.*", "name.first_name", "name.last_name"]);
         assert_eq!(p.message.name.unwrap().last_name, "X");
+    }
+
+    #[test]
+    fn empty_objects_are_merge_paths() {
+        let paths = |body: &str| {
+            let mut p = patch(body).unwrap().paths;
+            p.sort();
+            p
+        };
+        assert_eq!(paths(r#"{"extras": {}}"#), vec!["extras.*"]);
+        assert_eq!(paths(r#"{"extras": {"a": {}, "*": {"b": {}}}}"#), vec!["extras.`*`.b.*", "extras.a.*"]);
+        assert_eq!(paths(r#"{"name": {}}"#), vec!["name.*"]);
+        assert_eq!(paths(r#"{"extras": {"a": {"b": null}}}"#), vec!["extras.a.b"]);
     }
 
     #[test]

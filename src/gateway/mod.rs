@@ -81,23 +81,30 @@ impl<S: Send + Sync> FromRequestParts<S> for CallMeta {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let mut md = MetadataMap::new();
-        for name in FORWARDED {
-            if let Some(v) = parts.headers.get(*name) {
-                // A value that is not visible ASCII is passed on as one that
-                // can match nothing, so the service answers it as invalid.
-                let v = AsciiMetadataValue::try_from(v.as_bytes())
-                    .unwrap_or_else(|_| AsciiMetadataValue::from_static("invalid"));
-                md.insert(*name, v);
-            }
-        }
-        if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>()
-            && let Ok(v) = AsciiMetadataValue::try_from(addr.ip().to_string())
-        {
-            md.insert("x-client-addr", v);
-        }
-        Ok(CallMeta(md))
+        let client = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
+        Ok(CallMeta(call_metadata(&parts.headers, client)))
     }
+}
+
+/// The gRPC metadata of an HTTP request: the forwarded headers and the
+/// client's address.
+pub fn call_metadata(headers: &header::HeaderMap, client: Option<std::net::IpAddr>) -> MetadataMap {
+    let mut md = MetadataMap::new();
+    for name in FORWARDED {
+        if let Some(v) = headers.get(*name) {
+            // A value that is not visible ASCII is passed on as one that
+            // can match nothing, so the service answers it as invalid.
+            let v = AsciiMetadataValue::try_from(v.as_bytes())
+                .unwrap_or_else(|_| AsciiMetadataValue::from_static("invalid"));
+            md.insert(*name, v);
+        }
+    }
+    if let Some(ip) = client
+        && let Ok(v) = AsciiMetadataValue::try_from(ip.to_string())
+    {
+        md.insert("x-client-addr", v);
+    }
+    md
 }
 
 impl CallMeta {

@@ -16,13 +16,23 @@ pub struct ResolvedPath {
     /// The index in `json` of a `google.protobuf.Value` field the path goes
     /// through: below it are free JSON keys, merged as RFC 7396 does.
     pub value_at: Option<usize>,
+    /// The path ended in `.*`: the object there is merged into, not replaced.
+    pub merge: bool,
 }
 
 /// Resolves `path` against `message`: proto names (or their JSON forms) down
 /// through singular message fields; past a `google.protobuf.Value` field the
-/// segments are free JSON keys.
+/// segments are free JSON keys. A last segment `*` (unquoted) names every
+/// member of the object before it: a singular message, or an object at or
+/// inside a `google.protobuf.Value`.
 pub fn resolve(message: &MessageDescriptor, path: &str) -> Result<ResolvedPath, String> {
-    let segments = schema::split_path(path)?;
+    // A path that ends in a quoted segment ends in a backtick, so a final
+    // `.*` is always the unquoted wildcard.
+    let (named, merge) = match path.strip_suffix(".*") {
+        Some(named) => (named, true),
+        None => (path, false),
+    };
+    let segments = schema::split_path(named)?;
     let mut json = Vec::with_capacity(segments.len());
     let mut current = Some(message.clone());
     let mut top = None;
@@ -53,7 +63,10 @@ pub fn resolve(message: &MessageDescriptor, path: &str) -> Result<ResolvedPath, 
         };
     }
     let top = top.ok_or_else(|| format!("empty path {path:?}"))?;
-    Ok(ResolvedPath { top, json, value_at })
+    if merge && current.is_none() && value_at.is_none() {
+        return Err(format!("path {path:?} ends in `*` after a field that is not a message"));
+    }
+    Ok(ResolvedPath { top, json, value_at, merge })
 }
 
 /// Copies the value at `path` in `patch` into `target`, or removes it from
@@ -61,8 +74,24 @@ pub fn resolve(message: &MessageDescriptor, path: &str) -> Result<ResolvedPath, 
 /// a non-object on the way is replaced by one, as RFC 7396 does. Removing
 /// from a message that is not there changes nothing; inside a JSON value,
 /// as in RFC 7396, the objects on the way are made all the same.
+///
+/// A merge path (`name.*`, `extras.key.*`) makes the object at the path
+/// exist (replacing a non-object, as RFC 7396 does) and sets in it each
+/// member `patch` has there, keeping the others: how a merge patch's empty
+/// object `{}` is applied.
 pub fn apply(target: &mut Value, patch: &Value, path: &ResolvedPath) {
     let new = lookup(patch, &path.json).cloned();
+    if path.merge {
+        let mut node = target;
+        for key in &path.json {
+            node = object_mut(node).entry(key.clone()).or_insert_with(|| Value::Object(Map::new()));
+        }
+        let obj = object_mut(node);
+        if let Some(Value::Object(members)) = new {
+            obj.extend(members);
+        }
+        return;
+    }
     let Some((last, parents)) = path.json.split_last() else {
         return;
     };
@@ -141,5 +170,43 @@ mod tests {
         let mut target = json!({"extras": "s"});
         apply(&mut target, &json!({}), &resolve(&user(), "extras.a").unwrap());
         assert_eq!(target, json!({"extras": {}}));
+    }
+
+    #[test]
+    fn merge_paths_create_and_keep() {
+        let p = resolve(&user(), "extras.k.*").unwrap();
+        assert!(p.merge);
+        assert_eq!(p.json, vec!["extras", "k"]);
+        assert!(resolve(&user(), "name.*").unwrap().merge);
+        assert!(resolve(&user(), "extras.*").unwrap().merge);
+        // A quoted star is a key; a star after a scalar or a list is no path.
+        let p = resolve(&user(), "extras.`*`").unwrap();
+        assert!(!p.merge);
+        assert_eq!(p.json, vec!["extras", "*"]);
+        for bad in ["*", ".*", "age.*", "addresses.*", "name.first_name.*", "extras.`open.*"] {
+            assert!(resolve(&user(), bad).is_err(), "{bad}");
+        }
+
+        let patch = json!({"name": {"lastName": "C"}, "extras": {"k": {}}});
+        // RFC 7396: `{}` onto a non-object (or nothing) makes an object...
+        for (before, after) in [
+            (json!({"extras": {"k": "s"}}), json!({"extras": {"k": {}}})),
+            (json!({"extras": 5}), json!({"extras": {"k": {}}})),
+            (json!({}), json!({"extras": {"k": {}}})),
+            // ...and onto an object changes nothing.
+            (json!({"extras": {"k": {"x": 1}}}), json!({"extras": {"k": {"x": 1}}})),
+        ] {
+            let mut target = before.clone();
+            apply(&mut target, &patch, &resolve(&user(), "extras.k.*").unwrap());
+            assert_eq!(target, after, "from {before}");
+        }
+        // A message is created when missing; its members in the request are
+        // set, the others kept.
+        let mut target = json!({"name": {"firstName": "A"}});
+        apply(&mut target, &patch, &resolve(&user(), "name.*").unwrap());
+        assert_eq!(target, json!({"name": {"firstName": "A", "lastName": "C"}}));
+        let mut target = json!({});
+        apply(&mut target, &json!({"name": {}}), &resolve(&user(), "name.*").unwrap());
+        assert_eq!(target, json!({"name": {}}));
     }
 }

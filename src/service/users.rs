@@ -234,12 +234,7 @@ impl UserSvc {
                 .open(caller.app_id, id, profile::PROFILE_FIELD, &rec.profile_ct)
                 .await
                 .map_err(ServiceError::Crypto)?;
-            let mut merged_json = profile::profile_json(&plain)?;
-            for path in &profile_paths {
-                field_mask::apply(&mut merged_json, &patch_json, path);
-            }
-            let merged: pb::User =
-                serde_json::from_value(merged_json).map_err(|e| ServiceError::invalid("user", e.to_string()))?;
+            let merged = profile::merge(&plain, &patch_json, &profile_paths)?;
             validate::profile(&merged)?;
             let sealer = core.keyring.sealer(caller.app_id).await.map_err(ServiceError::Crypto)?;
             let email_bidx = match profile::email_key(&merged) {
