@@ -6,7 +6,12 @@
 
 use std::sync::{Arc, Mutex, mpsc};
 
-use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordVerifier, Version, password_hash::SaltString};
+use std::cell::RefCell;
+
+use argon2::{
+    Algorithm, Argon2, Block, Params, PasswordHash, Version,
+    password_hash::{Output, ParamsString, SaltString},
+};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{OnceCell, Semaphore, oneshot};
 
@@ -135,15 +140,7 @@ impl PasswordHasher {
             None => self.dummy().await?.to_string(),
         };
         let _permit = self.permit().await?;
-        let ok = self
-            .pool
-            .run(move || {
-                let Ok(parsed) = PasswordHash::new(&phc) else {
-                    return false;
-                };
-                Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok()
-            })
-            .await?;
+        let ok = self.pool.run(move || verify_blocking(&phc, password.expose_secret())).await?;
         Ok(ok && known)
     }
 
@@ -158,12 +155,71 @@ impl PasswordHasher {
     }
 }
 
+/// Memory blocks above this are refused (a stored hash asking for more is
+/// none of ours): 256 MiB.
+const MAX_BLOCKS: usize = 256 * 1024;
+
+thread_local! {
+    /// Each hashing thread's argon2 memory, reused from hash to hash. Freshly
+    /// mapped memory for every hash cost a third of the hash again in page
+    /// faults and zeroing (big blocks go straight back to the system; see
+    /// `memory.rs`).
+    static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_blocks<T>(params: &Params, f: impl FnOnce(&mut [Block]) -> T) -> Option<T> {
+    let n = params.block_count();
+    if n > MAX_BLOCKS {
+        return None;
+    }
+    BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        if blocks.len() < n {
+            blocks.resize(n, Block::new());
+        }
+        Some(f(&mut blocks[..n]))
+    })
+}
+
 fn hash_blocking(params: &Params, password: &str) -> Result<String, HashError> {
+    let err = |e: argon2::password_hash::Error| HashError::Hash(e.to_string());
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.as_salt().decode_b64(&mut salt_buf).map_err(err)?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
-    argon2::PasswordHasher::hash_password(&argon, password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| HashError::Hash(e.to_string()))
+    let mut out = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+    with_blocks(params, |blocks| {
+        argon.hash_password_into_with_memory(password.as_bytes(), salt_bytes, &mut out, blocks)
+    })
+    .ok_or_else(|| HashError::Hash("memory cost too high".into()))?
+    .map_err(|e| HashError::Hash(e.to_string()))?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(err)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(err)?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether a password matches a PHC string (argon2 only; the comparison is
+/// constant-time).
+fn verify_blocking(phc: &str, password: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else { return false };
+    let (Ok(algorithm), Ok(params)) = (Algorithm::try_from(parsed.algorithm), Params::try_from(&parsed)) else {
+        return false;
+    };
+    let Ok(version) = parsed.version.map_or(Ok(Version::V0x13), Version::try_from) else { return false };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else { return false };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+    let argon = Argon2::new(algorithm, version, params.clone());
+    let mut out = vec![0u8; expected.len()];
+    let hashed = with_blocks(&params, |blocks| {
+        argon.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, blocks)
+    });
+    matches!(hashed, Some(Ok(()))) && Output::new(&out).is_ok_and(|o| o == expected)
 }
 
 #[cfg(test)]
@@ -178,5 +234,24 @@ mod tests {
         assert!(hasher.verify(SecretString::from("correct horse"), Some(phc.clone())).await.unwrap());
         assert!(!hasher.verify(SecretString::from("wrong horse"), Some(phc)).await.unwrap());
         assert!(!hasher.verify(SecretString::from("correct horse"), None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn hashes_of_the_argon2_crate_and_ours_verify_each_other() {
+        use argon2::{PasswordHasher as _, PasswordVerifier as _};
+        let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).unwrap();
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        let hasher = PasswordHasher::new(1).unwrap();
+        assert!(hasher.verify(SecretString::from("correct horse"), Some(theirs.clone())).await.unwrap());
+        assert!(!hasher.verify(SecretString::from("correct horsf"), Some(theirs)).await.unwrap());
+        let ours = hasher.hash(SecretString::from("correct horse")).await.unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default().verify_password(b"correct horse", &parsed).is_ok());
+        assert!(!verify_blocking("$argon2id$v=19$m=999999999,t=2,p=1$c2FsdHNhbHQ$aGFzaA", "x"), "absurd cost refused");
+        assert!(!verify_blocking("not a hash", "x"));
     }
 }

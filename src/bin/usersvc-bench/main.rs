@@ -189,6 +189,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stops a started service as an operator would (SIGTERM, then waits for it
+/// to finish), so the next start does not meet its leftovers.
+async fn stop(child: &mut tokio::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill only sends a signal to the process we started.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    child.kill().await.ok();
+}
+
 async fn startup(readyz: &str, runs: usize, command: &[String]) -> anyhow::Result<()> {
     let (program, rest) = command.split_first().ok_or_else(|| anyhow::anyhow!("no command to start"))?;
     let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).build()?;
@@ -210,7 +226,7 @@ async fn startup(readyz: &str, runs: usize, command: &[String]) -> anyhow::Resul
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
-        child.kill().await.ok();
+        stop(&mut child).await;
         let ready = ready.ok_or_else(|| anyhow::anyhow!("the service did not become ready"))?;
         times.push((ready.as_secs_f64() * 1e4).round() / 10.0);
     }
