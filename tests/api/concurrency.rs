@@ -10,6 +10,22 @@ use usersvc::pb;
 
 use crate::common::spawn;
 
+/// Sets one member of a user's extras over gRPC, with a field mask naming
+/// only it.
+async fn set_extra(
+    users: &mut pb::user_service_client::UserServiceClient<tonic::transport::Channel>,
+    key: &str,
+    token: &str,
+    users_id: String,
+    name: &str,
+    value: i64,
+) -> Result<(), tonic::Status> {
+    let user: pb::User = serde_json::from_value(json!({"extras": {name: value}})).expect("a user");
+    let mask = FieldMask { paths: vec![format!("extras.{name}")] };
+    let req = pb::UpdateUserRequest { users_id, user: Some(user), update_mask: Some(mask) };
+    users.update_user(crate::common::with_auth(req, Some(key), Some(token))).await.map(|_| ())
+}
+
 both_stores! {
 async fn concurrent_updates_of_different_fields_all_persist() {
     let t = spawn().await;
@@ -22,16 +38,8 @@ async fn concurrent_updates_of_different_fields_all_persist() {
         let mut users = t.users().await;
         updates.spawn(async move {
             if i % 2 == 0 {
-                let user: pb::User = serde_json::from_value(json!({"extras": {format!("f{i}"): i}})).unwrap();
-                let mask = FieldMask { paths: vec![format!("extras.f{i}")] };
-                users
-                    .update_user(crate::common::with_auth(
-                        pb::UpdateUserRequest { users_id: id, user: Some(user), update_mask: Some(mask) },
-                        Some(&key),
-                        Some(&token),
-                    ))
+                set_extra(&mut users, &key, &token, id, &format!("f{i}"), i)
                     .await
-                    .map(|_| ())
                     .map_err(|e| format!("{:?} {}", e.code(), e.message()))
             } else {
                 let res = reqwest::Client::new()
@@ -134,17 +142,7 @@ async fn a_user_deleted_while_being_updated_ends_deleted_with_nothing_left() {
             let (id, token, key) = (id.clone(), token.clone(), t.api_key.clone());
             let mut users = t.users().await;
             racers.spawn(async move {
-                let user: pb::User = serde_json::from_value(json!({"extras": {format!("r{i}"): i}})).unwrap();
-                let mask = FieldMask { paths: vec![format!("extras.r{i}")] };
-                users
-                    .update_user(crate::common::with_auth(
-                        pb::UpdateUserRequest { users_id: id, user: Some(user), update_mask: Some(mask) },
-                        Some(&key),
-                        Some(&token),
-                    ))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.code())
+                set_extra(&mut users, &key, &token, id, &format!("r{i}"), i).await.map_err(|e| e.code())
             });
         }
         let deleted = t.users().await.delete_user(t.req(pb::DeleteUserRequest { users_id: id.clone() }, Some(&boss))).await;

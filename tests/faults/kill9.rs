@@ -212,23 +212,7 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
     let app_uuid = uuid::Uuid::parse_str(&app_id).unwrap();
 
     // A supervisor who manages groups and the other users.
-    let boss = serve
-        .users()
-        .create_user(req(
-            pb::CreateUserRequest {
-                user: Some(pb::User {
-                    username: "boss".into(),
-                    password: "correct horse battery".into(),
-                    ..Default::default()
-                }),
-            },
-            &key,
-            None,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .session_token;
+    let boss = serve.sign_up(&key, "boss").await.session_token;
     let out = usersvc()
         .args(["supervisor", "add", "--app", &app_id, "--username", "boss", "--database-url", &db])
         .output()

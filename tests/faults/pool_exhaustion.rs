@@ -20,22 +20,7 @@ async fn requests_fail_fast_when_every_connection_is_busy() {
     let s = Serve::start(&db, &["--db-max-connections", "2", "--db-acquire-timeout", "1s", "--request-timeout", "20s"])
         .await;
     let (_, key) = create_app(&db);
-    let created = s
-        .users()
-        .create_user(req(
-            pb::CreateUserRequest {
-                user: Some(pb::User {
-                    username: "waiting".into(),
-                    password: "correct horse battery".into(),
-                    ..Default::default()
-                }),
-            },
-            &key,
-            None,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = s.sign_up(&key, "waiting").await;
     let (id, token) = (created.users_id, created.session_token);
 
     // Another session locks the table every read reads (API keys and

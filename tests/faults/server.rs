@@ -12,7 +12,7 @@ use std::{
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
-use usersvc::pb::{group_service_client::GroupServiceClient, user_service_client::UserServiceClient};
+use usersvc::pb::{self, group_service_client::GroupServiceClient, user_service_client::UserServiceClient};
 
 use crate::cluster::free_port;
 
@@ -140,6 +140,17 @@ impl Serve {
     }
 
     /// Panics when the process panicked at some point.
+    /// Signs up a user over gRPC (password "correct horse battery").
+    pub async fn sign_up(&self, api_key: &str, username: &str) -> pb::User {
+        let user =
+            pb::User { username: username.into(), password: "correct horse battery".into(), ..Default::default() };
+        self.users()
+            .create_user(req(pb::CreateUserRequest { user: Some(user) }, api_key, None))
+            .await
+            .expect("sign up")
+            .into_inner()
+    }
+
     pub fn assert_no_panic(&self) {
         let log = self.log_text();
         assert!(!log.contains("panicked"), "serve panicked:\n{log}");
