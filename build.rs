@@ -9,6 +9,9 @@ const PROTOS: &[&str] = &["usersvc/v1/users.proto", "usersvc/v1/groups.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // sqlx::migrate! embeds migrations/ at compile time; a new file must
+    // rebuild the crate.
+    println!("cargo:rerun-if-changed=migrations");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
 
     let mut compiler = protox::Compiler::new(["proto"])?;

@@ -51,12 +51,16 @@ impl HashPool {
                     loop {
                         // The lock is held only while waiting for the next job.
                         let job = match rx.lock() {
-                            Ok(rx) => rx.recv(),
+                            Ok(rx) => rx.recv_timeout(IDLE),
                             Err(_) => return,
                         };
                         match job {
                             Ok(job) => job(),
-                            Err(_) => return,
+                            // Nothing to hash for a while: give the memory
+                            // back (freed after the lock, so another idle
+                            // thread takes its turn to wait and free).
+                            Err(mpsc::RecvTimeoutError::Timeout) => release_blocks(),
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
                         }
                     }
                 })
@@ -162,9 +166,20 @@ const MAX_BLOCKS: usize = 256 * 1024;
 thread_local! {
     /// Each hashing thread's argon2 memory, reused from hash to hash. Freshly
     /// mapped memory for every hash cost a third of the hash again in page
-    /// faults and zeroing (big blocks go straight back to the system; see
-    /// `memory.rs`).
+    /// faults and zeroing. It goes back to the system after `IDLE` without
+    /// a hash, so a process at rest holds none.
     static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How long a hashing thread keeps its memory with nothing to hash.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn release_blocks() {
+    BLOCKS.with(|blocks| {
+        if let Ok(mut blocks) = blocks.try_borrow_mut() {
+            *blocks = Vec::new();
+        }
+    });
 }
 
 fn with_blocks<T>(params: &Params, f: impl FnOnce(&mut [Block]) -> T) -> Option<T> {

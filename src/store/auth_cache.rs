@@ -1,10 +1,13 @@
 //! What every call reads before it can do anything: the application of an
 //! API key and the session of a bearer token, kept a short while in memory
-//! so that a read costs one database round trip instead of three.
+//! so that a read costs one database round trip instead of three; and the
+//! user records reads return, as stored (their profile still sealed), so
+//! that a repeated read costs none.
 //!
 //! Nothing stale may be served: a session that ends must stop working at
-//! once. Every write that ends a session, or changes what a session grants,
-//! evicts here after it commits, and PostgreSQL notifies every replica (see
+//! once, and a read after a write sees the write. Every write that ends a
+//! session, changes what a session grants or changes a user evicts here
+//! after it commits, and PostgreSQL notifies every replica (see
 //! `pg_notify.rs`). The cache is used only while that notification channel
 //! is connected; when it drops, everything is forgotten and calls go to the
 //! database until it is back. An entry read from the database before an
@@ -21,12 +24,16 @@ use std::{
 
 use uuid::Uuid;
 
-use super::{App, SessionInfo};
+use super::{App, SessionInfo, UserRecord};
 
 /// Entries kept at most per map; past it the map starts again.
 const MAX_ENTRIES: usize = 100_000;
 /// How long an application is remembered (its changes also evict).
 const APP_TTL: Duration = Duration::from_secs(60);
+/// User records kept at most: sealed profiles are a few hundred bytes each.
+const MAX_USERS: usize = 20_000;
+/// How long a user record is remembered (its changes also evict).
+const USER_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 struct CachedSession {
@@ -42,6 +49,7 @@ pub struct AuthCache {
     generation: AtomicU64,
     apps: RwLock<HashMap<Vec<u8>, (App, Instant)>>,
     sessions: RwLock<HashMap<Vec<u8>, CachedSession>>,
+    users: RwLock<HashMap<Uuid, (UserRecord, Instant)>>,
 }
 
 /// Taken before a database read; an entry is stored only if nothing was
@@ -63,7 +71,7 @@ impl AuthCache {
     }
 
     pub fn put_app(&self, seen: Generation, key_hash: &[u8], app: &App) {
-        self.put(seen, &self.apps, key_hash, (app.clone(), Instant::now() + APP_TTL));
+        self.put(seen, &self.apps, MAX_ENTRIES, key_hash.to_vec(), (app.clone(), Instant::now() + APP_TTL));
     }
 
     /// A live session of this application, if one is remembered.
@@ -79,10 +87,31 @@ impl AuthCache {
     /// may go without touching it, nor past its end).
     pub fn put_session(&self, seen: Generation, app_id: Uuid, token_hash: &[u8], info: &SessionInfo, ttl: Duration) {
         let entry = CachedSession { app_id, info: info.clone(), until: Instant::now() + ttl };
-        self.put(seen, &self.sessions, token_hash, entry);
+        self.put(seen, &self.sessions, MAX_ENTRIES, token_hash.to_vec(), entry);
     }
 
-    fn put<V>(&self, seen: Generation, map: &RwLock<HashMap<Vec<u8>, V>>, key: &[u8], value: V) {
+    /// A user of this application as last stored, if one is remembered.
+    pub fn user(&self, app_id: Uuid, user_id: Uuid) -> Option<UserRecord> {
+        if !self.live.load(Ordering::SeqCst) {
+            return None;
+        }
+        let users = self.users.read().ok()?;
+        users.get(&user_id).filter(|(u, until)| u.app_id == app_id && *until > Instant::now()).map(|(u, _)| u.clone())
+    }
+
+    pub fn put_user(&self, seen: Generation, user: &UserRecord) {
+        let entry = (user.clone(), Instant::now() + USER_TTL);
+        self.put(seen, &self.users, MAX_USERS, user.id, entry);
+    }
+
+    fn put<K: std::hash::Hash + Eq, V>(
+        &self,
+        seen: Generation,
+        map: &RwLock<HashMap<K, V>>,
+        max: usize,
+        key: K,
+        value: V,
+    ) {
         if !self.live.load(Ordering::SeqCst) {
             return;
         }
@@ -91,10 +120,20 @@ impl AuthCache {
         if self.generation.load(Ordering::SeqCst) != seen.0 {
             return;
         }
-        if map.len() >= MAX_ENTRIES {
+        if map.len() >= max {
             map.clear();
         }
-        map.insert(key.to_vec(), value);
+        map.insert(key, value);
+    }
+
+    /// Forgets these users' records (changed or deleted).
+    pub fn evict_users(&self, ids: impl IntoIterator<Item = Uuid>) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut map) = self.users.write() {
+            for id in ids {
+                map.remove(&id);
+            }
+        }
     }
 
     /// Forgets the sessions of these token digests.
@@ -111,6 +150,9 @@ impl AuthCache {
     pub fn evict_all(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut map) = self.sessions.write() {
+            map.clear();
+        }
+        if let Ok(mut map) = self.users.write() {
             map.clear();
         }
         if let Ok(mut map) = self.apps.write() {

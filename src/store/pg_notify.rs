@@ -1,5 +1,7 @@
 //! Keeps the auth cache of this replica in step with every other one:
-//! LISTENs for the evictions the triggers of `…_auth_notify.sql` send, on a
+//! LISTENs for the evictions the triggers of `…_auth_notify.sql` and
+//! `…_user_notify.sql` send (a token digest in hex, `u` and a user id, or
+//! `*` for everything), on a
 //! connection of its own. The cache is live only while the channel is.
 
 use std::{sync::Arc, time::Duration};
@@ -43,6 +45,10 @@ async fn follow(pool: &PgPool, cache: &AuthCache) {
             return;
         }
     };
+    // On a lost connection, say so at once: sqlx would otherwise reconnect
+    // first, for up to its acquire timeout, while this replica went on
+    // trusting what it remembers.
+    listener.eager_reconnect(false);
     if let Err(e) = listener.listen(CHANNEL).await {
         tracing::debug!(error = %e, "auth cache: LISTEN failed");
         return;
@@ -51,18 +57,28 @@ async fn follow(pool: &PgPool, cache: &AuthCache) {
     cache.set_live(true);
     loop {
         match listener.try_recv().await {
-            Ok(Some(n)) => match n.payload() {
-                "*" => cache.evict_all(),
-                hex => match decode_hex(hex) {
-                    Some(hash) => cache.evict_sessions([hash.as_slice()]),
-                    None => cache.evict_all(),
-                },
-            },
+            Ok(Some(n)) => evict(cache, n.payload()),
             // The connection dropped: notifications may have been missed.
             Ok(None) | Err(_) => {
                 tracing::warn!("auth cache: notification channel lost; reading from the database until it is back");
                 return;
             }
+        }
+    }
+}
+
+fn evict(cache: &AuthCache, payload: &str) {
+    if payload == "*" {
+        cache.evict_all();
+    } else if let Some(id) = payload.strip_prefix('u') {
+        match uuid::Uuid::parse_str(id) {
+            Ok(id) => cache.evict_users([id]),
+            Err(_) => cache.evict_all(),
+        }
+    } else {
+        match decode_hex(payload) {
+            Some(hash) => cache.evict_sessions([hash.as_slice()]),
+            None => cache.evict_all(),
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::audit::{self, AuditRecord, StoredAudit};
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// API keys and sessions, remembered while every replica's evictions arrive.
+    /// API keys, sessions and user records, remembered while every replica's evictions arrive.
     auth: Arc<AuthCache>,
 }
 
@@ -298,8 +298,9 @@ impl Store for PgStore {
         .bind(&user.profile_ct)
         .bind(key_id)
         .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .await;
+        self.auth.evict_users([user.id]);
+        Ok(done?.rows_affected() > 0)
     }
 
     async fn set_supervisor(&self, app_id: Uuid, username_bidx: &[u8], on: bool, audit: &AuditRecord) -> Result<bool> {
@@ -366,12 +367,20 @@ impl Store for PgStore {
     }
 
     async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>> {
+        if let Some(user) = self.auth.user(app_id, user_id) {
+            return Ok(Some(user));
+        }
+        let seen = self.auth.generation();
         let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE app_id = $1 AND id = $2"))
             .bind(app_id)
             .bind(user_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(user_from_row).transpose()
+        let user = row.as_ref().map(user_from_row).transpose()?;
+        if let Some(u) = &user {
+            self.auth.put_user(seen, u);
+        }
+        Ok(user)
     }
 
     async fn credentials(&self, app_id: Uuid, username_bidx: &[u8]) -> Result<Option<Credentials>> {
@@ -423,6 +432,9 @@ impl Store for PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
+            // Lost the compare-and-set: what this replica remembers of the
+            // user is older than the row, so the retry reads the row.
+            self.auth.evict_users([user_id]);
             return Ok(None);
         };
         let mut ended: Vec<Vec<u8>> = Vec::new();
@@ -440,6 +452,7 @@ impl Store for PgStore {
         }
         append_in(&mut tx, audit).await?;
         tx.commit().await?;
+        self.auth.evict_users([user_id]);
         self.auth.evict_sessions(ended.iter().map(Vec::as_slice));
         user_from_row(&row).map(Some)
     }
@@ -907,6 +920,7 @@ impl Store for PgStore {
         audit.subject_id = Some(user_id);
         append_in(&mut tx, &[audit]).await?;
         tx.commit().await?;
+        self.auth.evict_users([user_id]);
         self.auth.evict_sessions(ended.iter().map(Vec::as_slice));
         Ok(ResetCheck::Live { app_id, user_id })
     }

@@ -1,7 +1,7 @@
-//! Two replicas on one PostgreSQL database. Each keeps API keys and sessions
-//! in memory for a moment; whatever ends a session on one must stop it
-//! working on the other at once (PostgreSQL LISTEN/NOTIFY), and on the
-//! replica that ended it, before the reply.
+//! Two replicas on one PostgreSQL database. Each keeps API keys, sessions
+//! and user records in memory for a moment; whatever ends a session or
+//! changes a user on one must be seen on the other at once (PostgreSQL
+//! LISTEN/NOTIFY), and on the replica that made it, before the reply.
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,84 @@ async fn ending_a_session_on_one_replica_ends_it_on_every_other_at_once() {
             let took = refused_after(&a, &key, &first, &me).await.expect("ended on the other replica");
             assert!(took < Duration::from_millis(500), "seen by the other replica after {took:?}");
             assert_eq!(status(&a, &key, &second, &me).await, 200, "the session that changed it stays");
+        })
+        .await
+}
+
+async fn first_name(app: &TestApp, key: &str, token: &str, path: &str) -> (u16, Option<String>) {
+    let res = app.http.get(app.url(path)).header("X-Api-Key", key).bearer_auth(token).send().await.unwrap();
+    let status = res.status().as_u16();
+    let body: serde_json::Value = res.json().await.unwrap_or_default();
+    (status, body["name"]["firstName"].as_str().map(str::to_owned))
+}
+
+/// How long until `path` on `app` answers what `want` accepts (None: not
+/// within two seconds).
+async fn seen_after(
+    app: &TestApp,
+    key: &str,
+    token: &str,
+    path: &str,
+    want: impl Fn(u16, Option<&str>) -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        let (status, name) = first_name(app, key, token, path).await;
+        if want(status, name.as_deref()) {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_change_to_a_user_on_one_replica_is_read_on_every_other_at_once() {
+    if common::postgres_server().is_none() {
+        eprintln!("PostgreSQL run not made: set TEST_DATABASE_URL");
+        return;
+    }
+    BACKEND
+        .scope(Backend::Postgres, async {
+            let a = spawn().await;
+            let b = spawn_in(a.db_url.clone(), |_| {}).await;
+            let key = a.api_key.clone();
+            let (id, token) = a.sign_up("replica-reader").await;
+            let (_, boss) = a.supervisor("replica-boss").await;
+            let me = format!("/v2/users/{id}");
+
+            // Both replicas have read the record (and may remember it).
+            for app in [&a, &b] {
+                for _ in 0..3 {
+                    assert_eq!(first_name(app, &key, &token, &me).await, (200, None));
+                    assert_eq!(first_name(app, &key, &boss, &me).await.0, 200);
+                }
+            }
+
+            let res = a
+                .http
+                .put(a.url(&me))
+                .header("X-Api-Key", &key)
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"name": {"firstName": "Ada"}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status().as_u16(), 200);
+            assert_eq!(first_name(&a, &key, &token, &me).await, (200, Some("Ada".into())), "read after write");
+            assert_eq!(first_name(&a, &key, &boss, &me).await, (200, Some("Ada".into())));
+            let took = seen_after(&b, &key, &boss, &me, |s, n| s == 200 && n == Some("Ada"))
+                .await
+                .expect("the other replica reads the change");
+            assert!(took < Duration::from_millis(500), "seen by the other replica after {took:?}");
+            assert_eq!(first_name(&b, &key, &token, &me).await, (200, Some("Ada".into())));
+
+            // Deleted on one replica: gone on the other.
+            let res = a.http.delete(a.url(&me)).header("X-Api-Key", &key).bearer_auth(&boss).send().await.unwrap();
+            assert!(res.status().is_success(), "delete: {}", res.status());
+            assert_eq!(first_name(&a, &key, &boss, &me).await.0, 404, "gone at once where it was deleted");
+            let took = seen_after(&b, &key, &boss, &me, |s, _| s == 404).await.expect("gone on the other replica");
+            assert!(took < Duration::from_millis(500), "seen by the other replica after {took:?}");
         })
         .await
 }

@@ -216,10 +216,18 @@ async fn database_restart_under_load() {
     // loaded machine, a password hash).
     assert!(slowest_failure <= ACQUIRE + Duration::from_secs(3), "a failure took {slowest_failure:?}");
 
-    // While the database is away, every request fails, fast.
-    let during: Vec<_> = samples.iter().filter(|x| x.start >= down && x.end <= starting).collect();
+    // While the database is away, every request fails, fast. (In the first
+    // moments a replica may still answer a read from the records it keeps
+    // in memory: it forgets them as soon as its notification channel drops.)
+    let settled = down + Duration::from_millis(250);
+    let during: Vec<_> = samples.iter().filter(|x| x.start >= settled && x.end <= starting).collect();
     assert!(!during.is_empty(), "requests were made during the outage");
-    assert!(during.iter().all(|x| x.outcome == Outcome::Unavailable), "{during:#?}");
+    let served: Vec<_> = during
+        .iter()
+        .filter(|x| x.outcome != Outcome::Unavailable)
+        .map(|x| (x.start - down, x.end - down, x.grpc, x.write, &x.outcome))
+        .collect();
+    assert!(served.is_empty(), "answered during the outage (from its start): {served:?}\n{}", s.log_text());
     assert!(during.iter().any(|x| x.grpc) && during.iter().any(|x| !x.grpc), "both doors were tried");
 
     // Health said so, and says so no longer.

@@ -90,7 +90,13 @@ pub fn print(files: &[PathBuf]) -> anyhow::Result<()> {
         let cost = 1.0 - ratio(h, g);
         targets.push(Target {
             what: "Gateway cost: GET over JSON vs GetUser over gRPC, 16 connections".into(),
-            figure: format!("{h:.0} vs {g:.0} requests/s: {:.1} % fewer", cost * 100.0),
+            // JSON can come out ahead: the tool's HTTP client costs less
+            // per request than its gRPC one, on the same cores.
+            figure: if cost >= 0.0 {
+                format!("{h:.0} vs {g:.0} requests/s: {:.1} % fewer", cost * 100.0)
+            } else {
+                format!("{h:.0} vs {g:.0} requests/s: {:.1} % more over JSON", -cost * 100.0)
+            },
             goal: "≤ 15 %".into(),
             met: Some(cost <= 0.15),
         });

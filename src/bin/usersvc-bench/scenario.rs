@@ -5,6 +5,7 @@
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use anyhow::Context;
+use http::Method;
 use pbjson_types::FieldMask;
 use tonic::{
     Request,
@@ -187,48 +188,100 @@ impl Target {
     }
 
     fn http_step(&self, scenario: Scenario, user: BenchUser, worker: usize) -> anyhow::Result<Step> {
-        // One keep-alive connection per worker.
-        let http = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+        let authority = self.http.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        // One keep-alive connection per worker, on hyper itself: the client's
+        // own cost per request is part of what the machine spends.
+        let conn = Arc::new(tokio::sync::Mutex::new(HttpConn { authority: authority.clone(), send: None }));
         let key = format!("browser bench {}", self.api_key);
         let auth = format!("Bearer {}", user.token);
-        let me = format!("{}/v2/users/{}", self.http, user.id);
-        let (base, target) = (self.http.clone(), Arc::new(self.clone()));
+        let me = format!("/v2/users/{}", user.id);
+        let target = Arc::new(self.clone());
         let mut n = 0u64;
         Ok(Box::new(move || {
             n += 1;
-            let req = match scenario {
-                Scenario::Get => http.get(&me),
-                Scenario::Mixed if !n.is_multiple_of(10) => http.get(&me),
+            let json = |v: serde_json::Value| Some(v.to_string());
+            let (method, path, body) = match scenario {
+                Scenario::Get => (Method::GET, me.clone(), None),
+                Scenario::Mixed if !n.is_multiple_of(10) => (Method::GET, me.clone(), None),
                 Scenario::Update | Scenario::Mixed => {
-                    http.put(&me).json(&serde_json::json!({"name": {"lastName": format!("Tester {n}")}}))
+                    (Method::PUT, me.clone(), json(serde_json::json!({"name": {"lastName": format!("Tester {n}")}})))
                 }
-                Scenario::Groups => http.get(format!("{me}/groups")),
-                Scenario::Signin => http
-                    .post(format!("{base}/v2/auth/signin"))
-                    .json(&serde_json::json!({"username": user.username, "password": user.password})),
+                Scenario::Groups => (Method::GET, format!("{me}/groups"), None),
+                Scenario::Signin => (
+                    Method::POST,
+                    "/v2/auth/signin".to_owned(),
+                    json(serde_json::json!({"username": user.username, "password": user.password})),
+                ),
                 Scenario::Create => {
                     let u = target.new_user(&format!("c{worker}-{n}"));
-                    http.post(format!("{base}/v2/users")).json(&serde_json::json!({
+                    let body = serde_json::json!({
                         "username": u.username, "password": u.password,
                         "email": {"primary": format!("c{worker}-{n}@example.com")},
                         "name": {"firstName": "Bench", "lastName": format!("c{worker}-{n}")},
-                    }))
+                    });
+                    (Method::POST, "/v2/users".to_owned(), json(body))
                 }
             };
-            let req = req.header("X-Api-Key", &key);
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(http::header::HOST, &authority)
+                .header("X-Api-Key", &key);
             // Sign-up and sign-in are made as nobody.
-            let req = if matches!(scenario, Scenario::Create | Scenario::Signin) {
-                req
-            } else {
-                req.header("Authorization", &auth)
+            if !matches!(scenario, Scenario::Create | Scenario::Signin) {
+                req = req.header(http::header::AUTHORIZATION, &auth);
+            }
+            let req = match body {
+                Some(b) => req.header(http::header::CONTENT_TYPE, "application/json").body(axum::body::Body::from(b)),
+                None => req.body(axum::body::Body::empty()),
             };
+            let conn = conn.clone();
             Box::pin(async move {
-                match req.send().await {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                match req {
+                    Ok(req) => conn.lock().await.send(req).await,
                     Err(_) => false,
                 }
             })
         }))
+    }
+}
+
+/// A worker's HTTP/1.1 connection, opened again if the server closed it.
+struct HttpConn {
+    authority: String,
+    send: Option<hyper::client::conn::http1::SendRequest<axum::body::Body>>,
+}
+
+impl HttpConn {
+    /// Whether the request got a 2xx with its whole body.
+    async fn send(&mut self, req: http::Request<axum::body::Body>) -> bool {
+        if self.send.as_ref().is_none_or(|s| s.is_closed()) {
+            self.send = self.connect().await.ok();
+        }
+        let Some(send) = self.send.as_mut() else { return false };
+        if send.ready().await.is_err() {
+            self.send = None;
+            return false;
+        }
+        match send.send_request(req).await {
+            Ok(res) => {
+                let ok = res.status().is_success();
+                let body = axum::body::to_bytes(axum::body::Body::new(res.into_body()), 4 << 20).await;
+                ok && body.is_ok()
+            }
+            Err(_) => {
+                self.send = None;
+                false
+            }
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<hyper::client::conn::http1::SendRequest<axum::body::Body>> {
+        let stream = tokio::net::TcpStream::connect(&self.authority).await?;
+        stream.set_nodelay(true)?;
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(send)
     }
 }
 
