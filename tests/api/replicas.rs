@@ -12,19 +12,6 @@ async fn status(app: &TestApp, key: &str, token: &str, path: &str) -> u16 {
     res.status().as_u16()
 }
 
-/// How long until `path` on `app` stops answering 200 (None: it did not
-/// within two seconds).
-async fn refused_after(app: &TestApp, key: &str, token: &str, path: &str) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(2) {
-        if status(app, key, token, path).await == 401 {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    None
-}
-
 #[tokio::test]
 async fn ending_a_session_on_one_replica_ends_it_on_every_other_at_once() {
     if common::postgres_server().is_none() {
@@ -46,7 +33,9 @@ async fn ending_a_session_on_one_replica_ends_it_on_every_other_at_once() {
             }
             assert_eq!(status(&a, &key, &token, "/v2/auth/signout").await, 200);
             assert_eq!(status(&a, &key, &token, &me).await, 401, "the replica that signed out, at once");
-            let took = refused_after(&b, &key, &token, &me).await.expect("the other replica refuses the session");
+            let took = seen_after(&b, &key, &token, &me, |s, _| s == 401)
+                .await
+                .expect("the other replica refuses the session");
             assert!(took < Duration::from_millis(500), "seen by the other replica after {took:?}");
 
             // A password change ends the user's other sessions.
@@ -78,7 +67,7 @@ async fn ending_a_session_on_one_replica_ends_it_on_every_other_at_once() {
                 .unwrap();
             assert_eq!(res.status().as_u16(), 200);
             assert_eq!(status(&b, &key, &first, &me).await, 401, "ended on the replica that changed it");
-            let took = refused_after(&a, &key, &first, &me).await.expect("ended on the other replica");
+            let took = seen_after(&a, &key, &first, &me, |s, _| s == 401).await.expect("ended on the other replica");
             assert!(took < Duration::from_millis(500), "seen by the other replica after {took:?}");
             assert_eq!(status(&a, &key, &second, &me).await, 200, "the session that changed it stays");
         })

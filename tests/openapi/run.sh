@@ -160,6 +160,11 @@ enabled = false
 TOML
 
 # --- schemathesis ------------------------------------------------------------
+# One worker: with two threads, CPython 3.11.7 (this machine's) now and then
+# fails inside hypothesis's own source parsing ("SystemError: AST constructor
+# recursion depth mismatch", a thread-safety bug of that CPython), which
+# schemathesis reports as a run error though the service answered nothing
+# wrong.
 run_st() {
   local rc=0
   timeout --signal=INT --kill-after=30 "$TIME_LIMIT" \
@@ -171,7 +176,7 @@ run_st() {
       --max-examples "$MAX_EXAMPLES" \
       --generation-deterministic \
       --request-timeout 30 \
-      --workers 2 \
+      --workers 1 \
       --no-color \
       "$@" || rc=$?
   if [[ $rc -eq 124 || $rc -eq 137 ]]; then
