@@ -767,50 +767,49 @@ impl Store for PgStore {
         let mut sorted: Vec<&(Vec<u8>, ThrottleRule)> = keys.iter().collect();
         // One lock order for every caller: no deadlock between two attempts.
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        sorted.dedup_by(|a, b| a.0 == b.0);
+        let key_list: Vec<&[u8]> = sorted.iter().map(|(k, _)| k.as_slice()).collect();
+        // Two statements for every key at once (each a round trip): a sign-in
+        // is otherwise a dozen small statements besides its hash.
         let mut tx = self.pool.begin().await?;
-        let mut wait: Option<f64> = None;
-        for (key, _) in &sorted {
-            sqlx::query(
-                "INSERT INTO throttles (key, failures, last_failure) VALUES ($1, 0, now()) ON CONFLICT DO NOTHING",
-            )
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-            let secs: Option<f64> = sqlx::query_scalar(
-                "SELECT extract(epoch FROM blocked_until - now())::float8 FROM throttles WHERE key = $1 FOR UPDATE",
-            )
-            .bind(key)
-            .fetch_one(&mut *tx)
-            .await?;
-            if let Some(s) = secs.filter(|s| *s > 0.0) {
-                wait = Some(wait.map_or(s, |w| w.max(s)));
-            }
-        }
+        // Made if missing and locked (the no-op update takes the row lock),
+        // in key order; each key's remaining wait, if blocked.
+        let waits: Vec<Option<f64>> = sqlx::query_scalar(
+            "INSERT INTO throttles (key, failures, last_failure)
+             SELECT k, 0, now() FROM unnest($1::bytea[]) AS t(k) ORDER BY k
+             ON CONFLICT (key) DO UPDATE SET failures = throttles.failures
+             RETURNING extract(epoch FROM blocked_until - now())::float8",
+        )
+        .bind(&key_list)
+        .fetch_all(&mut *tx)
+        .await?;
+        let wait = waits.into_iter().flatten().filter(|s| *s > 0.0).reduce(f64::max);
         if let Some(w) = wait {
             tx.commit().await?;
             return Ok(Some(Duration::from_secs_f64(w)));
         }
-        for (key, rule) in &sorted {
-            // Past `free` attempts the wait doubles with each: 1 s, 2 s, 4 s,
-            // ... up to `max_wait`. Attempts older than `window` are forgotten.
-            sqlx::query(
-                "UPDATE throttles SET
-                     failures = n.failures,
-                     last_failure = now(),
-                     blocked_until = CASE WHEN n.failures >= $2
-                         THEN now() + make_interval(secs => LEAST($3, power(2, LEAST(n.failures - $2, 30))))
-                         ELSE NULL END
-                 FROM (SELECT CASE WHEN last_failure < now() - make_interval(secs => $4) THEN 1 ELSE failures + 1 END
-                              AS failures FROM throttles WHERE key = $1) n
-                 WHERE key = $1",
-            )
-            .bind(key)
-            .bind(rule.free)
-            .bind(rule.max_wait.as_secs_f64())
-            .bind(rule.window.as_secs_f64())
-            .execute(&mut *tx)
-            .await?;
-        }
+        // Past `free` attempts the wait doubles with each: 1 s, 2 s, 4 s,
+        // ... up to `max_wait`. Attempts older than `window` are forgotten.
+        sqlx::query(
+            "UPDATE throttles SET
+                 failures = n.failures,
+                 last_failure = now(),
+                 blocked_until = CASE WHEN n.failures >= n.free
+                     THEN now() + make_interval(secs => LEAST(n.max_wait, power(2, LEAST(n.failures - n.free, 30))))
+                     ELSE NULL END
+             FROM (SELECT r.key, r.free, r.max_wait,
+                          CASE WHEN t.last_failure < now() - make_interval(secs => r.win) THEN 1
+                               ELSE t.failures + 1 END AS failures
+                   FROM unnest($1::bytea[], $2::int4[], $3::float8[], $4::float8[]) AS r(key, free, max_wait, win)
+                   JOIN throttles t ON t.key = r.key) n
+             WHERE throttles.key = n.key",
+        )
+        .bind(&key_list)
+        .bind(sorted.iter().map(|(_, r)| r.free).collect::<Vec<i32>>())
+        .bind(sorted.iter().map(|(_, r)| r.max_wait.as_secs_f64()).collect::<Vec<f64>>())
+        .bind(sorted.iter().map(|(_, r)| r.window.as_secs_f64()).collect::<Vec<f64>>())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(None)
     }
@@ -832,13 +831,16 @@ impl Store for PgStore {
     }
 
     async fn throttle_succeeded(&self, clear: &[u8], forgive: Option<&[u8]>) -> Result<()> {
-        sqlx::query("DELETE FROM throttles WHERE key = $1").bind(clear).execute(&self.pool).await?;
-        if let Some(key) = forgive {
-            sqlx::query("UPDATE throttles SET failures = GREATEST(failures - 1, 0) WHERE key = $1")
-                .bind(key)
-                .execute(&self.pool)
-                .await?;
-        }
+        // One statement, one round trip (an UPDATE of no key when there is
+        // nothing to forgive).
+        sqlx::query(
+            "WITH cleared AS (DELETE FROM throttles WHERE key = $1)
+             UPDATE throttles SET failures = GREATEST(failures - 1, 0) WHERE key = $2",
+        )
+        .bind(clear)
+        .bind(forgive)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
