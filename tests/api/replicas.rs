@@ -7,23 +7,32 @@ use std::time::{Duration, Instant};
 
 use crate::common::{self, BACKEND, Backend, TestApp, spawn, spawn_in};
 
-async fn status(app: &TestApp, key: &str, token: &str, path: &str) -> u16 {
-    let res = app.http.get(app.url(path)).header("X-Api-Key", key).bearer_auth(token).send().await.unwrap();
-    res.status().as_u16()
-}
-
-#[tokio::test]
-async fn ending_a_session_on_one_replica_ends_it_on_every_other_at_once() {
+/// Two replicas of one application on one PostgreSQL database (None
+/// without a PostgreSQL server to run on).
+async fn two_replicas() -> Option<(TestApp, TestApp)> {
     if common::postgres_server().is_none() {
         eprintln!("PostgreSQL run not made: set TEST_DATABASE_URL");
-        return;
+        return None;
     }
     BACKEND
         .scope(Backend::Postgres, async {
             let a = spawn().await;
             let b = spawn_in(a.db_url.clone(), |_| {}).await;
-            let key = a.api_key.clone();
+            Some((a, b))
+        })
+        .await
+}
 
+async fn status(app: &TestApp, key: &str, token: &str, path: &str) -> u16 {
+    first_name(app, key, token, path).await.0
+}
+
+#[tokio::test]
+async fn ending_a_session_on_one_replica_ends_it_on_every_other_at_once() {
+    let Some((a, b)) = two_replicas().await else { return };
+    let key = a.api_key.clone();
+    BACKEND
+        .scope(Backend::Postgres, async {
             // Sign-out.
             let (id, token) = a.sign_up("replica-signout").await;
             let me = format!("/v2/users/{id}");
@@ -103,15 +112,10 @@ async fn seen_after(
 
 #[tokio::test]
 async fn a_change_to_a_user_on_one_replica_is_read_on_every_other_at_once() {
-    if common::postgres_server().is_none() {
-        eprintln!("PostgreSQL run not made: set TEST_DATABASE_URL");
-        return;
-    }
+    let Some((a, b)) = two_replicas().await else { return };
+    let key = a.api_key.clone();
     BACKEND
         .scope(Backend::Postgres, async {
-            let a = spawn().await;
-            let b = spawn_in(a.db_url.clone(), |_| {}).await;
-            let key = a.api_key.clone();
             let (id, token) = a.sign_up("replica-reader").await;
             let (_, boss) = a.supervisor("replica-boss").await;
             let me = format!("/v2/users/{id}");
