@@ -16,7 +16,6 @@ use crate::pb::{group_service_server::GroupServiceServer, user_service_server::U
 use crate::service::{Core, GroupSvc, UserSvc};
 use crate::store::{Store, backend, backend::Pool};
 
-const IN_PROCESS_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// HTTP/2 pings on idle gRPC connections, to find peers that are gone.
 const GRPC_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -36,9 +35,9 @@ pub struct Application {
     http: JoinHandle<std::io::Result<()>>,
 }
 
-/// The two services, ready to serve over any transport.
-pub fn services(core: Arc<Core>) -> (UserServiceServer<UserSvc>, GroupServiceServer<GroupSvc>) {
-    (UserServiceServer::new(UserSvc::new(core.clone())), GroupServiceServer::new(GroupSvc::new(core)))
+/// The two services, shared by the gRPC server and the in-process gateway.
+pub fn services(core: Arc<Core>) -> (Arc<UserSvc>, Arc<GroupSvc>) {
+    (Arc::new(UserSvc::new(core.clone())), Arc::new(GroupSvc::new(core)))
 }
 
 impl Application {
@@ -115,21 +114,15 @@ impl Application {
                 .layer(crate::observe::GrpcObserveLayer)
                 .add_service(health.clone())
                 .add_service(reflection)
-                .add_service(users.clone())
-                .add_service(groups.clone())
+                .add_service(UserServiceServer::from_arc(users.clone()))
+                .add_service(GroupServiceServer::from_arc(groups.clone()))
                 .serve_with_incoming_shutdown(
                     crate::net::grpc_incoming(grpc_listener, conn_limits),
                     stopped(shutdown_rx.clone()),
                 ),
         );
 
-        // In process, a request is as large as the JSON it came from allows
-        // (bodies are capped at 1 MiB; protobuf may be several times that).
-        let gateway = Gateway::in_process(
-            Routes::new(users.max_decoding_message_size(IN_PROCESS_MESSAGE_BYTES))
-                .add_service(groups.max_decoding_message_size(IN_PROCESS_MESSAGE_BYTES))
-                .add_service(health),
-        );
+        let gateway = Gateway::in_process(users, groups, Routes::new(health));
         let router = gateway::router(gateway, &args.gateway.cors_origins)
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,

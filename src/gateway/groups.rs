@@ -13,12 +13,12 @@ use crate::{pb, schema};
 
 pub async fn create(State(gw): State<Gateway>, meta: CallMeta, headers: HeaderMap, body: Bytes) -> ApiResult {
     let group: pb::Group = json::parse(&headers, &body, "Group", schema::GROUP_OUTPUT_ONLY, Mode::Whole)?.message;
-    let out = gw.groups.clone().create_group(meta.request(pb::CreateGroupRequest { group: Some(group) })).await?;
+    let out = gw.groups.create_group(meta.request(pb::CreateGroupRequest { group: Some(group) })).await?;
     Ok(reply(out.get_ref()))
 }
 
 pub async fn get(State(gw): State<Gateway>, meta: CallMeta, Path(groups_id): Path<String>) -> ApiResult {
-    let out = gw.groups.clone().get_group(meta.request(pb::GetGroupRequest { groups_id })).await?;
+    let out = gw.groups.get_group(meta.request(pb::GetGroupRequest { groups_id })).await?;
     Ok(reply(out.get_ref()))
 }
 
@@ -35,12 +35,12 @@ pub async fn update(
         group: Some(parsed.message),
         update_mask: Some(FieldMask { paths: parsed.paths }),
     };
-    let out = gw.groups.clone().update_group(meta.request(req)).await?;
+    let out = gw.groups.update_group(meta.request(req)).await?;
     Ok(reply(out.get_ref()))
 }
 
 pub async fn delete(State(gw): State<Gateway>, meta: CallMeta, Path(groups_id): Path<String>) -> ApiResult {
-    let out = gw.groups.clone().delete_group(meta.request(pb::DeleteGroupRequest { groups_id })).await?;
+    let out = gw.groups.delete_group(meta.request(pb::DeleteGroupRequest { groups_id })).await?;
     Ok(reply(out.get_ref()))
 }
 
@@ -49,7 +49,7 @@ pub async fn add_member(
     meta: CallMeta,
     Path((groups_id, users_id)): Path<(String, String)>,
 ) -> ApiResult {
-    let out = gw.groups.clone().add_member(meta.request(pb::AddMemberRequest { groups_id, users_id })).await?;
+    let out = gw.groups.add_member(meta.request(pb::AddMemberRequest { groups_id, users_id })).await?;
     Ok(reply(out.get_ref()))
 }
 
@@ -58,23 +58,22 @@ pub async fn remove_member(
     meta: CallMeta,
     Path((groups_id, users_id)): Path<(String, String)>,
 ) -> ApiResult {
-    let out = gw.groups.clone().remove_member(meta.request(pb::RemoveMemberRequest { groups_id, users_id })).await?;
+    let out = gw.groups.remove_member(meta.request(pb::RemoveMemberRequest { groups_id, users_id })).await?;
     Ok(reply(out.get_ref()))
 }
 
 /// The documented reply is a bare array of user ids.
 pub async fn members(State(gw): State<Gateway>, meta: CallMeta, Path(groups_id): Path<String>) -> ApiResult {
-    let out = gw.groups.clone().list_members(meta.request(pb::ListMembersRequest { groups_id })).await?;
+    let out = gw.groups.list_members(meta.request(pb::ListMembersRequest { groups_id })).await?;
     Ok(reply(&out.get_ref().users_ids))
 }
 
 pub async fn list_all(State(gw): State<Gateway>, meta: CallMeta, Path(app_id): Path<String>) -> ApiResult {
-    let out =
-        gw.groups.clone().list_groups(meta.request(pb::ListGroupsRequest { app_id, default_only: false })).await?;
+    let out = gw.groups.list_groups(meta.request(pb::ListGroupsRequest { app_id, default_only: false })).await?;
     Ok(reply(&out.get_ref().groups))
 }
 
 pub async fn list_default(State(gw): State<Gateway>, meta: CallMeta, Path(app_id): Path<String>) -> ApiResult {
-    let out = gw.groups.clone().list_groups(meta.request(pb::ListGroupsRequest { app_id, default_only: true })).await?;
+    let out = gw.groups.list_groups(meta.request(pb::ListGroupsRequest { app_id, default_only: true })).await?;
     Ok(reply(&out.get_ref().groups))
 }

@@ -8,9 +8,10 @@ pub mod json;
 pub mod openapi;
 mod probes;
 mod reset;
+pub mod upstream;
 mod users;
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -27,47 +28,55 @@ use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
 };
 
-use crate::pb::{group_service_client::GroupServiceClient, user_service_client::UserServiceClient};
+use crate::pb::{
+    group_service_client::GroupServiceClient, group_service_server::GroupService,
+    user_service_client::UserServiceClient, user_service_server::UserService,
+};
 use error::ApiError;
 use tonic_health::pb::health_client::HealthClient;
 
 /// Request bodies larger than this are refused with 413 before parsing.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Any gRPC transport: the in-process services or a channel to a remote one.
+/// Any gRPC transport: the in-process health service or a channel to a remote one.
 /// (The error is a concrete type: a boxed `dyn Error` trips rustc's
 /// higher-ranked lifetime check in the handlers' futures.)
 pub type GrpcTransport =
     BoxCloneSyncService<http::Request<tonic::body::Body>, http::Response<tonic::body::Body>, tonic::transport::Error>;
 
-/// The gRPC clients the handlers call.
+/// The services the handlers call (see [`upstream`]).
 #[derive(Clone)]
 pub struct Gateway {
-    users: UserServiceClient<GrpcTransport>,
-    groups: GroupServiceClient<GrpcTransport>,
+    users: Arc<dyn UserService>,
+    groups: Arc<dyn GroupService>,
     health: HealthClient<GrpcTransport>,
 }
 
 impl Gateway {
-    pub fn new(transport: GrpcTransport) -> Self {
-        Self {
-            users: UserServiceClient::new(transport.clone()),
-            groups: GroupServiceClient::new(transport.clone()),
-            health: HealthClient::new(transport),
-        }
-    }
-
-    /// Calls the services of this process without a network hop (observed
-    /// like calls from the network).
-    pub fn in_process(routes: tonic::service::Routes) -> Self {
-        let observed = tower::Layer::layer(&crate::observe::GrpcObserveLayer, routes);
+    /// Calls the services of this process directly; `health` (the readiness
+    /// probe's) through the in-process gRPC transport.
+    pub fn in_process<U: UserService, G: GroupService>(
+        users: Arc<U>,
+        groups: Arc<G>,
+        health: tonic::service::Routes,
+    ) -> Self {
+        let observed = tower::Layer::layer(&crate::observe::GrpcObserveLayer, health);
         let svc = ServiceExt::<http::Request<tonic::body::Body>>::map_err(observed, |e: Infallible| match e {});
-        Self::new(BoxCloneSyncService::new(svc))
+        Self {
+            users: Arc::new(upstream::Local(users)),
+            groups: Arc::new(upstream::Local(groups)),
+            health: HealthClient::new(BoxCloneSyncService::new(svc)),
+        }
     }
 
     /// Calls a remote gRPC service.
     pub fn remote(channel: tonic::transport::Channel) -> Self {
-        Self::new(BoxCloneSyncService::new(channel))
+        let transport: GrpcTransport = BoxCloneSyncService::new(channel);
+        Self {
+            users: Arc::new(upstream::Remote(UserServiceClient::new(transport.clone()))),
+            groups: Arc::new(upstream::Remote(GroupServiceClient::new(transport.clone()))),
+            health: HealthClient::new(transport),
+        }
     }
 }
 

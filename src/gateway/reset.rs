@@ -23,7 +23,7 @@ pub async fn request(
     Path((app_id, username)): Path<(String, String)>,
 ) -> ApiResult {
     let req = pb::RequestPasswordResetRequest { app_id, username };
-    let out = gw.users.clone().request_password_reset(meta.request(req)).await?;
+    let out = gw.users.request_password_reset(meta.request(req)).await?;
     Ok(reply(out.get_ref()))
 }
 
@@ -38,7 +38,7 @@ pub struct ResetForm {
 /// The form, when the link is still good.
 pub async fn form(State(gw): State<Gateway>, meta: CallMeta, Path(token): Path<String>) -> Response {
     let req = pb::ResetPasswordRequest { token, new_password: String::new(), check_only: true };
-    match gw.users.clone().reset_password(meta.request(req)).await {
+    match gw.users.reset_password(meta.request(req)).await {
         Ok(_) => page(StatusCode::OK, form_body(None)),
         Err(status) => failure(&status),
     }
@@ -58,7 +58,7 @@ pub async fn submit(
         );
     }
     let req = pb::ResetPasswordRequest { token, new_password: f.password, check_only: false };
-    match gw.users.clone().reset_password(meta.request(req)).await {
+    match gw.users.reset_password(meta.request(req)).await {
         Ok(_) => page(
             StatusCode::OK,
             "<h1>Your password has been changed</h1>\

@@ -15,12 +15,12 @@ use serde_json::Value;
 
 pub async fn create(State(gw): State<Gateway>, meta: CallMeta, headers: HeaderMap, body: Bytes) -> ApiResult {
     let user: pb::User = json::parse(&headers, &body, "User", schema::USER_OUTPUT_ONLY, Mode::Whole)?.message;
-    let out = gw.users.clone().create_user(meta.request(pb::CreateUserRequest { user: Some(user) })).await?;
+    let out = gw.users.create_user(meta.request(pb::CreateUserRequest { user: Some(user) })).await?;
     Ok(reply_user(out.get_ref()))
 }
 
 pub async fn get(State(gw): State<Gateway>, meta: CallMeta, Path(users_id): Path<String>) -> ApiResult {
-    let out = gw.users.clone().get_user(meta.request(pb::GetUserRequest { users_id })).await?;
+    let out = gw.users.get_user(meta.request(pb::GetUserRequest { users_id })).await?;
     Ok(reply_user(out.get_ref()))
 }
 
@@ -38,36 +38,36 @@ pub async fn update(
         user: Some(parsed.message),
         update_mask: Some(FieldMask { paths: parsed.paths }),
     };
-    let out = gw.users.clone().update_user(meta.request(req)).await?;
+    let out = gw.users.update_user(meta.request(req)).await?;
     Ok(reply_user(out.get_ref()))
 }
 
 pub async fn delete(State(gw): State<Gateway>, meta: CallMeta, Path(users_id): Path<String>) -> ApiResult {
-    let out = gw.users.clone().delete_user(meta.request(pb::DeleteUserRequest { users_id })).await?;
+    let out = gw.users.delete_user(meta.request(pb::DeleteUserRequest { users_id })).await?;
     Ok(reply(out.get_ref()))
 }
 
 pub async fn forgot_username(State(gw): State<Gateway>, meta: CallMeta, headers: HeaderMap, body: Bytes) -> ApiResult {
     let req: pb::ForgotUsernameRequest =
         json::parse(&headers, &body, "ForgotUsernameRequest", &[], Mode::Whole)?.message;
-    let out = gw.users.clone().forgot_username(meta.request(req)).await?;
+    let out = gw.users.forgot_username(meta.request(req)).await?;
     Ok(reply(out.get_ref()))
 }
 
 /// The documented reply is a bare array of `{"groupsId", "name"}`.
 pub async fn groups(State(gw): State<Gateway>, meta: CallMeta, Path(users_id): Path<String>) -> ApiResult {
-    let out = gw.users.clone().list_user_groups(meta.request(pb::ListUserGroupsRequest { users_id })).await?;
+    let out = gw.users.list_user_groups(meta.request(pb::ListUserGroupsRequest { users_id })).await?;
     Ok(reply(&out.get_ref().groups))
 }
 
 pub async fn sign_in(State(gw): State<Gateway>, meta: CallMeta, headers: HeaderMap, body: Bytes) -> ApiResult {
     let req: pb::SignInRequest = json::parse(&headers, &body, "SignInRequest", &[], Mode::Whole)?.message;
-    let out = gw.users.clone().sign_in(meta.request(req)).await?;
+    let out = gw.users.sign_in(meta.request(req)).await?;
     Ok(reply_user(out.get_ref()))
 }
 
 pub async fn sign_out(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
-    let out = gw.users.clone().sign_out(meta.request(pb::SignOutRequest {})).await?;
+    let out = gw.users.sign_out(meta.request(pb::SignOutRequest {})).await?;
     Ok(reply(out.get_ref()))
 }
 
@@ -105,12 +105,12 @@ fn whole_numbers(v: &mut Value) {
 /// The caller's own live sessions, as a bare array.
 pub async fn sessions(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
     let req = pb::ListSessionsRequest { users_id: String::new() };
-    let out = gw.users.clone().list_sessions(meta.request(req)).await?;
+    let out = gw.users.list_sessions(meta.request(req)).await?;
     Ok(reply(&out.get_ref().sessions))
 }
 
 pub async fn revoke_session(State(gw): State<Gateway>, meta: CallMeta, Path(session_id): Path<String>) -> ApiResult {
     let req = pb::RevokeSessionRequest { session_id, users_id: String::new() };
-    let out = gw.users.clone().revoke_session(meta.request(req)).await?;
+    let out = gw.users.revoke_session(meta.request(req)).await?;
     Ok(reply(out.get_ref()))
 }
