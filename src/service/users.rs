@@ -13,7 +13,7 @@ use super::{Core, field_mask, profile, validate};
 use crate::auth::{Caller, SessionUser};
 use crate::pb::{self, user_service_server::UserService};
 use crate::schema;
-use crate::store::{NewReset, NewUser, ResetCheck, ThrottleRule, UserChange};
+use crate::store::{NewReset, NewUser, Relief, ResetCheck, ThrottleRule, UserChange};
 
 /// How often an update re-reads and retries when another update of the same
 /// user (or a key rotation) committed first.
@@ -383,15 +383,13 @@ impl UserSvc {
                 return Err(ServiceError::BadCredentials);
             }
         };
-        // A success forgets the username's count and this attempt of the
-        // address's (many may sign in from one address).
-        core.store.throttle_succeeded(&user_key, addr_key.as_deref()).await?;
         let (token, session) = core.auth.new_session();
         let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
         r.actor = "user".into();
         r.actor_id = Some(user_id);
         r.subject_id = Some(user_id);
-        core.store.create_session(app_id, user_id, session, &r).await?;
+        let relief = Relief { clear: Some(&user_key), forgive: addr_key.as_deref() };
+        core.store.create_session(app_id, user_id, session, relief, &r).await?;
         let rec = core.store.get_user(app_id, user_id).await?.ok_or(ServiceError::BadCredentials)?;
         tracing::info!(%app_id, users_id = %user_id, "signed in");
         let mut out = core.open_user(&rec).await?;

@@ -325,6 +325,15 @@ pub struct ThrottleRule {
     pub window: std::time::Duration,
 }
 
+/// What a successful sign-in takes off the throttles: `clear`'s count is
+/// forgotten (the username's), and this attempt is taken off `forgive`'s (the
+/// address's: many may sign in from one address).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Relief<'a> {
+    pub clear: Option<&'a [u8]>,
+    pub forgive: Option<&'a [u8]>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> Result<()>;
@@ -373,8 +382,16 @@ pub trait Store: Send + Sync + 'static {
     /// Queues a username reminder for each user with this primary address.
     async fn queue_username_reminders(&self, app_id: Uuid, email_bidx: &[u8], audit: &AuditRecord) -> Result<u64>;
 
-    async fn create_session(&self, app_id: Uuid, user_id: Uuid, session: NewSession, audit: &AuditRecord)
-    -> Result<()>;
+    /// Starts a session, and in the same transaction takes the sign-in's
+    /// attempt off the throttles it was counted against.
+    async fn create_session(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        session: NewSession,
+        relief: Relief<'_>,
+        audit: &AuditRecord,
+    ) -> Result<()>;
     /// Finds the session of a token hash within the application, checking
     /// the idle timeout, and refreshes its last use when older than
     /// `touch_after`.
@@ -431,9 +448,6 @@ pub trait Store: Send + Sync + 'static {
     /// (the wait counts from the refusal the caller saw, not from the start
     /// of the attempt, however long the password check took).
     async fn throttle_failed(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<()>;
-    /// After a success: forgets `clear`'s count, and takes this attempt off
-    /// `forgive`'s.
-    async fn throttle_succeeded(&self, clear: &[u8], forgive: Option<&[u8]>) -> Result<()>;
 
     /// Issues a reset token for the active user with this username, voiding
     /// their earlier ones, and queues its mail. The same statements run

@@ -11,8 +11,9 @@ use uuid::Uuid;
 use super::auth_cache::AuthCache;
 use super::{
     App, AuditFilter, Credentials, GroupRecord, MailRecipient, NewReset, NewServiceToken, NewSession, NewUser,
-    OutboxMessage, ResetCheck, Result, SealedUser, ServiceTokenInfo, ServiceTokenRow, SessionInfo, SessionLookup,
-    SessionRow, Store, StoreError, StoredKey, ThrottleRule, TokenRevocation, UserChange, UserRecord, from_row,
+    OutboxMessage, Relief, ResetCheck, Result, SealedUser, ServiceTokenInfo, ServiceTokenRow, SessionInfo,
+    SessionLookup, SessionRow, Store, StoreError, StoredKey, ThrottleRule, TokenRevocation, UserChange, UserRecord,
+    from_row,
 };
 use crate::audit::{self, AuditRecord, StoredAudit};
 
@@ -90,20 +91,6 @@ fn now_seconds() -> DateTime<Utc> {
     DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)
 }
 
-async fn insert_session(conn: &mut PgConnection, app_id: Uuid, user_id: Uuid, s: &NewSession) -> Result<()> {
-    sqlx::query("INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(s.id)
-        .bind(app_id)
-        .bind(user_id)
-        .bind(&s.token_hash)
-        .bind(expiry(s, Utc::now()))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Appends to the trail inside the caller's transaction: the records commit
-/// or vanish with the change they describe.
 /// A batch of trail records, column by column (bound as arrays).
 #[derive(Default)]
 struct AuditColumns {
@@ -125,14 +112,15 @@ struct AuditColumns {
     hash: Vec<Vec<u8>>,
 }
 
+/// Appends to the trail inside the caller's transaction: the records commit
+/// or vanish with the change they describe.
 async fn append_in(conn: &mut PgConnection, records: &[AuditRecord]) -> Result<()> {
     if records.is_empty() {
         return Ok(());
     }
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(AUDIT_LOCK).execute(&mut *conn).await?;
-    let last: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
+    // The lock, then the last hash, in one call (migration `round_trips`).
+    let last: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT audit_chain_head($1)").bind(AUDIT_LOCK).fetch_one(&mut *conn).await?;
     let mut prev = last.unwrap_or_else(|| audit::GENESIS.to_vec());
     // One statement for the whole batch: the rows go in the order given
     // (seq follows ORDER BY n), each chaining from the one before.
@@ -333,10 +321,22 @@ impl Store for PgStore {
     ) -> Result<UserRecord> {
         let now = now_seconds();
         let mut tx = self.pool.begin().await?;
+        // The user, their default groups and their first session in one
+        // statement (the memberships' and session's foreign keys are checked
+        // at its end, when the user row is there).
         let row = sqlx::query(&format!(
-            "INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
-                                profile_ct, active, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {USER_COLUMNS}"
+            "WITH u AS (
+                 INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
+                                    profile_ct, active, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {USER_COLUMNS}
+             ), m AS (
+                 INSERT INTO memberships (app_id, group_id, user_id)
+                 SELECT app_id, id, $1 FROM groups WHERE app_id = $2 AND is_default
+             ), s AS (
+                 INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
+                 SELECT $11, $2, $1, $12, $13 WHERE $11::uuid IS NOT NULL
+             )
+             SELECT * FROM u"
         ))
         .bind(user.id)
         .bind(user.app_id)
@@ -348,19 +348,11 @@ impl Store for PgStore {
         .bind(&user.profile_ct)
         .bind(user.active)
         .bind(now)
+        .bind(session.as_ref().map(|s| s.id))
+        .bind(session.as_ref().map(|s| s.token_hash.as_slice()))
+        .bind(session.as_ref().map(|s| expiry(s, Utc::now())))
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO memberships (app_id, group_id, user_id)
-             SELECT app_id, id, $2 FROM groups WHERE app_id = $1 AND is_default",
-        )
-        .bind(user.app_id)
-        .bind(user.id)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(s) = &session {
-            insert_session(&mut tx, user.app_id, user.id, s).await?;
-        }
         append_in(&mut tx, audit).await?;
         tx.commit().await?;
         user_from_row(&row)
@@ -507,10 +499,24 @@ impl Store for PgStore {
         app_id: Uuid,
         user_id: Uuid,
         session: NewSession,
+        relief: Relief<'_>,
         audit: &AuditRecord,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        insert_session(&mut tx, app_id, user_id, &session).await?;
+        sqlx::query(
+            "WITH s AS (INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
+                        VALUES ($1, $2, $3, $4, $5))
+             SELECT throttle_relief($6, $7)",
+        )
+        .bind(session.id)
+        .bind(app_id)
+        .bind(user_id)
+        .bind(&session.token_hash)
+        .bind(expiry(&session, Utc::now()))
+        .bind(relief.clear)
+        .bind(relief.forgive)
+        .execute(&mut *tx)
+        .await?;
         append_in(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(())
@@ -769,49 +775,16 @@ impl Store for PgStore {
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
         sorted.dedup_by(|a, b| a.0 == b.0);
         let key_list: Vec<&[u8]> = sorted.iter().map(|(k, _)| k.as_slice()).collect();
-        // Two statements for every key at once (each a round trip): a sign-in
-        // is otherwise a dozen small statements besides its hash.
-        let mut tx = self.pool.begin().await?;
-        // Made if missing and locked (the no-op update takes the row lock),
-        // in key order; each key's remaining wait, if blocked.
-        let waits: Vec<Option<f64>> = sqlx::query_scalar(
-            "INSERT INTO throttles (key, failures, last_failure)
-             SELECT k, 0, now() FROM unnest($1::bytea[]) AS t(k) ORDER BY k
-             ON CONFLICT (key) DO UPDATE SET failures = throttles.failures
-             RETURNING extract(epoch FROM blocked_until - now())::float8",
-        )
-        .bind(&key_list)
-        .fetch_all(&mut *tx)
-        .await?;
-        let wait = waits.into_iter().flatten().filter(|s| *s > 0.0).reduce(f64::max);
-        if let Some(w) = wait {
-            tx.commit().await?;
-            return Ok(Some(Duration::from_secs_f64(w)));
-        }
-        // Past `free` attempts the wait doubles with each: 1 s, 2 s, 4 s,
-        // ... up to `max_wait`. Attempts older than `window` are forgotten.
-        sqlx::query(
-            "UPDATE throttles SET
-                 failures = n.failures,
-                 last_failure = now(),
-                 blocked_until = CASE WHEN n.failures >= n.free
-                     THEN now() + make_interval(secs => LEAST(n.max_wait, power(2, LEAST(n.failures - n.free, 30))))
-                     ELSE NULL END
-             FROM (SELECT r.key, r.free, r.max_wait,
-                          CASE WHEN t.last_failure < now() - make_interval(secs => r.win) THEN 1
-                               ELSE t.failures + 1 END AS failures
-                   FROM unnest($1::bytea[], $2::int4[], $3::float8[], $4::float8[]) AS r(key, free, max_wait, win)
-                   JOIN throttles t ON t.key = r.key) n
-             WHERE throttles.key = n.key",
-        )
-        .bind(&key_list)
-        .bind(sorted.iter().map(|(_, r)| r.free).collect::<Vec<i32>>())
-        .bind(sorted.iter().map(|(_, r)| r.max_wait.as_secs_f64()).collect::<Vec<f64>>())
-        .bind(sorted.iter().map(|(_, r)| r.window.as_secs_f64()).collect::<Vec<f64>>())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(None)
+        // One call (migration `round_trips`): a sign-in is otherwise a dozen
+        // small statements besides its hash.
+        let wait: Option<f64> = sqlx::query_scalar("SELECT throttle_attempt($1, $2, $3, $4)")
+            .bind(&key_list)
+            .bind(sorted.iter().map(|(_, r)| r.free).collect::<Vec<i32>>())
+            .bind(sorted.iter().map(|(_, r)| r.max_wait.as_secs_f64()).collect::<Vec<f64>>())
+            .bind(sorted.iter().map(|(_, r)| r.window.as_secs_f64()).collect::<Vec<f64>>())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(wait.map(Duration::from_secs_f64))
     }
 
     async fn throttle_failed(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<()> {
@@ -827,20 +800,6 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         }
-        Ok(())
-    }
-
-    async fn throttle_succeeded(&self, clear: &[u8], forgive: Option<&[u8]>) -> Result<()> {
-        // One statement, one round trip (an UPDATE of no key when there is
-        // nothing to forgive).
-        sqlx::query(
-            "WITH cleared AS (DELETE FROM throttles WHERE key = $1)
-             UPDATE throttles SET failures = GREATEST(failures - 1, 0) WHERE key = $2",
-        )
-        .bind(clear)
-        .bind(forgive)
-        .execute(&self.pool)
-        .await?;
         Ok(())
     }
 

@@ -25,8 +25,9 @@ use uuid::Uuid;
 
 use super::{
     App, AuditFilter, Credentials, GroupRecord, MailRecipient, NewReset, NewServiceToken, NewSession, NewUser,
-    OutboxMessage, ResetCheck, Result, SealedUser, ServiceTokenInfo, ServiceTokenRow, SessionInfo, SessionLookup,
-    SessionRow, Store, StoreError, StoredKey, ThrottleRule, TokenRevocation, UserChange, UserRecord, from_row,
+    OutboxMessage, Relief, ResetCheck, Result, SealedUser, ServiceTokenInfo, ServiceTokenRow, SessionInfo,
+    SessionLookup, SessionRow, Store, StoreError, StoredKey, ThrottleRule, TokenRevocation, UserChange, UserRecord,
+    from_row,
 };
 use crate::audit::{self, AuditRecord, StoredAudit};
 
@@ -562,10 +563,16 @@ impl Store for SqliteStore {
         app_id: Uuid,
         user_id: Uuid,
         session: NewSession,
+        relief: Relief<'_>,
         audit: &AuditRecord,
     ) -> Result<()> {
         let mut tx = self.pool.begin_with(BEGIN).await?;
         insert_session(&mut tx, app_id, user_id, &session).await?;
+        sqlx::query("DELETE FROM throttles WHERE key = ?1").bind(relief.clear).execute(&mut *tx).await?;
+        sqlx::query("UPDATE throttles SET failures = MAX(failures - 1, 0) WHERE key = ?1")
+            .bind(relief.forgive)
+            .execute(&mut *tx)
+            .await?;
         append_in(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(())
@@ -884,17 +891,6 @@ impl Store for SqliteStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
-    }
-
-    async fn throttle_succeeded(&self, clear: &[u8], forgive: Option<&[u8]>) -> Result<()> {
-        sqlx::query("DELETE FROM throttles WHERE key = ?1").bind(clear).execute(&self.pool).await?;
-        if let Some(key) = forgive {
-            sqlx::query("UPDATE throttles SET failures = MAX(failures - 1, 0) WHERE key = ?1")
-                .bind(key)
-                .execute(&self.pool)
-                .await?;
-        }
         Ok(())
     }
 
@@ -1332,9 +1328,8 @@ mod tests {
 
         // Compare-and-set on the version.
         let keep = session("tok-keep");
-        s.create_session(f.app.id, nu.id, keep.clone(), &AuditRecord::new("session.sign_in", Some(f.app.id)))
-            .await
-            .unwrap();
+        let signed_in = AuditRecord::new("session.sign_in", Some(f.app.id));
+        s.create_session(f.app.id, nu.id, keep.clone(), Relief::default(), &signed_in).await.unwrap();
         let mut c = change(1, f.data_key.id);
         c.password_hash = Some("hash-2".into());
         c.keep_session = Some(keep.id);
@@ -1417,7 +1412,9 @@ mod tests {
         // delete_sessions: one, then all.
         let (a, b) = (session("a"), session("b"));
         for x in [&a, &b] {
-            s.create_session(f.app.id, nu.id, x.clone(), &AuditRecord::new("session.sign_in", None)).await.unwrap();
+            s.create_session(f.app.id, nu.id, x.clone(), Relief::default(), &AuditRecord::new("session.sign_in", None))
+                .await
+                .unwrap();
         }
         assert_eq!(s.delete_sessions(f.app.id, nu.id, Some(a.id), None).await.unwrap(), 1);
         assert_eq!(s.delete_sessions(f.app.id, nu.id, Some(a.id), None).await.unwrap(), 0);
@@ -1483,8 +1480,14 @@ mod tests {
         let wait = s.throttle_attempt(&keys).await.unwrap().unwrap();
         assert!(wait > Duration::from_secs(1) && wait <= Duration::from_secs(2), "{wait:?}");
 
-        // Success forgets one key and takes one off the other.
-        s.throttle_succeeded(b"user", Some(b"addr")).await.unwrap();
+        // Success forgets one key and takes one off the other, with the session.
+        let f = new_app(s, "throttled").await;
+        let nu = new_user(&f, "alice");
+        s.create_user(nu.clone(), None, &[]).await.unwrap();
+        let relief = Relief { clear: Some(b"user"), forgive: Some(b"addr") };
+        s.create_session(f.app.id, nu.id, session("ok"), relief, &AuditRecord::new("session.sign_in", None))
+            .await
+            .unwrap();
         let left: Vec<(Vec<u8>, i32)> =
             sqlx::query_as("SELECT key, failures FROM throttles ORDER BY key").fetch_all(s.pool()).await.unwrap();
         assert_eq!(left, vec![(b"addr".to_vec(), 3), (b"fresh".to_vec(), 0)]);
@@ -1665,7 +1668,9 @@ mod tests {
         let nu = new_user(&f, "gina");
         let short = NewSession { max_age: Duration::ZERO, ..session("gone") };
         s.create_user(nu.clone(), Some(short), &[]).await.unwrap();
-        s.create_session(f.app.id, nu.id, session("stays"), &AuditRecord::new("x", None)).await.unwrap();
+        s.create_session(f.app.id, nu.id, session("stays"), Relief::default(), &AuditRecord::new("x", None))
+            .await
+            .unwrap();
         let reset = NewReset {
             token_hash: b"r".to_vec(),
             outbox_id: Uuid::now_v7(),
@@ -1678,7 +1683,7 @@ mod tests {
         assert_eq!(s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap().len(), 1);
         // A huge lifetime is kept within range.
         let forever = NewSession { max_age: Duration::MAX, ..session("forever") };
-        s.create_session(f.app.id, nu.id, forever, &AuditRecord::new("x", None)).await.unwrap();
+        s.create_session(f.app.id, nu.id, forever, Relief::default(), &AuditRecord::new("x", None)).await.unwrap();
         assert_eq!(s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap().len(), 2);
     }
 

@@ -499,6 +499,36 @@ async fn parallel_guesses_cannot_slip_past_the_count() {
 }
 
 both_stores! {
+async fn sign_ins_racing_each_other_all_succeed() {
+    // A success forgets the username's count and takes one off the
+    // address's while other attempts of the same name from the same address
+    // are counting theirs: neither side may wait on the other (a deadlock
+    // is broken by failing one of them).
+    let t = spawn().await;
+    t.sign_up("doubleclick").await;
+    for _ in 0..4 {
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (http, url, key) = (t.http.clone(), t.url("/v2/auth/signin"), t.api_key.clone());
+            tasks.push(tokio::spawn(async move {
+                http.post(url)
+                    .header("X-Api-Key", key)
+                    .header("Content-Type", "application/json")
+                    .body(json!({"username": "doubleclick", "password": "correct horse battery"}).to_string())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), StatusCode::OK);
+        }
+    }
+}
+}
+
+both_stores! {
 async fn a_forwarded_address_is_believed_only_from_a_trusted_gateway() {
     let t = spawn().await;
     let mut req = t.req(

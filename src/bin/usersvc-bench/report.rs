@@ -34,17 +34,20 @@ fn find<'a>(runs: &'a [Value], run: &str, via: Option<&str>, conns: Option<f64>,
     })
 }
 
-/// The argon2 baseline measured last before `run` (the machine's speed
-/// drifts within a session, so a hash-bound run is set against the baseline
-/// taken just before it), else the session's first.
-fn hashes_before(runs: &[Value], run: &Value) -> Option<f64> {
+/// The argon2 baseline around `run`: the mean of the runs just before and
+/// just after it (the machine's speed drifts within a session by 10-20 %,
+/// so a hash-bound run is set against baselines taken on either side of
+/// it), or the one of them there is, else the session's first.
+fn hashes_around(runs: &[Value], run: &Value) -> Option<f64> {
     let at = runs.iter().position(|v| std::ptr::eq(v, run)).unwrap_or(runs.len());
-    runs[..at]
-        .iter()
-        .rev()
-        .find(|v| is(v, "run", "argon2"))
-        .or_else(|| runs.iter().find(|v| is(v, "run", "argon2")))
-        .and_then(|v| num(v, "hashes_per_s"))
+    let argon = |v: &&Value| is(v, "run", "argon2");
+    let before = runs[..at].iter().rev().find(argon).and_then(|v| num(v, "hashes_per_s"));
+    // Only a baseline right after the run counts as its "after".
+    let after = runs.get(at + 1).filter(argon).and_then(|v| num(v, "hashes_per_s"));
+    match (before, after) {
+        (Some(b), Some(a)) => Some((b + a) / 2.0),
+        (one, other) => one.or(other).or_else(|| runs.iter().find(argon).and_then(|v| num(v, "hashes_per_s"))),
+    }
 }
 
 struct Target {
@@ -117,7 +120,7 @@ pub fn print(files: &[PathBuf]) -> anyhow::Result<()> {
         for via in ["http", "grpc"] {
             let found = find(&runs, scenario, Some(via), None, false);
             if let (Some(rps), Some(hashes)) =
-                (found.and_then(|v| num(v, "rps")), found.and_then(|v| hashes_before(&runs, v)))
+                (found.and_then(|v| num(v, "rps")), found.and_then(|v| hashes_around(&runs, v)))
             {
                 let r = ratio(rps, hashes);
                 targets.push(Target {
@@ -179,8 +182,9 @@ pub fn print(files: &[PathBuf]) -> anyhow::Result<()> {
         let run = s("run");
         let rps = num(v, "rps");
         let ratio_cell = match (run.as_str(), rps) {
-            ("signin" | "create", Some(r)) => hashes_before(&runs, v)
-                .map(|h| format!("{:.0} % of argon2 ({h:.1}/s just before)", ratio(r, h) * 100.0)),
+            ("signin" | "create", Some(r)) => {
+                hashes_around(&runs, v).map(|h| format!("{:.0} % of argon2 ({h:.1}/s around it)", ratio(r, h) * 100.0))
+            }
             ("postgres_point_lookup" | "argon2" | "startup", _) => None,
             (_, Some(r)) => pg.map(|p| format!("{:.0} % of PG", ratio(r, p) * 100.0)),
             _ => None,
