@@ -78,9 +78,16 @@ struct Canonical<'a> {
     client_addr: Option<String>,
 }
 
-/// SHA-256 of the previous hash and the record's canonical content (JSON with
-/// fixed member order).
+/// SHA-256 of the previous hash and the record's canonical content.
 pub fn chain_hash(prev: &[u8], r: &AuditRecord) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(canonical(r));
+    h.finalize().to_vec()
+}
+
+/// The content a record's hash covers: JSON with a fixed member order.
+pub fn canonical(r: &AuditRecord) -> Vec<u8> {
     let canonical = Canonical {
         id: r.id,
         // The same text as `format("%Y-%m-%dT%H:%M:%S%.6fZ")`, without
@@ -97,11 +104,7 @@ pub fn chain_hash(prev: &[u8], r: &AuditRecord) -> Vec<u8> {
         request_id: r.request_id.as_deref(),
         client_addr: r.client_addr.as_ref().map(|c| STANDARD.encode(c)),
     };
-    let content = serde_json::to_vec(&canonical).unwrap_or_default();
-    let mut h = Sha256::new();
-    h.update(prev);
-    h.update(&content);
-    h.finalize().to_vec()
+    serde_json::to_vec(&canonical).unwrap_or_default()
 }
 
 /// A stored record with its place in the chain.

@@ -14,6 +14,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use metrics::SharedString;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing::Instrument;
 
@@ -124,7 +125,9 @@ fn rpc_span(rpc: &str, request_id: Option<&str>) -> tracing::Span {
     tracing::info_span!("rpc", rpc = %rpc, request_id = %request_id)
 }
 
-fn count_rpc(rpc: String, code: String, start: Instant) {
+fn count_rpc(rpc: impl Into<SharedString>, code: impl Into<SharedString>, start: Instant) {
+    let rpc: SharedString = rpc.into();
+    let code: SharedString = code.into();
     metrics::counter!("usersvc_grpc_requests_total", "rpc" => rpc.clone(), "code" => code).increment(1);
     metrics::histogram!("usersvc_grpc_request_duration_seconds", "rpc" => rpc).record(start.elapsed().as_secs_f64());
 }
@@ -143,10 +146,11 @@ where
     let span = rpc_span(rpc, request.metadata().get(REQUEST_ID).and_then(|v| v.to_str().ok()));
     let start = Instant::now();
     let res = call(request).instrument(span).await;
-    let code = match &res {
-        Ok(_) => "0".to_owned(),
-        Err(s) => (s.code() as i32).to_string(),
+    // Static labels for the common case: no allocation per call.
+    let code: SharedString = match &res {
+        Ok(_) => "0".into(),
+        Err(s) => (s.code() as i32).to_string().into(),
     };
-    count_rpc(rpc.to_owned(), code, start);
+    count_rpc(rpc, code, start);
     res
 }

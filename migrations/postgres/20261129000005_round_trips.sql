@@ -1,18 +1,47 @@
 -- Statements that used to take several round trips, as one call each. A
 -- sign-in made twelve statements besides its hash, and on a shared 2-core
 -- machine each round trip's send and wake-up costs the hash pool more than
--- the statement itself. Every function below is VOLATILE: in READ COMMITTED
+-- the statement itself; every audited write made two for its trail record. Every function below is VOLATILE: in READ COMMITTED
 -- each query in it takes a fresh snapshot, so a read that follows a lock
 -- sees what the lock's previous holder committed, as separate statements
 -- would.
 
--- Takes the trail's lock (held to the end of the transaction), then reads
--- the hash the next record chains from; NULL for an empty trail.
-CREATE FUNCTION audit_chain_head(lock_key bigint) RETURNS bytea
+-- Appends records to the trail, in the order given, each chained from the
+-- one before: SHA-256 of the previous hash and the record's canonical
+-- content (computed by the service, which also verifies the chain). Takes
+-- the trail's lock first (held to the end of the transaction), so the chain
+-- has one order; the last hash is read after it.
+CREATE FUNCTION audit_append(
+    p_lock_key bigint, p_genesis bytea, p_contents bytea[],
+    p_ids uuid[], p_ats timestamptz[], p_app_ids uuid[], p_actors text[], p_actor_ids uuid[],
+    p_subject_ids uuid[], p_object_ids uuid[], p_actions text[], p_fields text[], p_outcomes text[],
+    p_request_ids text[], p_client_addrs bytea[]
+) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_prev bytea;
+    v_prevs bytea[] := '{}';
+    v_hashes bytea[] := '{}';
 BEGIN
-    PERFORM pg_advisory_xact_lock(lock_key);
-    RETURN (SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1);
+    PERFORM pg_advisory_xact_lock(p_lock_key);
+    v_prev := coalesce((SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1), p_genesis);
+    FOR i IN 1 .. coalesce(array_length(p_contents, 1), 0) LOOP
+        v_prevs := v_prevs || v_prev;
+        v_prev := sha256(v_prev || p_contents[i]);
+        v_hashes := v_hashes || v_prev;
+    END LOOP;
+    -- Each record's field names come as a JSON array: arrays of arrays of
+    -- different lengths cannot be passed.
+    INSERT INTO audit_events (id, at, app_id, actor, actor_id, subject_id, object_id, action, fields,
+                              outcome, request_id, client_addr, prev_hash, hash)
+    SELECT t.id, t.at, t.app_id, t.actor, t.actor_id, t.subject_id, t.object_id, t.action,
+           ARRAY(SELECT jsonb_array_elements_text(t.fields::jsonb)),
+           t.outcome, t.request_id, t.client_addr, t.prev_hash, t.hash
+    FROM unnest(p_ids, p_ats, p_app_ids, p_actors, p_actor_ids, p_subject_ids, p_object_ids, p_actions,
+                p_fields, p_outcomes, p_request_ids, p_client_addrs, v_prevs, v_hashes)
+         WITH ORDINALITY AS t(id, at, app_id, actor, actor_id, subject_id, object_id, action, fields,
+                              outcome, request_id, client_addr, prev_hash, hash, n)
+    ORDER BY t.n;
 END
 $$;
 

@@ -74,8 +74,12 @@ pub async fn sign_out(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
 /// A user as JSON. `extras` travels as a `google.protobuf.Value`, whose
 /// numbers are doubles; a whole number is written without a fraction, as
 /// the client sent it (`3`, not `3.0`), so typed clients read it back as an
-/// integer.
+/// integer. Only a user whose extras hold one goes through a
+/// `serde_json::Value` to be rewritten.
 fn reply_user(user: &pb::User) -> axum::response::Response {
+    if !user.extras.as_ref().is_some_and(holds_whole_number) {
+        return reply(user);
+    }
     let mut json = match serde_json::to_value(user) {
         Ok(v) => v,
         Err(_) => return reply(user),
@@ -84,6 +88,16 @@ fn reply_user(user: &pb::User) -> axum::response::Response {
         whole_numbers(extras);
     }
     axum::Json(json).into_response()
+}
+
+fn holds_whole_number(v: &pbjson_types::Value) -> bool {
+    use pbjson_types::value::Kind;
+    match &v.kind {
+        Some(Kind::NumberValue(f)) => f.fract() == 0.0,
+        Some(Kind::StructValue(s)) => s.fields.values().any(holds_whole_number),
+        Some(Kind::ListValue(l)) => l.values.iter().any(holds_whole_number),
+        _ => false,
+    }
 }
 
 fn whole_numbers(v: &mut Value) {

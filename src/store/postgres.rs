@@ -1,7 +1,10 @@
 //! The PostgreSQL store (sqlx). Queries are checked at run time so that the
 //! project builds without a database; the end-to-end tests exercise each one.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -91,9 +94,10 @@ fn now_seconds() -> DateTime<Utc> {
     DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)
 }
 
-/// A batch of trail records, column by column (bound as arrays).
-#[derive(Default)]
+/// A batch of trail records, column by column (bound as arrays), with the
+/// content each one's hash covers.
 struct AuditColumns {
+    content: Vec<Vec<u8>>,
     id: Vec<Uuid>,
     at: Vec<DateTime<Utc>>,
     app_id: Vec<Option<Uuid>>,
@@ -102,74 +106,71 @@ struct AuditColumns {
     subject_id: Vec<Option<Uuid>>,
     object_id: Vec<Option<Uuid>>,
     action: Vec<String>,
-    /// Each record's field names as a JSON array: arrays of arrays of
-    /// different lengths cannot be bound.
+    /// Each record's field names as a JSON array.
     fields: Vec<String>,
     outcome: Vec<String>,
     request_id: Vec<Option<String>>,
     client_addr: Vec<Option<Vec<u8>>>,
-    prev_hash: Vec<Vec<u8>>,
-    hash: Vec<Vec<u8>>,
+}
+
+impl AuditColumns {
+    fn of(records: &[AuditRecord]) -> Self {
+        Self {
+            content: records.iter().map(audit::canonical).collect(),
+            id: records.iter().map(|r| r.id).collect(),
+            at: records.iter().map(|r| r.at).collect(),
+            app_id: records.iter().map(|r| r.app_id).collect(),
+            actor: records.iter().map(|r| r.actor.clone()).collect(),
+            actor_id: records.iter().map(|r| r.actor_id).collect(),
+            subject_id: records.iter().map(|r| r.subject_id).collect(),
+            object_id: records.iter().map(|r| r.object_id).collect(),
+            action: records.iter().map(|r| r.action.clone()).collect(),
+            fields: records.iter().map(|r| serde_json::to_string(&r.fields).unwrap_or_else(|_| "[]".into())).collect(),
+            outcome: records.iter().map(|r| r.outcome.clone()).collect(),
+            request_id: records.iter().map(|r| r.request_id.clone()).collect(),
+            client_addr: records.iter().map(|r| r.client_addr.clone()).collect(),
+        }
+    }
+
+    /// Binds the 15 arguments of `audit_append` (see [`audit_append_call`]).
+    fn bind<'q>(
+        self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        q.bind(AUDIT_LOCK)
+            .bind(audit::GENESIS.as_slice())
+            .bind(self.content)
+            .bind(self.id)
+            .bind(self.at)
+            .bind(self.app_id)
+            .bind(self.actor)
+            .bind(self.actor_id)
+            .bind(self.subject_id)
+            .bind(self.object_id)
+            .bind(self.action)
+            .bind(self.fields)
+            .bind(self.outcome)
+            .bind(self.request_id)
+            .bind(self.client_addr)
+    }
+}
+
+/// `audit_append(...)` (migration `round_trips`) with its arguments from
+/// parameter `$first` on: takes the trail's lock, chains and inserts the
+/// records, in one round trip.
+fn audit_append_call(first: usize) -> String {
+    let args: Vec<String> = (first..first + 15).map(|n| format!("${n}")).collect();
+    format!("audit_append({})", args.join(", "))
 }
 
 /// Appends to the trail inside the caller's transaction: the records commit
 /// or vanish with the change they describe.
 async fn append_in(conn: &mut PgConnection, records: &[AuditRecord]) -> Result<()> {
+    static SQL: LazyLock<String> = LazyLock::new(|| format!("SELECT {}", audit_append_call(1)));
     if records.is_empty() {
         return Ok(());
     }
-    // The lock, then the last hash, in one call (migration `round_trips`).
-    let last: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT audit_chain_head($1)").bind(AUDIT_LOCK).fetch_one(&mut *conn).await?;
-    let mut prev = last.unwrap_or_else(|| audit::GENESIS.to_vec());
-    // One statement for the whole batch: the rows go in the order given
-    // (seq follows ORDER BY n), each chaining from the one before.
-    let mut cols = AuditColumns::default();
-    for r in records {
-        let hash = audit::chain_hash(&prev, r);
-        cols.id.push(r.id);
-        cols.at.push(r.at);
-        cols.app_id.push(r.app_id);
-        cols.actor.push(r.actor.clone());
-        cols.actor_id.push(r.actor_id);
-        cols.subject_id.push(r.subject_id);
-        cols.object_id.push(r.object_id);
-        cols.action.push(r.action.clone());
-        cols.fields.push(serde_json::to_string(&r.fields).unwrap_or_else(|_| "[]".into()));
-        cols.outcome.push(r.outcome.clone());
-        cols.request_id.push(r.request_id.clone());
-        cols.client_addr.push(r.client_addr.clone());
-        cols.prev_hash.push(std::mem::replace(&mut prev, hash.clone()));
-        cols.hash.push(hash);
-    }
-    sqlx::query(
-        "INSERT INTO audit_events (id, at, app_id, actor, actor_id, subject_id, object_id, action, fields,
-                                   outcome, request_id, client_addr, prev_hash, hash)
-         SELECT id, at, app_id, actor, actor_id, subject_id, object_id, action,
-                ARRAY(SELECT jsonb_array_elements_text(fields::jsonb)),
-                outcome, request_id, client_addr, prev_hash, hash
-         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::text[], $5::uuid[], $6::uuid[], $7::uuid[],
-                     $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::bytea[], $14::bytea[])
-              WITH ORDINALITY AS t(id, at, app_id, actor, actor_id, subject_id, object_id, action, fields,
-                                   outcome, request_id, client_addr, prev_hash, hash, n)
-         ORDER BY n",
-    )
-    .bind(cols.id)
-    .bind(cols.at)
-    .bind(cols.app_id)
-    .bind(cols.actor)
-    .bind(cols.actor_id)
-    .bind(cols.subject_id)
-    .bind(cols.object_id)
-    .bind(cols.action)
-    .bind(cols.fields)
-    .bind(cols.outcome)
-    .bind(cols.request_id)
-    .bind(cols.client_addr)
-    .bind(cols.prev_hash)
-    .bind(cols.hash)
-    .execute(&mut *conn)
-    .await?;
+    AuditColumns::of(records).bind(sqlx::query(&SQL)).execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -502,23 +503,25 @@ impl Store for PgStore {
         relief: Relief<'_>,
         audit: &AuditRecord,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "WITH s AS (INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
-                        VALUES ($1, $2, $3, $4, $5))
-             SELECT throttle_relief($6, $7)",
-        )
-        .bind(session.id)
-        .bind(app_id)
-        .bind(user_id)
-        .bind(&session.token_hash)
-        .bind(expiry(&session, Utc::now()))
-        .bind(relief.clear)
-        .bind(relief.forgive)
-        .execute(&mut *tx)
-        .await?;
-        append_in(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await?;
+        // One statement, so one transaction and one round trip: the session,
+        // the throttles' relief and the trail record.
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH s AS (INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
+                            VALUES ($1, $2, $3, $4, $5))
+                 SELECT throttle_relief($6, $7), {}",
+                audit_append_call(8)
+            )
+        });
+        let q = sqlx::query(&SQL)
+            .bind(session.id)
+            .bind(app_id)
+            .bind(user_id)
+            .bind(&session.token_hash)
+            .bind(expiry(&session, Utc::now()))
+            .bind(relief.clear)
+            .bind(relief.forgive);
+        AuditColumns::of(std::slice::from_ref(audit)).bind(q).execute(&self.pool).await?;
         Ok(())
     }
 
