@@ -3,12 +3,15 @@
 # one session, and writes bench/results.md (see bench/README.md).
 #
 #   bench/run.sh [SECONDS]     (measured seconds per run; default 10)
+#   BENCH_REPS=N               (runs of each ratio figure, alternating with
+#                               its baseline; default 3)
 #
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust), like the tests.
 # Makes a fresh database, which it drops at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-${BENCH_SECONDS:-10}}
+REPS=${BENCH_REPS:-3}
 CONNS=16
 PGBASE=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 GRPC=127.0.0.1:50161
@@ -58,20 +61,26 @@ load() {
 echo "bench: $(nproc) cores; $SECS s per run; database $DB" >&2
 bench argon2 --seconds "$SECS"
 start
+# Figures that are ratios to a baseline are taken REPS times, alternating
+# with the baseline, and pooled: a shared machine's speed drifts by 10-20 %
+# within minutes, and each run is set against the baselines on either side.
+pg_baseline() { bench postgres --database-url "$DATABASE_URL" -c "$CONNS" --seconds "$SECS"; }
 load --scenario get --via grpc -c "$CONNS"
-load --scenario get --via http -c "$CONNS"
-bench postgres --database-url "$DATABASE_URL" -c "$CONNS" --seconds "$SECS"
+pg_baseline
+for _ in $(seq "$REPS"); do
+  load --scenario get --via http -c "$CONNS"
+  pg_baseline
+done
 load --scenario get --via http -c "$CONNS" --storm 8
 for via in http grpc; do
   for scenario in signin create update groups mixed; do
-    # Hash-bound runs are set against the mean of argon2 baselines taken
-    # just before and just after them: the speed of a shared machine drifts
-    # by 10-20 % within minutes.
     case $scenario in
       signin | create)
         bench argon2 --seconds "$SECS"
-        load --scenario "$scenario" --via "$via" -c "$CONNS"
-        bench argon2 --seconds "$SECS"
+        for _ in $(seq "$REPS"); do
+          load --scenario "$scenario" --via "$via" -c "$CONNS"
+          bench argon2 --seconds "$SECS"
+        done
         ;;
       *) load --scenario "$scenario" --via "$via" -c "$CONNS" ;;
     esac
