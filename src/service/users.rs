@@ -13,7 +13,7 @@ use super::{Core, field_mask, profile, validate};
 use crate::auth::{Caller, SessionUser};
 use crate::pb::{self, user_service_server::UserService};
 use crate::schema;
-use crate::store::{NewReset, NewUser, Relief, ResetCheck, ThrottleRule, UserChange};
+use crate::store::{NewReset, NewUser, Relief, ResetCheck, SignInAttempt, ThrottleRule, UserChange};
 
 /// How often an update re-reads and retries when another update of the same
 /// user (or a key rotation) committed first.
@@ -352,17 +352,16 @@ impl UserSvc {
         let addr_key = self.address_key("signin-addr", app_id, self.core.client_ip(ctx));
         let mut keys = vec![(user_key.clone(), USERNAME_RULE)];
         keys.extend(addr_key.clone().map(|k| (k, ADDRESS_RULE)));
-        if let Some(wait) = core.store.throttle_attempt(&keys).await? {
-            let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
-            r.outcome = "throttled".into();
-            core.trail.record(r);
-            metrics::counter!("usersvc_throttled_total", "kind" => "sign_in").increment(1);
-            return Err(ServiceError::Throttled(wait));
-        }
-        let creds = if req.username.chars().count() <= validate::MAX_USERNAME_CHARS {
-            core.store.credentials(app_id, &bidx).await?
-        } else {
-            None
+        let possible = req.username.chars().count() <= validate::MAX_USERNAME_CHARS;
+        let creds = match core.store.sign_in_attempt(&keys, app_id, possible.then_some(bidx.as_slice())).await? {
+            SignInAttempt::Go(creds) => creds,
+            SignInAttempt::Wait(wait) => {
+                let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
+                r.outcome = "throttled".into();
+                core.trail.record(r);
+                metrics::counter!("usersvc_throttled_total", "kind" => "sign_in").increment(1);
+                return Err(ServiceError::Throttled(wait));
+            }
         };
         // Unknown, wrong and inactive all verify once and answer alike.
         let (user_id, active, phc) = match creds {

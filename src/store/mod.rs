@@ -325,6 +325,15 @@ pub struct ThrottleRule {
     pub window: std::time::Duration,
 }
 
+/// Whether a sign-in may go on to the password check, and with what.
+#[derive(Debug)]
+pub enum SignInAttempt {
+    /// Under a wait: refused without a check.
+    Wait(std::time::Duration),
+    /// Counted; the username's credentials, if there is such a user.
+    Go(Option<Credentials>),
+}
+
 /// What a successful sign-in takes off the throttles: `clear`'s count is
 /// forgotten (the username's), and this attempt is taken off `forgive`'s (the
 /// address's: many may sign in from one address).
@@ -444,6 +453,23 @@ pub trait Store: Send + Sync + 'static {
     /// of them is under a wait: then nothing is counted and the longest
     /// wait is returned.
     async fn throttle_attempt(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<Option<std::time::Duration>>;
+    /// A sign-in's first step: its attempt counted as [`Store::throttle_attempt`]
+    /// does, then, unless it must wait, the credentials of the username's
+    /// blind index (`None`: a name that cannot exist).
+    async fn sign_in_attempt(
+        &self,
+        keys: &[(Vec<u8>, ThrottleRule)],
+        app_id: Uuid,
+        username_bidx: Option<&[u8]>,
+    ) -> Result<SignInAttempt> {
+        if let Some(wait) = self.throttle_attempt(keys).await? {
+            return Ok(SignInAttempt::Wait(wait));
+        }
+        Ok(SignInAttempt::Go(match username_bidx {
+            Some(bidx) => self.credentials(app_id, bidx).await?,
+            None => None,
+        }))
+    }
     /// After a failure: a key at or past its free attempts waits from now
     /// (the wait counts from the refusal the caller saw, not from the start
     /// of the attempt, however long the password check took).

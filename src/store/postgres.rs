@@ -15,8 +15,8 @@ use super::auth_cache::AuthCache;
 use super::{
     App, AuditFilter, Credentials, GroupRecord, MailRecipient, NewReset, NewServiceToken, NewSession, NewUser,
     OutboxMessage, Relief, ResetCheck, Result, SealedUser, ServiceTokenInfo, ServiceTokenRow, SessionInfo,
-    SessionLookup, SessionRow, Store, StoreError, StoredKey, ThrottleRule, TokenRevocation, UserChange, UserRecord,
-    from_row,
+    SessionLookup, SessionRow, SignInAttempt, Store, StoreError, StoredKey, ThrottleRule, TokenRevocation, UserChange,
+    UserRecord, from_row,
 };
 use crate::audit::{self, AuditRecord, StoredAudit};
 
@@ -92,6 +92,41 @@ fn expiry(session: &NewSession, now: DateTime<Utc>) -> DateTime<Utc> {
 fn now_seconds() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)
+}
+
+/// The arguments of `throttle_attempt`: the keys sorted and distinct (one
+/// lock order for every caller: no deadlock between two attempts), and
+/// their rules, column by column.
+struct ThrottleArgs<'a> {
+    keys: Vec<&'a [u8]>,
+    free: Vec<i32>,
+    max_wait: Vec<f64>,
+    window: Vec<f64>,
+}
+
+impl<'a> ThrottleArgs<'a> {
+    fn of(keys: &'a [(Vec<u8>, ThrottleRule)]) -> Self {
+        let mut sorted: Vec<&(Vec<u8>, ThrottleRule)> = keys.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        sorted.dedup_by(|a, b| a.0 == b.0);
+        Self {
+            keys: sorted.iter().map(|(k, _)| k.as_slice()).collect(),
+            free: sorted.iter().map(|(_, r)| r.free).collect(),
+            max_wait: sorted.iter().map(|(_, r)| r.max_wait.as_secs_f64()).collect(),
+            window: sorted.iter().map(|(_, r)| r.window.as_secs_f64()).collect(),
+        }
+    }
+
+    /// Binds them as `$1` to `$4`.
+    fn bind<'q>(
+        self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        q.bind(self.keys).bind(self.free).bind(self.max_wait).bind(self.window)
+    }
 }
 
 /// A batch of trail records, column by column (bound as arrays), with the
@@ -320,42 +355,42 @@ impl Store for PgStore {
         session: Option<NewSession>,
         audit: &[AuditRecord],
     ) -> Result<UserRecord> {
-        let now = now_seconds();
-        let mut tx = self.pool.begin().await?;
-        // The user, their default groups and their first session in one
-        // statement (the memberships' and session's foreign keys are checked
-        // at its end, when the user row is there).
-        let row = sqlx::query(&format!(
-            "WITH u AS (
-                 INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
-                                    profile_ct, active, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {USER_COLUMNS}
-             ), m AS (
-                 INSERT INTO memberships (app_id, group_id, user_id)
-                 SELECT app_id, id, $1 FROM groups WHERE app_id = $2 AND is_default
-             ), s AS (
-                 INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
-                 SELECT $11, $2, $1, $12, $13 WHERE $11::uuid IS NOT NULL
-             )
-             SELECT * FROM u"
-        ))
-        .bind(user.id)
-        .bind(user.app_id)
-        .bind(user.key_id)
-        .bind(&user.username_ct)
-        .bind(&user.username_bidx)
-        .bind(&user.password_hash)
-        .bind(&user.email_bidx)
-        .bind(&user.profile_ct)
-        .bind(user.active)
-        .bind(now)
-        .bind(session.as_ref().map(|s| s.id))
-        .bind(session.as_ref().map(|s| s.token_hash.as_slice()))
-        .bind(session.as_ref().map(|s| expiry(s, Utc::now())))
-        .fetch_one(&mut *tx)
-        .await?;
-        append_in(&mut tx, audit).await?;
-        tx.commit().await?;
+        // The user, their default groups, their first session and the trail
+        // records in one statement: one transaction, one round trip (the
+        // memberships' and session's foreign keys are checked at its end,
+        // when the user row is there).
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH u AS (
+                     INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
+                                        profile_ct, active, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {USER_COLUMNS}
+                 ), m AS (
+                     INSERT INTO memberships (app_id, group_id, user_id)
+                     SELECT app_id, id, $1 FROM groups WHERE app_id = $2 AND is_default
+                 ), s AS (
+                     INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
+                     SELECT $11, $2, $1, $12, $13 WHERE $11::uuid IS NOT NULL
+                 )
+                 SELECT u.*, {} AS trail FROM u",
+                audit_append_call(14)
+            )
+        });
+        let q = sqlx::query(&SQL)
+            .bind(user.id)
+            .bind(user.app_id)
+            .bind(user.key_id)
+            .bind(&user.username_ct)
+            .bind(&user.username_bidx)
+            .bind(&user.password_hash)
+            .bind(&user.email_bidx)
+            .bind(&user.profile_ct)
+            .bind(user.active)
+            .bind(now_seconds())
+            .bind(session.as_ref().map(|s| s.id))
+            .bind(session.as_ref().map(|s| s.token_hash.as_slice()))
+            .bind(session.as_ref().map(|s| expiry(s, Utc::now())));
+        let row = AuditColumns::of(audit).bind(q).fetch_one(&self.pool).await?;
         user_from_row(&row)
     }
 
@@ -773,21 +808,39 @@ impl Store for PgStore {
     }
 
     async fn throttle_attempt(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<Option<Duration>> {
-        let mut sorted: Vec<&(Vec<u8>, ThrottleRule)> = keys.iter().collect();
-        // One lock order for every caller: no deadlock between two attempts.
-        sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        sorted.dedup_by(|a, b| a.0 == b.0);
-        let key_list: Vec<&[u8]> = sorted.iter().map(|(k, _)| k.as_slice()).collect();
         // One call (migration `round_trips`): a sign-in is otherwise a dozen
         // small statements besides its hash.
-        let wait: Option<f64> = sqlx::query_scalar("SELECT throttle_attempt($1, $2, $3, $4)")
-            .bind(&key_list)
-            .bind(sorted.iter().map(|(_, r)| r.free).collect::<Vec<i32>>())
-            .bind(sorted.iter().map(|(_, r)| r.max_wait.as_secs_f64()).collect::<Vec<f64>>())
-            .bind(sorted.iter().map(|(_, r)| r.window.as_secs_f64()).collect::<Vec<f64>>())
-            .fetch_one(&self.pool)
-            .await?;
+        let q = ThrottleArgs::of(keys).bind(sqlx::query("SELECT throttle_attempt($1, $2, $3, $4)"));
+        let wait: Option<f64> = q.fetch_one(&self.pool).await?.try_get(0)?;
         Ok(wait.map(Duration::from_secs_f64))
+    }
+
+    async fn sign_in_attempt(
+        &self,
+        keys: &[(Vec<u8>, ThrottleRule)],
+        app_id: Uuid,
+        username_bidx: Option<&[u8]>,
+    ) -> Result<SignInAttempt> {
+        // One round trip: the count (the function runs first: the lookup
+        // depends on its result), then the credentials if there is no wait.
+        let q = sqlx::query(
+            "SELECT w.wait, c.id, c.password_hash, c.active
+             FROM throttle_attempt($1, $2, $3, $4) AS w(wait)
+             LEFT JOIN LATERAL (SELECT id, password_hash, active FROM users
+                                WHERE app_id = $5 AND username_bidx = $6 AND w.wait IS NULL) c ON true",
+        );
+        let row = ThrottleArgs::of(keys).bind(q).bind(app_id).bind(username_bidx).fetch_one(&self.pool).await?;
+        if let Some(wait) = row.try_get::<Option<f64>, _>("wait")? {
+            return Ok(SignInAttempt::Wait(Duration::from_secs_f64(wait)));
+        }
+        Ok(SignInAttempt::Go(match row.try_get::<Option<Uuid>, _>("id")? {
+            Some(user_id) => Some(Credentials {
+                user_id,
+                password_hash: row.try_get("password_hash")?,
+                active: row.try_get("active")?,
+            }),
+            None => None,
+        }))
     }
 
     async fn throttle_failed(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<()> {
