@@ -833,14 +833,9 @@ impl Store for PgStore {
         if let Some(wait) = row.try_get::<Option<f64>, _>("wait")? {
             return Ok(SignInAttempt::Wait(Duration::from_secs_f64(wait)));
         }
-        Ok(SignInAttempt::Go(match row.try_get::<Option<Uuid>, _>("id")? {
-            Some(user_id) => Some(Credentials {
-                user_id,
-                password_hash: row.try_get("password_hash")?,
-                active: row.try_get("active")?,
-            }),
-            None => None,
-        }))
+        // No user row joined: no such user.
+        let found = row.try_get::<Option<Uuid>, _>("id")?.is_some();
+        Ok(SignInAttempt::Go(found.then(|| from_row(&row)).transpose()?))
     }
 
     async fn throttle_failed(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<()> {

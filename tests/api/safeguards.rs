@@ -466,23 +466,29 @@ async fn users_see_and_end_their_sessions() {
 }
 }
 
+/// A sign-in over HTTP, sent from its own task (to race others).
+fn sign_in_task(t: &TestApp, username: &str, password: &str) -> tokio::task::JoinHandle<StatusCode> {
+    let (http, url, key) = (t.http.clone(), t.url("/v2/auth/signin"), t.api_key.clone());
+    let body = json!({"username": username, "password": password}).to_string();
+    tokio::spawn(async move {
+        http.post(url)
+            .header("X-Api-Key", key)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    })
+}
+
 both_stores! {
 async fn parallel_guesses_cannot_slip_past_the_count() {
     let t = spawn().await;
     t.sign_up("hammered").await;
     let mut tasks = Vec::new();
     for _ in 0..30 {
-        let (http, url, key) = (t.http.clone(), t.url("/v2/auth/signin"), t.api_key.clone());
-        tasks.push(tokio::spawn(async move {
-            http.post(url)
-                .header("X-Api-Key", key)
-                .header("Content-Type", "application/json")
-                .body(json!({"username": "hammered", "password": "a wrong guess"}).to_string())
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }));
+        tasks.push(sign_in_task(&t, "hammered", "a wrong guess"));
     }
     let mut checked = 0;
     let mut throttled = 0;
@@ -509,17 +515,7 @@ async fn sign_ins_racing_each_other_all_succeed() {
     for _ in 0..4 {
         let mut tasks = Vec::new();
         for _ in 0..4 {
-            let (http, url, key) = (t.http.clone(), t.url("/v2/auth/signin"), t.api_key.clone());
-            tasks.push(tokio::spawn(async move {
-                http.post(url)
-                    .header("X-Api-Key", key)
-                    .header("Content-Type", "application/json")
-                    .body(json!({"username": "doubleclick", "password": "correct horse battery"}).to_string())
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-            }));
+            tasks.push(sign_in_task(&t, "doubleclick", "correct horse battery"));
         }
         for task in tasks {
             assert_eq!(task.await.unwrap(), StatusCode::OK);

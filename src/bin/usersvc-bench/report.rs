@@ -23,15 +23,9 @@ fn is(v: &Value, key: &str, want: &str) -> bool {
     v.get(key).and_then(Value::as_str) == Some(want)
 }
 
-/// The first run of a scenario, over a transport, at a connection count,
-/// with or without a sign-in storm.
+/// The first of [`all`].
 fn find<'a>(runs: &'a [Value], run: &str, via: Option<&str>, conns: Option<f64>, storm: bool) -> Option<&'a Value> {
-    runs.iter().find(|v| {
-        is(v, "run", run)
-            && via.is_none_or(|via| is(v, "via", via))
-            && conns.is_none_or(|c| num(v, "connections") == Some(c))
-            && v.get("storm_connections").is_some() == storm
-    })
+    all(runs, run, via, conns, storm).into_iter().next()
 }
 
 /// The baseline of `kind` around `run`: the mean of its `field` in the run
@@ -59,7 +53,8 @@ fn pg_around(runs: &[Value], run: &Value) -> Option<f64> {
     baseline_around(runs, run, "postgres_point_lookup", "rps")
 }
 
-/// Every run of a scenario (see [`find`]).
+/// Every run of a scenario, over a transport, at a connection count, with
+/// or without a sign-in storm.
 fn all<'a>(runs: &'a [Value], run: &str, via: Option<&str>, conns: Option<f64>, storm: bool) -> Vec<&'a Value> {
     runs.iter()
         .filter(|v| {
