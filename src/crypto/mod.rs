@@ -5,12 +5,9 @@
 //! to their application, row and field, so one cannot be moved elsewhere.
 
 pub mod keyring;
+mod xchacha;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use chacha20poly1305::{
-    XChaCha20Poly1305, XNonce,
-    aead::{Aead, KeyInit, Payload},
-};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
@@ -20,7 +17,7 @@ use uuid::Uuid;
 pub use keyring::Keyring;
 
 const BLOB_VERSION: u8 = 1;
-const NONCE_LEN: usize = 24;
+const NONCE_LEN: usize = xchacha::NONCE_LEN;
 const KEY_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +59,6 @@ impl Key {
 
     fn bytes(&self) -> &[u8; KEY_LEN] {
         self.0.expose_secret()
-    }
-
-    fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new(self.bytes().into())
     }
 }
 
@@ -135,16 +128,15 @@ fn seal_with(key: &Key, key_id: Uuid, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     // A CSPRNG seeded from the OS (no system call per nonce).
     rand::thread_rng().fill_bytes(&mut nonce);
-    let ct = key
-        .cipher()
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
-        // Encryption only fails for inputs beyond 256 GiB.
-        .unwrap_or_default();
-    let mut out = Vec::with_capacity(1 + 16 + NONCE_LEN + ct.len());
+    const HEADER: usize = 1 + 16 + NONCE_LEN;
+    let mut out = Vec::with_capacity(HEADER + plaintext.len() + xchacha::TAG_LEN);
     out.push(BLOB_VERSION);
     out.extend_from_slice(key_id.as_bytes());
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
+    out.extend_from_slice(plaintext);
+    // Sealing only fails for inputs beyond 256 GiB.
+    let tag = xchacha::seal(key.bytes(), &nonce, aad, &mut out[HEADER..]).unwrap_or_default();
+    out.extend_from_slice(&tag);
     out
 }
 
@@ -158,9 +150,8 @@ pub fn key_id_of(blob: &[u8]) -> Result<Uuid, CryptoError> {
 
 fn open_with(key: &Key, aad: &[u8], blob: &[u8]) -> Result<(Uuid, Vec<u8>), CryptoError> {
     let key_id = key_id_of(blob)?;
-    let nonce = XNonce::from_slice(&blob[17..17 + NONCE_LEN]);
-    let plain =
-        key.cipher().decrypt(nonce, Payload { msg: &blob[17 + NONCE_LEN..], aad }).map_err(|_| CryptoError::Decrypt)?;
+    let nonce: &[u8; NONCE_LEN] = blob[17..17 + NONCE_LEN].try_into().map_err(|_| CryptoError::Malformed)?;
+    let plain = xchacha::open(key.bytes(), nonce, aad, &blob[17 + NONCE_LEN..]).ok_or(CryptoError::Decrypt)?;
     Ok((key_id, plain))
 }
 
