@@ -5,6 +5,7 @@ pub mod context;
 pub mod error;
 pub mod field_mask;
 mod groups;
+mod present_fields;
 pub mod profile;
 mod users;
 pub mod validate;

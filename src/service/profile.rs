@@ -79,14 +79,10 @@ pub fn to_user(rec: &UserRecord, profile: &[u8]) -> ServiceResult<pb::User> {
 /// The names (proto paths) of the top-level fields a user has filled: what
 /// the trail says was read or written, never the values.
 pub fn field_names(user: &pb::User) -> Vec<String> {
-    match serde_json::to_value(user) {
-        Ok(serde_json::Value::Object(m)) => m
-            .keys()
-            .map(|k| schema::camel_to_snake(k))
-            .filter(|k| !schema::USER_OUTPUT_ONLY.contains(&k.as_str()))
-            .collect(),
-        _ => Vec::new(),
-    }
+    let mut names = super::present_fields::json_names(user);
+    // In the order the JSON object's keys had, as records before had them.
+    names.sort_unstable();
+    names.into_iter().map(schema::camel_to_snake).filter(|k| !schema::USER_OUTPUT_ONLY.contains(&k.as_str())).collect()
 }
 
 /// The case-folded form of a name or address used for lookups.
