@@ -49,7 +49,9 @@ pub type GrpcTransport =
 pub struct Gateway {
     users: Arc<dyn UserService>,
     groups: Arc<dyn GroupService>,
-    health: HealthClient<GrpcTransport>,
+    // Behind an `Arc`: axum clones the state for every request, and a
+    // client's boxed transport allocates when cloned.
+    health: Arc<HealthClient<GrpcTransport>>,
 }
 
 impl Gateway {
@@ -65,7 +67,7 @@ impl Gateway {
         Self {
             users: Arc::new(upstream::Local(users)),
             groups: Arc::new(upstream::Local(groups)),
-            health: HealthClient::new(BoxCloneSyncService::new(svc)),
+            health: Arc::new(HealthClient::new(BoxCloneSyncService::new(svc))),
         }
     }
 
@@ -75,7 +77,7 @@ impl Gateway {
         Self {
             users: Arc::new(upstream::Remote(UserServiceClient::new(transport.clone()))),
             groups: Arc::new(upstream::Remote(GroupServiceClient::new(transport.clone()))),
-            health: HealthClient::new(transport),
+            health: Arc::new(HealthClient::new(transport)),
         }
     }
 }
@@ -134,29 +136,30 @@ pub type ApiResult = Result<Response, ApiError>;
 /// The `/v2` router with its layers: body limit, JSON errors, request ids,
 /// CORS when origins are given.
 pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
+    // Whole paths rather than a nested router, which rewrites every
+    // request's path on the way in.
     let v2 = Router::new()
-        .route("/users", post(users::create))
-        .route("/users/forgotUsername", post(users::forgot_username))
-        .route("/users/{users_id}", get(users::get).put(users::update).delete(users::delete))
-        .route("/users/{users_id}/groups", get(users::groups))
-        .route("/auth/signin", post(users::sign_in))
-        .route("/auth/signout", get(users::sign_out))
-        .route("/auth/sessions", get(users::sessions))
-        .route("/auth/sessions/{session_id}", axum::routing::delete(users::revoke_session))
-        .route("/groups", post(groups::create))
-        .route("/groups/{groups_id}", get(groups::get).put(groups::update).delete(groups::delete))
-        .route("/groups/{groups_id}/users/{users_id}", post(groups::add_member).delete(groups::remove_member))
-        .route("/groups/{groups_id}/members", get(groups::members))
-        .route("/app/{app_id}/groups", get(groups::list_all))
-        .route("/app/{app_id}/groups/default", get(groups::list_default))
-        .route("/{app_id}/reset/user/{username}", get(reset::request))
-        .route("/reset/{token}", get(reset::form).post(reset::submit))
-        .route("/openapi.json", get(openapi::serve))
+        .route("/v2/users", post(users::create))
+        .route("/v2/users/forgotUsername", post(users::forgot_username))
+        .route("/v2/users/{users_id}", get(users::get).put(users::update).delete(users::delete))
+        .route("/v2/users/{users_id}/groups", get(users::groups))
+        .route("/v2/auth/signin", post(users::sign_in))
+        .route("/v2/auth/signout", get(users::sign_out))
+        .route("/v2/auth/sessions", get(users::sessions))
+        .route("/v2/auth/sessions/{session_id}", axum::routing::delete(users::revoke_session))
+        .route("/v2/groups", post(groups::create))
+        .route("/v2/groups/{groups_id}", get(groups::get).put(groups::update).delete(groups::delete))
+        .route("/v2/groups/{groups_id}/users/{users_id}", post(groups::add_member).delete(groups::remove_member))
+        .route("/v2/groups/{groups_id}/members", get(groups::members))
+        .route("/v2/app/{app_id}/groups", get(groups::list_all))
+        .route("/v2/app/{app_id}/groups/default", get(groups::list_default))
+        .route("/v2/{app_id}/reset/user/{username}", get(reset::request))
+        .route("/v2/reset/{token}", get(reset::form).post(reset::submit))
+        .route("/v2/openapi.json", get(openapi::serve))
         .route_layer(axum::middleware::from_fn(crate::observe::http_metrics));
 
     let x_request_id = HeaderName::from_static("x-request-id");
-    let mut app = Router::new()
-        .nest("/v2", v2)
+    let mut app = v2
         .route("/healthz", get(probes::alive))
         .route("/readyz", get(probes::ready))
         .route("/metrics", get(crate::observe::render))

@@ -20,7 +20,7 @@ pub async fn alive() -> Response {
 
 /// `GET /readyz`: the service can reach its database, on a current schema.
 pub async fn ready(State(gw): State<Gateway>) -> Response {
-    let answer = gw.health.clone().check(HealthCheckRequest { service: String::new() }).await;
+    let answer = (*gw.health).clone().check(HealthCheckRequest { service: String::new() }).await;
     match answer.map(|r| r.into_inner().status) {
         Ok(s) if s == ServingStatus::Serving as i32 => Json(json!({"status": "ready"})).into_response(),
         _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the service cannot reach its database yet")

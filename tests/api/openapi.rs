@@ -27,6 +27,8 @@ fn router_routes() -> Vec<(String, Vec<String>)> {
         let after = rest.trim_start();
         let after = after.strip_prefix('"').expect("a route's path is a string literal");
         let (path, tail) = after.split_once('"').unwrap();
+        // The document's paths are relative to its server, `/v2`.
+        let path = path.strip_prefix("/v2").unwrap_or_else(|| panic!("{path} is a /v2 route"));
         // The method router: up to the parenthesis that closes `.route(`.
         let mut depth = 1;
         let end = tail
