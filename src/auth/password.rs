@@ -159,6 +159,15 @@ impl PasswordHasher {
     }
 }
 
+/// One hash at the service's parameters on the calling thread, the way the
+/// hash pool makes one (its memory kept for the next): what the load
+/// tool's argon2 baseline repeats, so the baseline is the service's own
+/// hashing and not a slower way to the same work.
+pub fn hash_here(password: &str) -> Result<String, HashError> {
+    let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).map_err(|e| HashError::Hash(e.to_string()))?;
+    hash_blocking(&params, password)
+}
+
 /// Memory blocks above this are refused (a stored hash asking for more is
 /// none of ours): 256 MiB.
 const MAX_BLOCKS: usize = 256 * 1024;

@@ -49,26 +49,21 @@ pub async fn postgres(url: &str, conns: usize, warmup: Duration, secs: Duration)
     measure(steps, warmup, secs).await
 }
 
-/// Hashes per second on `threads` threads at the service's argon2 parameters
-/// (hashing and verifying cost the same).
+/// Hashes per second on `threads` threads, each hashing as the service's
+/// hash pool does (`usersvc::auth::password::hash_here`: its parameters,
+/// salt and memory reuse); hashing and verifying cost the same.
 pub fn argon2(threads: usize, secs: Duration) -> anyhow::Result<f64> {
-    use argon2::{Algorithm, Argon2, Params, Version};
-    use usersvc::auth::password::{ITERATIONS, MEMORY_KIB, PARALLELISM};
-    let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    use usersvc::auth::password::hash_here;
+    hash_here("bench password of some length").map_err(|e| anyhow::anyhow!("{e}"))?;
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (params, done, stop) = (params.clone(), done.clone(), stop.clone());
+            let (done, stop) = (done.clone(), stop.clone());
             std::thread::spawn(move || {
-                let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-                let mut out = [0u8; 32];
                 while !stop.load(Ordering::Relaxed) {
-                    if argon
-                        .hash_password_into(b"bench password of some length", b"sixteen byte salt", &mut out)
-                        .is_ok()
-                    {
+                    if hash_here("bench password of some length").is_ok() {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 }
