@@ -4,14 +4,14 @@
 #
 #   bench/run.sh [SECONDS]     (measured seconds per run; default 10)
 #   BENCH_REPS=N               (runs of each ratio figure, alternating with
-#                               its baseline; default 3)
+#                               its baseline; default 5)
 #
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust), like the tests.
 # Makes a fresh database, which it drops at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-${BENCH_SECONDS:-10}}
-REPS=${BENCH_REPS:-3}
+REPS=${BENCH_REPS:-5}
 CONNS=16
 PGBASE=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 GRPC=127.0.0.1:50161

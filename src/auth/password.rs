@@ -105,13 +105,17 @@ pub struct PasswordHasher {
 
 impl PasswordHasher {
     /// `concurrency` hashes run at once at most, each on its own thread (the
-    /// number of cores is right: each hash keeps one core busy).
+    /// number of cores is right: each hash keeps one core busy), and as many
+    /// more wait ready in the pool's queue.
     pub fn new(concurrency: usize) -> Result<Self, HashError> {
         let params =
             Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).map_err(|e| HashError::Hash(e.to_string()))?;
         let threads = concurrency.max(1);
         Ok(Self {
-            permits: Arc::new(Semaphore::new(threads)),
+            // One job waits in the pool's queue behind each running one, so
+            // a thread that finishes takes the next at once instead of
+            // idling while the next caller is woken to hand it over.
+            permits: Arc::new(Semaphore::new(threads * 2)),
             pool: Arc::new(HashPool::start(threads)?),
             params,
             dummy_hash: Arc::default(),
