@@ -108,8 +108,7 @@ impl PasswordHasher {
     /// number of cores is right: each hash keeps one core busy), and as many
     /// more wait ready in the pool's queue.
     pub fn new(concurrency: usize) -> Result<Self, HashError> {
-        let params =
-            Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).map_err(|e| HashError::Hash(e.to_string()))?;
+        let params = params()?;
         let threads = concurrency.max(1);
         Ok(Self {
             // One job waits in the pool's queue behind each running one, so
@@ -168,8 +167,12 @@ impl PasswordHasher {
 /// tool's argon2 baseline repeats, so the baseline is the service's own
 /// hashing and not a slower way to the same work.
 pub fn hash_here(password: &str) -> Result<String, HashError> {
-    let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).map_err(|e| HashError::Hash(e.to_string()))?;
-    hash_blocking(&params, password)
+    hash_blocking(&params()?, password)
+}
+
+/// The argon2id parameters new hashes are made with.
+fn params() -> Result<Params, HashError> {
+    Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).map_err(|e| HashError::Hash(e.to_string()))
 }
 
 /// Memory blocks above this are refused (a stored hash asking for more is

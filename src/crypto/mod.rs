@@ -18,6 +18,8 @@ pub use keyring::Keyring;
 
 const BLOB_VERSION: u8 = 1;
 const NONCE_LEN: usize = xchacha::NONCE_LEN;
+/// A blob's version, key id and nonce, before its ciphertext and tag.
+const HEADER_LEN: usize = 1 + 16 + NONCE_LEN;
 const KEY_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -128,21 +130,24 @@ fn seal_with(key: &Key, key_id: Uuid, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     // A CSPRNG seeded from the OS (no system call per nonce).
     rand::thread_rng().fill_bytes(&mut nonce);
-    const HEADER: usize = 1 + 16 + NONCE_LEN;
-    let mut out = Vec::with_capacity(HEADER + plaintext.len() + xchacha::TAG_LEN);
+    let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + xchacha::TAG_LEN);
     out.push(BLOB_VERSION);
     out.extend_from_slice(key_id.as_bytes());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
-    // Sealing only fails for inputs beyond 256 GiB.
-    let tag = xchacha::seal(key.bytes(), &nonce, aad, &mut out[HEADER..]).unwrap_or_default();
-    out.extend_from_slice(&tag);
+    match xchacha::seal(key.bytes(), &nonce, aad, &mut out[HEADER_LEN..]) {
+        Some(tag) => out.extend_from_slice(&tag),
+        // Only inputs beyond 256 GiB fail. The plaintext must not stay in
+        // what is stored: the blob is left without a body, and opens as
+        // malformed.
+        None => out.truncate(HEADER_LEN),
+    }
     out
 }
 
 /// The key id a ciphertext names.
 pub fn key_id_of(blob: &[u8]) -> Result<Uuid, CryptoError> {
-    if blob.len() < 1 + 16 + NONCE_LEN + 16 || blob[0] != BLOB_VERSION {
+    if blob.len() < HEADER_LEN + xchacha::TAG_LEN || blob[0] != BLOB_VERSION {
         return Err(CryptoError::Malformed);
     }
     Uuid::from_slice(&blob[1..17]).map_err(|_| CryptoError::Malformed)
@@ -150,8 +155,8 @@ pub fn key_id_of(blob: &[u8]) -> Result<Uuid, CryptoError> {
 
 fn open_with(key: &Key, aad: &[u8], blob: &[u8]) -> Result<(Uuid, Vec<u8>), CryptoError> {
     let key_id = key_id_of(blob)?;
-    let nonce: &[u8; NONCE_LEN] = blob[17..17 + NONCE_LEN].try_into().map_err(|_| CryptoError::Malformed)?;
-    let plain = xchacha::open(key.bytes(), nonce, aad, &blob[17 + NONCE_LEN..]).ok_or(CryptoError::Decrypt)?;
+    let nonce: &[u8; NONCE_LEN] = blob[17..HEADER_LEN].try_into().map_err(|_| CryptoError::Malformed)?;
+    let plain = xchacha::open(key.bytes(), nonce, aad, &blob[HEADER_LEN..]).ok_or(CryptoError::Decrypt)?;
     Ok((key_id, plain))
 }
 
