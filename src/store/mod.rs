@@ -5,6 +5,7 @@
 pub mod auth_cache;
 pub mod backend;
 mod pg_notify;
+mod pg_throttle;
 mod postgres;
 mod sqlite;
 

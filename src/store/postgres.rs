@@ -12,6 +12,7 @@ use sqlx::{PgConnection, PgPool, Row, migrate::MigrateDatabase, postgres::PgPool
 use uuid::Uuid;
 
 use super::auth_cache::AuthCache;
+use super::pg_throttle::{self, ThrottleArgs};
 use super::{
     App, AuditFilter, Credentials, GroupRecord, MailRecipient, NewReset, NewServiceToken, NewSession, NewUser,
     OutboxMessage, Relief, ResetCheck, Result, SealedUser, ServiceTokenInfo, ServiceTokenRow, SessionInfo,
@@ -92,41 +93,6 @@ fn expiry(session: &NewSession, now: DateTime<Utc>) -> DateTime<Utc> {
 fn now_seconds() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)
-}
-
-/// The arguments of `throttle_attempt`: the keys sorted and distinct (one
-/// lock order for every caller: no deadlock between two attempts), and
-/// their rules, column by column.
-struct ThrottleArgs<'a> {
-    keys: Vec<&'a [u8]>,
-    free: Vec<i32>,
-    max_wait: Vec<f64>,
-    window: Vec<f64>,
-}
-
-impl<'a> ThrottleArgs<'a> {
-    fn of(keys: &'a [(Vec<u8>, ThrottleRule)]) -> Self {
-        let mut sorted: Vec<&(Vec<u8>, ThrottleRule)> = keys.iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        sorted.dedup_by(|a, b| a.0 == b.0);
-        Self {
-            keys: sorted.iter().map(|(k, _)| k.as_slice()).collect(),
-            free: sorted.iter().map(|(_, r)| r.free).collect(),
-            max_wait: sorted.iter().map(|(_, r)| r.max_wait.as_secs_f64()).collect(),
-            window: sorted.iter().map(|(_, r)| r.window.as_secs_f64()).collect(),
-        }
-    }
-
-    /// Binds them as `$1` to `$4`.
-    fn bind<'q>(
-        self,
-        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>
-    where
-        'a: 'q,
-    {
-        q.bind(self.keys).bind(self.free).bind(self.max_wait).bind(self.window)
-    }
 }
 
 /// A batch of trail records, column by column (bound as arrays), with the
@@ -543,8 +509,10 @@ impl Store for PgStore {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
                 "WITH s AS (INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
-                            VALUES ($1, $2, $3, $4, $5))
-                 SELECT throttle_relief($6, $7), {}",
+                            VALUES ($1, $2, $3, $4, $5)),
+                      {}
+                 SELECT {}",
+                pg_throttle::RELIEF,
                 audit_append_call(8)
             )
         });
@@ -808,11 +776,16 @@ impl Store for PgStore {
     }
 
     async fn throttle_attempt(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<Option<Duration>> {
-        // One call (migration `round_trips`): a sign-in is otherwise a dozen
-        // small statements besides its hash.
-        let q = ThrottleArgs::of(keys).bind(sqlx::query("SELECT throttle_attempt($1, $2, $3, $4)"));
-        let wait: Option<f64> = q.fetch_one(&self.pool).await?.try_get(0)?;
-        Ok(wait.map(Duration::from_secs_f64))
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH {} SELECT (SELECT wait FROM waiting) AS wait, (SELECT count(*) FROM counted) AS counted",
+                *pg_throttle::COUNT
+            )
+        });
+        let args = ThrottleArgs::of(keys);
+        let n = args.len();
+        let row = args.bind(sqlx::query(&SQL)).fetch_one(&self.pool).await?;
+        pg_throttle::counted_wait(&row, n)
     }
 
     async fn sign_in_attempt(
@@ -821,17 +794,23 @@ impl Store for PgStore {
         app_id: Uuid,
         username_bidx: Option<&[u8]>,
     ) -> Result<SignInAttempt> {
-        // One round trip: the count (the function runs first: the lookup
-        // depends on its result), then the credentials if there is no wait.
-        let q = sqlx::query(
-            "SELECT w.wait, c.id, c.password_hash, c.active
-             FROM throttle_attempt($1, $2, $3, $4) AS w(wait)
-             LEFT JOIN LATERAL (SELECT id, password_hash, active FROM users
-                                WHERE app_id = $5 AND username_bidx = $6 AND w.wait IS NULL) c ON true",
-        );
-        let row = ThrottleArgs::of(keys).bind(q).bind(app_id).bind(username_bidx).fetch_one(&self.pool).await?;
-        if let Some(wait) = row.try_get::<Option<f64>, _>("wait")? {
-            return Ok(SignInAttempt::Wait(Duration::from_secs_f64(wait)));
+        // One round trip: the count and, if there is no wait, the
+        // credentials.
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH {}
+                 SELECT w.wait, (SELECT count(*) FROM counted) AS counted, c.id, c.password_hash, c.active
+                 FROM waiting w
+                 LEFT JOIN LATERAL (SELECT id, password_hash, active FROM users
+                                    WHERE app_id = $5 AND username_bidx = $6 AND w.wait IS NULL) c ON true",
+                *pg_throttle::COUNT
+            )
+        });
+        let args = ThrottleArgs::of(keys);
+        let n = args.len();
+        let row = args.bind(sqlx::query(&SQL)).bind(app_id).bind(username_bidx).fetch_one(&self.pool).await?;
+        if let Some(wait) = pg_throttle::counted_wait(&row, n)? {
+            return Ok(SignInAttempt::Wait(wait));
         }
         // No user row joined: no such user.
         let found = row.try_get::<Option<Uuid>, _>("id")?.is_some();
