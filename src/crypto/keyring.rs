@@ -1,7 +1,9 @@
 //! Application keys in memory: unwrapped on first use and kept by id.
-//! Writes ask the database for the current data key each time, so a
-//! rotation is seen at once by every replica; reads find the key a
-//! ciphertext names.
+//! Writes seal under the data key that was current a moment ago (read from
+//! the database at most every few seconds), and the database takes a user
+//! row only if that key is still current: after a rotation a write is sealed
+//! again under the new key, so no replica keeps writing under the old one.
+//! Reads find the key a ciphertext names.
 
 use std::{
     collections::HashMap,
@@ -26,12 +28,12 @@ pub struct Keyring {
     keys: RwLock<HashMap<Uuid, Arc<Key>>>,
     index_keys: RwLock<HashMap<Uuid, Arc<Key>>>,
     /// The current data key of each application as last seen, for sealing
-    /// what may use a key a moment old (trail records: every key stays
-    /// readable).
+    /// what may use a key a moment old: trail records (every key stays
+    /// readable) and the first try of a guarded user write.
     recent: RwLock<HashMap<Uuid, (Uuid, Instant)>>,
 }
 
-/// How long a remembered current key is used for trail records.
+/// How long a remembered current key is used.
 const RECENT_FOR: Duration = Duration::from_secs(10);
 
 /// The current data key of an application, ready to seal with.
@@ -105,7 +107,7 @@ impl Keyring {
         Ok(key)
     }
 
-    /// The application's current data key.
+    /// The application's current data key, read now.
     pub async fn sealer(&self, app_id: Uuid) -> Result<Sealer, CryptoError> {
         let current = self.store.current_app_key(app_id, DATA).await?.ok_or(CryptoError::NoAppKey(app_id))?;
         let key = self.key(app_id, current.id).await?;

@@ -18,6 +18,10 @@ use crate::store::{NewReset, NewUser, Relief, ResetCheck, SignInAttempt, Throttl
 /// How often an update re-reads and retries when another update of the same
 /// user (or a key rotation) committed first.
 const UPDATE_ATTEMPTS: u32 = 16;
+/// Writes of a new user before giving up: one under the key current a
+/// moment ago, then under the current one (twice: a second rotation may
+/// land between the read and the write).
+const KEY_ATTEMPTS: u32 = 3;
 
 /// The pause before retry `attempt` of a compare-and-set that lost: random
 /// (so that the writers who lost together do not meet again), growing from
@@ -99,22 +103,12 @@ impl UserSvc {
         // stays themselves.
         let session = (!caller.is_supervisor()).then(|| core.auth.new_session());
         let id = Uuid::now_v7();
-        let sealer = core.keyring.sealer(caller.app_id).await.map_err(ServiceError::Crypto)?;
         let email_bidx = match profile::email_key(&user) {
             Some(e) => Some(core.email_index(caller.app_id, &e).await?),
             None => None,
         };
-        let new = NewUser {
-            id,
-            app_id: caller.app_id,
-            key_id: sealer.key_id,
-            username_ct: sealer.seal(id, profile::USERNAME_FIELD, user.username.as_bytes()),
-            username_bidx: core.username_index(caller.app_id, &user.username).await?,
-            password_hash,
-            email_bidx,
-            profile_ct: sealer.seal(id, profile::PROFILE_FIELD, &profile::to_profile(&user)?),
-            active,
-        };
+        let username_bidx = core.username_index(caller.app_id, &user.username).await?;
+        let profile_pt = profile::to_profile(&user)?;
         let mut record = core.record(ctx, "user.create", Some(&caller), caller.app_id).await;
         record.subject_id = Some(id);
         record.fields = profile::field_names(&user);
@@ -128,7 +122,32 @@ impl UserSvc {
             records.push(r);
         }
         let (token, session) = session.unzip();
-        let rec = core.store.create_user(new, session, &records).await?;
+        // Sealed first under the key current a moment ago (no round trip);
+        // if it has been rotated away since, nothing was written, and the
+        // user is sealed again under the key current now.
+        let mut sealer = core.keyring.recent_sealer(caller.app_id).await.map_err(ServiceError::Crypto)?;
+        let mut attempt = 0;
+        let rec = loop {
+            let new = NewUser {
+                id,
+                app_id: caller.app_id,
+                key_id: sealer.key_id,
+                username_ct: sealer.seal(id, profile::USERNAME_FIELD, user.username.as_bytes()),
+                username_bidx: username_bidx.clone(),
+                password_hash: password_hash.clone(),
+                email_bidx: email_bidx.clone(),
+                profile_ct: sealer.seal(id, profile::PROFILE_FIELD, &profile_pt),
+                active,
+            };
+            if let Some(rec) = core.store.create_user(new, session.clone(), &records).await? {
+                break rec;
+            }
+            attempt += 1;
+            if attempt == KEY_ATTEMPTS {
+                return Err(ServiceError::Contention);
+            }
+            sealer = core.keyring.sealer(caller.app_id).await.map_err(ServiceError::Crypto)?;
+        };
         tracing::info!(app_id = %rec.app_id, users_id = %rec.id, "user created");
         let mut out = core.open_user(&rec).await?;
         if let Some(token) = token {
@@ -236,7 +255,13 @@ impl UserSvc {
                 .map_err(ServiceError::Crypto)?;
             let merged = profile::merge(&plain, &patch_json, &profile_paths)?;
             validate::profile(&merged)?;
-            let sealer = core.keyring.sealer(caller.app_id).await.map_err(ServiceError::Crypto)?;
+            // As in create: a retry may be for a key rotated away.
+            let sealer = if attempt == 0 {
+                core.keyring.recent_sealer(caller.app_id).await
+            } else {
+                core.keyring.sealer(caller.app_id).await
+            }
+            .map_err(ServiceError::Crypto)?;
             let email_bidx = match profile::email_key(&merged) {
                 Some(e) => Some(core.email_index(caller.app_id, &e).await?),
                 None => None,

@@ -368,13 +368,15 @@ pub trait Store: Send + Sync + 'static {
     async fn set_supervisor(&self, app_id: Uuid, username_bidx: &[u8], on: bool, audit: &AuditRecord) -> Result<bool>;
 
     /// Inserts the user, their default-group memberships and, when given, a
-    /// first session, with the trail, in one transaction.
+    /// first session, with the trail, in one transaction, if `user.key_id`
+    /// is still the application's current data key: `Ok(None)` (nothing
+    /// written) when it was rotated away (the caller seals again).
     async fn create_user(
         &self,
         user: NewUser,
         session: Option<NewSession>,
         audit: &[AuditRecord],
-    ) -> Result<UserRecord>;
+    ) -> Result<Option<UserRecord>>;
     async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>>;
     async fn credentials(&self, app_id: Uuid, username_bidx: &[u8]) -> Result<Option<Credentials>>;
     /// Applies the change if the user is still at the expected version and

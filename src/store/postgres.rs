@@ -320,23 +320,26 @@ impl Store for PgStore {
         user: NewUser,
         session: Option<NewSession>,
         audit: &[AuditRecord],
-    ) -> Result<UserRecord> {
+    ) -> Result<Option<UserRecord>> {
         // The user, their default groups, their first session and the trail
         // records in one statement: one transaction, one round trip (the
         // memberships' and session's foreign keys are checked at its end,
-        // when the user row is there).
+        // when the user row is there). Under a key rotated away, no user row
+        // and so nothing else.
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
                 "WITH u AS (
                      INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
                                         profile_ct, active, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {USER_COLUMNS}
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10
+                     WHERE EXISTS (SELECT 1 FROM app_keys WHERE id = $3 AND current)
+                     RETURNING {USER_COLUMNS}
                  ), m AS (
                      INSERT INTO memberships (app_id, group_id, user_id)
-                     SELECT app_id, id, $1 FROM groups WHERE app_id = $2 AND is_default
+                     SELECT g.app_id, g.id, u.id FROM groups g, u WHERE g.app_id = $2 AND g.is_default
                  ), s AS (
                      INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
-                     SELECT $11, $2, $1, $12, $13 WHERE $11::uuid IS NOT NULL
+                     SELECT $11, $2, u.id, $12, $13 FROM u WHERE $11::uuid IS NOT NULL
                  )
                  SELECT u.*, {} AS trail FROM u",
                 audit_append_call(14)
@@ -356,8 +359,8 @@ impl Store for PgStore {
             .bind(session.as_ref().map(|s| s.id))
             .bind(session.as_ref().map(|s| s.token_hash.as_slice()))
             .bind(session.as_ref().map(|s| expiry(s, Utc::now())));
-        let row = AuditColumns::of(audit).bind(q).fetch_one(&self.pool).await?;
-        user_from_row(&row)
+        let row = AuditColumns::of(audit).bind(q).fetch_optional(&self.pool).await?;
+        row.as_ref().map(user_from_row).transpose()
     }
 
     async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>> {

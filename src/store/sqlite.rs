@@ -396,13 +396,15 @@ impl Store for SqliteStore {
         user: NewUser,
         session: Option<NewSession>,
         audit: &[AuditRecord],
-    ) -> Result<UserRecord> {
+    ) -> Result<Option<UserRecord>> {
         let mut tx = self.pool.begin_with(BEGIN).await?;
         let now = now_seconds();
         let row = sqlx::query(&format!(
             "INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
                                 profile_ct, active, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10) RETURNING {USER_COLUMNS}"
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10
+             WHERE EXISTS (SELECT 1 FROM app_keys WHERE id = ?3 AND current)
+             RETURNING {USER_COLUMNS}"
         ))
         .bind(user.id)
         .bind(user.app_id)
@@ -414,8 +416,11 @@ impl Store for SqliteStore {
         .bind(&user.profile_ct)
         .bind(user.active)
         .bind(us(now))
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
         sqlx::query(
             "INSERT INTO memberships (app_id, group_id, user_id, created_at)
              SELECT app_id, id, ?2, ?3 FROM groups WHERE app_id = ?1 AND is_default",
@@ -430,7 +435,7 @@ impl Store for SqliteStore {
         }
         append_in(&mut tx, audit).await?;
         tx.commit().await?;
-        user_from_row(&row)
+        user_from_row(&row).map(Some)
     }
 
     async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>> {
@@ -1302,6 +1307,7 @@ mod tests {
         let created = s
             .create_user(nu.clone(), Some(session("tok-a")), &[AuditRecord::new("user.create", Some(f.app.id))])
             .await
+            .unwrap()
             .unwrap();
         assert_eq!((created.version, created.active, created.supervisor), (1, true, false));
         assert_eq!(created.created_at.timestamp_subsec_nanos(), 0, "whole seconds");
@@ -1356,8 +1362,14 @@ mod tests {
         assert!(s.users_not_under_key(f.app.id, new_key.id, 10).await.unwrap().is_empty());
         assert_eq!(s.update_user(f.app.id, nu.id, change(2, new_key.id), &[]).await.unwrap().unwrap().version, 3);
 
+        // So does a new user's: nothing of it is written.
+        let rotated = new_user(&f, "carol");
+        assert!(s.create_user(rotated.clone(), Some(session("tok-c")), &[]).await.unwrap().is_none());
+        assert!(s.get_user(f.app.id, rotated.id).await.unwrap().is_none());
+        assert!(s.credentials(f.app.id, b"carol").await.unwrap().is_none());
+
         // Renaming onto a taken username is the same conflict.
-        s.create_user(new_user(&f, "carol"), None, &[]).await.unwrap();
+        s.create_user(NewUser { key_id: new_key.id, ..rotated }, None, &[]).await.unwrap().unwrap();
         let mut c = change(3, new_key.id);
         c.username = Some((b"ct:carol".to_vec(), b"carol".to_vec()));
         match s.update_user(f.app.id, nu.id, c, &[]).await {
