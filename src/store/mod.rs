@@ -453,8 +453,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_user_groups(&self, app_id: Uuid, user_id: Uuid) -> Result<Vec<GroupRecord>>;
 
     /// Counts an attempt against each key, in one transaction, unless one
-    /// of them is under a wait: then nothing is counted and the longest
-    /// wait is returned.
+    /// of them is under a wait: then the longest wait is returned and
+    /// nothing is counted (but for a wait that begins while the attempt is
+    /// counted: it is refused all the same).
     async fn throttle_attempt(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<Option<std::time::Duration>>;
     /// A sign-in's first step: its attempt counted as [`Store::throttle_attempt`]
     /// does, then, unless it must wait, the credentials of the username's

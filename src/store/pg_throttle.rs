@@ -60,8 +60,10 @@ impl<'a> ThrottleArgs<'a> {
 ///
 /// The waits are read without a lock. The count then judges each row it has
 /// locked, as last committed, and skips one whose wait began since that read:
-/// parallel attempts cannot slip past it. A row that exists takes its key's
-/// rule by the key's place in `$1`. Rows are made and locked in key order.
+/// parallel attempts cannot slip past it. (Only in that race is a refused
+/// attempt counted, against its other keys: it was made.) A row that exists
+/// takes its key's rule by the key's place in `$1`. Rows are made and locked
+/// in key order.
 pub(super) static COUNT: LazyLock<String> = LazyLock::new(|| {
     let at = "array_position($1::bytea[], t.key)";
     let count = format!(
