@@ -127,6 +127,14 @@ impl Keyring {
         }
     }
 
+    /// The key for try `attempt` (from 0) of a write the database takes only
+    /// under a current key: first the one current a moment ago (no round
+    /// trip), then, after a refusal, the one current now (a rotation landed
+    /// in between).
+    pub async fn guarded_sealer(&self, app_id: Uuid, attempt: u32) -> Result<Sealer, CryptoError> {
+        if attempt == 0 { self.recent_sealer(app_id).await } else { self.sealer(app_id).await }
+    }
+
     /// Opens a field's ciphertext of a row.
     pub async fn open(&self, app_id: Uuid, row: Uuid, field: &str, blob: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let key = self.key(app_id, key_id_of(blob)?).await?;

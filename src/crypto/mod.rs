@@ -18,8 +18,10 @@ pub use keyring::Keyring;
 
 const BLOB_VERSION: u8 = 1;
 const NONCE_LEN: usize = xchacha::NONCE_LEN;
+/// Where a blob's nonce starts: after its version and key id.
+const NONCE_AT: usize = 1 + 16;
 /// A blob's version, key id and nonce, before its ciphertext and tag.
-const HEADER_LEN: usize = 1 + 16 + NONCE_LEN;
+const HEADER_LEN: usize = NONCE_AT + NONCE_LEN;
 const KEY_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -150,12 +152,12 @@ pub fn key_id_of(blob: &[u8]) -> Result<Uuid, CryptoError> {
     if blob.len() < HEADER_LEN + xchacha::TAG_LEN || blob[0] != BLOB_VERSION {
         return Err(CryptoError::Malformed);
     }
-    Uuid::from_slice(&blob[1..17]).map_err(|_| CryptoError::Malformed)
+    Uuid::from_slice(&blob[1..NONCE_AT]).map_err(|_| CryptoError::Malformed)
 }
 
 fn open_with(key: &Key, aad: &[u8], blob: &[u8]) -> Result<(Uuid, Vec<u8>), CryptoError> {
     let key_id = key_id_of(blob)?;
-    let nonce: &[u8; NONCE_LEN] = blob[17..HEADER_LEN].try_into().map_err(|_| CryptoError::Malformed)?;
+    let nonce: &[u8; NONCE_LEN] = blob[NONCE_AT..HEADER_LEN].try_into().map_err(|_| CryptoError::Malformed)?;
     let plain = xchacha::open(key.bytes(), nonce, aad, &blob[HEADER_LEN..]).ok_or(CryptoError::Decrypt)?;
     Ok((key_id, plain))
 }

@@ -122,12 +122,11 @@ impl UserSvc {
             records.push(r);
         }
         let (token, session) = session.unzip();
-        // Sealed first under the key current a moment ago (no round trip);
-        // if it has been rotated away since, nothing was written, and the
-        // user is sealed again under the key current now.
-        let mut sealer = core.keyring.recent_sealer(caller.app_id).await.map_err(ServiceError::Crypto)?;
+        // A write under a key rotated away since is refused whole, and the
+        // user is sealed again.
         let mut attempt = 0;
         let rec = loop {
+            let sealer = core.keyring.guarded_sealer(caller.app_id, attempt).await.map_err(ServiceError::Crypto)?;
             let new = NewUser {
                 id,
                 app_id: caller.app_id,
@@ -146,7 +145,6 @@ impl UserSvc {
             if attempt == KEY_ATTEMPTS {
                 return Err(ServiceError::Contention);
             }
-            sealer = core.keyring.sealer(caller.app_id).await.map_err(ServiceError::Crypto)?;
         };
         tracing::info!(app_id = %rec.app_id, users_id = %rec.id, "user created");
         let mut out = core.open_user(&rec).await?;
@@ -255,13 +253,8 @@ impl UserSvc {
                 .map_err(ServiceError::Crypto)?;
             let merged = profile::merge(&plain, &patch_json, &profile_paths)?;
             validate::profile(&merged)?;
-            // As in create: a retry may be for a key rotated away.
-            let sealer = if attempt == 0 {
-                core.keyring.recent_sealer(caller.app_id).await
-            } else {
-                core.keyring.sealer(caller.app_id).await
-            }
-            .map_err(ServiceError::Crypto)?;
+            // A retry may be for a key rotated away.
+            let sealer = core.keyring.guarded_sealer(caller.app_id, attempt).await.map_err(ServiceError::Crypto)?;
             let email_bidx = match profile::email_key(&merged) {
                 Some(e) => Some(core.email_index(caller.app_id, &e).await?),
                 None => None,

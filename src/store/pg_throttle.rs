@@ -35,10 +35,6 @@ impl<'a> ThrottleArgs<'a> {
         }
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.keys.len()
-    }
-
     /// Binds them as `$1` to `$4`, the parameters of [`COUNT`].
     pub(super) fn bind<'q>(
         self,
@@ -96,17 +92,20 @@ fn wait_from(n: &str, free: &str, max_wait: &str) -> String {
     )
 }
 
-/// The outcome of [`COUNT`] from the row that selected
-/// `(SELECT wait FROM waiting) AS wait` and `(SELECT count(*) FROM counted) AS counted`:
-/// the wait, if the attempt must wait.
-pub(super) fn counted_wait(row: &PgRow, keys: usize) -> Result<Option<Duration>> {
+/// The select-list items that report [`COUNT`]: `wait` (seconds, NULL when
+/// there is none) and `raced` (fewer keys counted than given: a wait began
+/// after the read, see [`counted_wait`]).
+pub(super) const OUTCOME: &str =
+    "(SELECT wait FROM waiting) AS wait, (SELECT count(*) FROM counted) < cardinality($1::bytea[]) AS raced";
+
+/// The wait, if the attempt must wait, from a row that selected [`OUTCOME`].
+pub(super) fn counted_wait(row: &PgRow) -> Result<Option<Duration>> {
     if let Some(wait) = row.try_get::<Option<f64>, _>("wait")? {
         return Ok(Some(Duration::from_secs_f64(wait.max(0.0))));
     }
-    let counted: i64 = row.try_get("counted")?;
     // A wait that began after the read: this statement cannot see its
     // length, so it answers with the shortest there is.
-    Ok((counted < keys as i64).then_some(Duration::from_secs(1)))
+    Ok(row.try_get::<bool, _>("raced")?.then_some(Duration::from_secs(1)))
 }
 
 /// A common table expression over `$6` (`clear`, may be NULL) and `$7`

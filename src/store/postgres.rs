@@ -779,16 +779,10 @@ impl Store for PgStore {
     }
 
     async fn throttle_attempt(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<Option<Duration>> {
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "WITH {} SELECT (SELECT wait FROM waiting) AS wait, (SELECT count(*) FROM counted) AS counted",
-                *pg_throttle::COUNT
-            )
-        });
-        let args = ThrottleArgs::of(keys);
-        let n = args.len();
-        let row = args.bind(sqlx::query(&SQL)).fetch_one(&self.pool).await?;
-        pg_throttle::counted_wait(&row, n)
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("WITH {} SELECT {}", *pg_throttle::COUNT, pg_throttle::OUTCOME));
+        let row = ThrottleArgs::of(keys).bind(sqlx::query(&SQL)).fetch_one(&self.pool).await?;
+        pg_throttle::counted_wait(&row)
     }
 
     async fn sign_in_attempt(
@@ -802,17 +796,17 @@ impl Store for PgStore {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
                 "WITH {}
-                 SELECT w.wait, (SELECT count(*) FROM counted) AS counted, c.id, c.password_hash, c.active
+                 SELECT {}, c.id, c.password_hash, c.active
                  FROM waiting w
                  LEFT JOIN LATERAL (SELECT id, password_hash, active FROM users
                                     WHERE app_id = $5 AND username_bidx = $6 AND w.wait IS NULL) c ON true",
-                *pg_throttle::COUNT
+                *pg_throttle::COUNT,
+                pg_throttle::OUTCOME
             )
         });
-        let args = ThrottleArgs::of(keys);
-        let n = args.len();
-        let row = args.bind(sqlx::query(&SQL)).bind(app_id).bind(username_bidx).fetch_one(&self.pool).await?;
-        if let Some(wait) = pg_throttle::counted_wait(&row, n)? {
+        let q = ThrottleArgs::of(keys).bind(sqlx::query(&SQL));
+        let row = q.bind(app_id).bind(username_bidx).fetch_one(&self.pool).await?;
+        if let Some(wait) = pg_throttle::counted_wait(&row)? {
             return Ok(SignInAttempt::Wait(wait));
         }
         // No user row joined: no such user.

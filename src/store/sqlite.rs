@@ -1367,6 +1367,7 @@ mod tests {
         assert!(s.create_user(rotated.clone(), Some(session("tok-c")), &[]).await.unwrap().is_none());
         assert!(s.get_user(f.app.id, rotated.id).await.unwrap().is_none());
         assert!(s.credentials(f.app.id, b"carol").await.unwrap().is_none());
+        assert!(matches!(s.lookup_session(f.app.id, b"tok-c", HOUR, HOUR).await.unwrap(), SessionLookup::Unknown));
 
         // Renaming onto a taken username is the same conflict.
         s.create_user(NewUser { key_id: new_key.id, ..rotated }, None, &[]).await.unwrap().unwrap();

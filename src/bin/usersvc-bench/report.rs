@@ -278,3 +278,41 @@ pub fn print(files: &[PathBuf]) -> anyhow::Result<()> {
     print!("{md}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Runs alternating with argon2 baselines, as `bench/run.sh` writes them.
+    fn session(pairs: &[(f64, f64)]) -> Vec<Value> {
+        let mut runs = Vec::new();
+        for (rps, base) in pairs {
+            runs.push(json!({"run": "argon2", "hashes_per_s": base}));
+            runs.push(json!({"run": "signin", "via": "grpc", "rps": rps}));
+        }
+        runs.push(json!({"run": "argon2", "hashes_per_s": pairs.last().map_or(0.0, |p| p.1)}));
+        runs
+    }
+
+    #[test]
+    fn a_repeated_figure_is_its_median_run_against_the_baselines_around_it() {
+        // Ratios 0.86, 0.73 (a burst), 0.88, 0.87, 0.82 against flat baselines.
+        let runs = session(&[(86.0, 100.0), (73.0, 100.0), (88.0, 100.0), (87.0, 100.0), (82.0, 100.0)]);
+        let rep = Repeated::of(&runs, &all(&runs, "signin", Some("grpc"), None, false), hashes_around).unwrap();
+        let (r, figure) = rep.figure(1);
+        assert!((r - 0.86).abs() < 1e-9, "{r}");
+        assert_eq!(figure, "86.0 / 100.0 = 86 %, the median of 5 alternating runs (86, 73, 88, 87, 82 %)");
+
+        // Each run against the mean of the baselines just before and after it.
+        let mut runs = session(&[(90.0, 100.0)]);
+        runs[2] = json!({"run": "argon2", "hashes_per_s": 80.0});
+        let rep = Repeated::of(&runs, &all(&runs, "signin", Some("grpc"), None, false), hashes_around).unwrap();
+        assert_eq!(rep.figure(1), (1.0, "90.0 / 90.0 = 100 %".to_owned()));
+
+        // An even count takes the lower middle run.
+        let runs = session(&[(80.0, 100.0), (90.0, 100.0)]);
+        let rep = Repeated::of(&runs, &all(&runs, "signin", Some("grpc"), None, false), hashes_around).unwrap();
+        assert_eq!(rep.median(), (80.0, 100.0));
+    }
+}
