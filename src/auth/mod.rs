@@ -2,6 +2,7 @@
 //! the resolution of a call's metadata into a [`Caller`].
 
 pub mod caller;
+mod hash_memory;
 pub mod password;
 pub mod secret;
 

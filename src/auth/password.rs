@@ -13,6 +13,8 @@ use argon2::{
     password_hash::{Output, ParamsString, SaltString},
 };
 use secrecy::{ExposeSecret, SecretString};
+
+use super::hash_memory::HashMemory;
 use tokio::sync::{OnceCell, Semaphore, oneshot};
 
 /// OWASP's minimum for argon2id: 19 MiB, two passes, one lane.
@@ -182,9 +184,10 @@ const MAX_BLOCKS: usize = 256 * 1024;
 thread_local! {
     /// Each hashing thread's argon2 memory, reused from hash to hash. Freshly
     /// mapped memory for every hash cost a third of the hash again in page
-    /// faults and zeroing. It goes back to the system after `IDLE` without
-    /// a hash, so a process at rest holds none.
-    static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+    /// faults and zeroing. On huge pages where it can be (`hash_memory`). It
+    /// goes back to the system after `IDLE` without a hash, so a process at
+    /// rest holds none.
+    static BLOCKS: RefCell<Option<HashMemory>> = const { RefCell::new(None) };
 }
 
 /// How long a hashing thread keeps its memory with nothing to hash.
@@ -193,7 +196,7 @@ const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 fn release_blocks() {
     BLOCKS.with(|blocks| {
         if let Ok(mut blocks) = blocks.try_borrow_mut() {
-            *blocks = Vec::new();
+            *blocks = None;
         }
     });
 }
@@ -205,10 +208,11 @@ fn with_blocks<T>(params: &Params, f: impl FnOnce(&mut [Block]) -> T) -> Option<
     }
     BLOCKS.with(|blocks| {
         let mut blocks = blocks.borrow_mut();
-        if blocks.len() < n {
-            blocks.resize(n, Block::new());
-        }
-        Some(f(&mut blocks[..n]))
+        let memory = match blocks.take() {
+            Some(m) if m.len() >= n => blocks.insert(m),
+            _ => blocks.insert(HashMemory::new(n)),
+        };
+        Some(f(memory.blocks(n)))
     })
 }
 
