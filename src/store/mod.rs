@@ -4,6 +4,7 @@
 
 pub mod auth_cache;
 pub mod backend;
+mod pg_audit;
 mod pg_notify;
 mod pg_throttle;
 mod postgres;

@@ -12,6 +12,7 @@ use sqlx::{PgConnection, PgPool, Row, migrate::MigrateDatabase, postgres::PgPool
 use uuid::Uuid;
 
 use super::auth_cache::AuthCache;
+use super::pg_audit::{self, AuditColumns, OneRecord, audit_append_call};
 use super::pg_throttle::{self, ThrottleArgs};
 use super::{
     App, AuditFilter, Credentials, GroupRecord, MailRecipient, NewReset, NewServiceToken, NewSession, NewUser,
@@ -19,7 +20,7 @@ use super::{
     SessionLookup, SessionRow, SignInAttempt, Store, StoreError, StoredKey, ThrottleRule, TokenRevocation, UserChange,
     UserRecord, from_row,
 };
-use crate::audit::{self, AuditRecord, StoredAudit};
+use crate::audit::{AuditRecord, StoredAudit};
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -67,9 +68,6 @@ impl PgStore {
 
 const USER_COLUMNS: &str = "id, app_id, profile_ct, active, supervisor, version, created_at, updated_at";
 
-/// Serialises every writer of the trail, so that the chain has one order.
-const AUDIT_LOCK: i64 = 0x7573_6572_7376_6331;
-
 fn user_from_row(row: &PgRow) -> Result<UserRecord> {
     Ok(UserRecord {
         id: row.try_get("id")?,
@@ -95,86 +93,6 @@ fn now_seconds() -> DateTime<Utc> {
     DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)
 }
 
-/// A batch of trail records, column by column (bound as arrays), with the
-/// content each one's hash covers.
-struct AuditColumns {
-    content: Vec<Vec<u8>>,
-    id: Vec<Uuid>,
-    at: Vec<DateTime<Utc>>,
-    app_id: Vec<Option<Uuid>>,
-    actor: Vec<String>,
-    actor_id: Vec<Option<Uuid>>,
-    subject_id: Vec<Option<Uuid>>,
-    object_id: Vec<Option<Uuid>>,
-    action: Vec<String>,
-    /// Each record's field names as a JSON array.
-    fields: Vec<String>,
-    outcome: Vec<String>,
-    request_id: Vec<Option<String>>,
-    client_addr: Vec<Option<Vec<u8>>>,
-}
-
-impl AuditColumns {
-    fn of(records: &[AuditRecord]) -> Self {
-        Self {
-            content: records.iter().map(audit::canonical).collect(),
-            id: records.iter().map(|r| r.id).collect(),
-            at: records.iter().map(|r| r.at).collect(),
-            app_id: records.iter().map(|r| r.app_id).collect(),
-            actor: records.iter().map(|r| r.actor.clone()).collect(),
-            actor_id: records.iter().map(|r| r.actor_id).collect(),
-            subject_id: records.iter().map(|r| r.subject_id).collect(),
-            object_id: records.iter().map(|r| r.object_id).collect(),
-            action: records.iter().map(|r| r.action.clone()).collect(),
-            fields: records.iter().map(|r| serde_json::to_string(&r.fields).unwrap_or_else(|_| "[]".into())).collect(),
-            outcome: records.iter().map(|r| r.outcome.clone()).collect(),
-            request_id: records.iter().map(|r| r.request_id.clone()).collect(),
-            client_addr: records.iter().map(|r| r.client_addr.clone()).collect(),
-        }
-    }
-
-    /// Binds the 15 arguments of `audit_append` (see [`audit_append_call`]).
-    fn bind<'q>(
-        self,
-        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        q.bind(AUDIT_LOCK)
-            .bind(audit::GENESIS.as_slice())
-            .bind(self.content)
-            .bind(self.id)
-            .bind(self.at)
-            .bind(self.app_id)
-            .bind(self.actor)
-            .bind(self.actor_id)
-            .bind(self.subject_id)
-            .bind(self.object_id)
-            .bind(self.action)
-            .bind(self.fields)
-            .bind(self.outcome)
-            .bind(self.request_id)
-            .bind(self.client_addr)
-    }
-}
-
-/// `audit_append(...)` (migration `round_trips`) with its arguments from
-/// parameter `$first` on: takes the trail's lock, chains and inserts the
-/// records, in one round trip.
-fn audit_append_call(first: usize) -> String {
-    let args: Vec<String> = (first..first + 15).map(|n| format!("${n}")).collect();
-    format!("audit_append({})", args.join(", "))
-}
-
-/// Appends to the trail inside the caller's transaction: the records commit
-/// or vanish with the change they describe.
-async fn append_in(conn: &mut PgConnection, records: &[AuditRecord]) -> Result<()> {
-    static SQL: LazyLock<String> = LazyLock::new(|| format!("SELECT {}", audit_append_call(1)));
-    if records.is_empty() {
-        return Ok(());
-    }
-    AuditColumns::of(records).bind(sqlx::query(&SQL)).execute(&mut *conn).await?;
-    Ok(())
-}
-
 #[async_trait]
 impl Store for PgStore {
     async fn migrate(&self) -> Result<()> {
@@ -193,7 +111,7 @@ impl Store for PgStore {
         for k in keys {
             insert_key(&mut tx, k).await?;
         }
-        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -243,7 +161,7 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -256,7 +174,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         insert_key(&mut tx, key).await?;
-        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -308,7 +226,7 @@ impl Store for PgStore {
         };
         let mut audit = audit.clone();
         audit.subject_id = Some(id);
-        append_in(&mut tx, &[audit]).await?;
+        pg_audit::append(&mut *tx, &[audit]).await?;
         tx.commit().await?;
         // What the user's sessions grant changed.
         self.auth.evict_all();
@@ -447,7 +365,7 @@ impl Store for PgStore {
             .fetch_all(&mut *tx)
             .await?;
         }
-        append_in(&mut tx, audit).await?;
+        pg_audit::append(&mut *tx, audit).await?;
         tx.commit().await?;
         self.auth.evict_users([user_id]);
         self.auth.evict_sessions(ended.iter().map(Vec::as_slice));
@@ -466,7 +384,7 @@ impl Store for PgStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         // Its sessions went by cascade.
         self.auth.evict_all();
@@ -494,7 +412,7 @@ impl Store for PgStore {
                 r
             })
             .collect();
-        append_in(&mut tx, &records).await?;
+        pg_audit::append(&mut *tx, &records).await?;
         tx.commit().await?;
         Ok(ids.len() as u64)
     }
@@ -513,10 +431,11 @@ impl Store for PgStore {
             format!(
                 "WITH s AS (INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
                             VALUES ($1, $2, $3, $4, $5)),
+                      {},
                       {}
-                 SELECT {}",
+                 SELECT 1",
                 pg_throttle::RELIEF,
-                audit_append_call(8)
+                pg_audit::one_record(8)
             )
         });
         let q = sqlx::query(&SQL)
@@ -527,7 +446,7 @@ impl Store for PgStore {
             .bind(expiry(&session, Utc::now()))
             .bind(relief.clear)
             .bind(relief.forgive);
-        AuditColumns::of(std::slice::from_ref(audit)).bind(q).execute(&self.pool).await?;
+        OneRecord::of(audit).bind(q).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -596,7 +515,7 @@ impl Store for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         if let Some(a) = audit {
-            append_in(&mut tx, std::slice::from_ref(a)).await?;
+            pg_audit::append(&mut *tx, std::slice::from_ref(a)).await?;
         }
         tx.commit().await?;
         self.auth.evict_sessions(ended.iter().map(Vec::as_slice));
@@ -644,7 +563,7 @@ impl Store for PgStore {
             .bind(group.is_default)
             .execute(&mut *tx)
             .await?;
-        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -680,7 +599,7 @@ impl Store for PgStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         from_row(&row).map(Some)
     }
@@ -695,7 +614,7 @@ impl Store for PgStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -723,7 +642,7 @@ impl Store for PgStore {
         if row.try_get::<i64, _>("n")? == 0 {
             return Ok(false);
         }
-        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -739,7 +658,7 @@ impl Store for PgStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -857,7 +776,7 @@ impl Store for PgStore {
         .await?;
         let mut audit = audit.clone();
         audit.subject_id = user;
-        append_in(&mut tx, &[audit]).await?;
+        pg_audit::append(&mut *tx, &[audit]).await?;
         tx.commit().await?;
         Ok(user)
     }
@@ -906,7 +825,7 @@ impl Store for PgStore {
         let mut audit = audit.clone();
         audit.app_id = Some(app_id);
         audit.subject_id = Some(user_id);
-        append_in(&mut tx, &[audit]).await?;
+        pg_audit::append(&mut *tx, &[audit]).await?;
         tx.commit().await?;
         self.auth.evict_users([user_id]);
         self.auth.evict_sessions(ended.iter().map(Vec::as_slice));
@@ -991,7 +910,7 @@ impl Store for PgStore {
             .bind(&token.token_hash)
             .execute(&mut *tx)
             .await?;
-        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1043,7 +962,7 @@ impl Store for PgStore {
             .bind(token_id)
             .execute(&mut *tx)
             .await?;
-        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(TokenRevocation::Revoked)
     }
@@ -1084,10 +1003,8 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        append_in(&mut tx, records).await?;
-        tx.commit().await?;
-        Ok(())
+        // One statement: no transaction of its own to open and commit.
+        pg_audit::append(&self.pool, records).await
     }
 
     async fn audit_records(&self, f: &AuditFilter) -> Result<Vec<StoredAudit>> {

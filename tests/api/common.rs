@@ -415,3 +415,19 @@ pub fn violation_field(status: &tonic::Status) -> Option<String> {
     use tonic_types::StatusExt;
     status.get_error_details().bad_request().and_then(|b| b.field_violations.first()).map(|v| v.field.clone())
 }
+
+/// `usersvc audit verify` on `db`: the number of records, if the chain is whole.
+pub fn audit_verified(db: &str) -> Result<u64, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usersvc"))
+        .args(["audit", "verify"])
+        .env("DATABASE_URL", db)
+        .env("USERSVC_MASTER_KEY", master_key())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let n = text.strip_prefix("ok: ").and_then(|t| t.split_whitespace().next()).and_then(|n| n.parse().ok());
+    match n {
+        Some(n) if out.status.success() => Ok(n),
+        _ => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
+    }
+}

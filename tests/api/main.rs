@@ -21,3 +21,4 @@ mod service_tokens;
 mod smtp_sink;
 mod telemetry;
 mod tls;
+mod upgrades;

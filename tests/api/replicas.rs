@@ -155,3 +155,54 @@ async fn a_change_to_a_user_on_one_replica_is_read_on_every_other_at_once() {
         })
         .await
 }
+
+/// Audited writes of every kind on `app`: sign-ups (two records, the batch
+/// writer), sign-ins (one record inside the sign-in's statement), refused
+/// sign-ins (one record on its own) and reads (the read trail's batches).
+async fn audited_writes(app: &TestApp, key: &str, tag: &str) {
+    for i in 0..4 {
+        let username = format!("chain-{tag}-{i}");
+        let (id, token) = app.sign_up_in(key, &username).await;
+        for (password, want) in [("correct horse battery", 200), ("wrong horse battery", 401)] {
+            let res = app
+                .http
+                .post(app.url("/v2/auth/signin"))
+                .header("X-Api-Key", key)
+                .json(&serde_json::json!({"username": username, "password": password}))
+                .send()
+                .await
+                .unwrap();
+            let got = res.status().as_u16();
+            assert_eq!(got, want, "sign-in of {username}: {}", res.text().await.unwrap_or_default());
+        }
+        assert_eq!(status(app, key, &token, &format!("/v2/users/{id}")).await, 200);
+    }
+}
+
+#[tokio::test]
+async fn both_replicas_writing_the_trail_at_once_keep_one_chain() {
+    let Some((a, b)) = two_replicas().await else { return };
+    let key = a.api_key.clone();
+    BACKEND
+        .scope(Backend::Postgres, async {
+            tokio::join!(
+                audited_writes(&a, &key, "a0"),
+                audited_writes(&a, &key, "a1"),
+                audited_writes(&b, &key, "b0"),
+                audited_writes(&b, &key, "b1"),
+            );
+        })
+        .await;
+    assert!(common::audit_verified(&a.db_url).is_ok_and(|n| n >= 4 * 4 * 4), "the chain is whole");
+    // Each replica's records are all there: 4 workers x 4 users x (sign-up,
+    // its session, a sign-in, a refused one).
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&a.db_url).await.unwrap();
+    let (ours,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM audit_events WHERE app_id = $1 AND action IN ('user.create', 'session.sign_in')",
+    )
+    .bind(a.app_id)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(ours, 4 * 4 * 4);
+}
