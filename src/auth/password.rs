@@ -13,9 +13,9 @@ use argon2::{
     password_hash::{Output, ParamsString, SaltString},
 };
 use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{OnceCell, Semaphore, oneshot};
 
 use super::hash_memory::HashMemory;
-use tokio::sync::{OnceCell, Semaphore, oneshot};
 
 /// OWASP's minimum for argon2id: 19 MiB, two passes, one lane.
 pub const MEMORY_KIB: u32 = 19 * 1024;
@@ -207,12 +207,13 @@ fn with_blocks<T>(params: &Params, f: impl FnOnce(&mut [Block]) -> T) -> Option<
         return None;
     }
     BLOCKS.with(|blocks| {
-        let mut blocks = blocks.borrow_mut();
-        let memory = match blocks.take() {
-            Some(m) if m.len() >= n => blocks.insert(m),
-            _ => blocks.insert(HashMemory::new(n)),
-        };
-        Some(f(memory.blocks(n)))
+        let mut memory = blocks.borrow_mut();
+        if memory.as_ref().is_none_or(|m| m.len() < n) {
+            // The smaller area goes before the larger one is mapped.
+            *memory = None;
+            *memory = Some(HashMemory::new(n));
+        }
+        memory.as_mut().map(|m| f(m.blocks(n)))
     })
 }
 

@@ -416,7 +416,8 @@ pub fn violation_field(status: &tonic::Status) -> Option<String> {
     status.get_error_details().bad_request().and_then(|b| b.field_violations.first()).map(|v| v.field.clone())
 }
 
-/// `usersvc audit verify` on `db`: the number of records, if the chain is whole.
+/// `usersvc audit verify` on `db`: the number of records when it exits 0
+/// (the chain is whole), else what it printed.
 pub fn audit_verified(db: &str) -> Result<u64, String> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_usersvc"))
         .args(["audit", "verify"])
@@ -425,9 +426,9 @@ pub fn audit_verified(db: &str) -> Result<u64, String> {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let n = text.strip_prefix("ok: ").and_then(|t| t.split_whitespace().next()).and_then(|n| n.parse().ok());
-    match n {
-        Some(n) if out.status.success() => Ok(n),
-        _ => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
+    if !out.status.success() {
+        return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
     }
+    let n = text.strip_prefix("ok: ").and_then(|t| t.split_whitespace().next()).and_then(|n| n.parse().ok());
+    Ok(n.unwrap_or_else(|| panic!("audit verify exited 0 without 'ok: N': {text}")))
 }
