@@ -30,6 +30,13 @@ pub fn is_json_value(m: &MessageDescriptor) -> bool {
 /// Output-only fields of `User` (proto names): the server manages them, and
 /// a request that sends them back (as old clients do) has them ignored.
 pub const USER_OUTPUT_ONLY: &[&str] = &["users_id", "created_at", "updated_at", "session_token"];
+/// Members that deployed Catalyze clients send in request bodies and the
+/// server manages or does not use (the iOS SDK's `save` sends back every
+/// property it holds; its sign-up sends `inviteCode`): accepted and ignored
+/// in any body, as their snake_case forms are. Any other member that no
+/// message field has is refused.
+pub const ECHOED_MEMBERS: &[&str] =
+    &["usersId", "sessionToken", "createdAt", "updatedAt", "inviteCode", "appId", "userId"];
 /// Output-only fields of `Group`.
 pub const GROUP_OUTPUT_ONLY: &[&str] = &["groups_id"];
 

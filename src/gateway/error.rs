@@ -1,6 +1,9 @@
 //! Every error of the JSON API has one shape:
-//! `{"errors": [{"code": "...", "message": "...", "field"?: "..."}]}`.
-//! A `tonic::Status` maps to it once, here.
+//! `{"errors": [{"code": 404, "reason": "not_found", "message": "...", "field"?: "..."}]}`.
+//! `code` is the HTTP status as an integer, because deployed Catalyze clients
+//! pass `errors[0].code` on as a status; the machine word is `reason` (the
+//! gRPC `ErrorInfo` reason, lower-cased). A `tonic::Status` maps to it once,
+//! here.
 
 use axum::{
     Json,
@@ -17,7 +20,9 @@ use crate::schema;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorItem {
-    pub code: String,
+    /// The reply's status.
+    pub code: u16,
+    pub reason: String,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
@@ -37,16 +42,16 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, reason: &str, message: impl Into<String>) -> Self {
         Self {
             status,
-            item: ErrorItem { code: code.to_owned(), message: message.into(), field: None },
+            item: ErrorItem { code: status.as_u16(), reason: reason.to_owned(), message: message.into(), field: None },
             retry_after: None,
         }
     }
 
-    pub fn field(status: StatusCode, code: &str, field: impl Into<String>, message: impl Into<String>) -> Self {
-        let mut e = Self::new(status, code, message);
+    pub fn field(status: StatusCode, reason: &str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut e = Self::new(status, reason, message);
         e.item.field = Some(field.into());
         e
     }
@@ -81,7 +86,7 @@ fn code_word(code: Code) -> String {
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let details = status.get_error_details();
-        let code = details
+        let reason = details
             .error_info()
             .map(|i| i.reason.to_ascii_lowercase())
             .filter(|r| !r.is_empty())
@@ -105,7 +110,8 @@ impl From<tonic::Status> for ApiError {
             _ => status.message().to_owned(),
         };
         let retry_after = details.retry_info().and_then(|r| r.retry_delay).map(|d| d.as_secs().max(1));
-        Self { status: http_status(status.code()), item: ErrorItem { code, message, field }, retry_after }
+        let http = http_status(status.code());
+        Self { status: http, item: ErrorItem { code: http.as_u16(), reason, message, field }, retry_after }
     }
 }
 
@@ -133,7 +139,7 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || ours {
         return res;
     }
-    let (code, message) = match status {
+    let (reason, message) = match status {
         StatusCode::NOT_FOUND => ("not_found", "no such route"),
         StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this route does not take that method"),
         StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is larger than 1 MiB"),
@@ -144,7 +150,7 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
         s if s.is_client_error() => ("bad_request", "the request is malformed"),
         _ => ("internal", "internal error"),
     };
-    let mut out = ApiError::new(status, code, message).into_response();
+    let mut out = ApiError::new(status, reason, message).into_response();
     if let Some(allow) = res.headers().get(header::ALLOW) {
         out.headers_mut().insert(header::ALLOW, allow.clone());
     }

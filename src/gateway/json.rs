@@ -36,23 +36,26 @@ pub fn parse<T: DeserializeOwned>(
     output_only: &[&str],
     mode: Mode,
 ) -> Result<Parsed<T>, ApiError> {
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
-        let essence = ct.split(';').next().unwrap_or_default().trim();
-        let json = essence == "application/json" || essence.ends_with("+json");
-        if !body.is_empty() && !json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "the body must be application/json",
-            ));
-        }
+    let declared = headers.get(header::CONTENT_TYPE).map(|ct| ct.to_str().unwrap_or("").to_ascii_lowercase());
+    if let Some(ct) = &declared
+        && !body.is_empty()
+        && !may_carry_json(ct)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be a JSON object (Content-Type: application/json)",
+        ));
     }
     let mut value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
     } else {
         serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
+            let sent_as = match declared.as_deref().map(essence) {
+                Some(t) if t != "application/json" && !t.ends_with("+json") => format!(" (sent as {t})"),
+                _ => String::new(),
+            };
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON{sent_as}: {e}"))
         })?
     };
     let desc = schema::message(message_name)
@@ -66,6 +69,10 @@ pub fn parse<T: DeserializeOwned>(
             obj.remove(f.name());
         }
     }
+    for name in schema::ECHOED_MEMBERS {
+        obj.remove(*name);
+        obj.remove(&schema::camel_to_snake(name));
+    }
     let mut paths = Vec::new();
     check_message(obj, &desc, "", (mode == Mode::MergePatch).then_some(("", &mut paths)))?;
     let message = serde_path_to_error::deserialize(value).map_err(|e| {
@@ -75,8 +82,24 @@ pub fn parse<T: DeserializeOwned>(
     Ok(Parsed { message, paths })
 }
 
+/// The media type of a `Content-Type` value, without its parameters.
+fn essence(ct: &str) -> &str {
+    ct.split(';').next().unwrap_or_default().trim()
+}
+
+/// Whether a declared content type may hold the JSON body. Browser
+/// libraries send JSON as `application/x-www-form-urlencoded` or
+/// `text/plain` by default (jQuery's `$.ajax`, a `fetch` of a string), so any
+/// type is parsed as JSON except those that can never be it.
+fn may_carry_json(ct: &str) -> bool {
+    let ct = essence(ct);
+    let top = ct.split('/').next().unwrap_or_default();
+    !matches!(top, "multipart" | "image" | "audio" | "video" | "font" | "model")
+}
+
 /// Checks the members of an object against a message, dropping nulls (an
-/// absent value) and naming the first member of the wrong type. With
+/// absent value) and naming the first member that the message does not
+/// have or that has the wrong type. With
 /// `mask`, collects the field-mask paths of a merge patch under its prefix.
 fn check_message(
     obj: &mut Map<String, Value>,
@@ -87,9 +110,17 @@ fn check_message(
     let keys: Vec<String> = obj.keys().cloned().collect();
     for key in keys {
         let Some(field) = desc.get_field_by_json_name(&key).or_else(|| desc.get_field_by_name(&key)) else {
-            // Unknown members are ignored, as the proto3 mapping allows.
-            obj.remove(&key);
-            continue;
+            // The proto3 mapping may ignore unknown members; a client that
+            // sent one believes it stored, so it is refused instead.
+            let path = join(json_prefix, &key);
+            let whose = if json_prefix.is_empty() { "the body".to_owned() } else { json_prefix.to_owned() };
+            let hint = if desc.get_field_by_name("extras").is_some() { "; custom data belongs in extras" } else { "" };
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "unknown_field",
+                &path,
+                format!("{path}: {whose} has no member {key:?}{hint}"),
+            ));
         };
         let json_path = join(json_prefix, field.json_name());
         let proto_path = mask.as_ref().map(|(p, _)| join(p, field.name()));
@@ -254,8 +285,56 @@ mod tests {
 
     #[test]
     fn non_objects_and_bad_json_are_rejected() {
-        assert_eq!(patch("[1]").err().unwrap().item.code, "invalid_body");
-        assert_eq!(patch("{\"a\":").err().unwrap().item.code, "invalid_json");
+        assert_eq!(patch("[1]").err().unwrap().item.reason, "invalid_body");
+        assert_eq!(patch("{\"a\":").err().unwrap().item.reason, "invalid_json");
+        assert_eq!(patch("{\"a\":").err().unwrap().item.code, 400);
         assert!(patch("").is_ok());
+    }
+
+    #[test]
+    fn unknown_members_are_refused_at_any_depth() {
+        let refused = |body: &str| patch(body).err().map(|e| (e.item.reason, e.item.field.unwrap_or_default()));
+        let unknown = |f: &str| Some(("unknown_field".to_owned(), f.to_owned()));
+        assert_eq!(refused(r#"{"favouriteColour": "blue"}"#), unknown("favouriteColour"));
+        assert_eq!(refused(r#"{"name": {"nickname": "Al"}}"#), unknown("name.nickname"));
+        assert_eq!(refused(r#"{"name": {"nickname": null}}"#), unknown("name.nickname"));
+        assert_eq!(refused(r#"{"addresses": [{"city": "X"}, {"planet": "Mars"}]}"#), unknown("addresses[1].planet"));
+        // Free JSON, the members clients echo, and proto names are fine.
+        assert_eq!(refused(r#"{"extras": {"favouriteColour": {"any": ["thing"]}}}"#), None);
+        assert_eq!(
+            refused(
+                r#"{"usersId": "x", "userId": "x", "appId": "a", "inviteCode": "", "createdAt": "t", "updatedAt": "t", "sessionToken": "s", "session_token": "s"}"#
+            ),
+            None
+        );
+        assert_eq!(refused(r#"{"first_name": "x"}"#), unknown("first_name"));
+        assert_eq!(refused(r#"{"name": {"first_name": "x"}, "phone_number": {}}"#), None);
+    }
+
+    #[test]
+    fn json_is_read_whatever_the_declared_type() {
+        let with = |ct: &str, body: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            parse::<pb::User>(&h, body.as_bytes(), "User", schema::USER_OUTPUT_ONLY, Mode::Whole)
+                .map(|p| p.message.dob)
+                .map_err(|e| (e.item.code, e.item.reason))
+        };
+        let body = r#"{"dob":"2000-01-01"}"#;
+        for ct in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/x-www-form-urlencoded; charset=UTF-8",
+            "text/plain;charset=UTF-8",
+            "application/merge-patch+json",
+            "APPLICATION/JSON",
+        ] {
+            assert_eq!(with(ct, body), Ok("2000-01-01".to_owned()), "{ct}");
+        }
+        let form = with("application/x-www-form-urlencoded", "username=a&password=b");
+        assert_eq!(form, Err((400, "invalid_json".to_owned())));
+        for ct in ["multipart/form-data; boundary=x", "image/png"] {
+            assert_eq!(with(ct, body), Err((415, "unsupported_media_type".to_owned())), "{ct}");
+        }
     }
 }

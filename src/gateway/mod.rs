@@ -25,6 +25,7 @@ use tower::{ServiceExt, util::BoxCloneSyncService};
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     limit::RequestBodyLimitLayer,
+    normalize_path::NormalizePath,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
 };
 
@@ -145,6 +146,7 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
         .route("/v2/users/{users_id}/groups", get(users::groups))
         .route("/v2/auth/signin", post(users::sign_in))
         .route("/v2/auth/signout", get(users::sign_out))
+        .route("/v2/auth/verify", get(users::verify))
         .route("/v2/auth/sessions", get(users::sessions))
         .route("/v2/auth/sessions/{session_id}", axum::routing::delete(users::revoke_session))
         .route("/v2/groups", post(groups::create))
@@ -172,7 +174,10 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
     if let Some(cors) = cors_layer(cors_origins) {
         app = app.layer(cors);
     }
-    app
+    // Clients call `/v2/auth/verify/` (the JS SDK) and the like: a trailing
+    // slash names the same route. It is trimmed before routing, so it is
+    // outside the router it changes.
+    Router::new().fallback_service(NormalizePath::trim_trailing_slash(app))
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {

@@ -217,6 +217,18 @@ pub const ROUTES: &[Route] = &[
         }],
     },
     Route {
+        path: "/v2/auth/verify",
+        tag: "auth",
+        ops: &[Op {
+            description: "Whose the bearer token is, and until when it holds (the Catalyze JS SDK's \
+                          `verifyToken`, which reads `userId`). No profile data: ids, expiry and role only. \
+                          An unknown, ended or expired token answers 401.",
+            reply: Reply::Message("VerifySessionResponse"),
+            errors: &[401, 503],
+            ..op("get", "verifySession", "Verify a session token")
+        }],
+    },
+    Route {
         path: "/v2/auth/sessions",
         tag: "auth",
         ops: &[Op {
@@ -372,8 +384,8 @@ const HTML_ERRORS: &[u16] = &[400, 429, 503];
 fn error_description(status: u16) -> &'static str {
     match status {
         400 => {
-            "The request is malformed: a member of the wrong type or value (named by `field`), JSON that \
-                does not parse, or a path parameter that is no valid id."
+            "The request is malformed: a member of the wrong type or value, or one the model does not have \
+                (named by `field`), a body that is not a JSON object, or a path parameter that is no valid id."
         }
         401 => {
             "The API key, or the session token where one is needed, is missing or not valid, or the session \
@@ -383,7 +395,7 @@ fn error_description(status: u16) -> &'static str {
         404 => "No such resource in the caller's application.",
         409 => "The username is taken in this application, or the user was changed concurrently too often.",
         413 => "The body is larger than 1 MiB.",
-        415 => "The body is not of the media type the route takes.",
+        415 => "The body's declared type can never carry JSON (`multipart/*`, images, ...).",
         422 => "The form body cannot be read.",
         429 => "Too many attempts: wait `Retry-After` seconds.",
         503 => "The service is temporarily unavailable: try again.",
@@ -437,8 +449,14 @@ fn build() -> Value {
             "summary": "The Catalyze BaaS /v2 users API, served by usersvc's JSON gateway.",
             "description": "Users, sessions, groups and password resets of one application (picked by its \
                             API key). Every rule lives in the gRPC services (proto/usersvc/v1); the gateway \
-                            translates JSON by the proto3 JSON mapping. Every error is \
-                            `{\"errors\": [{\"code\", \"message\", \"field\"?}]}`.",
+                            translates JSON by the proto3 JSON mapping. A body is read as JSON whatever its \
+                            declared type (`application/x-www-form-urlencoded` and `text/plain` too, as \
+                            browser libraries send it), except types that never carry JSON (`multipart/*`, \
+                            images: 415). A member no message has is refused (400 naming it), except the \
+                            members clients echo back, which are ignored: `usersId`, `sessionToken`, \
+                            `createdAt`, `updatedAt`, `inviteCode`, `appId`, `userId`. Every route also \
+                            answers with a trailing slash. Every error is \
+                            `{\"errors\": [{\"code\": <the HTTP status>, \"reason\", \"message\", \"field\"?}]}`.",
             "license": { "name": "Apache-2.0", "identifier": "Apache-2.0" },
         },
         "tags": [
@@ -620,14 +638,22 @@ fn local_schemas() -> Map<String, Value> {
         "ErrorItem".into(),
         json!({
             "type": "object",
-            "required": ["code", "message"],
+            "required": ["code", "reason", "message"],
             "properties": {
                 "code": {
+                    "type": "integer",
+                    "minimum": 400,
+                    "maximum": 599,
+                    "description": "The reply's HTTP status, as deployed Catalyze clients read it \
+                                    (`errors[0].code`).",
+                },
+                "reason": {
                     "type": "string",
-                    "description": "A stable machine word: `invalid_field`, `invalid_json`, `invalid_body`, \
-                                    `invalid_api_key`, `missing_api_key`, `missing_session`, `invalid_session`, \
-                                    `session_expired`, `invalid_credentials`, `forbidden`, `not_found`, \
-                                    `username_taken`, `throttled`, `unavailable`, ...",
+                    "description": "A stable machine word: `invalid_field`, `unknown_field`, `invalid_json`, \
+                                    `invalid_body`, `invalid_api_key`, `missing_api_key`, `missing_session`, \
+                                    `invalid_session`, `session_expired`, `invalid_credentials`, `forbidden`, \
+                                    `not_found`, `username_taken`, `throttled`, `unavailable`, ... (the gRPC \
+                                    `ErrorInfo` reason, lower case).",
                 },
                 "message": { "type": "string", "description": "For people; may change." },
                 "field": {
@@ -713,6 +739,8 @@ fn message_schema(m: &MessageDescriptor, todo: &mut Vec<MessageDescriptor>) -> V
         s.insert("description".into(), json!(d));
     }
     s.insert("properties".into(), Value::Object(props));
+    // A member the message does not have is refused, not dropped.
+    s.insert("additionalProperties".into(), json!(false));
     Value::Object(s)
 }
 

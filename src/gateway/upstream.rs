@@ -64,6 +64,7 @@ upstream!(UserService, UserServiceClient, "usersvc.v1.UserService", {
     reset_password(pb::ResetPasswordRequest) -> Empty = "ResetPassword";
     list_sessions(pb::ListSessionsRequest) -> pb::ListSessionsResponse = "ListSessions";
     revoke_session(pb::RevokeSessionRequest) -> Empty = "RevokeSession";
+    verify_session(pb::VerifySessionRequest) -> pb::VerifySessionResponse = "VerifySession";
 });
 
 upstream!(GroupService, GroupServiceClient, "usersvc.v1.GroupService", {

@@ -116,6 +116,13 @@ fn whole_numbers(v: &mut Value) {
     }
 }
 
+/// `GET /v2/auth/verify`: whose the bearer token is (the JS SDK reads
+/// `userId`).
+pub async fn verify(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
+    let out = gw.users.verify_session(meta.request(pb::VerifySessionRequest {})).await?;
+    Ok(reply(out.get_ref()))
+}
+
 /// The caller's own live sessions, as a bare array.
 pub async fn sessions(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
     let req = pb::ListSessionsRequest { users_id: String::new() };

@@ -516,6 +516,36 @@ impl UserSvc {
         })
     }
 
+    /// Who the bearer token is: ids and expiry, nothing of the profile.
+    async fn verify_session(&self, ctx: &Ctx) -> ServiceResult<pb::VerifySessionResponse> {
+        let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
+        if me.is_service() {
+            return Ok(pb::VerifySessionResponse {
+                session_id: me.session_id.to_string(),
+                supervisor: me.supervisor,
+                principal: "service".into(),
+                ..Default::default()
+            });
+        }
+        let idle = self.core.auth.policy().idle_timeout;
+        let sessions = self.core.store.list_sessions(caller.app_id, me.user_id, idle).await?;
+        // Ended between the lookup and now: as good as never there.
+        let session = sessions
+            .into_iter()
+            .find(|s| s.id == me.session_id)
+            .ok_or(ServiceError::Auth(crate::auth::caller::AuthError::InvalidToken))?;
+        let idle_end = chrono::Duration::from_std(idle).map(|d| session.last_seen_at + d).unwrap_or(session.expires_at);
+        Ok(pb::VerifySessionResponse {
+            user_id: me.user_id.to_string(),
+            users_id: me.user_id.to_string(),
+            session_id: me.session_id.to_string(),
+            expires_at: profile::format_time(idle_end.min(session.expires_at)),
+            max_expires_at: profile::format_time(session.expires_at),
+            supervisor: me.supervisor,
+            principal: "user".into(),
+        })
+    }
+
     async fn revoke_session(&self, ctx: &Ctx, req: pb::RevokeSessionRequest) -> ServiceResult<()> {
         let core = &self.core;
         let (caller, me) = core.auth.signed_in(&ctx.md).await?;
@@ -621,5 +651,13 @@ impl UserService for UserSvc {
         let (ctx, req) = Ctx::split(request);
         self.revoke_session(&ctx, req).await?;
         Ok(Response::new(Empty {}))
+    }
+
+    async fn verify_session(
+        &self,
+        request: Request<pb::VerifySessionRequest>,
+    ) -> Result<Response<pb::VerifySessionResponse>, Status> {
+        let (ctx, _) = Ctx::split(request);
+        Ok(Response::new(UserSvc::verify_session(self, &ctx).await?))
     }
 }

@@ -432,3 +432,20 @@ pub fn audit_verified(db: &str) -> Result<u64, String> {
     let n = text.strip_prefix("ok: ").and_then(|t| t.split_whitespace().next()).and_then(|n| n.parse().ok());
     Ok(n.unwrap_or_else(|| panic!("audit verify exited 0 without 'ok: N': {text}")))
 }
+
+/// The binary, with the run's master key.
+pub fn usersvc() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_usersvc"));
+    c.env("USERSVC_MASTER_KEY", master_key());
+    c
+}
+
+/// A child process, killed when dropped.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -97,7 +97,7 @@ async fn one_username_signed_up_at_once_from_many_connections_makes_one_user() {
         let (status, body) = r.unwrap();
         match status {
             StatusCode::OK => created += 1,
-            StatusCode::CONFLICT => assert_eq!(body["errors"][0]["code"], "username_taken", "{body}"),
+            StatusCode::CONFLICT => assert_eq!(body["errors"][0]["reason"], "username_taken", "{body}"),
             other => panic!("unexpected {other}: {body}"),
         }
     }

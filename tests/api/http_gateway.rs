@@ -181,12 +181,14 @@ async fn sign_in_and_out() {
     assert_eq!((status, body), (StatusCode::OK, json!({})));
     let (status, err) = t.call(Method::GET, &format!("/v2/users/{id}"), Some(&token), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(err["errors"][0]["code"], "invalid_session");
+    assert_eq!(err["errors"][0]["code"], 401);
+    assert_eq!(err["errors"][0]["reason"], "invalid_session");
     let (status, err) = t
         .call(Method::POST, "/v2/auth/signin", None, Some(&json!({"username": "walker", "password": "wrong password"})))
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(err["errors"][0]["code"], "invalid_credentials");
+    assert_eq!(err["errors"][0]["code"], 401);
+    assert_eq!(err["errors"][0]["reason"], "invalid_credentials");
 }
 }
 
@@ -259,7 +261,7 @@ async fn authorisation_matrix_over_http() {
             let res = req.send().await.unwrap();
             let status = res.status();
             let body: Value = res.json().await.unwrap();
-            assert!(body["errors"][0]["code"].is_string() || status == StatusCode::OK, "{body}");
+            assert!(body["errors"][0]["code"] == status.as_u16() || status == StatusCode::OK, "{body}");
             status
         }
     };
@@ -428,13 +430,31 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             None,
         ),
         (
-            "wrong content type",
+            "a form body, not JSON",
             Method::POST,
             "/v2/users",
             b"username=a&password=b".to_vec(),
             "application/x-www-form-urlencoded",
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "a type that never carries JSON",
+            Method::POST,
+            "/v2/users",
+            b"--x\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\na\r\n--x--\r\n".to_vec(),
+            "multipart/form-data; boundary=x",
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             None,
+        ),
+        (
+            "a member the model does not have",
+            Method::PUT,
+            &user_path,
+            br#"{"name": {"nickname": "Al"}}"#.to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            Some("name.nickname"),
         ),
         (
             "malformed id",
@@ -482,7 +502,8 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         assert_eq!(status, want, "{name}: {text}");
         let json: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{name}: not JSON: {text}"));
         let err = &json["errors"][0];
-        assert!(err["code"].as_str().is_some_and(|c| !c.is_empty()), "{name}: {json}");
+        assert_eq!(err["code"], status.as_u16(), "{name}: {json}");
+        assert!(err["reason"].as_str().is_some_and(|c| !c.is_empty()), "{name}: {json}");
         assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {json}");
         if let Some(field) = field {
             assert_eq!(err["field"], field, "{name}: {json}");

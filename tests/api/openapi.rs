@@ -253,7 +253,8 @@ async fn openapi_documents_every_route_of_the_router() {
     let form = resolve(&doc, &reset_form["post"]["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]);
     assert!(form["properties"]["password"].is_object() && form["properties"]["confirm"].is_object());
     let errors = &doc["components"]["schemas"]["Errors"];
-    assert_eq!(member(&doc, errors, "errors[].code")["type"], "string");
+    assert_eq!(member(&doc, errors, "errors[].code")["type"], "integer");
+    assert_eq!(member(&doc, errors, "errors[].reason")["type"], "string");
     assert_eq!(member(&doc, errors, "errors[].field")["type"], "string");
     assert!(doc["paths"]["/v2/auth/signin"]["post"]["responses"]["429"].is_object());
 
@@ -294,5 +295,10 @@ async fn openapi_documents_every_route_of_the_router() {
         .bearer_auth(created["sessionToken"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_conforms(&doc, &ok("/v2/auth/sessions", "get"), &res.json().await.unwrap(), "sessions");
+    let res = t.http.get(t.url("/v2/auth/verify")).header("X-Api-Key", &t.api_key)
+        .bearer_auth(created["sessionToken"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_conforms(&doc, &ok("/v2/auth/verify", "get"), &res.json().await.unwrap(), "verify");
+    assert_eq!(user["additionalProperties"], false, "unknown members are refused, and the document says so");
 }
 }

@@ -1,18 +1,11 @@
 //! The binary itself: the CLI, and `usersvc gateway` as a separate process
 //! talking to the gRPC service over TCP.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::{Value, json};
 
-use crate::common::spawn;
-
-/// The binary, with the run's master key.
-fn usersvc() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_usersvc"));
-    c.env("USERSVC_MASTER_KEY", crate::common::master_key());
-    c
-}
+use crate::common::{Child, spawn, usersvc};
 
 both_stores! {
 async fn cli_creates_applications_and_supervisors() {
@@ -45,15 +38,6 @@ async fn cli_creates_applications_and_supervisors() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 both_stores! {
@@ -109,6 +93,7 @@ async fn standalone_gateway_talks_to_the_service_over_tcp() {
     // Errors keep their shape through the remote hop.
     let res = client.get(format!("{base}/v2/users/{id}")).header("X-Api-Key", &t.api_key).send().await.unwrap();
     assert_eq!(res.status(), 401);
-    assert_eq!(res.json::<Value>().await.unwrap()["errors"][0]["code"], "missing_session");
+    let err = res.json::<Value>().await.unwrap();
+    assert_eq!((&err["errors"][0]["code"], &err["errors"][0]["reason"]), (&json!(401), &json!("missing_session")));
 }
 }

@@ -70,11 +70,11 @@ pub fn normalise(v: Value) -> Result<Value, String> {
 /// What the gateway's PUT/PATCH stores for `body` over the stored profile
 /// (`profile::to_profile` bytes): the gateway's parse into the message and
 /// field mask, then the service's resolution and application of the mask.
-/// Err is the gateway's refusal (status, code).
+/// Err is the gateway's refusal (status, reason).
 pub fn through_gateway(stored: &[u8], body: &[u8]) -> Result<pb::User, (u16, String)> {
     let headers = http::HeaderMap::new();
     let parsed = json::parse::<pb::User>(&headers, body, "User", schema::USER_OUTPUT_ONLY, Mode::MergePatch)
-        .map_err(|e| (e.status.as_u16(), e.item.code))?;
+        .map_err(|e| (e.status.as_u16(), e.item.reason))?;
     let desc = schema::message("User").expect("User descriptor");
     let patch = serde_json::to_value(&parsed.message).expect("a parsed User serialises");
     let mut paths = Vec::new();

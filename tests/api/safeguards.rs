@@ -403,7 +403,8 @@ async fn sign_in_is_throttled_per_username_over_http() {
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.headers()["retry-after"], "1");
     let body: Value = res.json().await.unwrap();
-    assert_eq!(body["errors"][0]["code"], "throttled");
+    assert_eq!(body["errors"][0]["code"], 429);
+    assert_eq!(body["errors"][0]["reason"], "throttled");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(sign_in("correct horse battery").await.unwrap().status(), StatusCode::OK);
     // Success clears the count: one more failure does not block.

@@ -197,7 +197,7 @@ impl Outcome {
         if status.is_success() {
             return (Outcome::Ok, body);
         }
-        let has_errors = body.as_ref().and_then(|b| b["errors"][0]["code"].as_str()).is_some();
+        let has_errors = body.as_ref().and_then(|b| b["errors"][0]["code"].as_u64()) == Some(503);
         if status == 503 && has_errors {
             (Outcome::Unavailable, body)
         } else {
