@@ -1,6 +1,8 @@
-//! The mailed password-reset link in a real browser: headless Chromium,
-//! driven over the W3C WebDriver protocol (plain HTTP JSON to a chromedriver
-//! this test starts), with JavaScript switched off.
+//! Real browsers: headless Chromium, driven over the W3C WebDriver protocol
+//! (plain HTTP JSON to a chromedriver each test starts).
+//! - The mailed password-reset link, with JavaScript switched off.
+//! - A web app on another origin calling sign-up, sign-in and verify with
+//!   `fetch` and the Catalyze headers, through CORS preflights.
 //!
 //! Ignored by plain `cargo test`: it needs `chromium` and `chromedriver`.
 //! `.ci/run` installs them and runs `cargo test --test api browser -- --ignored`;
@@ -126,7 +128,7 @@ impl Drop for Browser {
 }
 
 impl Browser {
-    async fn open(http: &reqwest::Client, driver: &Chromedriver) -> Self {
+    async fn open(http: &reqwest::Client, driver: &Chromedriver, javascript: bool) -> Self {
         let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
         assert!(
             std::path::Path::new(&binary).exists(),
@@ -153,8 +155,8 @@ impl Browser {
                             "--disable-sync",
                             format!("--user-data-dir={}", profile.display()),
                         ],
-                        // The form must work without JavaScript: give it none.
-                        "prefs": { "profile.managed_default_content_settings.javascript": 2 },
+                        // 2 blocks JavaScript, 1 allows it.
+                        "prefs": { "profile.managed_default_content_settings.javascript": if javascript { 1 } else { 2 } },
                     },
                 },
             },
@@ -194,6 +196,11 @@ impl Browser {
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Value {
         self.try_call(method.clone(), path, body).await.unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
+    }
+
+    /// Runs `script` in the page; it calls its last argument with the result.
+    async fn run_async(&self, script: &str, args: Value) -> Value {
+        self.call(Method::POST, "/execute/async", Some(json!({ "script": script, "args": args }))).await
     }
 
     async fn goto(&self, url: &str) {
@@ -301,7 +308,8 @@ async fn reset_form_works_in_headless_chromium() {
     // The form, in Chromium.
     let http = reqwest::Client::new();
     let driver = Chromedriver::start(&http).await;
-    let browser = Browser::open(&http, &driver).await;
+    // The form must work without JavaScript: give it none.
+    let browser = Browser::open(&http, &driver, false).await;
     // JavaScript is off indeed: a page's script does not run.
     browser.goto("data:text/html,<title>script off</title><script>document.title='script on'</script>").await;
     assert_eq!(browser.title().await, "script off");
@@ -338,4 +346,94 @@ async fn reset_form_works_in_headless_chromium() {
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     let signed_in = sign_in(&t, "a new password").await.expect("the new password works");
     assert!(!signed_in.session_token.is_empty());
+}
+
+/// Serves one small HTML page at every path, on a port of its own: the web
+/// app's origin. Ends with the returned handle.
+async fn web_app_server() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let page = "<!doctype html><title>Clinic</title><p>A clinic's web app.</p>";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+/// What the web app runs: the Catalyze JS SDK's calls as `fetch`, each with
+/// `X-Api-Key` (so each is preflighted), reporting status and body.
+const SDK_CALLS: &str = r#"
+const [base, key, name, done] = arguments;
+const call = async (method, path, headers, body) => {
+  const r = await fetch(base + path, { method, headers: { 'X-Api-Key': 'browser clinic ' + key, ...headers }, body });
+  return { status: r.status, body: await r.json(), requestId: r.headers.get('x-request-id') };
+};
+(async () => {
+  const out = {};
+  const user = { username: name, password: 'correct horse battery', email: { primary: name + '@example.com' } };
+  out.signUp = await call('POST', '/v2/users', { 'Content-Type': 'application/json', 'Accept': 'application/json' }, JSON.stringify(user));
+  // As jQuery sends it: the JSON under the form content type.
+  out.signIn = await call('POST', '/v2/auth/signin', { 'Content-Type': 'application/x-www-form-urlencoded; charset=UTF-8', 'Accept': '*/*' },
+    JSON.stringify({ username: name, password: 'correct horse battery' }));
+  const token = out.signIn.body.sessionToken;
+  out.verify = await call('GET', '/v2/auth/verify/', { 'Authorization': 'Bearer ' + token });
+  out.wrong = await call('POST', '/v2/auth/signin', { 'Content-Type': 'application/json' },
+    JSON.stringify({ username: name, password: 'not the password' }));
+  done(out);
+})().catch(e => done({ failed: String(e) }));
+"#;
+
+#[tokio::test]
+#[ignore = "needs chromium and chromedriver; .ci/run installs them"]
+async fn web_app_on_another_origin_signs_up_and_in_through_cors() {
+    let (page_port, page_task) = web_app_server().await;
+    // The page is served on one port under two names, two origins: only
+    // the first is allowed.
+    let allowed = format!("http://127.0.0.1:{page_port}");
+    let refused = format!("http://localhost:{page_port}");
+    let t = spawn_alone(|a| a.gateway.cors_origins = vec![allowed.clone()]).await;
+    let base = format!("http://{}", t.app.http_addr);
+
+    let http = reqwest::Client::new();
+    let driver = Chromedriver::start(&http).await;
+    let browser = Browser::open(&http, &driver, true).await;
+    browser.goto(&format!("{allowed}/signin.html")).await;
+    assert_eq!(browser.title().await, "Clinic");
+    let out = browser.run_async(SDK_CALLS, json!([base, t.api_key, "web.patient"])).await;
+    assert!(out["failed"].is_null(), "the web app's calls failed: {out}");
+    assert_eq!(out["signUp"]["status"], 200, "{out}");
+    let id = out["signUp"]["body"]["usersId"].as_str().unwrap_or_else(|| panic!("{out}")).to_owned();
+    assert!(out["signUp"]["body"]["sessionToken"].as_str().is_some_and(|t| !t.is_empty()), "{out}");
+    assert!(out["signUp"]["requestId"].as_str().is_some_and(|r| !r.is_empty()), "x-request-id is exposed: {out}");
+    assert_eq!(out["signIn"]["status"], 200, "{out}");
+    assert_eq!(out["signIn"]["body"]["usersId"], id.as_str(), "{out}");
+    assert_eq!(out["verify"]["status"], 200, "{out}");
+    assert_eq!(out["verify"]["body"]["userId"], id.as_str(), "{out}");
+    assert_eq!(out["wrong"]["status"], 401, "{out}");
+    assert_eq!(out["wrong"]["body"]["errors"][0]["code"], 401, "{out}");
+    assert_eq!(out["wrong"]["body"]["errors"][0]["reason"], "invalid_credentials", "{out}");
+
+    // The same page from an origin not allowed: the browser refuses it.
+    browser.goto(&format!("{refused}/signin.html")).await;
+    let out = browser.run_async(SDK_CALLS, json!([base, t.api_key, "web.intruder"])).await;
+    assert!(out["failed"].as_str().is_some_and(|e| e.contains("Failed to fetch")), "{out}");
+    browser.quit().await;
+    drop(driver);
+    page_task.abort();
+
+    // Only the allowed origin's sign-up exists.
+    let req = pb::SignInRequest { username: "web.intruder".into(), password: "correct horse battery".into() };
+    let e = t.users().await.sign_in(t.req(req, None)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "the refused origin's preflight stopped its sign-up");
 }

@@ -5,6 +5,7 @@
 mod common;
 
 mod browser;
+mod clients;
 mod concurrency;
 mod grpc_groups;
 mod grpc_users;

@@ -641,6 +641,16 @@ def _():
 # ---------------------------------------------------------------- sessions
 
 
+@check("VerifySession names the token's user and its expiry, and nothing of the profile")
+def _():
+    r = users.VerifySession(pb.VerifySessionRequest(), metadata=md(state["token"]), timeout=TIMEOUT)
+    expect(r.user_id == state["id"] and r.users_id == state["id"], f"ids {r.user_id!r} {r.users_id!r}")
+    expect(r.principal == "user" and not r.supervisor, f"principal {r.principal!r}")
+    expect(RFC3339_Z.match(r.expires_at), f"expires_at {r.expires_at!r}")
+    expect(RFC3339_Z.match(r.max_expires_at), f"max_expires_at {r.max_expires_at!r}")
+    expect(r.expires_at <= r.max_expires_at, f"{r.expires_at} after {r.max_expires_at}")
+
+
 @check("SignOut ends the session")
 def _():
     r = users.SignOut(pb.SignOutRequest(), metadata=md(state["token"]), timeout=TIMEOUT)
@@ -655,6 +665,15 @@ def _():
         ),
         grpc.StatusCode.UNAUTHENTICATED,
     )
+
+
+@check("VerifySession with the signed-out token is UNAUTHENTICATED (INVALID_SESSION)")
+def _():
+    err = rpc_error(
+        lambda: users.VerifySession(pb.VerifySessionRequest(), metadata=md(state["token"]), timeout=TIMEOUT),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    expect_reason(err, "INVALID_SESSION")
 
 
 @check("SignIn with a wrong password is UNAUTHENTICATED (INVALID_CREDENTIALS)")
