@@ -4,6 +4,7 @@
 //! Ciphertexts carry the id of their key and are bound by associated data
 //! to their application, row and field, so one cannot be moved elsewhere.
 
+pub mod fields;
 pub mod keyring;
 mod xchacha;
 

@@ -14,13 +14,12 @@ use lettre::{
 use tokio::sync::watch;
 
 use crate::crypto::Keyring;
+use crate::crypto::fields::{PROFILE_FIELD, RESET_TOKEN_FIELD, USERNAME_FIELD};
 use crate::pb;
-use crate::service::profile;
 use crate::store::{OutboxMessage, Store};
 pub use templates::Templates;
 
 /// The field a reset token is sealed as, bound to its outbox row.
-pub const RESET_TOKEN_FIELD: &str = "reset_token";
 const SWEEP_EVERY: Duration = Duration::from_secs(300);
 /// How long a claimed message is kept from other senders.
 const LEASE: Duration = Duration::from_secs(120);
@@ -157,9 +156,9 @@ impl Mailer {
         let Some(r) = self.store.mail_recipient(m.app_id, m.user_id).await? else {
             return Ok(None);
         };
-        let username = self.keyring.open(m.app_id, m.user_id, profile::USERNAME_FIELD, &r.username_ct).await?;
+        let username = self.keyring.open(m.app_id, m.user_id, USERNAME_FIELD, &r.username_ct).await?;
         let username = String::from_utf8(username)?;
-        let profile_pt = self.keyring.open(m.app_id, m.user_id, profile::PROFILE_FIELD, &r.profile_ct).await?;
+        let profile_pt = self.keyring.open(m.app_id, m.user_id, PROFILE_FIELD, &r.profile_ct).await?;
         let user: pb::User = serde_json::from_slice(&profile_pt)?;
         let Some(to) = user.email.map(|e| e.primary).filter(|e| !e.is_empty()) else {
             return Ok(None);
@@ -219,11 +218,6 @@ impl Mailer {
             }
         }
     }
-}
-
-/// Seals a reset token to its outbox row.
-pub fn seal_reset_token(sealer: &crate::crypto::keyring::Sealer, outbox_id: uuid::Uuid, token: &str) -> Vec<u8> {
-    sealer.seal(outbox_id, RESET_TOKEN_FIELD, token.as_bytes())
 }
 
 #[cfg(test)]

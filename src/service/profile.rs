@@ -9,8 +9,8 @@ use crate::schema;
 use crate::store::{StoreError, UserRecord};
 
 /// The field names of sealed ciphertexts (bound into their associated data).
-pub const PROFILE_FIELD: &str = "profile";
-pub const USERNAME_FIELD: &str = "username";
+pub use crate::crypto::fields::PROFILE_FIELD;
+pub use crate::crypto::fields::USERNAME_FIELD;
 
 /// `2013-11-07T12:00:00Z`, as the documented JSON shows times.
 pub fn format_time(t: DateTime<Utc>) -> String {
@@ -41,7 +41,7 @@ pub fn to_profile(user: &pb::User) -> ServiceResult<Vec<u8>> {
     if u.extras.as_ref().is_some_and(|e| matches!(e.kind, None | Some(pbjson_types::value::Kind::NullValue(_)))) {
         u.extras = None;
     }
-    if u.extras.as_ref().is_some_and(|e| !super::validate::representable(e)) {
+    if u.extras.as_ref().is_some_and(|e| !representable(e)) {
         return Err(corrupt("extras without a JSON form"));
     }
     let finite = |v: Option<f64>| v.is_none_or(f64::is_finite);
@@ -88,6 +88,20 @@ pub fn field_names(user: &pb::User) -> Vec<String> {
 /// The case-folded form of a name or address used for lookups.
 pub fn fold(s: &str) -> String {
     s.trim().to_lowercase()
+}
+
+/// Whether a `google.protobuf.Value` has a JSON form: every number in it is
+/// finite. (Over gRPC a client can send a NaN or an infinity; as JSON it
+/// would be written as `null`, and the user read back would not be the one
+/// stored. A value with no kind is how JSON `null` reads, so it is fine.)
+pub fn representable(v: &pbjson_types::Value) -> bool {
+    use pbjson_types::value::Kind;
+    match &v.kind {
+        Some(Kind::NumberValue(n)) => n.is_finite(),
+        Some(Kind::StructValue(s)) => s.fields.values().all(representable),
+        Some(Kind::ListValue(l)) => l.values.iter().all(representable),
+        None | Some(Kind::NullValue(_) | Kind::StringValue(_) | Kind::BoolValue(_)) => true,
+    }
 }
 
 /// The folded primary address, for username reminders.

@@ -13,7 +13,7 @@ use super::{Core, field_mask, profile, validate};
 use crate::auth::{Caller, SessionUser};
 use crate::pb::{self, user_service_server::UserService};
 use crate::schema;
-use crate::store::{NewReset, NewUser, Relief, ResetCheck, SignInAttempt, ThrottleRule, UserChange};
+use crate::store::{EndSessions, NewReset, NewUser, Relief, ResetCheck, SignInAttempt, ThrottleRule, UserChange};
 
 /// How often an update re-reads and retries when another update of the same
 /// user (or a key rotation) committed first.
@@ -270,7 +270,10 @@ impl UserSvc {
                 email_bidx,
                 profile_ct: sealer.seal(id, profile::PROFILE_FIELD, &profile::to_profile(&merged)?),
                 active,
-                keep_session: (me.user_id == id).then_some(me.session_id),
+                // A new password or a deactivation ends the user's other
+                // sessions (all of them when deactivated).
+                end_sessions: (set_password || !active)
+                    .then(|| EndSessions { keep: (me.user_id == id && active).then_some(me.session_id) }),
             };
             let mut record = core.record(ctx, "user.update", Some(&caller), caller.app_id).await;
             record.subject_id = Some(id);
@@ -438,7 +441,7 @@ impl UserSvc {
         let reset = NewReset {
             token_hash: crate::auth::secret::digest(token.expose_secret()),
             outbox_id,
-            payload_ct: crate::mail::seal_reset_token(&sealer, outbox_id, token.expose_secret()),
+            payload_ct: crate::crypto::fields::seal_reset_token(&sealer, outbox_id, token.expose_secret()),
             lifetime: core.reset_lifetime,
         };
         let record = core.record(ctx, "user.password_reset_request", None, app_id).await;

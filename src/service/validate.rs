@@ -125,7 +125,7 @@ pub fn profile(user: &pb::User) -> ServiceResult<()> {
         }
     }
     if let Some(extras) = &user.extras {
-        if !representable(extras) {
+        if !super::profile::representable(extras) {
             return Err(ServiceError::invalid("extras", "every number must be finite"));
         }
         let value = serde_json::to_value(extras).unwrap_or_default();
@@ -141,20 +141,6 @@ pub fn profile(user: &pb::User) -> ServiceResult<()> {
         return Err(ServiceError::invalid("user", format!("must be at most {MAX_PROFILE_BYTES} bytes as JSON in all")));
     }
     Ok(())
-}
-
-/// Whether a `google.protobuf.Value` has a JSON form: every number in it is
-/// finite. (Over gRPC a client can send a NaN or an infinity; as JSON it
-/// would be written as `null`, and the user read back would not be the one
-/// stored. A value with no kind is how JSON `null` reads, so it is fine.)
-pub fn representable(v: &pbjson_types::Value) -> bool {
-    use pbjson_types::value::Kind;
-    match &v.kind {
-        Some(Kind::NumberValue(n)) => n.is_finite(),
-        Some(Kind::StructValue(s)) => s.fields.values().all(representable),
-        Some(Kind::ListValue(l)) => l.values.iter().all(representable),
-        None | Some(Kind::NullValue(_) | Kind::StringValue(_) | Kind::BoolValue(_)) => true,
-    }
 }
 
 /// How many objects and arrays are nested in a value.

@@ -36,7 +36,8 @@ pub fn backend() -> Backend {
 
 /// Runs each test once per store: `mod NAME { fn sqlite(); fn postgres() }`.
 /// The PostgreSQL run needs a server (TEST_DATABASE_URL or DATABASE_URL);
-/// without one it says so and passes, and `.ci/run` always sets one.
+/// without one it says so and passes, except where `CI` is set: there it
+/// fails, so a CI that lost its PostgreSQL cannot pass silently.
 macro_rules! both_stores {
     ($(#[$meta:meta])* async fn $name:ident() $body:block) => {
         $(#[$meta])*
@@ -62,11 +63,15 @@ macro_rules! both_stores {
 }
 
 /// The PostgreSQL server tests make their databases on, if one is named.
+/// Where `CI` is set, one must be.
 pub fn postgres_server() -> Option<String> {
-    std::env::var("TEST_DATABASE_URL")
+    let url = std::env::var("TEST_DATABASE_URL")
         .or_else(|_| std::env::var("DATABASE_URL"))
         .ok()
-        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    assert!(url.is_some() || !in_ci, "CI is set but no PostgreSQL is named: set TEST_DATABASE_URL");
+    url
 }
 
 fn with_database(url: &str, db: &str) -> String {

@@ -12,12 +12,17 @@
 
 use std::sync::LazyLock;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgArguments, PgExecutor};
+use sqlx::{
+    Row,
+    postgres::{PgArguments, PgExecutor},
+};
 use uuid::Uuid;
 
-use super::Result;
-use crate::audit::{self, AuditRecord};
+use crate::store::postgres::PgStore;
+use crate::store::trail::record::{self as audit, AuditRecord, StoredAudit};
+use crate::store::{AuditFilter, Result, TrailStore};
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
 
@@ -34,7 +39,7 @@ const COLUMNS: &str = "id, at, app_id, actor, actor_id, subject_id, object_id, a
 /// and new hashes. Without a head row (the migration makes it and a trigger
 /// keeps it) the insert fails on `prev_hash`'s NOT NULL, and the writer's
 /// statement with it, instead of writing its change unrecorded.
-pub(super) fn one_record(first: usize) -> String {
+pub(in crate::store) fn one_record(first: usize) -> String {
     let p: Vec<String> = (first..first + 13).map(|n| format!("${n}")).collect();
     format!(
         "head AS (
@@ -52,17 +57,17 @@ pub(super) fn one_record(first: usize) -> String {
 
 /// One record's parameters for [`one_record`]: the content its hash covers,
 /// then its columns.
-pub(super) struct OneRecord<'a> {
+pub(in crate::store) struct OneRecord<'a> {
     content: Vec<u8>,
     record: &'a AuditRecord,
 }
 
 impl<'a> OneRecord<'a> {
-    pub(super) fn of(record: &'a AuditRecord) -> Self {
+    pub(in crate::store) fn of(record: &'a AuditRecord) -> Self {
         Self { content: audit::canonical(record), record }
     }
 
-    pub(super) fn bind<'q>(self, q: Query<'q>) -> Query<'q>
+    pub(in crate::store) fn bind<'q>(self, q: Query<'q>) -> Query<'q>
     where
         'a: 'q,
     {
@@ -85,7 +90,7 @@ impl<'a> OneRecord<'a> {
 
 /// A batch of trail records, column by column (bound as arrays), with the
 /// content each one's hash covers.
-pub(super) struct AuditColumns {
+pub(in crate::store) struct AuditColumns {
     content: Vec<Vec<u8>>,
     id: Vec<Uuid>,
     at: Vec<DateTime<Utc>>,
@@ -103,7 +108,7 @@ pub(super) struct AuditColumns {
 }
 
 impl AuditColumns {
-    pub(super) fn of(records: &[AuditRecord]) -> Self {
+    pub(in crate::store) fn of(records: &[AuditRecord]) -> Self {
         Self {
             content: records.iter().map(audit::canonical).collect(),
             id: records.iter().map(|r| r.id).collect(),
@@ -122,7 +127,7 @@ impl AuditColumns {
     }
 
     /// Binds the 15 arguments of `audit_append` (see [`audit_append_call`]).
-    pub(super) fn bind(self, q: Query<'_>) -> Query<'_> {
+    pub(in crate::store) fn bind(self, q: Query<'_>) -> Query<'_> {
         q.bind(AUDIT_LOCK)
             .bind(audit::GENESIS.as_slice())
             .bind(self.content)
@@ -144,7 +149,7 @@ impl AuditColumns {
 /// `audit_append(...)` (migrations `round_trips` and `audit_head`) with its
 /// arguments from parameter `$first` on: chains and inserts the records, in
 /// one round trip.
-pub(super) fn audit_append_call(first: usize) -> String {
+pub(in crate::store) fn audit_append_call(first: usize) -> String {
     let args: Vec<String> = (first..first + 15).map(|n| format!("${n}")).collect();
     format!("audit_append({})", args.join(", "))
 }
@@ -152,7 +157,7 @@ pub(super) fn audit_append_call(first: usize) -> String {
 /// Appends records in one statement: inside the caller's transaction when
 /// `db` is one (the records commit or vanish with the change they
 /// describe), or on their own, all or none.
-pub(super) async fn append<'c>(db: impl PgExecutor<'c>, records: &[AuditRecord]) -> Result<()> {
+pub(in crate::store) async fn append<'c>(db: impl PgExecutor<'c>, records: &[AuditRecord]) -> Result<()> {
     static ONE: LazyLock<String> = LazyLock::new(|| format!("WITH {} SELECT 1", one_record(1)));
     static MANY: LazyLock<String> = LazyLock::new(|| format!("SELECT {}", audit_append_call(1)));
     match records {
@@ -165,4 +170,51 @@ pub(super) async fn append<'c>(db: impl PgExecutor<'c>, records: &[AuditRecord])
         }
     }
     Ok(())
+}
+
+#[async_trait]
+impl TrailStore for PgStore {
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
+        // One statement: no transaction of its own to open and commit.
+        append(&self.pool, records).await
+    }
+
+    async fn audit_records(&self, f: &AuditFilter) -> Result<Vec<StoredAudit>> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit_events
+             WHERE seq > $1 AND ($2::uuid IS NULL OR app_id = $2) AND ($3::uuid IS NULL OR subject_id = $3)
+               AND ($4::timestamptz IS NULL OR at >= $4)
+             ORDER BY seq LIMIT $5",
+        )
+        .bind(f.after_seq)
+        .bind(f.app_id)
+        .bind(f.subject_id)
+        .bind(f.since)
+        .bind(f.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredAudit {
+                    seq: r.try_get("seq")?,
+                    prev_hash: r.try_get("prev_hash")?,
+                    hash: r.try_get("hash")?,
+                    record: AuditRecord {
+                        id: r.try_get("id")?,
+                        at: r.try_get("at")?,
+                        app_id: r.try_get("app_id")?,
+                        actor: r.try_get("actor")?,
+                        actor_id: r.try_get("actor_id")?,
+                        subject_id: r.try_get("subject_id")?,
+                        object_id: r.try_get("object_id")?,
+                        action: r.try_get("action")?,
+                        fields: r.try_get("fields")?,
+                        outcome: r.try_get("outcome")?,
+                        request_id: r.try_get("request_id")?,
+                        client_addr: r.try_get("client_addr")?,
+                    },
+                })
+            })
+            .collect()
+    }
 }

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use sqlx::{PgPool, postgres::PgListener};
 
-use super::auth_cache::AuthCache;
+use crate::store::auth_cache::AuthCache;
 
 pub const CHANNEL: &str = "usersvc_auth";
 

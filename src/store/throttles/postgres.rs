@@ -4,18 +4,20 @@
 //! statements went through SPI and its own executor start, about a third of
 //! PostgreSQL's CPU per sign-in. Here a sign-in's count and its relief are
 //! plain common table expressions in the one statement each round trip
-//! sends. (The functions stay in the schema for replicas of the earlier
-//! version during a rolling upgrade.)
+//! sends. (Migration `drop_unused_functions` removed the functions once no
+//! released version called them.)
 
 use std::{sync::LazyLock, time::Duration};
 
+use async_trait::async_trait;
 use sqlx::{Row, postgres::PgRow};
 
-use super::{Result, ThrottleRule};
+use crate::store::postgres::PgStore;
+use crate::store::{Result, ThrottleRule, ThrottleStore};
 
 /// The keys sorted and distinct (one lock order for every caller: no
 /// deadlock between two attempts), and their rules, column by column.
-pub(super) struct ThrottleArgs<'a> {
+pub(in crate::store) struct ThrottleArgs<'a> {
     keys: Vec<&'a [u8]>,
     free: Vec<i32>,
     max_wait: Vec<f64>,
@@ -23,7 +25,7 @@ pub(super) struct ThrottleArgs<'a> {
 }
 
 impl<'a> ThrottleArgs<'a> {
-    pub(super) fn of(keys: &'a [(Vec<u8>, ThrottleRule)]) -> Self {
+    pub(in crate::store) fn of(keys: &'a [(Vec<u8>, ThrottleRule)]) -> Self {
         let mut sorted: Vec<&(Vec<u8>, ThrottleRule)> = keys.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
         sorted.dedup_by(|a, b| a.0 == b.0);
@@ -36,7 +38,7 @@ impl<'a> ThrottleArgs<'a> {
     }
 
     /// Binds them as `$1` to `$4`, the parameters of [`COUNT`].
-    pub(super) fn bind<'q>(
+    pub(in crate::store) fn bind<'q>(
         self,
         q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>
@@ -60,7 +62,7 @@ impl<'a> ThrottleArgs<'a> {
 /// attempt counted, against its other keys: it was made.) A row that exists
 /// takes its key's rule by the key's place in `$1`. Rows are made and locked
 /// in key order.
-pub(super) static COUNT: LazyLock<String> = LazyLock::new(|| {
+pub(in crate::store) static COUNT: LazyLock<String> = LazyLock::new(|| {
     let at = "array_position($1::bytea[], t.key)";
     let count = format!(
         "CASE WHEN t.last_failure < now() - make_interval(secs => ($4::float8[])[{at}]) THEN 1 ELSE t.failures + 1 END"
@@ -95,11 +97,11 @@ fn wait_from(n: &str, free: &str, max_wait: &str) -> String {
 /// The select-list items that report [`COUNT`]: `wait` (seconds, NULL when
 /// there is none) and `raced` (fewer keys counted than given: a wait began
 /// after the read, see [`counted_wait`]).
-pub(super) const OUTCOME: &str =
+pub(in crate::store) const OUTCOME: &str =
     "(SELECT wait FROM waiting) AS wait, (SELECT count(*) FROM counted) < cardinality($1::bytea[]) AS raced";
 
 /// The wait, if the attempt must wait, from a row that selected [`OUTCOME`].
-pub(super) fn counted_wait(row: &PgRow) -> Result<Option<Duration>> {
+pub(in crate::store) fn counted_wait(row: &PgRow) -> Result<Option<Duration>> {
     if let Some(wait) = row.try_get::<Option<f64>, _>("wait")? {
         return Ok(Some(Duration::from_secs_f64(wait.max(0.0))));
     }
@@ -115,7 +117,7 @@ pub(super) fn counted_wait(row: &PgRow) -> Result<Option<Duration>> {
 /// `forgive`'s. Both rows are locked in key order before either changes, as
 /// [`COUNT`] locks them: a success racing another attempt of the same name
 /// from the same address must not take them the other way round.
-pub(super) const RELIEF: &str = "
+pub(in crate::store) const RELIEF: &str = "
     relief AS (
         UPDATE throttles AS t SET
             failures = CASE WHEN t.key = $6 THEN 0 ELSE GREATEST(t.failures - 1, 0) END,
@@ -123,3 +125,28 @@ pub(super) const RELIEF: &str = "
         FROM (SELECT key FROM throttles WHERE key IN ($6, $7) ORDER BY key FOR UPDATE) AS l
         WHERE t.key = l.key
     )";
+
+#[async_trait]
+impl ThrottleStore for PgStore {
+    async fn throttle_attempt(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<Option<Duration>> {
+        static SQL: LazyLock<String> = LazyLock::new(|| format!("WITH {} SELECT {}", *COUNT, OUTCOME));
+        let row = ThrottleArgs::of(keys).bind(sqlx::query(&SQL)).fetch_one(&self.pool).await?;
+        counted_wait(&row)
+    }
+
+    async fn throttle_failed(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<()> {
+        for (key, rule) in keys {
+            sqlx::query(
+                "UPDATE throttles SET blocked_until =
+                     now() + make_interval(secs => LEAST($3, power(2, LEAST(failures - $2, 30))))
+                 WHERE key = $1 AND failures >= $2",
+            )
+            .bind(key)
+            .bind(rule.free)
+            .bind(rule.max_wait.as_secs_f64())
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,20 @@
+//! The field names that bind each sealed value to its place (they go into
+//! the associated data with the application and row): shared by the
+//! services that seal and the mail sender and operator commands that open,
+//! so that none of them imports another for a name.
+
+use uuid::Uuid;
+
+use super::keyring::Sealer;
+
+/// A user's profile (every field of the model but the username).
+pub const PROFILE_FIELD: &str = "profile";
+/// A user's username.
+pub const USERNAME_FIELD: &str = "username";
+/// A reset link's token, sealed to its outbox row until the mail is sent.
+pub const RESET_TOKEN_FIELD: &str = "reset_token";
+
+/// A reset token sealed to the outbox row of the mail that carries it.
+pub fn seal_reset_token(sealer: &Sealer, outbox_id: Uuid, token: &str) -> Vec<u8> {
+    sealer.seal(outbox_id, RESET_TOKEN_FIELD, token.as_bytes())
+}

@@ -1,0 +1,824 @@
+//! One contract, tested once: every method of every store concern, on
+//! SQLite always and on PostgreSQL whenever `TEST_DATABASE_URL` (or
+//! `DATABASE_URL`) names a server; where `CI` is set, a missing server fails
+//! the run instead of skipping it. As in the `object_store` crate's
+//! `integration.rs`: the tests are generic functions over [`Store`], and
+//! each backend's tests (at the end) call every one of them.
+//!
+//! What a test needs beyond the trait (time passing, a raw statement) goes
+//! through [`Db`], one method per need, written in each dialect.
+
+use std::{sync::Arc, time::Duration};
+
+use uuid::Uuid;
+
+use super::*;
+use crate::store::trail::record::{AuditRecord, GENESIS, StoredAudit, verify};
+
+/// The database under a store, for the tests' own reads and writes.
+pub enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// A store on a database of its own (a new SQLite file or PostgreSQL database).
+pub struct Under {
+    pub store: Arc<dyn Store>,
+    pub db: Db,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for Under {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The PostgreSQL server to test on, if any; in CI there must be one.
+pub fn postgres_server() -> Option<String> {
+    let url = std::env::var("TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .ok()
+        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    assert!(url.is_some() || !in_ci, "CI is set but no PostgreSQL is named: set TEST_DATABASE_URL");
+    url
+}
+
+impl Under {
+    pub async fn sqlite() -> Self {
+        let dir = std::env::temp_dir().join(format!("usersvc-sqlite-{}", Uuid::new_v4()));
+        let url = format!("sqlite://{}/nested/usersvc.db", dir.display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        assert!(dir.join("nested/usersvc.db").exists(), "the folder and file are made");
+        let db = Db::Sqlite(store.pool().clone());
+        Self { store: Arc::new(store), db, dir: Some(dir) }
+    }
+
+    /// None (and the test skipped, saying so) without a server.
+    pub async fn postgres() -> Option<Self> {
+        let Some(server) = postgres_server() else {
+            eprintln!("PostgreSQL run not made: set TEST_DATABASE_URL to a postgres:// server");
+            return None;
+        };
+        let name = format!("usersvc_test_{}", Uuid::new_v4().simple());
+        let (base, query) = server.split_once('?').map_or((server.as_str(), None), |(b, q)| (b, Some(q)));
+        let base = base.rfind('/').filter(|i| *i > "postgres://".len()).map_or(base, |i| &base[..i]);
+        let url = match query {
+            Some(q) => format!("{base}/{name}?{q}"),
+            None => format!("{base}/{name}"),
+        };
+        // connect makes the database; `.ci/run` drops old usersvc_test_ ones.
+        let store = PgStore::connect(&url, 8).await.unwrap();
+        store.migrate().await.unwrap();
+        store.migrate().await.unwrap();
+        let db = Db::Postgres(store.pool().clone());
+        Some(Self { store: Arc::new(store), db, dir: None })
+    }
+}
+
+/// Microseconds, as the dialects' clocks are compared here.
+const DAY_US: i64 = 86_400_000_000;
+
+impl Db {
+    /// A key's failure count (0 when it has no row).
+    async fn failures(&self, key: &[u8]) -> i32 {
+        match self {
+            Db::Sqlite(p) => sqlx::query_scalar("SELECT COALESCE((SELECT failures FROM throttles WHERE key = ?1), 0)")
+                .bind(key)
+                .fetch_one(p)
+                .await
+                .unwrap(),
+            Db::Postgres(p) => {
+                sqlx::query_scalar("SELECT COALESCE((SELECT failures FROM throttles WHERE key = $1), 0)")
+                    .bind(key)
+                    .fetch_one(p)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
+    /// Microseconds until a key's wait ends (negative: it has ended).
+    async fn wait_left_us(&self, key: &[u8]) -> i64 {
+        match self {
+            Db::Sqlite(p) => {
+                let until: i64 = sqlx::query_scalar("SELECT blocked_until FROM throttles WHERE key = ?1")
+                    .bind(key)
+                    .fetch_one(p)
+                    .await
+                    .unwrap();
+                until - chrono::Utc::now().timestamp_micros()
+            }
+            Db::Postgres(p) => sqlx::query_scalar(
+                "SELECT (extract(epoch FROM blocked_until - clock_timestamp()) * 1e6)::int8 FROM throttles WHERE key = $1",
+            )
+            .bind(key)
+            .fetch_one(p)
+            .await
+            .unwrap(),
+        }
+    }
+
+    /// Runs one statement of the test's own; its error's text, if any.
+    async fn run(&self, sql: &str) -> Result<u64, String> {
+        match self {
+            Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|r| r.rows_affected()),
+            Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(|r| r.rows_affected()),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// A time `ago_us` before now, as a SQL literal of the dialect.
+    fn ago(&self, ago_us: i64) -> String {
+        match self {
+            Db::Sqlite(_) => (chrono::Utc::now().timestamp_micros() - ago_us).to_string(),
+            Db::Postgres(_) => format!("(clock_timestamp() - make_interval(secs => {}))", ago_us as f64 / 1e6),
+        }
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        match self {
+            Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        }
+    }
+}
+
+fn key(app_id: Uuid, purpose: &str) -> StoredKey {
+    StoredKey {
+        id: Uuid::now_v7(),
+        app_id,
+        purpose: purpose.into(),
+        wrapped: vec![7; 40],
+        master_key_id: "mk1".into(),
+        current: true,
+    }
+}
+
+struct Fixture {
+    app: App,
+    data_key: StoredKey,
+}
+
+async fn new_app(s: &dyn Store, name: &str) -> Fixture {
+    let app = App { id: Uuid::now_v7(), name: name.into() };
+    let data_key = key(app.id, "data");
+    let keys = [data_key.clone(), key(app.id, "index")];
+    s.create_app(&app, name.as_bytes(), &keys, &AuditRecord::new("app.create", Some(app.id))).await.unwrap();
+    Fixture { app, data_key }
+}
+
+fn new_user(f: &Fixture, username: &str) -> NewUser {
+    NewUser {
+        id: Uuid::now_v7(),
+        app_id: f.app.id,
+        key_id: f.data_key.id,
+        username_ct: format!("ct:{username}").into_bytes(),
+        username_bidx: username.as_bytes().to_vec(),
+        password_hash: "hash-1".into(),
+        email_bidx: Some(format!("mail:{username}").into_bytes()),
+        profile_ct: b"profile".to_vec(),
+        active: true,
+    }
+}
+
+fn session(token: &str) -> NewSession {
+    NewSession { id: Uuid::now_v7(), token_hash: token.as_bytes().to_vec(), max_age: Duration::from_secs(3600) }
+}
+
+fn change(expected_version: i64, key_id: Uuid) -> UserChange {
+    UserChange {
+        expected_version,
+        key_id,
+        username: None,
+        password_hash: None,
+        email_bidx: None,
+        profile_ct: b"profile-2".to_vec(),
+        active: true,
+        end_sessions: None,
+    }
+}
+
+async fn chain_is_whole(s: &dyn Store) -> Vec<StoredAudit> {
+    let all = s.audit_records(&AuditFilter { limit: 10_000, ..Default::default() }).await.unwrap();
+    verify(&all, GENESIS.to_vec()).unwrap();
+    all
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+pub async fn apps_keys_and_users(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "app one").await;
+    assert_eq!(s.app_by_key_hash(b"app one").await.unwrap().unwrap().id, f.app.id);
+    assert!(s.app_by_key_hash(b"nope").await.unwrap().is_none());
+    assert_eq!(s.all_app_keys().await.unwrap().len(), 2);
+    assert_eq!(s.current_app_key(f.app.id, "data").await.unwrap().unwrap().id, f.data_key.id);
+    assert_eq!(s.app_key(f.data_key.id).await.unwrap().unwrap().wrapped, vec![7; 40]);
+
+    // A default group takes every new user in.
+    let group = GroupRecord { id: Uuid::now_v7(), name: "everyone".into(), is_default: true };
+    s.create_group(f.app.id, &group, &AuditRecord::new("group.create", Some(f.app.id))).await.unwrap();
+
+    let nu = new_user(&f, "alice");
+    let created = s
+        .create_user(nu.clone(), Some(session("tok-a")), &[AuditRecord::new("user.create", Some(f.app.id))])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((created.version, created.active, created.supervisor), (1, true, false));
+    assert_eq!(created.created_at.timestamp_subsec_nanos(), 0, "whole seconds");
+    let got = s.get_user(f.app.id, nu.id).await.unwrap().unwrap();
+    assert_eq!((got.id, got.created_at, got.updated_at), (nu.id, created.created_at, created.updated_at));
+    assert!(s.get_user(Uuid::now_v7(), nu.id).await.unwrap().is_none(), "scoped to the application");
+    let cred = s.credentials(f.app.id, b"alice").await.unwrap().unwrap();
+    assert_eq!((cred.user_id, cred.password_hash.as_str(), cred.active), (nu.id, "hash-1", true));
+    assert_eq!(s.list_user_groups(f.app.id, nu.id).await.unwrap()[0].id, group.id);
+
+    // The same username in the same application is taken; in another it is not.
+    let mut dup = new_user(&f, "alice");
+    dup.id = Uuid::now_v7();
+    match s.create_user(dup.clone(), None, &[]).await {
+        Err(StoreError::Conflict(c)) => assert_eq!(c, "users_app_username_key"),
+        other => panic!("{other:?}"),
+    }
+    let other = new_app(s, "app two").await;
+    s.create_user(new_user(&other, "alice"), None, &[]).await.unwrap();
+    match s.create_user(NewUser { id: nu.id, ..new_user(&f, "bob") }, None, &[]).await {
+        Err(StoreError::Conflict(c)) => assert_eq!(c, "users_pkey"),
+        other => panic!("{other:?}"),
+    }
+
+    // Compare-and-set on the version.
+    let keep = session("tok-keep");
+    let signed_in = AuditRecord::new("session.sign_in", Some(f.app.id));
+    s.create_session(f.app.id, nu.id, keep.clone(), Relief::default(), &signed_in).await.unwrap();
+    let mut c = change(1, f.data_key.id);
+    c.password_hash = Some("hash-2".into());
+    c.end_sessions = Some(EndSessions { keep: Some(keep.id) });
+    c.username = Some((b"ct:alicia".to_vec(), b"alicia".to_vec()));
+    let updated = s.update_user(f.app.id, nu.id, c, &[]).await.unwrap().unwrap();
+    assert_eq!(updated.version, 2);
+    assert_eq!(updated.profile_ct, b"profile-2");
+    assert!(updated.updated_at >= created.updated_at);
+    assert!(s.update_user(f.app.id, nu.id, change(1, f.data_key.id), &[]).await.unwrap().is_none(), "stale");
+    assert_eq!(s.credentials(f.app.id, b"alicia").await.unwrap().unwrap().password_hash, "hash-2");
+    assert!(s.credentials(f.app.id, b"alice").await.unwrap().is_none());
+    // The password change ended every session but the one kept.
+    let left = s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap();
+    assert_eq!(left.iter().map(|r| r.id).collect::<Vec<_>>(), vec![keep.id]);
+
+    // A rotated-away key makes the update a conflict.
+    let new_key = key(f.app.id, "data");
+    s.add_current_app_key(&new_key, &AuditRecord::new("key.rotate", Some(f.app.id))).await.unwrap();
+    assert!(!s.app_key(f.data_key.id).await.unwrap().unwrap().current);
+    assert!(s.update_user(f.app.id, nu.id, change(2, f.data_key.id), &[]).await.unwrap().is_none());
+    let stale = s.users_not_under_key(f.app.id, new_key.id, 10).await.unwrap();
+    assert_eq!(stale.len(), 1);
+    assert!(s.reseal_user(f.app.id, &stale[0], new_key.id).await.unwrap());
+    assert!(s.users_not_under_key(f.app.id, new_key.id, 10).await.unwrap().is_empty());
+    assert_eq!(s.update_user(f.app.id, nu.id, change(2, new_key.id), &[]).await.unwrap().unwrap().version, 3);
+
+    // So does a new user's: nothing of it is written.
+    let rotated = new_user(&f, "carol");
+    assert!(s.create_user(rotated.clone(), Some(session("tok-c")), &[]).await.unwrap().is_none());
+    assert!(s.get_user(f.app.id, rotated.id).await.unwrap().is_none());
+    assert!(s.credentials(f.app.id, b"carol").await.unwrap().is_none());
+    assert!(matches!(s.lookup_session(f.app.id, b"tok-c", HOUR, HOUR).await.unwrap(), SessionLookup::Unknown));
+
+    // Renaming onto a taken username is the same conflict.
+    s.create_user(NewUser { key_id: new_key.id, ..rotated }, None, &[]).await.unwrap().unwrap();
+    let mut c = change(3, new_key.id);
+    c.username = Some((b"ct:carol".to_vec(), b"carol".to_vec()));
+    match s.update_user(f.app.id, nu.id, c, &[]).await {
+        Err(StoreError::Conflict(c)) => assert_eq!(c, "users_app_username_key"),
+        other => panic!("{other:?}"),
+    }
+
+    assert!(s.set_supervisor(f.app.id, b"alicia", true, &AuditRecord::new("x", None)).await.unwrap());
+    assert!(!s.set_supervisor(f.app.id, b"nobody", true, &AuditRecord::new("x", None)).await.unwrap());
+    assert!(s.get_user(f.app.id, nu.id).await.unwrap().unwrap().supervisor);
+
+    // Deleting the user takes their sessions and memberships along.
+    assert!(s.delete_user(f.app.id, nu.id, &AuditRecord::new("user.delete", Some(f.app.id))).await.unwrap());
+    assert!(!s.delete_user(f.app.id, nu.id, &AuditRecord::new("user.delete", Some(f.app.id))).await.unwrap());
+    assert!(s.session_owner(f.app.id, keep.id).await.unwrap().is_none());
+    assert!(s.list_members(f.app.id, group.id).await.unwrap().iter().all(|m| *m != nu.id));
+    chain_is_whole(s).await;
+}
+
+pub async fn sessions_and_groups(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "app").await;
+    let other = new_app(s, "other").await;
+    let nu = new_user(&f, "dave");
+    let sess = session("tok-d");
+    s.create_user(nu.clone(), Some(sess.clone()), &[]).await.unwrap();
+
+    // A store may remember a live session for as long as its touch may
+    // wait (PostgreSQL's replicas do): these lookups let it wait for none,
+    // so each of them reads the database.
+    match s.lookup_session(f.app.id, b"tok-d", HOUR, Duration::ZERO).await.unwrap() {
+        SessionLookup::Live(info) => assert_eq!((info.session_id, info.user_id), (sess.id, nu.id)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(s.lookup_session(other.app.id, b"tok-d", HOUR, HOUR).await.unwrap(), SessionLookup::Unknown));
+    assert_eq!(s.session_owner(f.app.id, sess.id).await.unwrap(), Some(nu.id));
+    // A touch refreshes last_seen_at.
+    let before = s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap()[0].last_seen_at;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(matches!(
+        s.lookup_session(f.app.id, b"tok-d", HOUR, Duration::ZERO).await.unwrap(),
+        SessionLookup::Live(_)
+    ));
+    assert!(s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap()[0].last_seen_at > before);
+    // Idle past the timeout: expired, and gone.
+    assert!(s.list_sessions(f.app.id, nu.id, Duration::ZERO).await.unwrap().is_empty());
+    assert!(matches!(
+        s.lookup_session(f.app.id, b"tok-d", Duration::ZERO, HOUR).await.unwrap(),
+        SessionLookup::Expired
+    ));
+    assert!(matches!(s.lookup_session(f.app.id, b"tok-d", HOUR, HOUR).await.unwrap(), SessionLookup::Unknown));
+
+    // delete_sessions: one, then all.
+    let (a, b) = (session("a"), session("b"));
+    for x in [&a, &b] {
+        s.create_session(f.app.id, nu.id, x.clone(), Relief::default(), &AuditRecord::new("session.sign_in", None))
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.delete_sessions(f.app.id, nu.id, Some(a.id), None).await.unwrap(), 1);
+    assert_eq!(s.delete_sessions(f.app.id, nu.id, Some(a.id), None).await.unwrap(), 0);
+    assert_eq!(s.delete_sessions(f.app.id, nu.id, None, Some(&AuditRecord::new("x", None))).await.unwrap(), 1);
+
+    // Groups and members stay within their application.
+    let g = GroupRecord { id: Uuid::now_v7(), name: "nurses".into(), is_default: false };
+    let audit = || AuditRecord::new("group", Some(f.app.id));
+    s.create_group(f.app.id, &g, &audit()).await.unwrap();
+    let foreign = new_user(&other, "erin");
+    s.create_user(foreign.clone(), None, &[]).await.unwrap();
+    assert!(!s.add_member(f.app.id, g.id, foreign.id, &audit()).await.unwrap());
+    assert!(!s.add_member(other.app.id, g.id, foreign.id, &audit()).await.unwrap());
+    assert!(s.add_member(f.app.id, g.id, nu.id, &audit()).await.unwrap());
+    assert!(s.add_member(f.app.id, g.id, nu.id, &audit()).await.unwrap(), "again: left as it is");
+    assert_eq!(s.list_members(f.app.id, g.id).await.unwrap(), vec![nu.id]);
+    let renamed = s.update_group(f.app.id, g.id, Some("RNs"), None, &audit()).await.unwrap().unwrap();
+    assert_eq!((renamed.name.as_str(), renamed.is_default), ("RNs", false));
+    let flagged = s.update_group(f.app.id, g.id, None, Some(true), &audit()).await.unwrap().unwrap();
+    assert_eq!((flagged.name.as_str(), flagged.is_default), ("RNs", true));
+    assert!(s.update_group(other.app.id, g.id, None, Some(true), &audit()).await.unwrap().is_none());
+    assert_eq!(s.list_groups(f.app.id, true).await.unwrap().len(), 1);
+    assert!(s.remove_member(f.app.id, g.id, nu.id, &audit()).await.unwrap());
+    assert!(!s.remove_member(f.app.id, g.id, nu.id, &audit()).await.unwrap());
+    assert!(s.add_member(f.app.id, g.id, nu.id, &audit()).await.unwrap());
+    assert!(s.delete_group(f.app.id, g.id, &audit()).await.unwrap());
+    assert!(s.list_user_groups(f.app.id, nu.id).await.unwrap().is_empty());
+    assert!(s.get_group(f.app.id, g.id).await.unwrap().is_none());
+    chain_is_whole(s).await;
+}
+
+pub async fn throttles_block_after_the_free_attempts(u: &Under) {
+    let s = u.store.as_ref();
+    let rule = ThrottleRule { free: 3, max_wait: Duration::from_secs(60), window: HOUR };
+    let keys = vec![(b"user".to_vec(), rule), (b"addr".to_vec(), rule)];
+    for _ in 0..3 {
+        assert_eq!(s.throttle_attempt(&keys).await.unwrap(), None);
+    }
+    // The third failure set a wait of 1 s: the fourth attempt is refused.
+    let wait = s.throttle_attempt(&keys).await.unwrap().expect("blocked");
+    assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+    assert_eq!(u.db.failures(b"user").await, 3, "a refused attempt is not counted");
+    // Any blocked key blocks the attempt, and nothing is counted.
+    let other = vec![(b"fresh".to_vec(), rule), (b"addr".to_vec(), rule)];
+    assert!(s.throttle_attempt(&other).await.unwrap().is_some());
+    assert_eq!(u.db.failures(b"fresh").await, 0);
+
+    // Once the wait is over the next failure doubles it.
+    u.db.run(&format!("UPDATE throttles SET blocked_until = {}", u.db.ago(1))).await.unwrap();
+    assert_eq!(s.throttle_attempt(&keys).await.unwrap(), None);
+    let wait = s.throttle_attempt(&keys).await.unwrap().unwrap();
+    assert!(wait > Duration::from_secs(1) && wait <= Duration::from_secs(2), "{wait:?}");
+
+    // Success forgets one key and takes one off the other, with the session.
+    let f = new_app(s, "throttled").await;
+    let nu = new_user(&f, "alice");
+    s.create_user(nu.clone(), None, &[]).await.unwrap();
+    let relief = Relief { clear: Some(b"user"), forgive: Some(b"addr") };
+    s.create_session(f.app.id, nu.id, session("ok"), relief, &AuditRecord::new("session.sign_in", None)).await.unwrap();
+    assert_eq!((u.db.failures(b"user").await, u.db.failures(b"addr").await, u.db.failures(b"fresh").await), (0, 3, 0));
+
+    // A failure past the free attempts waits from the refusal on.
+    let k2 = vec![(b"late".to_vec(), ThrottleRule { free: 1, ..rule })];
+    assert_eq!(s.throttle_attempt(&k2).await.unwrap(), None);
+    s.throttle_failed(&k2).await.unwrap();
+    let left = u.db.wait_left_us(b"late").await;
+    assert!(left > 0 && left <= 1_000_000, "a wait of 1 s from now: {left}");
+    assert!(s.throttle_attempt(&k2).await.unwrap().is_some());
+    // Under the free attempts, a failure sets no wait.
+    let k3 = vec![(b"early".to_vec(), rule)];
+    assert_eq!(s.throttle_attempt(&k3).await.unwrap(), None);
+    s.throttle_failed(&k3).await.unwrap();
+    assert_eq!(s.throttle_attempt(&k3).await.unwrap(), None);
+
+    // Failures older than the window are forgotten: the count starts at 1.
+    let day_ago = u.db.ago(DAY_US + 1_000_000);
+    u.db.run(&format!("UPDATE throttles SET last_failure = {day_ago}, blocked_until = NULL")).await.unwrap();
+    assert!(s.sweep().await.unwrap() >= 4, "throttle counts long forgotten");
+    assert_eq!(u.db.count("SELECT count(*) FROM throttles").await, 0);
+    let short = ThrottleRule { free: 1, max_wait: Duration::from_millis(1500), window: Duration::from_secs(1) };
+    let k = vec![(b"k".to_vec(), short)];
+    assert_eq!(s.throttle_attempt(&k).await.unwrap(), None);
+    let day_ago = u.db.ago(DAY_US + 1_000_000);
+    u.db.run(&format!("UPDATE throttles SET last_failure = {day_ago}, blocked_until = NULL, failures = 9"))
+        .await
+        .unwrap();
+    assert_eq!(s.throttle_attempt(&k).await.unwrap(), None);
+    assert_eq!(u.db.failures(b"k").await, 1);
+    let wait = u.db.wait_left_us(b"k").await;
+    assert!(wait > 0 && wait <= 1_000_000, "2^0 s: {wait}");
+    // max_wait caps the doubling.
+    u.db.run("UPDATE throttles SET blocked_until = NULL, failures = 20").await.unwrap();
+    assert_eq!(s.throttle_attempt(&k).await.unwrap(), None);
+    let wait = u.db.wait_left_us(b"k").await;
+    assert!(wait > 1_000_000 && wait <= 1_500_000, "capped: {wait}");
+}
+
+pub async fn the_trail_chains_and_is_append_only(u: &Under) {
+    let s = u.store.as_ref();
+    let (app_a, app_b) = (Uuid::now_v7(), Uuid::now_v7());
+    let subject = Uuid::now_v7();
+    let mut records = Vec::new();
+    for i in 0..6 {
+        let mut r = AuditRecord::new("user.read", Some(if i % 2 == 0 { app_a } else { app_b }));
+        r.subject_id = (i % 3 == 0).then_some(subject);
+        r.fields = vec!["name".into(), format!("field{i}")];
+        r.client_addr = Some(vec![i; 12]);
+        r.request_id = Some(format!("req-{i}"));
+        records.push(r);
+    }
+    s.append_audit(&records[..2]).await.unwrap();
+    s.append_audit(&[]).await.unwrap();
+    s.append_audit(&records[2..]).await.unwrap();
+    let all = chain_is_whole(s).await;
+    assert_eq!(all.iter().map(|r| &r.record).collect::<Vec<_>>(), records.iter().collect::<Vec<_>>());
+    assert_eq!(all[0].prev_hash, GENESIS.to_vec());
+
+    let by_app = s.audit_records(&AuditFilter { app_id: Some(app_a), limit: 100, ..Default::default() }).await;
+    assert_eq!(by_app.unwrap().len(), 3);
+    let by_subject =
+        s.audit_records(&AuditFilter { subject_id: Some(subject), limit: 100, ..Default::default() }).await;
+    assert_eq!(by_subject.unwrap().len(), 2);
+    let page = s.audit_records(&AuditFilter { after_seq: all[1].seq, limit: 2, ..Default::default() }).await;
+    assert_eq!(page.unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![all[2].seq, all[3].seq]);
+    let since =
+        s.audit_records(&AuditFilter { since: Some(records[4].at), limit: 100, ..Default::default() }).await.unwrap();
+    assert!(since.len() >= 2 && since.iter().all(|r| r.record.at >= records[4].at));
+    let later = s
+        .audit_records(&AuditFilter {
+            since: Some(records[5].at + chrono::Duration::seconds(1)),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(later.is_empty());
+
+    for sql in ["UPDATE audit_events SET actor = 'x'", "DELETE FROM audit_events WHERE seq = 1"] {
+        let e = u.db.run(sql).await.unwrap_err();
+        assert!(e.contains("append-only"), "{e}");
+    }
+    // A duplicate id is refused and leaves the chain as it was.
+    assert!(matches!(s.append_audit(&records[..1]).await, Err(StoreError::Conflict(c)) if c == "audit_events_id_key"));
+    assert_eq!(chain_is_whole(s).await.len(), 6);
+}
+
+pub async fn outbox_and_password_reset(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "mail app").await;
+    let nu = new_user(&f, "frank");
+    s.create_user(nu.clone(), Some(session("tok-f")), &[]).await.unwrap();
+
+    let audit = AuditRecord::new("user.forgot_username", Some(f.app.id));
+    assert_eq!(s.queue_username_reminders(f.app.id, b"mail:frank", &audit).await.unwrap(), 1);
+    assert_eq!(s.queue_username_reminders(f.app.id, b"mail:nobody", &audit).await.unwrap(), 0);
+    let claimed = s.claim_outbox(10, HOUR).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let m = &claimed[0];
+    assert_eq!((m.user_id, m.kind.as_str(), m.attempts, m.payload_ct.is_none()), (nu.id, "username_reminder", 1, true));
+    assert!(s.claim_outbox(10, HOUR).await.unwrap().is_empty(), "claimed rows are leased");
+    s.outbox_retry(m.id, Duration::ZERO).await.unwrap();
+    let again = s.claim_outbox(10, HOUR).await.unwrap();
+    assert_eq!((again.len(), again[0].attempts, again[0].created_at), (1, 2, m.created_at));
+    s.outbox_retry(m.id, Duration::ZERO).await.unwrap();
+    s.outbox_give_up(m.id).await.unwrap();
+    assert!(s.claim_outbox(10, HOUR).await.unwrap().is_empty(), "given up");
+    let r = s.mail_recipient(f.app.id, nu.id).await.unwrap().unwrap();
+    assert_eq!((r.app_name.as_str(), r.username_ct), ("mail app", b"ct:frank".to_vec()));
+
+    // A reset for nobody stores nothing but its trail record.
+    let reset = |token: &str| NewReset {
+        token_hash: token.as_bytes().to_vec(),
+        outbox_id: Uuid::now_v7(),
+        payload_ct: b"sealed".to_vec(),
+        lifetime: HOUR,
+    };
+    let ra = || AuditRecord::new("user.reset_request", Some(f.app.id));
+    assert_eq!(s.request_password_reset(f.app.id, b"nobody", &reset("t0"), &ra()).await.unwrap(), None);
+    assert_eq!(s.reset_password(b"t0", None).await.unwrap(), ResetCheck::Unknown);
+    // A second request voids the first token.
+    let first = reset("t1");
+    assert_eq!(s.request_password_reset(f.app.id, b"frank", &first, &ra()).await.unwrap(), Some(nu.id));
+    assert_eq!(s.request_password_reset(f.app.id, b"frank", &reset("t2"), &ra()).await.unwrap(), Some(nu.id));
+    assert_eq!(s.reset_password(b"t1", None).await.unwrap(), ResetCheck::Unknown);
+    let live = ResetCheck::Live { app_id: f.app.id, user_id: nu.id };
+    assert_eq!(s.reset_password(b"t2", None).await.unwrap(), live);
+    let mails = s.claim_outbox(10, HOUR).await.unwrap();
+    assert_eq!(mails.len(), 2);
+    assert!(mails.iter().all(|m| m.kind == "password_reset" && m.payload_ct.as_deref() == Some(b"sealed")));
+
+    let done = AuditRecord::new("user.reset_password", None);
+    assert_eq!(s.reset_password(b"t2", Some(("hash-new", &done))).await.unwrap(), live);
+    assert_eq!(s.reset_password(b"t2", None).await.unwrap(), ResetCheck::Unknown, "used up");
+    let user = s.get_user(f.app.id, nu.id).await.unwrap().unwrap();
+    assert_eq!(user.version, 2);
+    assert_eq!(s.credentials(f.app.id, b"frank").await.unwrap().unwrap().password_hash, "hash-new");
+    assert!(s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap().is_empty(), "every session ended");
+
+    // An expired token is reported once, then gone.
+    s.request_password_reset(f.app.id, b"frank", &reset("t3"), &ra()).await.unwrap();
+    u.db.run(&format!("UPDATE password_resets SET expires_at = {}", u.db.ago(1))).await.unwrap();
+    assert_eq!(s.reset_password(b"t3", None).await.unwrap(), ResetCheck::Expired);
+    assert_eq!(s.reset_password(b"t3", None).await.unwrap(), ResetCheck::Unknown);
+
+    // An inactive user gets no token.
+    let mut c = change(2, f.data_key.id);
+    c.active = false;
+    s.update_user(f.app.id, nu.id, c, &[]).await.unwrap().unwrap();
+    assert_eq!(s.request_password_reset(f.app.id, b"frank", &reset("t4"), &ra()).await.unwrap(), None);
+
+    let trail = chain_is_whole(s).await;
+    let requests: Vec<_> = trail.iter().filter(|r| r.record.action == "user.reset_request").collect();
+    assert_eq!(requests.len(), 5);
+    assert_eq!(requests[0].record.subject_id, None);
+    assert_eq!(requests[1].record.subject_id, Some(nu.id));
+    let reset_done = trail.iter().find(|r| r.record.action == "user.reset_password").unwrap();
+    assert_eq!((reset_done.record.app_id, reset_done.record.subject_id), (Some(f.app.id), Some(nu.id)));
+
+    // Deleting the user takes its queued mail.
+    s.delete_user(f.app.id, nu.id, &AuditRecord::new("user.delete", None)).await.unwrap();
+    assert_eq!(u.db.count("SELECT count(*) FROM outbox").await, 0);
+}
+
+pub async fn sweep_deletes_what_ran_out(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "sweep").await;
+    let nu = new_user(&f, "gina");
+    let short = NewSession { max_age: Duration::ZERO, ..session("gone") };
+    s.create_user(nu.clone(), Some(short), &[]).await.unwrap();
+    s.create_session(f.app.id, nu.id, session("stays"), Relief::default(), &AuditRecord::new("x", None)).await.unwrap();
+    let reset =
+        NewReset { token_hash: b"r".to_vec(), outbox_id: Uuid::now_v7(), payload_ct: vec![], lifetime: Duration::ZERO };
+    s.request_password_reset(f.app.id, b"gina", &reset, &AuditRecord::new("x", None)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert_eq!(s.sweep().await.unwrap(), 2);
+    assert_eq!(s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap().len(), 1);
+    // A huge lifetime is kept within range.
+    let forever = NewSession { max_age: Duration::MAX, ..session("forever") };
+    s.create_session(f.app.id, nu.id, forever, Relief::default(), &AuditRecord::new("x", None)).await.unwrap();
+    assert_eq!(s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap().len(), 2);
+}
+
+pub async fn service_tokens_are_scoped_touched_listed_and_revoked(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "svc").await;
+    let other = new_app(s, "svc other").await;
+    let token = |hash: &str| NewServiceToken {
+        id: Uuid::now_v7(),
+        app_id: f.app.id,
+        name: "billing sync".into(),
+        role: "supervisor".into(),
+        token_hash: hash.as_bytes().to_vec(),
+    };
+    let record = |action: &str, id: Uuid| {
+        let mut r = AuditRecord::new(action, Some(f.app.id));
+        r.actor = "cli".into();
+        r.object_id = Some(id);
+        r
+    };
+    let a = token("hash-a");
+    s.create_service_token(&a, &record("token.create", a.id)).await.unwrap();
+    assert!(s.list_service_tokens(f.app.id).await.unwrap()[0].last_used_at.is_none(), "not used yet");
+
+    let live = Some(ServiceTokenInfo { token_id: a.id, role: "supervisor".into() });
+    assert_eq!(s.lookup_service_token(f.app.id, b"hash-a", HOUR).await.unwrap(), live);
+    assert_eq!(s.lookup_service_token(other.app.id, b"hash-a", HOUR).await.unwrap(), None, "scoped");
+    assert_eq!(s.lookup_service_token(f.app.id, b"hash-x", HOUR).await.unwrap(), None);
+    assert!(s.list_service_tokens(other.app.id).await.unwrap().is_empty());
+
+    // The first use is written; later ones only past `touch_after`.
+    let listed = s.list_service_tokens(f.app.id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let row = &listed[0];
+    assert_eq!(
+        (row.id, row.name.as_str(), row.role.as_str(), row.revoked_at),
+        (a.id, "billing sync", "supervisor", None)
+    );
+    let first_use = row.last_used_at.expect("touched on first use");
+    assert!(first_use >= row.created_at);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    s.lookup_service_token(f.app.id, b"hash-a", HOUR).await.unwrap().unwrap();
+    assert_eq!(s.list_service_tokens(f.app.id).await.unwrap()[0].last_used_at, Some(first_use));
+    s.lookup_service_token(f.app.id, b"hash-a", Duration::ZERO).await.unwrap().unwrap();
+    assert!(s.list_service_tokens(f.app.id).await.unwrap()[0].last_used_at.unwrap() > first_use);
+
+    // A digest is unique; a role other than supervisor is refused.
+    let dup = token("hash-a");
+    match s.create_service_token(&dup, &record("token.create", dup.id)).await {
+        Err(StoreError::Conflict(c)) => assert_eq!(c, "service_tokens_token_hash_key"),
+        other => panic!("{other:?}"),
+    }
+    let admin = NewServiceToken { role: "admin".into(), ..token("hash-b") };
+    assert!(s.create_service_token(&admin, &record("token.create", admin.id)).await.is_err());
+
+    // Revocation: scoped to the application, once, and at once.
+    let revoke =
+        |app: Uuid, id: Uuid| async move { s.revoke_service_token(app, id, &record("token.revoke", id)).await };
+    assert_eq!(revoke(other.app.id, a.id).await.unwrap(), TokenRevocation::Unknown);
+    assert_eq!(revoke(f.app.id, Uuid::now_v7()).await.unwrap(), TokenRevocation::Unknown);
+    assert_eq!(s.lookup_service_token(f.app.id, b"hash-a", HOUR).await.unwrap(), live, "still live");
+    assert_eq!(revoke(f.app.id, a.id).await.unwrap(), TokenRevocation::Revoked);
+    assert_eq!(s.lookup_service_token(f.app.id, b"hash-a", Duration::ZERO).await.unwrap(), None);
+    assert_eq!(revoke(f.app.id, a.id).await.unwrap(), TokenRevocation::AlreadyRevoked);
+    let listed = s.list_service_tokens(f.app.id).await.unwrap();
+    assert_eq!(listed.len(), 1, "a revoked token stays listed");
+    assert!(listed[0].revoked_at.is_some());
+
+    let trail = chain_is_whole(s).await;
+    let actions: Vec<_> =
+        trail.iter().filter(|r| r.record.object_id == Some(a.id)).map(|r| r.record.action.as_str()).collect();
+    assert_eq!(actions, ["token.create", "token.revoke"], "refused and repeated revocations write nothing");
+}
+
+pub async fn keys_rewrap_and_sign_in_attempts(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "rewrap").await;
+    // Master key rotation: every key rewrapped at once, with its record.
+    let mut keys = s.all_app_keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    for k in &mut keys {
+        k.wrapped = vec![9; 40];
+        k.master_key_id = "mk2".into();
+    }
+    s.rewrap_app_keys(&keys, &AuditRecord::new("key.rewrap", None)).await.unwrap();
+    for k in s.all_app_keys().await.unwrap() {
+        assert_eq!((k.wrapped, k.master_key_id.as_str()), (vec![9; 40], "mk2"));
+    }
+    assert_eq!(s.current_app_key(f.app.id, "index").await.unwrap().unwrap().master_key_id, "mk2");
+
+    // A sign-in's first step: counted, then the credentials (or none).
+    let nu = new_user(&f, "ivy");
+    s.create_user(nu.clone(), None, &[]).await.unwrap();
+    let rule = ThrottleRule { free: 2, max_wait: Duration::from_secs(60), window: HOUR };
+    let keys = vec![(b"signin:ivy".to_vec(), rule)];
+    match s.sign_in_attempt(&keys, f.app.id, Some(b"ivy")).await.unwrap() {
+        SignInAttempt::Go(Some(c)) => assert_eq!((c.user_id, c.password_hash.as_str()), (nu.id, "hash-1")),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(s.sign_in_attempt(&keys, f.app.id, Some(b"nobody")).await.unwrap(), SignInAttempt::Go(None)));
+    assert!(matches!(s.sign_in_attempt(&keys, f.app.id, None).await.unwrap(), SignInAttempt::Wait(_)));
+    assert_eq!(u.db.failures(b"signin:ivy").await, 2, "the refused attempt is not counted");
+    chain_is_whole(s).await;
+}
+
+/// Two writers on one user: the version lets exactly one of them in, and
+/// the other learns it lost (and re-reads).
+pub async fn two_writers_on_one_user(u: &Under) {
+    let s = u.store.clone();
+    let f = new_app(s.as_ref(), "racing writers").await;
+    let nu = new_user(&f, "judy");
+    s.create_user(nu.clone(), None, &[]).await.unwrap().unwrap();
+    for round in 1..=5 {
+        let writers: Vec<_> = (0..4)
+            .map(|i| {
+                let (s, key) = (s.clone(), f.data_key.id);
+                tokio::spawn(async move {
+                    let mut c = change(round, key);
+                    c.profile_ct = format!("round {round} writer {i}").into_bytes();
+                    let audit = [AuditRecord::new("user.update", None)];
+                    s.update_user(nu.app_id, nu.id, c, &audit).await.unwrap()
+                })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for w in writers {
+            if let Some(rec) = w.await.unwrap() {
+                won.push(rec);
+            }
+        }
+        assert_eq!(won.len(), 1, "round {round}: one writer wins");
+        let now = s.get_user(f.app.id, nu.id).await.unwrap().unwrap();
+        assert_eq!((now.version, &now.profile_ct), (round + 1, &won[0].profile_ct));
+    }
+    let trail = chain_is_whole(s.as_ref()).await;
+    assert_eq!(trail.iter().filter(|r| r.record.action == "user.update").count(), 5, "the losers wrote nothing");
+}
+
+/// Racing sign-ups of one username: one user, the others a conflict.
+pub async fn racing_sign_ups(u: &Under) {
+    let s = u.store.clone();
+    let f = new_app(s.as_ref(), "racing sign-ups").await;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            let nu = new_user(&f, "kim");
+            tokio::spawn(async move {
+                let audit = [AuditRecord::new("user.create", None)];
+                s.create_user(nu, Some(session(&format!("tok-kim-{i}"))), &audit).await
+            })
+        })
+        .collect();
+    let (mut made, mut taken) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Some(_)) => made += 1,
+            Err(StoreError::Conflict(c)) if c == "users_app_username_key" => taken += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((made, taken), (1, 7));
+    let owner = s.credentials(f.app.id, b"kim").await.unwrap().unwrap().user_id;
+    assert_eq!(s.list_sessions(f.app.id, owner, HOUR).await.unwrap().len(), 1, "only the winner's session");
+    let trail = chain_is_whole(s.as_ref()).await;
+    assert_eq!(trail.iter().filter(|r| r.record.action == "user.create").count(), 1, "nor its record");
+}
+
+/// Concurrent claims of the outbox: each message goes to one sender.
+pub async fn claims_of_one_outbox_message(u: &Under) {
+    let s = u.store.clone();
+    let f = new_app(s.as_ref(), "claims").await;
+    for name in ["lee", "max", "ned"] {
+        s.create_user(new_user(&f, name), None, &[]).await.unwrap();
+        let audit = AuditRecord::new("user.forgot_username", Some(f.app.id));
+        assert_eq!(s.queue_username_reminders(f.app.id, format!("mail:{name}").as_bytes(), &audit).await.unwrap(), 1);
+    }
+    let senders: Vec<_> = (0..6)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.claim_outbox(2, HOUR).await.unwrap() })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for t in senders {
+        claimed.extend(t.await.unwrap().into_iter().map(|m| m.id));
+    }
+    claimed.sort();
+    let n = claimed.len();
+    claimed.dedup();
+    assert_eq!((n, claimed.len()), (3, 3), "each message claimed once");
+    for id in &claimed {
+        s.outbox_sent(*id).await.unwrap();
+    }
+    assert!(s.claim_outbox(10, Duration::ZERO).await.unwrap().is_empty(), "sent is done");
+}
+
+/// Every test of the contract, once per backend.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&super::Under::sqlite().await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(u) = super::Under::postgres().await {
+                        super::$name(&u).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    apps_keys_and_users,
+    sessions_and_groups,
+    throttles_block_after_the_free_attempts,
+    the_trail_chains_and_is_append_only,
+    outbox_and_password_reset,
+    sweep_deletes_what_ran_out,
+    service_tokens_are_scoped_touched_listed_and_revoked,
+    keys_rewrap_and_sign_in_attempts,
+    two_writers_on_one_user,
+    racing_sign_ups,
+    claims_of_one_outbox_message,
+);

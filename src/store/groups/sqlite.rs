@@ -1,0 +1,158 @@
+//! Groups on SQLite.
+
+use async_trait::async_trait;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::store::sqlite::{BEGIN, SqliteStore, append_in, now_us};
+use crate::store::trail::record::AuditRecord;
+use crate::store::{GroupRecord, GroupStore, Result, StoreError, from_row};
+
+#[async_trait]
+impl GroupStore for SqliteStore {
+    async fn create_group(&self, app_id: Uuid, group: &GroupRecord, audit: &AuditRecord) -> Result<()> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        sqlx::query("INSERT INTO groups (id, app_id, name, is_default, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .bind(group.id)
+            .bind(app_id)
+            .bind(&group.name)
+            .bind(group.is_default)
+            .bind(now_us())
+            .execute(&mut *tx)
+            .await?;
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_group(&self, app_id: Uuid, group_id: Uuid) -> Result<Option<GroupRecord>> {
+        let row = sqlx::query("SELECT id, name, is_default FROM groups WHERE app_id = ?1 AND id = ?2")
+            .bind(app_id)
+            .bind(group_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    async fn update_group(
+        &self,
+        app_id: Uuid,
+        group_id: Uuid,
+        name: Option<&str>,
+        is_default: Option<bool>,
+        audit: &AuditRecord,
+    ) -> Result<Option<GroupRecord>> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let row = sqlx::query(
+            "UPDATE groups SET name = COALESCE(?3, name), is_default = COALESCE(?4, is_default)
+             WHERE app_id = ?1 AND id = ?2 RETURNING id, name, is_default",
+        )
+        .bind(app_id)
+        .bind(group_id)
+        .bind(name)
+        .bind(is_default)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        from_row(&row).map(Some)
+    }
+
+    async fn delete_group(&self, app_id: Uuid, group_id: Uuid, audit: &AuditRecord) -> Result<bool> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let done = sqlx::query("DELETE FROM groups WHERE app_id = ?1 AND id = ?2")
+            .bind(app_id)
+            .bind(group_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn add_member(&self, app_id: Uuid, group_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        // Nothing unless both rows are in the application; an existing
+        // membership is left as it is.
+        let pair: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM groups g, users u WHERE g.app_id = ?1 AND g.id = ?2 AND u.app_id = ?1 AND u.id = ?3",
+        )
+        .bind(app_id)
+        .bind(group_id)
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if pair == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO memberships (app_id, group_id, user_id, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (group_id, user_id) DO NOTHING",
+        )
+        .bind(app_id)
+        .bind(group_id)
+        .bind(user_id)
+        .bind(now_us())
+        .execute(&mut *tx)
+        .await?;
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn remove_member(&self, app_id: Uuid, group_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let done = sqlx::query("DELETE FROM memberships WHERE app_id = ?1 AND group_id = ?2 AND user_id = ?3")
+            .bind(app_id)
+            .bind(group_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn list_members(&self, app_id: Uuid, group_id: Uuid) -> Result<Vec<Uuid>> {
+        let rows = sqlx::query(
+            "SELECT user_id FROM memberships WHERE app_id = ?1 AND group_id = ?2 ORDER BY created_at, user_id",
+        )
+        .bind(app_id)
+        .bind(group_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| r.try_get("user_id").map_err(StoreError::from)).collect()
+    }
+
+    async fn list_groups(&self, app_id: Uuid, default_only: bool) -> Result<Vec<GroupRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, name, is_default FROM groups WHERE app_id = ?1 AND (is_default OR NOT ?2) ORDER BY created_at, id",
+        )
+        .bind(app_id)
+        .bind(default_only)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    async fn list_user_groups(&self, app_id: Uuid, user_id: Uuid) -> Result<Vec<GroupRecord>> {
+        let rows = sqlx::query(
+            "SELECT g.id, g.name, g.is_default FROM memberships m JOIN groups g ON g.id = m.group_id
+             WHERE m.app_id = ?1 AND m.user_id = ?2 ORDER BY m.created_at, g.id",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+}

@@ -1,0 +1,43 @@
+//! Throttles: counted failures per key (a username, a client address) with exponentially growing waits. The trait, and its PostgreSQL and SQLite
+//! implementations beside it.
+
+pub(in crate::store) mod postgres;
+mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::store::Result;
+
+/// How failures of one kind are throttled.
+#[derive(Debug, Clone, Copy)]
+pub struct ThrottleRule {
+    /// Failures before the first wait.
+    pub free: i32,
+    /// Longest wait.
+    pub max_wait: std::time::Duration,
+    /// Failures older than this are forgotten.
+    pub window: std::time::Duration,
+}
+
+/// What a successful sign-in takes off the throttles: `clear`'s count is
+/// forgotten (the username's), and this attempt is taken off `forgive`'s (the
+/// address's: many may sign in from one address).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Relief<'a> {
+    pub clear: Option<&'a [u8]>,
+    pub forgive: Option<&'a [u8]>,
+}
+
+#[async_trait]
+pub trait ThrottleStore: Send + Sync {
+    /// Counts an attempt against each key, in one transaction, unless one
+    /// of them is under a wait: then the longest wait is returned and
+    /// nothing is counted (but for a wait that begins while the attempt is
+    /// counted: it is refused all the same).
+    async fn throttle_attempt(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<Option<std::time::Duration>>;
+
+    /// After a failure: a key at or past its free attempts waits from now
+    /// (the wait counts from the refusal the caller saw, not from the start
+    /// of the attempt, however long the password check took).
+    async fn throttle_failed(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<()>;
+}

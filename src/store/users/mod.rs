@@ -1,0 +1,127 @@
+//! Users: the sealed user rows: create (with memberships and a first session), read, change under a version check, delete; sign-in's credentials. The trait, and its PostgreSQL and SQLite
+//! implementations beside it.
+
+mod postgres;
+mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::store::trail::record::AuditRecord;
+use crate::store::{NewSession, Result, ThrottleRule};
+
+/// A user row as the services see it: the profile is still sealed.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    pub profile_ct: Vec<u8>,
+    pub active: bool,
+    pub supervisor: bool,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What sign-in needs of a user.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Credentials {
+    #[sqlx(rename = "id")]
+    pub user_id: Uuid,
+    pub password_hash: String,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    pub key_id: Uuid,
+    pub username_ct: Vec<u8>,
+    pub username_bidx: Vec<u8>,
+    pub password_hash: String,
+    pub email_bidx: Option<Vec<u8>>,
+    pub profile_ct: Vec<u8>,
+    pub active: bool,
+}
+
+/// A change to a user, applied only if the row is still at `expected_version`.
+#[derive(Debug, Clone)]
+pub struct UserChange {
+    pub expected_version: i64,
+    /// The data key the ciphertexts below are sealed with.
+    pub key_id: Uuid,
+    /// New username: (ciphertext, blind index).
+    pub username: Option<(Vec<u8>, Vec<u8>)>,
+    pub password_hash: Option<String>,
+    pub email_bidx: Option<Vec<u8>>,
+    pub profile_ct: Vec<u8>,
+    pub active: bool,
+    /// Which of the user's sessions end with the change, in its transaction
+    /// (the service decides: a new password or a deactivation ends them).
+    pub end_sessions: Option<EndSessions>,
+}
+
+/// Every session of a user but `keep` ends.
+#[derive(Debug, Clone, Copy)]
+pub struct EndSessions {
+    pub keep: Option<Uuid>,
+}
+
+/// Whether a sign-in may go on to the password check, and with what.
+#[derive(Debug)]
+pub enum SignInAttempt {
+    /// Under a wait: refused without a check.
+    Wait(std::time::Duration),
+    /// Counted; the username's credentials, if there is such a user.
+    Go(Option<Credentials>),
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Makes the user with this username (blind index) a supervisor.
+    /// False when no such user exists in the application.
+    async fn set_supervisor(&self, app_id: Uuid, username_bidx: &[u8], on: bool, audit: &AuditRecord) -> Result<bool>;
+
+    /// Inserts the user, their default-group memberships and, when given, a
+    /// first session, with the trail, in one transaction, if `user.key_id`
+    /// is still the application's current data key: `Ok(None)` (nothing
+    /// written) when it was rotated away (the caller seals again).
+    async fn create_user(
+        &self,
+        user: NewUser,
+        session: Option<NewSession>,
+        audit: &[AuditRecord],
+    ) -> Result<Option<UserRecord>>;
+
+    async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>>;
+
+    async fn credentials(&self, app_id: Uuid, username_bidx: &[u8]) -> Result<Option<Credentials>>;
+
+    /// Applies the change if the user is still at the expected version and
+    /// the key is still current: `Ok(None)` when the row is gone or moved on
+    /// (the caller re-reads).
+    async fn update_user(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        change: UserChange,
+        audit: &[AuditRecord],
+    ) -> Result<Option<UserRecord>>;
+
+    /// Deletes the user with their sessions, memberships and queued mail.
+    async fn delete_user(&self, app_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool>;
+
+    /// A sign-in's first step: its attempt counted as
+    /// [`ThrottleStore::throttle_attempt`](crate::store::ThrottleStore::throttle_attempt)
+    /// does, then, unless it must wait, the credentials of the username's
+    /// blind index (`None`: a name that cannot exist). On PostgreSQL one
+    /// statement (one round trip per sign-in saved, as the benchmarks asked).
+    async fn sign_in_attempt(
+        &self,
+        keys: &[(Vec<u8>, ThrottleRule)],
+        app_id: Uuid,
+        username_bidx: Option<&[u8]>,
+    ) -> Result<SignInAttempt>;
+}

@@ -1,0 +1,227 @@
+//! Users on PostgreSQL.
+
+use std::sync::LazyLock;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::store::postgres::{PgStore, USER_COLUMNS, expiry, now_seconds, user_from_row};
+use crate::store::throttles::postgres::{self as pg_throttle, ThrottleArgs};
+use crate::store::trail::postgres::{self as pg_audit, AuditColumns, audit_append_call};
+use crate::store::trail::record::AuditRecord;
+use crate::store::{
+    Credentials, NewSession, NewUser, Result, SignInAttempt, ThrottleRule, UserChange, UserRecord, UserStore, from_row,
+};
+
+#[async_trait]
+impl UserStore for PgStore {
+    async fn set_supervisor(&self, app_id: Uuid, username_bidx: &[u8], on: bool, audit: &AuditRecord) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE users SET supervisor = $3 WHERE app_id = $1 AND username_bidx = $2 RETURNING id",
+        )
+        .bind(app_id)
+        .bind(username_bidx)
+        .bind(on)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else {
+            return Ok(false);
+        };
+        let mut audit = audit.clone();
+        audit.subject_id = Some(id);
+        pg_audit::append(&mut *tx, &[audit]).await?;
+        tx.commit().await?;
+        // What the user's sessions grant changed.
+        self.auth.evict_all();
+        Ok(true)
+    }
+
+    async fn create_user(
+        &self,
+        user: NewUser,
+        session: Option<NewSession>,
+        audit: &[AuditRecord],
+    ) -> Result<Option<UserRecord>> {
+        // The user, their default groups, their first session and the trail
+        // records in one statement: one transaction, one round trip (the
+        // memberships' and session's foreign keys are checked at its end,
+        // when the user row is there). Under a key rotated away, no user row
+        // and so nothing else.
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH u AS (
+                     INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
+                                        profile_ct, active, created_at, updated_at)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10
+                     WHERE EXISTS (SELECT 1 FROM app_keys WHERE id = $3 AND current)
+                     RETURNING {USER_COLUMNS}
+                 ), m AS (
+                     INSERT INTO memberships (app_id, group_id, user_id)
+                     SELECT g.app_id, g.id, u.id FROM groups g, u WHERE g.app_id = $2 AND g.is_default
+                 ), s AS (
+                     INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
+                     SELECT $11, $2, u.id, $12, $13 FROM u WHERE $11::uuid IS NOT NULL
+                 )
+                 SELECT u.*, {} AS trail FROM u",
+                audit_append_call(14)
+            )
+        });
+        let q = sqlx::query(&SQL)
+            .bind(user.id)
+            .bind(user.app_id)
+            .bind(user.key_id)
+            .bind(&user.username_ct)
+            .bind(&user.username_bidx)
+            .bind(&user.password_hash)
+            .bind(&user.email_bidx)
+            .bind(&user.profile_ct)
+            .bind(user.active)
+            .bind(now_seconds())
+            .bind(session.as_ref().map(|s| s.id))
+            .bind(session.as_ref().map(|s| s.token_hash.as_slice()))
+            .bind(session.as_ref().map(|s| expiry(s, Utc::now())));
+        let row = AuditColumns::of(audit).bind(q).fetch_optional(&self.pool).await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>> {
+        if let Some(user) = self.auth.user(app_id, user_id) {
+            return Ok(Some(user));
+        }
+        let seen = self.auth.generation();
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE app_id = $1 AND id = $2"))
+            .bind(app_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let user = row.as_ref().map(user_from_row).transpose()?;
+        if let Some(u) = &user {
+            self.auth.put_user(seen, u);
+        }
+        Ok(user)
+    }
+
+    async fn credentials(&self, app_id: Uuid, username_bidx: &[u8]) -> Result<Option<Credentials>> {
+        let row = sqlx::query("SELECT id, password_hash, active FROM users WHERE app_id = $1 AND username_bidx = $2")
+            .bind(app_id)
+            .bind(username_bidx)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    async fn update_user(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        change: UserChange,
+        audit: &[AuditRecord],
+    ) -> Result<Option<UserRecord>> {
+        let mut tx = self.pool.begin().await?;
+        let (username_ct, username_bidx) = change.username.clone().unzip();
+        // A key rotated away since the caller sealed makes this a conflict:
+        // the caller re-reads and seals again under the current key.
+        let row = sqlx::query(&format!(
+            "UPDATE users SET
+                 key_id = $4,
+                 username_ct = COALESCE($5, username_ct),
+                 username_bidx = COALESCE($6, username_bidx),
+                 password_hash = COALESCE($7, password_hash),
+                 email_bidx = $8,
+                 profile_ct = $9,
+                 active = $10,
+                 version = version + 1,
+                 updated_at = GREATEST($11, updated_at)
+             WHERE app_id = $1 AND id = $2 AND version = $3
+               AND EXISTS (SELECT 1 FROM app_keys WHERE id = $4 AND current)
+             RETURNING {USER_COLUMNS}"
+        ))
+        .bind(app_id)
+        .bind(user_id)
+        .bind(change.expected_version)
+        .bind(change.key_id)
+        .bind(username_ct)
+        .bind(username_bidx)
+        .bind(&change.password_hash)
+        .bind(&change.email_bidx)
+        .bind(&change.profile_ct)
+        .bind(change.active)
+        .bind(now_seconds())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            // Lost the compare-and-set: what this replica remembers of the
+            // user is older than the row, so the retry reads the row.
+            self.auth.evict_users([user_id]);
+            return Ok(None);
+        };
+        let mut ended: Vec<Vec<u8>> = Vec::new();
+        if let Some(end) = change.end_sessions {
+            ended = sqlx::query_scalar(
+                "DELETE FROM sessions WHERE app_id = $1 AND user_id = $2 AND id IS DISTINCT FROM $3
+                 RETURNING token_hash",
+            )
+            .bind(app_id)
+            .bind(user_id)
+            .bind(end.keep)
+            .fetch_all(&mut *tx)
+            .await?;
+        }
+        pg_audit::append(&mut *tx, audit).await?;
+        tx.commit().await?;
+        self.auth.evict_users([user_id]);
+        self.auth.evict_sessions(ended.iter().map(Vec::as_slice));
+        user_from_row(&row).map(Some)
+    }
+
+    async fn delete_user(&self, app_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool> {
+        // Sessions, memberships and outbox rows go by ON DELETE CASCADE, in
+        // the same statement; the trail stays (it holds no PII).
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM users WHERE app_id = $1 AND id = $2")
+            .bind(app_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        // Its sessions went by cascade.
+        self.auth.evict_all();
+        Ok(true)
+    }
+
+    async fn sign_in_attempt(
+        &self,
+        keys: &[(Vec<u8>, ThrottleRule)],
+        app_id: Uuid,
+        username_bidx: Option<&[u8]>,
+    ) -> Result<SignInAttempt> {
+        // One round trip: the count and, if there is no wait, the
+        // credentials.
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH {}
+                 SELECT {}, c.id, c.password_hash, c.active
+                 FROM waiting w
+                 LEFT JOIN LATERAL (SELECT id, password_hash, active FROM users
+                                    WHERE app_id = $5 AND username_bidx = $6 AND w.wait IS NULL) c ON true",
+                *pg_throttle::COUNT,
+                pg_throttle::OUTCOME
+            )
+        });
+        let q = ThrottleArgs::of(keys).bind(sqlx::query(&SQL));
+        let row = q.bind(app_id).bind(username_bidx).fetch_one(&self.pool).await?;
+        if let Some(wait) = pg_throttle::counted_wait(&row)? {
+            return Ok(SignInAttempt::Wait(wait));
+        }
+        // No user row joined: no such user.
+        let found = row.try_get::<Option<Uuid>, _>("id")?.is_some();
+        Ok(SignInAttempt::Go(found.then(|| from_row(&row)).transpose()?))
+    }
+}

@@ -1,0 +1,189 @@
+//! Users on SQLite.
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::store::sqlite::{
+    BEGIN, SqliteStore, USER_COLUMNS, append_in, insert_session, now_seconds, now_us, us, user_from_row,
+};
+use crate::store::trail::record::AuditRecord;
+use crate::store::{
+    Credentials, NewSession, NewUser, Result, SignInAttempt, ThrottleRule, ThrottleStore, UserChange, UserRecord,
+    UserStore, from_row,
+};
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn set_supervisor(&self, app_id: Uuid, username_bidx: &[u8], on: bool, audit: &AuditRecord) -> Result<bool> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE users SET supervisor = ?3 WHERE app_id = ?1 AND username_bidx = ?2 RETURNING id",
+        )
+        .bind(app_id)
+        .bind(username_bidx)
+        .bind(on)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else {
+            return Ok(false);
+        };
+        let mut audit = audit.clone();
+        audit.subject_id = Some(id);
+        append_in(&mut tx, &[audit]).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn create_user(
+        &self,
+        user: NewUser,
+        session: Option<NewSession>,
+        audit: &[AuditRecord],
+    ) -> Result<Option<UserRecord>> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let now = now_seconds();
+        let row = sqlx::query(&format!(
+            "INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
+                                profile_ct, active, created_at, updated_at)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10
+             WHERE EXISTS (SELECT 1 FROM app_keys WHERE id = ?3 AND current)
+             RETURNING {USER_COLUMNS}"
+        ))
+        .bind(user.id)
+        .bind(user.app_id)
+        .bind(user.key_id)
+        .bind(&user.username_ct)
+        .bind(&user.username_bidx)
+        .bind(&user.password_hash)
+        .bind(&user.email_bidx)
+        .bind(&user.profile_ct)
+        .bind(user.active)
+        .bind(us(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "INSERT INTO memberships (app_id, group_id, user_id, created_at)
+             SELECT app_id, id, ?2, ?3 FROM groups WHERE app_id = ?1 AND is_default",
+        )
+        .bind(user.app_id)
+        .bind(user.id)
+        .bind(now_us())
+        .execute(&mut *tx)
+        .await?;
+        if let Some(s) = &session {
+            insert_session(&mut tx, user.app_id, user.id, s).await?;
+        }
+        append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        user_from_row(&row).map(Some)
+    }
+
+    async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE app_id = ?1 AND id = ?2"))
+            .bind(app_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn credentials(&self, app_id: Uuid, username_bidx: &[u8]) -> Result<Option<Credentials>> {
+        let row = sqlx::query("SELECT id, password_hash, active FROM users WHERE app_id = ?1 AND username_bidx = ?2")
+            .bind(app_id)
+            .bind(username_bidx)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    async fn update_user(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        change: UserChange,
+        audit: &[AuditRecord],
+    ) -> Result<Option<UserRecord>> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let (username_ct, username_bidx) = change.username.clone().unzip();
+        // A key rotated away since the caller sealed makes this a conflict:
+        // the caller re-reads and seals again under the current key.
+        let row = sqlx::query(&format!(
+            "UPDATE users SET
+                 key_id = ?4,
+                 username_ct = COALESCE(?5, username_ct),
+                 username_bidx = COALESCE(?6, username_bidx),
+                 password_hash = COALESCE(?7, password_hash),
+                 email_bidx = ?8,
+                 profile_ct = ?9,
+                 active = ?10,
+                 version = version + 1,
+                 updated_at = MAX(?11, updated_at)
+             WHERE app_id = ?1 AND id = ?2 AND version = ?3
+               AND EXISTS (SELECT 1 FROM app_keys WHERE id = ?4 AND current)
+             RETURNING {USER_COLUMNS}"
+        ))
+        .bind(app_id)
+        .bind(user_id)
+        .bind(change.expected_version)
+        .bind(change.key_id)
+        .bind(username_ct)
+        .bind(username_bidx)
+        .bind(&change.password_hash)
+        .bind(&change.email_bidx)
+        .bind(&change.profile_ct)
+        .bind(change.active)
+        .bind(us(now_seconds()))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if let Some(end) = change.end_sessions {
+            sqlx::query("DELETE FROM sessions WHERE app_id = ?1 AND user_id = ?2 AND id IS NOT ?3")
+                .bind(app_id)
+                .bind(user_id)
+                .bind(end.keep)
+                .execute(&mut *tx)
+                .await?;
+        }
+        append_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        user_from_row(&row).map(Some)
+    }
+
+    async fn delete_user(&self, app_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool> {
+        // Sessions, memberships, reset tokens and outbox rows go by ON DELETE
+        // CASCADE (foreign_keys is on); the trail stays.
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let done = sqlx::query("DELETE FROM users WHERE app_id = ?1 AND id = ?2")
+            .bind(app_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn sign_in_attempt(
+        &self,
+        keys: &[(Vec<u8>, ThrottleRule)],
+        app_id: Uuid,
+        username_bidx: Option<&[u8]>,
+    ) -> Result<SignInAttempt> {
+        // The one connection runs the two statements back to back.
+        if let Some(wait) = self.throttle_attempt(keys).await? {
+            return Ok(SignInAttempt::Wait(wait));
+        }
+        Ok(SignInAttempt::Go(match username_bidx {
+            Some(bidx) => self.credentials(app_id, bidx).await?,
+            None => None,
+        }))
+    }
+}
