@@ -1,6 +1,8 @@
 //! The JSON gateway: the documented Catalyze `/v2` routes, each translated
 //! into one gRPC call. It holds no database handle and no rules; what it
 //! knows is the wire: JSON <-> protobuf, headers -> metadata, Status -> HTTP.
+//! The routes are one table (`routes.rs`) that both the router and the
+//! OpenAPI document (`openapi.rs`) are built from.
 
 pub mod error;
 mod groups;
@@ -8,6 +10,7 @@ pub mod json;
 pub mod openapi;
 mod probes;
 mod reset;
+pub mod routes;
 pub mod upstream;
 mod users;
 
@@ -18,7 +21,7 @@ use axum::{
     extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts},
     http::{HeaderName, HeaderValue, Method, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::get,
 };
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tower::{ServiceExt, util::BoxCloneSyncService};
@@ -137,28 +140,7 @@ pub type ApiResult = Result<Response, ApiError>;
 /// The `/v2` router with its layers: body limit, JSON errors, request ids,
 /// CORS when origins are given.
 pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
-    // Whole paths rather than a nested router, which rewrites every
-    // request's path on the way in.
-    let v2 = Router::new()
-        .route("/v2/users", post(users::create))
-        .route("/v2/users/forgotUsername", post(users::forgot_username))
-        .route("/v2/users/{users_id}", get(users::get).put(users::update).delete(users::delete))
-        .route("/v2/users/{users_id}/groups", get(users::groups))
-        .route("/v2/auth/signin", post(users::sign_in))
-        .route("/v2/auth/signout", get(users::sign_out))
-        .route("/v2/auth/verify", get(users::verify))
-        .route("/v2/auth/sessions", get(users::sessions))
-        .route("/v2/auth/sessions/{session_id}", axum::routing::delete(users::revoke_session))
-        .route("/v2/groups", post(groups::create))
-        .route("/v2/groups/{groups_id}", get(groups::get).put(groups::update).delete(groups::delete))
-        .route("/v2/groups/{groups_id}/users/{users_id}", post(groups::add_member).delete(groups::remove_member))
-        .route("/v2/groups/{groups_id}/members", get(groups::members))
-        .route("/v2/app/{app_id}/groups", get(groups::list_all))
-        .route("/v2/app/{app_id}/groups/default", get(groups::list_default))
-        .route("/v2/{app_id}/reset/user/{username}", get(reset::request))
-        .route("/v2/reset/{token}", get(reset::form).post(reset::submit))
-        .route("/v2/openapi.json", get(openapi::serve))
-        .route_layer(axum::middleware::from_fn(crate::observe::http_metrics));
+    let v2 = routes::router().route_layer(axum::middleware::from_fn(crate::observe::http_metrics));
 
     let x_request_id = HeaderName::from_static("x-request-id");
     let mut app = v2

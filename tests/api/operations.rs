@@ -48,7 +48,7 @@ async fn probes_and_metrics() {
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
-    assert!(text.contains(r#"route="/v2/users/{users_id}""#), "routes are labelled by template");
+    assert!(text.contains(r#"route="/v2/users/{usersId}""#), "routes are labelled by template");
     assert!(text.contains(r#"rpc="usersvc.v1.UserService/CreateUser""#));
     assert!(!text.contains(&id) && !text.contains("metered") && !text.contains(&token), "no id, name or token in labels");
 }

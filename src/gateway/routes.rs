@@ -1,0 +1,450 @@
+//! The `/v2` route table: every route's path, methods and handlers, with
+//! what the OpenAPI document says of each (auth, body, reply, errors). The
+//! router ([`router`]) and the document (`openapi.rs`) are both built from
+//! [`ROUTES`], so a route cannot be served undocumented or documented
+//! unserved.
+
+use axum::{
+    Router,
+    routing::{MethodFilter, MethodRouter, on},
+};
+
+use super::{Gateway, groups, openapi, reset, users};
+
+/// Who may call an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// No credentials: the reset link's token is its own.
+    Public,
+    /// The application's key (`X-Api-Key`).
+    Key,
+    /// The key, and a session when the caller has one (a supervisor's changes
+    /// what the call does).
+    KeyMaybeSession,
+    /// The key and a session (`Authorization: Bearer`).
+    Session,
+}
+
+/// What an operation takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    None,
+    /// A JSON body of this component, with a documented example (JSON text).
+    Json {
+        schema: &'static str,
+        example: Option<&'static str>,
+    },
+    /// The reset form: `application/x-www-form-urlencoded`.
+    Form,
+}
+
+/// What an operation answers with 200.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// One message, by component name.
+    Message(&'static str),
+    /// A bare array of a component.
+    ListOf(&'static str),
+    /// A bare array of strings (ids).
+    Strings,
+    /// `{}`.
+    Empty,
+    /// An HTML page.
+    Html,
+    /// This document.
+    Document,
+}
+
+/// The HTTP methods the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Method {
+    /// As OpenAPI names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Get => "get",
+            Method::Post => "post",
+            Method::Put => "put",
+            Method::Delete => "delete",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Method::Get => MethodFilter::GET,
+            Method::Post => MethodFilter::POST,
+            Method::Put => MethodFilter::PUT,
+            Method::Delete => MethodFilter::DELETE,
+        }
+    }
+}
+
+/// Routes a method to a handler: `|m| on(m, users::get)`. It is handed the
+/// op's own method, so the method is named once and the served one cannot
+/// differ from the documented one.
+pub type Handler = fn(MethodFilter) -> MethodRouter<Gateway>;
+
+/// One method of a route.
+#[derive(Debug, Clone, Copy)]
+pub struct Op {
+    pub method: Method,
+    pub handler: Handler,
+    pub operation_id: &'static str,
+    pub summary: &'static str,
+    pub description: &'static str,
+    pub auth: Auth,
+    pub body: Body,
+    pub reply: Reply,
+    /// Every error status the operation can answer.
+    pub errors: &'static [u16],
+}
+
+/// One route: its path (OpenAPI form, `{usersId}`, which is axum's too), its
+/// tag, its methods.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub path: &'static str,
+    pub tag: &'static str,
+    pub ops: &'static [Op],
+}
+
+impl Route {
+    /// Every op of the route on one path; other methods answer 405 with
+    /// `Allow`.
+    pub fn method_router(&self) -> MethodRouter<Gateway> {
+        self.ops.iter().fold(MethodRouter::new(), |r, op| r.merge((op.handler)(op.method.filter())))
+    }
+}
+
+/// The `/v2` routes of [`ROUTES`], without layers. Whole paths rather than
+/// a nested router, which rewrites every request's path on the way in.
+pub fn router() -> Router<Gateway> {
+    ROUTES.iter().fold(Router::new(), |r, route| r.route(route.path, route.method_router()))
+}
+
+/// Path parameters: (name, description, whether it is a UUID).
+pub const PARAMS: &[(&str, &str, bool)] = &[
+    ("usersId", "The ID of the user.", true),
+    ("groupsId", "The ID of the group.", true),
+    ("sessionId", "The ID of a session, as listed by `GET /v2/auth/sessions`.", true),
+    ("appId", "The application's ID: the application of the API key (any other answers 404).", true),
+    ("username", "The username whose password is to be reset.", false),
+    ("token", "The token of the mailed reset link.", false),
+];
+
+/// The documented request of `POST /users` (catalyze-users.md).
+const CREATE_USER_EXAMPLE: &str = r#"{
+    "username": "username",
+    "password": "test123",
+    "email": {"primary": "primary@email.com", "secondary": "secondary@email.com", "work": "work@email.com", "other": "other@email.com"},
+    "name": {"prefix": "prefix", "firstName": "first name", "middleName": "middle name", "lastName": "last name", "maidenName": "maiden name", "suffix": "jr"},
+    "extras": {"extra1": "value1", "extra2": "value2"}
+}"#;
+
+/// The documented request of `PUT /users/{usersId}` (catalyze-users.md).
+const UPDATE_USER_EXAMPLE: &str = CREATE_USER_EXAMPLE;
+
+const FORGOT_USERNAME_EXAMPLE: &str = r#"{"email": "bobby@example.com"}"#;
+const SIGN_IN_EXAMPLE: &str = r#"{"username": "username", "password": "correct horse battery"}"#;
+const GROUP_EXAMPLE: &str = r#"{"name": "A Really Cool Group", "default": false}"#;
+
+const fn op(method: Method, operation_id: &'static str, summary: &'static str, handler: Handler) -> Op {
+    Op {
+        method,
+        handler,
+        operation_id,
+        summary,
+        description: "",
+        auth: Auth::Session,
+        body: Body::None,
+        reply: Reply::Empty,
+        errors: &[400, 401, 503],
+    }
+}
+
+/// Every route of the `/v2` router and of the document, each named once.
+pub const ROUTES: &[Route] = &[
+    Route {
+        path: "/v2/users",
+        tag: "users",
+        ops: &[Op {
+            description: "Self sign-up: open to anyone holding the application's key, and the reply carries a \
+                          `sessionToken` for the new user. A supervisor's session may create users too (no token \
+                          is issued then, and `active` is honoured). `username` and `password` are required; \
+                          server-managed members sent back by old clients (`usersId`, `createdAt`, `updatedAt`, \
+                          `sessionToken`) are ignored. The new user joins every default group.",
+            auth: Auth::KeyMaybeSession,
+            body: Body::Json { schema: "NewUser", example: Some(CREATE_USER_EXAMPLE) },
+            reply: Reply::Message("User"),
+            errors: &[400, 401, 409, 413, 415, 503],
+            ..op(Method::Post, "createUser", "Create a user", |m| on(m, users::create))
+        }],
+    },
+    Route {
+        path: "/v2/users/forgotUsername",
+        tag: "users",
+        ops: &[Op {
+            description: "Mails a username reminder to every user whose primary address is `email`. Answers `{}` \
+                          whether or not anyone has that address.",
+            auth: Auth::Key,
+            body: Body::Json { schema: "ForgotUsernameRequest", example: Some(FORGOT_USERNAME_EXAMPLE) },
+            errors: &[400, 401, 413, 415, 429, 503],
+            ..op(Method::Post, "forgotUsername", "Send a username reminder", |m| on(m, users::forgot_username))
+        }],
+    },
+    Route {
+        path: "/v2/users/{usersId}",
+        tag: "users",
+        ops: &[
+            Op {
+                description: "The user themselves or a supervisor.",
+                reply: Reply::Message("User"),
+                errors: &[400, 401, 403, 404, 503],
+                ..op(Method::Get, "getUser", "Retrieve a user by ID", |m| on(m, users::get))
+            },
+            Op {
+                description: "A JSON merge patch (RFC 7396): the members present replace the stored ones, nested \
+                              objects (and `extras`) merge member by member, and `null` removes a member. \
+                              `password` sets a new password and ends the user's other sessions; `username` \
+                              renames the user; `active` is a supervisor's to change. Server-managed members are \
+                              ignored. The user themselves or a supervisor.",
+                body: Body::Json { schema: "User", example: Some(UPDATE_USER_EXAMPLE) },
+                reply: Reply::Message("User"),
+                errors: &[400, 401, 403, 404, 409, 413, 415, 503],
+                ..op(Method::Put, "updateUser", "Update a user", |m| on(m, users::update))
+            },
+            Op {
+                description: "Deletes the user with their profile, sessions and group memberships. Cannot be \
+                              undone. The user themselves or a supervisor.",
+                errors: &[400, 401, 403, 404, 503],
+                ..op(Method::Delete, "deleteUser", "Delete a user", |m| on(m, users::delete))
+            },
+        ],
+    },
+    Route {
+        path: "/v2/users/{usersId}/groups",
+        tag: "users",
+        ops: &[Op {
+            description: "The user themselves or a supervisor.",
+            reply: Reply::ListOf("GroupRef"),
+            errors: &[400, 401, 403, 404, 503],
+            ..op(Method::Get, "listUserGroups", "Retrieve the groups of a user", |m| on(m, users::groups))
+        }],
+    },
+    Route {
+        path: "/v2/auth/signin",
+        tag: "auth",
+        ops: &[Op {
+            description: "The reply is the user with a new `sessionToken`. An unknown username, a wrong password \
+                          and an inactive account all answer 401 alike. After 5 failures for one username each \
+                          further attempt waits longer (1 s, 2 s, 4 s ... up to 15 min): 429 with `Retry-After`.",
+            auth: Auth::Key,
+            body: Body::Json { schema: "SignInRequest", example: Some(SIGN_IN_EXAMPLE) },
+            reply: Reply::Message("User"),
+            errors: &[400, 401, 413, 415, 429, 503],
+            ..op(Method::Post, "signIn", "Sign in", |m| on(m, users::sign_in))
+        }],
+    },
+    Route {
+        path: "/v2/auth/signout",
+        tag: "auth",
+        ops: &[Op {
+            description: "Ends the session of the bearer token.",
+            errors: &[401, 503],
+            ..op(Method::Get, "signOut", "Sign out", |m| on(m, users::sign_out))
+        }],
+    },
+    Route {
+        path: "/v2/auth/verify",
+        tag: "auth",
+        ops: &[Op {
+            description: "Whose the bearer token is, and until when it holds (the Catalyze JS SDK's \
+                          `verifyToken`, which reads `userId`). No profile data: ids, expiry and role only. \
+                          An unknown, ended or expired token answers 401.",
+            reply: Reply::Message("VerifySessionResponse"),
+            errors: &[401, 503],
+            ..op(Method::Get, "verifySession", "Verify a session token", |m| on(m, users::verify))
+        }],
+    },
+    Route {
+        path: "/v2/auth/sessions",
+        tag: "auth",
+        ops: &[Op {
+            description: "The caller's live sessions; `current` marks the one of this call.",
+            reply: Reply::ListOf("Session"),
+            errors: &[401, 503],
+            ..op(Method::Get, "listSessions", "List the caller's sessions", |m| on(m, users::sessions))
+        }],
+    },
+    Route {
+        path: "/v2/auth/sessions/{sessionId}",
+        tag: "auth",
+        ops: &[Op {
+            description: "Ends one of the caller's sessions (a supervisor: any user's of the application).",
+            errors: &[400, 401, 404, 503],
+            ..op(Method::Delete, "revokeSession", "End a session", |m| on(m, users::revoke_session))
+        }],
+    },
+    Route {
+        path: "/v2/groups",
+        tag: "groups",
+        ops: &[Op {
+            description: "Supervisors only. `name` is required (1-1024 characters).",
+            body: Body::Json { schema: "Group", example: Some(GROUP_EXAMPLE) },
+            reply: Reply::Message("Group"),
+            errors: &[400, 401, 403, 413, 415, 503],
+            ..op(Method::Post, "createGroup", "Create a group", |m| on(m, groups::create))
+        }],
+    },
+    Route {
+        path: "/v2/groups/{groupsId}",
+        tag: "groups",
+        ops: &[
+            Op {
+                description: "Supervisors only.",
+                reply: Reply::Message("Group"),
+                errors: &[400, 401, 403, 404, 503],
+                ..op(Method::Get, "getGroup", "Retrieve a group", |m| on(m, groups::get))
+            },
+            Op {
+                description: "Supervisors only. A merge patch of `name` and `default`.",
+                body: Body::Json { schema: "Group", example: Some(GROUP_EXAMPLE) },
+                reply: Reply::Message("Group"),
+                errors: &[400, 401, 403, 404, 413, 415, 503],
+                ..op(Method::Put, "updateGroup", "Update a group", |m| on(m, groups::update))
+            },
+            Op {
+                description: "Supervisors only. Deletes the group and its memberships, not its members.",
+                errors: &[400, 401, 403, 404, 503],
+                ..op(Method::Delete, "deleteGroup", "Delete a group", |m| on(m, groups::delete))
+            },
+        ],
+    },
+    Route {
+        path: "/v2/groups/{groupsId}/users/{usersId}",
+        tag: "groups",
+        ops: &[
+            Op {
+                description: "Supervisors only. Adding a member again changes nothing.",
+                errors: &[400, 401, 403, 404, 503],
+                ..op(Method::Post, "addMember", "Add a user to a group", |m| on(m, groups::add_member))
+            },
+            Op {
+                description: "Supervisors only. 404 when the user was not a member.",
+                errors: &[400, 401, 403, 404, 503],
+                ..op(Method::Delete, "removeMember", "Remove a user from a group", |m| on(m, groups::remove_member))
+            },
+        ],
+    },
+    Route {
+        path: "/v2/groups/{groupsId}/members",
+        tag: "groups",
+        ops: &[Op {
+            description: "Supervisors only. The members' ids, oldest membership first.",
+            reply: Reply::Strings,
+            errors: &[400, 401, 403, 404, 503],
+            ..op(Method::Get, "listMembers", "List the members of a group", |m| on(m, groups::members))
+        }],
+    },
+    Route {
+        path: "/v2/app/{appId}/groups",
+        tag: "groups",
+        ops: &[Op {
+            description: "Supervisors only.",
+            reply: Reply::ListOf("Group"),
+            errors: &[400, 401, 403, 404, 503],
+            ..op(Method::Get, "listGroups", "List the application's groups", |m| on(m, groups::list_all))
+        }],
+    },
+    Route {
+        path: "/v2/app/{appId}/groups/default",
+        tag: "groups",
+        ops: &[Op {
+            description: "Supervisors only. The groups every new user joins.",
+            reply: Reply::ListOf("Group"),
+            errors: &[400, 401, 403, 404, 503],
+            ..op(Method::Get, "listDefaultGroups", "List the application's default groups", |m| {
+                on(m, groups::list_default)
+            })
+        }],
+    },
+    Route {
+        path: "/v2/{appId}/reset/user/{username}",
+        tag: "reset",
+        ops: &[Op {
+            description: "When an active user has this username, mails a single-use link (valid 30 minutes) to \
+                          their primary address. Answers `{}` whether or not the user exists.",
+            auth: Auth::Key,
+            errors: &[400, 401, 404, 429, 503],
+            ..op(Method::Get, "requestPasswordReset", "Request a password reset", |m| on(m, reset::request))
+        }],
+    },
+    Route {
+        path: "/v2/reset/{token}",
+        tag: "reset",
+        ops: &[
+            Op {
+                description: "The page the mailed link opens: a form for the new password while the link is good, \
+                              else a page that says why it is not (400).",
+                auth: Auth::Public,
+                reply: Reply::Html,
+                errors: &[400, 503],
+                ..op(Method::Get, "resetForm", "Open the password reset form", |m| on(m, reset::form))
+            },
+            Op {
+                description: "The form's submission: sets the new password and ends every session of the user. A \
+                              refused password gets the form again with the reason (400).",
+                auth: Auth::Public,
+                body: Body::Form,
+                reply: Reply::Html,
+                errors: &[400, 413, 415, 422, 503],
+                ..op(Method::Post, "resetPassword", "Set a new password", |m| on(m, reset::submit))
+            },
+        ],
+    },
+    Route {
+        path: "/v2/openapi.json",
+        tag: "meta",
+        ops: &[Op {
+            description: "Built from the protobuf descriptors and the router's route table.",
+            auth: Auth::Public,
+            reply: Reply::Document,
+            errors: &[],
+            ..op(Method::Get, "openapi", "This OpenAPI document", |m| on(m, openapi::serve))
+        }],
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path given twice would be merged by the router but overwritten in
+    /// the document.
+    #[test]
+    fn every_path_parameter_is_described_and_paths_and_operations_are_unique() {
+        let (mut paths, mut ids) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+        for route in ROUTES {
+            assert!(paths.insert(route.path), "{} twice", route.path);
+            for p in openapi::path_params(route.path) {
+                assert!(PARAMS.iter().any(|(n, ..)| *n == p), "{}: no PARAMS entry for {p}", route.path);
+            }
+            for op in route.ops {
+                assert!(ids.insert(op.operation_id), "operationId {} twice", op.operation_id);
+            }
+        }
+    }
+
+    /// axum panics on a path it cannot parse, paths that conflict and a
+    /// method given twice on one path: here rather than at start-up.
+    #[test]
+    fn the_table_makes_a_router() {
+        let _ = router();
+    }
+}
