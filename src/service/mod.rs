@@ -7,6 +7,7 @@ pub mod field_mask;
 mod groups;
 mod present_fields;
 pub mod profile;
+mod sessions;
 mod users;
 pub mod validate;
 
