@@ -220,6 +220,12 @@ impl Admin {
 
     /// The trail as JSON lines, client addresses opened.
     pub async fn list_trail(&self, mut filter: AuditFilter, out: &mut impl std::io::Write) -> anyhow::Result<u64> {
+        // The listing discloses who accessed whom and from where (client
+        // addresses opened): it is itself recorded, before anything is shown.
+        let mut r = cli_record("audit.list", filter.app_id);
+        r.subject_id = filter.subject_id;
+        r.fields = vec!["trail".into(), "client_addr".into()];
+        self.store.append_audit(&[r]).await?;
         filter.limit = 5000;
         let mut n = 0;
         loop {

@@ -173,6 +173,15 @@ impl GroupService for GroupSvc {
         let app_id = caller.app_id;
         let group = self.group(app_id, &req.groups_id).await?;
         let members = self.core.store.list_members(app_id, group.id).await.map_err(ServiceError::from)?;
+        // Each member's membership is disclosed: one record per member, so a
+        // user's accounting of disclosures finds it.
+        for member in &members {
+            let mut r = self.core.record(&ctx, "group.members_read", Some(&caller), app_id).await;
+            r.subject_id = Some(*member);
+            r.object_id = Some(group.id);
+            r.fields = vec!["groups".into()];
+            self.core.trail.record(r);
+        }
         Ok(Response::new(pb::ListMembersResponse { users_ids: members.iter().map(Uuid::to_string).collect() }))
     }
 

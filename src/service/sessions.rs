@@ -30,6 +30,10 @@ impl UserSvc {
         let id = if req.users_id.is_empty() { me.user_id } else { validate::id(&req.users_id, "users_id")? };
         self.authorise(caller.app_id, &me, id).await?;
         let rows = self.core.store.list_sessions(caller.app_id, id, self.core.auth.policy().idle_timeout).await?;
+        let mut r = self.core.record(ctx, "session.list", Some(&caller), caller.app_id).await;
+        r.subject_id = Some(id);
+        r.fields = vec!["sessions".into()];
+        self.core.trail.record(r);
         Ok(pb::ListSessionsResponse {
             sessions: rows
                 .into_iter()

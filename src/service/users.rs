@@ -278,7 +278,11 @@ impl UserSvc {
             let mut record = core.record(ctx, "user.update", Some(&caller), caller.app_id).await;
             record.subject_id = Some(id);
             record.fields = changed.clone();
-            let mut records = vec![record];
+            // The reply carries the whole profile, not only what changed.
+            let mut read = core.record(ctx, "user.read", Some(&caller), caller.app_id).await;
+            read.subject_id = Some(id);
+            read.fields = profile::field_names(&merged);
+            let mut records = vec![record, read];
             if set_password {
                 let mut r = core.record(ctx, "user.password_change", Some(&caller), caller.app_id).await;
                 r.subject_id = Some(id);
@@ -403,16 +407,19 @@ impl UserSvc {
                 return Err(ServiceError::BadCredentials);
             }
         };
+        // The reply discloses the profile: it is opened first, so that the
+        // session's record names the fields it carries.
+        let rec = core.store.get_user(app_id, user_id).await?.ok_or(ServiceError::BadCredentials)?;
+        let mut out = core.open_user(&rec).await?;
         let (token, session) = core.auth.new_session();
         let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
         r.actor = "user".into();
         r.actor_id = Some(user_id);
         r.subject_id = Some(user_id);
+        r.fields = profile::field_names(&out);
         let relief = Relief { clear: Some(&user_key), forgive: addr_key.as_deref() };
         core.store.create_session(app_id, user_id, session, relief, &r).await?;
-        let rec = core.store.get_user(app_id, user_id).await?.ok_or(ServiceError::BadCredentials)?;
         tracing::info!(%app_id, users_id = %user_id, "signed in");
-        let mut out = core.open_user(&rec).await?;
         out.session_token = token.expose_secret().to_owned();
         Ok(out)
     }

@@ -346,8 +346,12 @@ async fn the_trail_records_each_access_by_field_name_only() {
     assert_eq!(c["actor"], "anonymous");
     assert!(c["fields"].as_array().unwrap().contains(&json!("ssn")));
     assert!(c["clientAddr"].as_str().is_some_and(|a| a.starts_with("127.")), "{c}");
-    let r = find("user.read", "ok");
-    assert_eq!(r["actor"], "supervisor");
+    // The supervisor's read (the update's reply is recorded as a read too,
+    // by the user, in the update's own transaction).
+    let r = trail
+        .iter()
+        .find(|r| r["action"] == "user.read" && r["outcome"] == "ok" && r["actor"] == "supervisor")
+        .unwrap_or_else(|| panic!("no supervisor's read in {text}"));
     assert!(r["fields"].as_array().unwrap().contains(&json!("name")));
     let u = find("user.update", "ok");
     assert_eq!(u["fields"], json!(["name"]));
@@ -558,5 +562,75 @@ async fn a_forwarded_address_is_believed_only_from_a_trusted_gateway() {
     let trail = trail_of(&t, &id).await;
     let created = trail.iter().find(|r| r["action"] == "user.create").unwrap();
     assert_eq!(created["clientAddr"], "127.0.0.1", "the peer's own address, not the claim");
+}
+}
+
+both_stores! {
+async fn every_disclosure_is_recorded_with_the_fields_it_carries() {
+    let t = spawn().await;
+    let (_, sup) = t.supervisor("disclosure.sup").await;
+    let (id, _) = t.sign_up("disclosed").await;
+    let mut users = t.users().await;
+    let mut groups = t.groups().await;
+
+    // Sign-in: its reply carries the profile, and its record names the fields.
+    let signin = pb::SignInRequest { username: "disclosed".into(), password: "correct horse battery".into() };
+    let token = users.sign_in(t.req(signin, None)).await.unwrap().into_inner().session_token;
+    // An update's reply carries the whole profile, not only the change.
+    let patch = pb::User { dob: "1990-01-02".into(), ..Default::default() };
+    let mask = FieldMask { paths: vec!["dob".into()] };
+    let req = pb::UpdateUserRequest { users_id: id.clone(), user: Some(patch), update_mask: Some(mask) };
+    users.update_user(t.req(req, Some(&token))).await.unwrap();
+    // Memberships and sessions.
+    users.list_user_groups(t.req(pb::ListUserGroupsRequest { users_id: id.clone() }, Some(&token))).await.unwrap();
+    users.list_sessions(t.req(pb::ListSessionsRequest { users_id: id.clone() }, Some(&token))).await.unwrap();
+    let group = pb::Group { name: "ward 7".into(), ..Default::default() };
+    let g = groups.create_group(t.req(pb::CreateGroupRequest { group: Some(group) }, Some(&sup))).await.unwrap();
+    let groups_id = g.into_inner().groups_id;
+    let add = pb::AddMemberRequest { groups_id: groups_id.clone(), users_id: id.clone() };
+    groups.add_member(t.req(add, Some(&sup))).await.unwrap();
+    groups.list_members(t.req(pb::ListMembersRequest { groups_id: groups_id.clone() }, Some(&sup))).await.unwrap();
+    // A reminder for an address nobody has is recorded too (and answered alike).
+    let forgot = pb::ForgotUsernameRequest { email: format!("nobody-{}@example.com", uuid::Uuid::new_v4().simple()) };
+    users.forgot_username(t.req(forgot, None)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let trail = trail_of(&t, &id).await;
+    let text = serde_json::to_string(&trail).unwrap();
+    let find = |action: &str| {
+        trail.iter().find(|r| r["action"] == action).unwrap_or_else(|| panic!("no {action} in {text}")).clone()
+    };
+    let names = |r: &Value| r["fields"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let signed_in = trail.iter().rfind(|r| r["action"] == "session.sign_in" && r["actor"] == "user").unwrap();
+    assert!(names(signed_in).contains(&"email".to_owned()), "the sign-in reply's fields: {signed_in}");
+    let update = find("user.update");
+    assert_eq!(names(&update), ["dob"], "what changed");
+    let read = trail
+        .iter()
+        .find(|r| r["action"] == "user.read" && r["requestId"] == update["requestId"])
+        .unwrap_or_else(|| panic!("the update's reply is recorded as a read: {text}"));
+    assert!(names(read).contains(&"dob".to_owned()) && names(read).contains(&"email".to_owned()), "{read}");
+    assert_eq!(names(&find("user.groups_read")), ["groups"]);
+    assert_eq!(names(&find("session.list")), ["sessions"]);
+    let members = find("group.members_read");
+    assert_eq!((members["objectId"].as_str(), members["actor"].as_str()), (Some(groups_id.as_str()), Some("supervisor")));
+
+    // The unmatched reminder, by application.
+    let mut out = Vec::new();
+    let filter = AuditFilter { app_id: Some(t.app_id), ..Default::default() };
+    common::admin(&t.app).list_trail(filter, &mut out).await.unwrap();
+    let all: Vec<Value> = String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        all.iter().any(|r| r["action"] == "user.forgot_username" && r["subjectId"].is_null()),
+        "a reminder that matched nobody is recorded"
+    );
+    // Listing the trail is itself recorded, by the operator, with its filter.
+    let listed = all.iter().filter(|r| r["action"] == "audit.list").collect::<Vec<_>>();
+    assert!(listed.iter().any(|r| r["subjectId"].is_null() && r["actor"] == "cli"), "{listed:?}");
+    let again = trail_of(&t, &id).await;
+    assert!(
+        again.iter().any(|r| r["action"] == "audit.list" && r["actor"] == "cli"),
+        "the first listing, of this user, is in the user's trail"
+    );
 }
 }

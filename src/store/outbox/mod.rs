@@ -34,7 +34,9 @@ pub struct MailRecipient {
 
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
-    /// Queues a username reminder for each user with this primary address.
+    /// Queues a username reminder for each user with this primary address,
+    /// with a copy of `audit` for each (subject: the user), or `audit` itself
+    /// when none has it.
     async fn queue_username_reminders(&self, app_id: Uuid, email_bidx: &[u8], audit: &AuditRecord) -> Result<u64>;
 
     /// Claims up to `limit` due messages for `lease` (another sender skips
