@@ -163,8 +163,17 @@ fn operation(route: &Route, op: &Op, params: &[Value]) -> Value {
         o.insert("description".into(), json!(op.description));
     }
     o.insert("tags".into(), json!([route.tag]));
+    let mut params = params.to_vec();
+    params.extend(op.query.iter().map(|(name, description, ty)| {
+        let schema = if *ty == "integer" {
+            json!({ "type": "integer", "minimum": 1, "maximum": 1000 })
+        } else {
+            json!({ "type": *ty })
+        };
+        json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
+    }));
     if !params.is_empty() {
-        o.insert("parameters".into(), Value::Array(params.to_vec()));
+        o.insert("parameters".into(), Value::Array(params));
     }
     let security = match op.auth {
         Auth::Public => json!([]),

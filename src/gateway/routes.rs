@@ -103,6 +103,8 @@ pub struct Op {
     pub reply: Reply,
     /// Every error status the operation can answer.
     pub errors: &'static [u16],
+    /// Query parameters it takes: (name, description, JSON schema type).
+    pub query: &'static [(&'static str, &'static str, &'static str)],
 }
 
 /// One route: its path (OpenAPI form, `{usersId}`, which is axum's too), its
@@ -165,6 +167,7 @@ const fn op(method: Method, operation_id: &'static str, summary: &'static str, h
         body: Body::None,
         reply: Reply::Empty,
         errors: &[400, 401, 503],
+        query: &[],
     }
 }
 
@@ -235,6 +238,22 @@ pub const ROUTES: &[Route] = &[
             reply: Reply::ListOf("GroupRef"),
             errors: &[400, 401, 403, 404, 503],
             ..op(Method::Get, "listUserGroups", "Retrieve the groups of a user", |m| on(m, users::groups))
+        }],
+    },
+    Route {
+        path: "/v2/users/{usersId}/disclosures",
+        tag: "users",
+        ops: &[Op {
+            description: "The accounting of disclosures of the user's record: every access to it in the trail, \
+                          oldest first (who, when, which fields, from where; never values). The user themselves \
+                          or a supervisor; the listing is itself recorded. Without `pageToken`, the first page.",
+            reply: Reply::Message("ListDisclosuresResponse"),
+            errors: &[400, 401, 403, 404, 503],
+            query: &[
+                ("pageSize", "Records on a page: 1 to 1000, default 100.", "integer"),
+                ("pageToken", "The `nextPageToken` of the page before.", "string"),
+            ],
+            ..op(Method::Get, "listDisclosures", "List who accessed a user's record", |m| on(m, users::disclosures))
         }],
     },
     Route {

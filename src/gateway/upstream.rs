@@ -65,6 +65,7 @@ upstream!(UserService, UserServiceClient, "usersvc.v1.UserService", {
     list_sessions(pb::ListSessionsRequest) -> pb::ListSessionsResponse = "ListSessions";
     revoke_session(pb::RevokeSessionRequest) -> Empty = "RevokeSession";
     verify_session(pb::VerifySessionRequest) -> pb::VerifySessionResponse = "VerifySession";
+    list_disclosures(pb::ListDisclosuresRequest) -> pb::ListDisclosuresResponse = "ListDisclosures";
 });
 
 upstream!(GroupService, GroupServiceClient, "usersvc.v1.GroupService", {

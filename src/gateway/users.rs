@@ -2,11 +2,12 @@
 
 use axum::{
     body::Bytes,
-    extract::{Path, State},
-    http::HeaderMap,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
 };
 use pbjson_types::FieldMask;
 
+use super::error::ApiError;
 use super::json::{self, Mode};
 use super::{ApiResult, CallMeta, Gateway, reply};
 use crate::{pb, schema};
@@ -120,6 +121,37 @@ fn whole_numbers(v: &mut Value) {
 /// `userId`).
 pub async fn verify(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
     let out = gw.users.verify_session(meta.request(pb::VerifySessionRequest {})).await?;
+    Ok(reply(out.get_ref()))
+}
+
+/// `?pageSize=N&pageToken=T` of a paged listing.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page {
+    page_size: Option<String>,
+    page_token: Option<String>,
+}
+
+/// `GET /v2/users/{usersId}/disclosures`: who accessed the user's record.
+pub async fn disclosures(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(users_id): Path<String>,
+    Query(page): Query<Page>,
+) -> ApiResult {
+    let page_size = match page.page_size.as_deref() {
+        None | Some("") => 0,
+        Some(n) => n.parse::<i32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "pageSize",
+                "pageSize: must be a whole number from 1 to 1000",
+            )
+        })?,
+    };
+    let req = pb::ListDisclosuresRequest { users_id, page_size, page_token: page.page_token.unwrap_or_default() };
+    let out = gw.users.list_disclosures(meta.request(req)).await?;
     Ok(reply(out.get_ref()))
 }
 

@@ -2,6 +2,7 @@
 //! what is sent, lives here once, behind gRPC.
 
 pub mod context;
+mod disclosures;
 pub mod error;
 pub mod field_mask;
 mod groups;

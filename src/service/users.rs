@@ -573,6 +573,14 @@ impl UserService for UserSvc {
         Ok(Response::new(Empty {}))
     }
 
+    async fn list_disclosures(
+        &self,
+        request: Request<pb::ListDisclosuresRequest>,
+    ) -> Result<Response<pb::ListDisclosuresResponse>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::list_disclosures(self, &ctx, req).await?))
+    }
+
     async fn verify_session(
         &self,
         request: Request<pb::VerifySessionRequest>,

@@ -634,3 +634,103 @@ async fn every_disclosure_is_recorded_with_the_fields_it_carries() {
     );
 }
 }
+
+both_stores! {
+async fn a_user_lists_who_accessed_their_record_page_by_page() {
+    let t = spawn().await;
+    let (_, sup) = t.supervisor("accounting.sup").await;
+    let created = create(&t, distinctive("acct")).await;
+    let (id, token) = (created.users_id.clone(), created.session_token.clone());
+    let (_, nosy) = t.sign_up("accounting.nosy").await;
+    let mut users = t.users().await;
+    for _ in 0..3 {
+        users.get_user(t.req(pb::GetUserRequest { users_id: id.clone() }, Some(&sup))).await.unwrap();
+    }
+    users.get_user(t.req(pb::GetUserRequest { users_id: id.clone() }, Some(&nosy))).await.unwrap_err();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let list = |query: String, bearer: String| {
+        let req = t
+            .http
+            .get(t.url(&format!("/v2/users/{id}/disclosures{query}")))
+            .header("X-Api-Key", &t.api_key)
+            .bearer_auth(bearer);
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, all) = list(String::new(), token.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    let all = all["disclosures"].as_array().unwrap().clone();
+    let text = serde_json::to_string(&all).unwrap();
+    assert!(!text.contains("Firstacct") && !text.contains("acct@"), "never values: {text}");
+    let actions: Vec<&str> = all.iter().map(|d| d["action"].as_str().unwrap()).collect();
+    assert_eq!(actions.iter().filter(|a| **a == "user.read").count(), 4, "{text}");
+    assert!(actions.contains(&"user.create"), "{text}");
+    let read = all.iter().find(|d| d["actor"] == "supervisor").unwrap();
+    assert!(read["fields"].as_array().unwrap().contains(&json!("name")), "{read}");
+    assert_eq!(read["clientAddr"], "127.0.0.1");
+    assert!(all.iter().any(|d| d["outcome"] == "denied"), "the refused read is there too: {text}");
+
+    // Page by page: the same records, each once, in order.
+    let (mut paged, mut query) = (Vec::new(), "?pageSize=2".to_owned());
+    loop {
+        let (status, page) = list(query.clone(), token.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let items = page["disclosures"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        paged.extend(items.iter().cloned());
+        match page["nextPageToken"].as_str() {
+            Some(next) => query = format!("?pageSize=2&pageToken={next}"),
+            None => break,
+        }
+    }
+    // The listing is recorded (as the first listing was) after what it shows.
+    assert_eq!(paged[..all.len()], all[..], "pages follow one another");
+    assert!(paged[all.len()..].iter().all(|d| d["action"] == "user.disclosures_read"), "{paged:?}");
+
+    // A supervisor may; another user may not; another application sees nothing.
+    assert_eq!(list(String::new(), sup.clone()).await.0, StatusCode::OK);
+    let (status, err) = list(String::new(), nosy.clone()).await;
+    assert_eq!((status, &err["errors"][0]["code"]), (StatusCode::FORBIDDEN, &json!(403)));
+    let (_, other_key) = common::new_application(&t.app).await;
+    let (_, stranger) = t.sign_up_in(&other_key, "accounting.stranger").await;
+    let res = t
+        .http
+        .get(t.url(&format!("/v2/users/{id}/disclosures")))
+        .header("X-Api-Key", &other_key)
+        .bearer_auth(&stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    // Page tokens are this listing's own; sizes are bounded.
+    let (_, first) = list("?pageSize=1".into(), token.clone()).await;
+    let next = first["nextPageToken"].as_str().unwrap().to_owned();
+    let mut forged = next.clone().into_bytes();
+    forged[2] = if forged[2] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    for (query, field) in [
+        (format!("?pageToken={forged}"), "pageToken"),
+        ("?pageToken=not-a-token".to_owned(), "pageToken"),
+        ("?pageSize=0".to_owned(), "pageSize"),
+        ("?pageSize=5000".to_owned(), "pageSize"),
+        ("?pageSize=lots".to_owned(), "pageSize"),
+    ] {
+        let (status, err) = list(query.clone(), token.clone()).await;
+        assert_eq!((status, &err["errors"][0]["field"]), (StatusCode::BAD_REQUEST, &json!(field)), "{query}: {err}");
+    }
+    let (nosy_id, _) = t.sign_up("accounting.other").await;
+    let res = t
+        .http
+        .get(t.url(&format!("/v2/users/{nosy_id}/disclosures?pageToken={next}")))
+        .header("X-Api-Key", &t.api_key)
+        .bearer_auth(&sup)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST, "another user's token");
+}
+}
