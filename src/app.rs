@@ -50,8 +50,7 @@ impl Application {
         // And without TLS files that do not read, or only half of them.
         let tls = crate::tls::ServerTls::load(&args.tls)?;
         let db = &args.db;
-        let (store, pool) = backend::open_with(&db.database_url, db.db_max_connections, db.db_acquire_timeout).await?;
-        store.migrate().await?;
+        let (store, pool) = backend::open_migrated(db, db.db_max_connections).await?;
         let keyring = Arc::new(Keyring::new(master, store.clone()));
         let (trail, trail_writer) = AuditSink::start(store.clone());
         let policy =

@@ -18,6 +18,13 @@ pub struct DatabaseArgs {
     /// database away) before it is answered 503 / UNAVAILABLE.
     #[arg(long, env = "USERSVC_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub db_acquire_timeout: Duration,
+    /// PostgreSQL only: the URL of the role that owns the schema. With it,
+    /// migrations run as that role, which then grants `DATABASE_URL`'s role
+    /// only what serving needs (on the trail: SELECT and INSERT; no UPDATE,
+    /// DELETE or TRUNCATE, and, not owning it, no trigger changes). Without
+    /// it, `DATABASE_URL`'s role migrates, as the owner.
+    #[arg(long, env = "USERSVC_MIGRATE_DATABASE_URL")]
+    pub migrate_database_url: Option<String>,
 }
 
 /// Where the master key comes from.

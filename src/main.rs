@@ -274,8 +274,7 @@ async fn start() -> ExitCode {
 
 async fn admin(db: &DatabaseArgs, keys: &KeyArgs) -> anyhow::Result<Admin> {
     let master = keys.load_for(&db.database_url)?;
-    let (store, _) = backend::open_with(&db.database_url, 2, db.db_acquire_timeout).await?;
-    store.migrate().await?;
+    let (store, _) = backend::open_migrated(db, 2).await?;
     Ok(Admin::new(store, master))
 }
 

@@ -72,6 +72,25 @@ pub async fn open_with(
     }
 }
 
+/// Opens the store of `db` with its schema up to date: migrated by
+/// `DATABASE_URL`'s role, or, given `--migrate-database-url`, by the owner,
+/// who grants the runtime role what serving needs (PostgreSQL only).
+pub async fn open_migrated(
+    db: &crate::config::DatabaseArgs,
+    max_connections: u32,
+) -> anyhow::Result<(Arc<dyn Store>, Pool)> {
+    if let Some(owner) = &db.migrate_database_url {
+        if Backend::of(&db.database_url) != Some(Backend::Postgres) || Backend::of(owner) != Some(Backend::Postgres) {
+            anyhow::bail!("--migrate-database-url takes a postgres:// URL, and DATABASE_URL must be one too");
+        }
+        PgStore::migrate_as_owner(owner, &db.database_url).await?;
+        return open_with(&db.database_url, max_connections, db.db_acquire_timeout).await;
+    }
+    let (store, pool) = open_with(&db.database_url, max_connections, db.db_acquire_timeout).await?;
+    store.migrate().await?;
+    Ok((store, pool))
+}
+
 /// The folder of a SQLite database file (None in memory).
 pub fn sqlite_dir(url: &str) -> Option<PathBuf> {
     let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;

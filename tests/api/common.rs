@@ -74,7 +74,7 @@ pub fn postgres_server() -> Option<String> {
     url
 }
 
-fn with_database(url: &str, db: &str) -> String {
+pub fn with_database(url: &str, db: &str) -> String {
     let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let base = match base.rfind('/') {
         Some(i) if i > "postgres://".len() => &base[..i],
@@ -134,7 +134,12 @@ pub fn master_key() -> &'static str {
 
 pub fn serve_args(database_url: String) -> ServeArgs {
     ServeArgs {
-        db: DatabaseArgs { database_url, db_max_connections: 4, db_acquire_timeout: Duration::from_secs(5) },
+        db: DatabaseArgs {
+            database_url,
+            db_max_connections: 4,
+            db_acquire_timeout: Duration::from_secs(5),
+            migrate_database_url: None,
+        },
         keys: KeyArgs { master_key_file: None, master_key: Some(SecretString::from(master_key().to_owned())) },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),

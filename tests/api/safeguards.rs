@@ -734,3 +734,53 @@ async fn a_user_lists_who_accessed_their_record_page_by_page() {
     assert_eq!(res.status(), StatusCode::BAD_REQUEST, "another user's token");
 }
 }
+
+/// PostgreSQL only: roles are PostgreSQL's.
+#[tokio::test]
+async fn serve_runs_as_a_role_that_cannot_rewrite_the_trail() {
+    use sqlx::Connection;
+    let Some(server) = common::postgres_server() else {
+        eprintln!("PostgreSQL run not made: set TEST_DATABASE_URL to a postgres:// server");
+        return;
+    };
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (role, db) = (format!("usersvc_rt_{}", &suffix[..12]), format!("usersvc_test_{suffix}"));
+    let mut admin_conn = sqlx::PgConnection::connect(&server).await.unwrap();
+    sqlx::query(&format!("CREATE ROLE {role} LOGIN PASSWORD 'runtime-secret'")).execute(&mut admin_conn).await.unwrap();
+    let owner_url = common::with_database(&server, &db);
+    // The same server and database, as the runtime role.
+    let (scheme, rest) = owner_url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    let runtime_url = format!("{scheme}://{role}:runtime-secret@{host}");
+
+    let t = common::spawn_in(runtime_url.clone(), |a| a.db.migrate_database_url = Some(owner_url.clone())).await;
+    // Serving works: sign-up, read, update, sign-in, each recorded.
+    let created = create(&t, distinctive("least")).await;
+    let mut users = t.users().await;
+    let get = pb::GetUserRequest { users_id: created.users_id.clone() };
+    users.get_user(t.req(get, Some(&created.session_token))).await.unwrap();
+    let signin = pb::SignInRequest { username: "user-least".into(), password: "password-least".into() };
+    users.sign_in(t.req(signin, None)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The runtime role may not rewrite, cut or unprotect the trail.
+    let mut rt = sqlx::PgConnection::connect(&runtime_url).await.unwrap();
+    for sql in [
+        "DELETE FROM audit_events",
+        "UPDATE audit_events SET actor = 'x'",
+        "TRUNCATE audit_events",
+        "ALTER TABLE audit_events DISABLE TRIGGER ALL",
+        "DROP TABLE audit_events",
+        "DELETE FROM _sqlx_migrations",
+    ] {
+        let e = sqlx::query(sql).execute(&mut rt).await.expect_err(sql).to_string();
+        assert!(e.contains("permission denied") || e.contains("must be owner"), "{sql}: {e}");
+    }
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(&mut rt).await.unwrap();
+    assert!(n >= 4, "the trail is there and readable: {n}");
+    rt.close().await.ok();
+    assert!(common::admin(&t.app).verify_trail().await.unwrap().is_ok(), "the chain is whole");
+    drop(t);
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&mut admin_conn).await.ok();
+    sqlx::query(&format!("DROP ROLE IF EXISTS {role}")).execute(&mut admin_conn).await.ok();
+}

@@ -51,6 +51,46 @@ impl PgStore {
         Ok(Self { pool, auth })
     }
 
+    /// Migrates as the owner of the schema (`owner_url`), then grants the
+    /// role of `runtime_url` what serving needs and no more: every table
+    /// but the migrations' bookkeeping, with the trail to be read and
+    /// appended to only. Not owning the tables, that role cannot alter
+    /// their triggers either. Run at each start, so tables a migration adds
+    /// are granted too.
+    pub async fn migrate_as_owner(owner_url: &str, runtime_url: &str) -> Result<()> {
+        use sqlx::{Connection, postgres::PgConnectOptions};
+        use std::str::FromStr;
+        if !sqlx::Postgres::database_exists(owner_url).await? {
+            // Another process may create it at the same moment; that is fine.
+            if let Err(e) = sqlx::Postgres::create_database(owner_url).await
+                && !sqlx::Postgres::database_exists(owner_url).await?
+            {
+                return Err(e.into());
+            }
+        }
+        let mut conn = PgConnection::connect(owner_url).await?;
+        sqlx::migrate!("./migrations/postgres").run(&mut conn).await?;
+        let runtime = PgConnectOptions::from_str(runtime_url)?.get_username().to_owned();
+        let owner: String = sqlx::query_scalar("SELECT current_user").fetch_one(&mut conn).await?;
+        if runtime != owner {
+            let role: String = sqlx::query_scalar("SELECT quote_ident($1)").bind(&runtime).fetch_one(&mut conn).await?;
+            let db: String = sqlx::query_scalar("SELECT quote_ident(current_database())").fetch_one(&mut conn).await?;
+            for sql in [
+                format!("GRANT CONNECT ON DATABASE {db} TO {role}"),
+                format!("GRANT USAGE ON SCHEMA public TO {role}"),
+                format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
+                format!("REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON audit_events FROM {role}"),
+                format!("REVOKE ALL ON _sqlx_migrations FROM {role}"),
+                format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"),
+                format!("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {role}"),
+            ] {
+                sqlx::query(&sql).execute(&mut conn).await?;
+            }
+        }
+        conn.close().await?;
+        Ok(())
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
