@@ -51,3 +51,20 @@ pub trait OutboxStore: Send + Sync {
 
     async fn outbox_give_up(&self, id: Uuid) -> Result<()>;
 }
+
+/// The trail records of a username reminder: one per user reminded; with
+/// none, the request's own, so that every request is recorded and the work
+/// is alike either way. (One rule, for both backends.)
+fn reminder_records(ids: &[Uuid], audit: &AuditRecord) -> Vec<AuditRecord> {
+    if ids.is_empty() {
+        return vec![audit.clone()];
+    }
+    ids.iter()
+        .map(|id| {
+            let mut r = audit.clone();
+            r.id = Uuid::now_v7();
+            r.subject_id = Some(*id);
+            r
+        })
+        .collect()
+}

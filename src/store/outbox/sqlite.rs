@@ -32,20 +32,7 @@ impl OutboxStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        // One record per user reminded; with none, the request's own, so that
-        // every request is recorded and the work is alike either way.
-        let records: Vec<AuditRecord> = if ids.is_empty() {
-            vec![audit.clone()]
-        } else {
-            ids.iter()
-                .map(|id| {
-                    let mut r = audit.clone();
-                    r.id = Uuid::now_v7();
-                    r.subject_id = Some(*id);
-                    r
-                })
-                .collect()
-        };
+        let records = super::reminder_records(&ids, audit);
         append_in(&mut tx, &records).await?;
         tx.commit().await?;
         Ok(ids.len() as u64)

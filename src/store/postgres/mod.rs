@@ -29,14 +29,7 @@ impl PgStore {
     }
 
     pub async fn connect_with(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self> {
-        if !sqlx::Postgres::database_exists(url).await? {
-            // Another process may create it at the same moment; that is fine.
-            if let Err(e) = sqlx::Postgres::create_database(url).await
-                && !sqlx::Postgres::database_exists(url).await?
-            {
-                return Err(e.into());
-            }
-        }
+        ensure_database(url).await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
@@ -60,14 +53,7 @@ impl PgStore {
     pub async fn migrate_as_owner(owner_url: &str, runtime_url: &str) -> Result<()> {
         use sqlx::{Connection, postgres::PgConnectOptions};
         use std::str::FromStr;
-        if !sqlx::Postgres::database_exists(owner_url).await? {
-            // Another process may create it at the same moment; that is fine.
-            if let Err(e) = sqlx::Postgres::create_database(owner_url).await
-                && !sqlx::Postgres::database_exists(owner_url).await?
-            {
-                return Err(e.into());
-            }
-        }
+        ensure_database(owner_url).await?;
         let mut conn = PgConnection::connect(owner_url).await?;
         sqlx::migrate!("./migrations/postgres").run(&mut conn).await?;
         let runtime = PgConnectOptions::from_str(runtime_url)?.get_username().to_owned();
@@ -94,6 +80,20 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+/// Creates the database of `url` when it does not exist yet, so a fresh
+/// server needs no manual step.
+async fn ensure_database(url: &str) -> Result<()> {
+    if !sqlx::Postgres::database_exists(url).await? {
+        // Another process may create it at the same moment; that is fine.
+        if let Err(e) = sqlx::Postgres::create_database(url).await
+            && !sqlx::Postgres::database_exists(url).await?
+        {
+            return Err(e.into());
+        }
+    }
+    Ok(())
 }
 
 pub(in crate::store) const USER_COLUMNS: &str =
