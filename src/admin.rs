@@ -8,7 +8,12 @@ use std::sync::Arc;
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use crate::audit::{self, AuditRecord};
+use crate::audit::{
+    AuditRecord,
+    check::{self, Report},
+    checkpoint::{CheckpointKey, Exported},
+    sealer,
+};
 use crate::auth::{caller::SERVICE_ROLES, secret};
 use crate::crypto::{Keyring, MasterKey, keyring};
 use crate::service::profile;
@@ -199,23 +204,28 @@ impl Admin {
         Ok(resealed)
     }
 
-    /// Walks the whole chain; the error names the first broken record.
-    pub async fn verify_trail(&self) -> anyhow::Result<Result<u64, (i64, &'static str)>> {
-        let mut prev = audit::GENESIS.to_vec();
-        let mut filter = AuditFilter { limit: 5000, ..Default::default() };
-        let mut n = 0;
-        loop {
-            let page = self.store.audit_records(&filter).await?;
-            let Some(last) = page.last() else {
-                return Ok(Ok(n));
-            };
-            filter.after_seq = last.seq;
-            match audit::verify(&page, prev) {
-                Ok(h) => prev = h,
-                Err(broken) => return Ok(Err(broken)),
-            }
-            n += page.len() as u64;
+    /// Seals what is waiting, then checks every record against the tree,
+    /// every checkpoint's signature and root, and `exported` (a checkpoint
+    /// kept elsewhere) if given. The error says what is wrong.
+    pub async fn verify_trail(&self, exported: Option<&Exported>) -> anyhow::Result<Result<Report, String>> {
+        let key = CheckpointKey::from_master(self.keyring.master())?;
+        // A database restored read-only can still be checked.
+        if let Err(e) = sealer::seal_once(&*self.store, &key).await {
+            eprintln!("usersvc: the newest records could not be sealed first ({e}); checking what is sealed");
         }
+        check::check(&*self.store, &key, exported).await
+    }
+
+    /// The latest signed checkpoint, made first if records are waiting.
+    pub async fn checkpoint(&self) -> anyhow::Result<Exported> {
+        let key = CheckpointKey::from_master(self.keyring.master())?;
+        while sealer::seal_once(&*self.store, &key).await? >= sealer::MAX_PER_CHECKPOINT {}
+        let latest = self
+            .store
+            .latest_checkpoint()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the trail is empty: there is nothing to vouch for yet"))?;
+        Ok(Exported::of(&latest, &key))
     }
 
     /// The trail as JSON lines, client addresses opened.

@@ -29,6 +29,9 @@ pub struct Application {
     shutdown: watch::Sender<bool>,
     shutdown_grace: std::time::Duration,
     trail_writer: AuditWriter,
+    /// Seals the trail into signed checkpoints; stopped after the last
+    /// read records are written.
+    sealer: (watch::Sender<bool>, JoinHandle<()>),
     mail_task: JoinHandle<()>,
     monitor_task: JoinHandle<()>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -51,8 +54,9 @@ impl Application {
         let tls = crate::tls::ServerTls::load(&args.tls)?;
         let db = &args.db;
         let (store, pool) = backend::open_migrated(db, db.db_max_connections).await?;
+        let checkpoint_key = crate::audit::checkpoint::CheckpointKey::from_master(&master)?;
         let keyring = Arc::new(Keyring::new(master, store.clone()));
-        let (trail, trail_writer) = AuditSink::start(store.clone());
+        let (trail, trail_writer) = AuditSink::start(store.clone(), args.read_trail);
         let policy =
             SessionPolicy { idle_timeout: args.sessions.session_idle_timeout, max_age: args.sessions.session_max_age };
         let cores =
@@ -137,6 +141,8 @@ impl Application {
             ..mailer
         };
         let mail_task = tokio::spawn(mailer.run(shutdown_rx.clone()));
+        let (sealer_stop, sealer_stopped) = watch::channel(false);
+        let sealer = (sealer_stop, crate::audit::sealer::start(store.clone(), checkpoint_key, sealer_stopped));
         let http = match &tls {
             Some(tls) => tokio::spawn(crate::net::serve_http(
                 crate::tls::TlsListener::new(http_listener, tls.http.clone()),
@@ -162,6 +168,7 @@ impl Application {
             shutdown,
             shutdown_grace: limits.shutdown_grace,
             trail_writer,
+            sealer,
             mail_task,
             monitor_task,
             grpc,
@@ -172,7 +179,8 @@ impl Application {
     /// Runs until either server stops, or until SIGINT or SIGTERM: then both
     /// stop accepting, finish what is in flight, and the pool closes.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let Self { shutdown, shutdown_grace, trail_writer, mail_task, monitor_task, grpc, http, pool, .. } = self;
+        let Self { shutdown, shutdown_grace, trail_writer, sealer, mail_task, monitor_task, grpc, http, pool, .. } =
+            self;
         let mut grpc = grpc;
         let mut http = http;
         tokio::select! {
@@ -197,6 +205,9 @@ impl Application {
         // The servers are gone, and with them every handle of the trail:
         // what is queued gets written before the pool closes.
         trail_writer.finish().await;
+        // And sealed into a last checkpoint.
+        let _ = sealer.0.send(true);
+        let _ = sealer.1.await;
         let _ = shutdown.send(true);
         let _ = mail_task.await;
         pool.close().await;
@@ -209,6 +220,7 @@ impl Application {
         self.http.abort();
         self.mail_task.abort();
         self.monitor_task.abort();
+        self.sealer.1.abort();
     }
 }
 

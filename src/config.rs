@@ -125,6 +125,12 @@ pub struct ServeArgs {
     /// Shortest password accepted.
     #[arg(long, env = "USERSVC_MIN_PASSWORD_LENGTH", default_value_t = 8)]
     pub min_password_length: usize,
+    /// When a reply that discloses PII may leave: `durable` (after its
+    /// trail record is committed; reads fail with 503 when the trail cannot
+    /// be written) or `async` (at once, the record written just after: a
+    /// crash can lose the records of the last moments' reads).
+    #[arg(long, env = "USERSVC_READ_TRAIL", value_enum, default_value_t = crate::audit::ReadTrail::Durable)]
+    pub read_trail: crate::audit::ReadTrail,
 }
 
 /// TLS on both ports (both plain without these flags).

@@ -172,8 +172,22 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain; names the first broken record.
+    /// Check every record against the Merkle tree and every signed
+    /// checkpoint; with --checkpoint, also that the trail extends a
+    /// checkpoint exported earlier (not rolled back, its tail not cut).
     Verify {
+        /// A checkpoint printed by `usersvc audit checkpoint` and kept
+        /// off the database.
+        #[arg(long)]
+        checkpoint: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Print the latest signed checkpoint as one JSON object (making one
+    /// first if records are waiting), to keep off the database.
+    Checkpoint {
         #[command(flatten)]
         db: DatabaseArgs,
         #[command(flatten)]
@@ -346,13 +360,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Audit { command } => match command {
-            AuditCommand::Verify { db, keys } => match admin(&db, &keys).await?.verify_trail().await? {
-                Ok(n) => println!("ok: {n} records, the chain is intact"),
-                Err((seq, why)) => {
-                    println!("broken: record {seq} {why}");
-                    return Ok(ExitCode::FAILURE);
+            AuditCommand::Verify { checkpoint, db, keys } => {
+                let exported = match &checkpoint {
+                    None => None,
+                    Some(path) => {
+                        let text = std::fs::read_to_string(path)
+                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                        match serde_json::from_str::<usersvc::audit::checkpoint::Exported>(&text) {
+                            Ok(e) => Some(e),
+                            Err(e) => {
+                                println!("broken: the checkpoint file is refused: not a checkpoint ({e})");
+                                return Ok(ExitCode::FAILURE);
+                            }
+                        }
+                    }
+                };
+                match admin(&db, &keys).await?.verify_trail(exported.as_ref()).await? {
+                    Ok(r) => {
+                        println!(
+                            "ok: {} records, {} signed checkpoints, the latest covering {} records",
+                            r.records, r.checkpoints, r.covered
+                        );
+                        if let Some(e) = &exported {
+                            println!(
+                                "ok: the trail extends the exported checkpoint of {} ({} records; consistency proof of {} hashes)",
+                                e.timestamp.to_rfc3339(),
+                                e.tree_size,
+                                r.proof_hashes.unwrap_or(0)
+                            );
+                        }
+                    }
+                    Err(why) => {
+                        println!("broken: {why}");
+                        return Ok(ExitCode::FAILURE);
+                    }
                 }
-            },
+            }
+            AuditCommand::Checkpoint { db, keys } => {
+                let c = admin(&db, &keys).await?.checkpoint().await?;
+                println!("{}", serde_json::to_string(&c)?);
+            }
             AuditCommand::List { app, user, since, db, keys } => {
                 let filter = AuditFilter { app_id: app, subject_id: user, since, ..Default::default() };
                 let mut out = std::io::stdout().lock();

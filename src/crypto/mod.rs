@@ -106,6 +106,17 @@ impl MasterKey {
         &self.id
     }
 
+    /// The seed of the key that signs the trail's checkpoints: derived, so
+    /// the database never holds it and every replica has the same one.
+    pub fn checkpoint_seed(&self) -> zeroize::Zeroizing<[u8; KEY_LEN]> {
+        let mut seed = zeroize::Zeroizing::new([0u8; KEY_LEN]);
+        if let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(self.key.bytes()) {
+            mac.update(b"usersvc/v1/trail-checkpoint-signing");
+            seed.copy_from_slice(&mac.finalize().into_bytes());
+        }
+        seed
+    }
+
     /// Wraps an application key; its id and application are bound in.
     pub fn wrap(&self, key_id: Uuid, app_id: Uuid, key: &Key) -> Vec<u8> {
         seal_with(&self.key, key_id, &wrap_aad(key_id, app_id), key.bytes())

@@ -41,7 +41,7 @@ impl UserSvc {
         let mut r = core.record(ctx, "user.disclosures_read", Some(&caller), caller.app_id).await;
         r.subject_id = Some(id);
         r.fields = vec!["trail".into(), "client_addr".into()];
-        core.trail.record(r);
+        core.trail.record(r).await?;
 
         let filter = AuditFilter {
             app_id: Some(caller.app_id),

@@ -36,6 +36,9 @@ pub enum ServiceError {
     Throttled(std::time::Duration),
     #[error(transparent)]
     Store(StoreError),
+    /// A disclosure whose record could not be kept is not made.
+    #[error(transparent)]
+    Trail(#[from] crate::audit::TrailError),
 }
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
@@ -77,6 +80,7 @@ impl From<ServiceError> for Status {
             ServiceError::Crypto(_) => (Code::Internal, "INTERNAL"),
             ServiceError::Throttled(_) => (Code::ResourceExhausted, "THROTTLED"),
             ServiceError::Store(s) => store_code(s),
+            ServiceError::Trail(_) => (Code::Unavailable, "TRAIL_UNAVAILABLE"),
         };
         let message = match code {
             // Internal detail (SQL, driver text) stays in the log.
@@ -98,6 +102,9 @@ impl From<ServiceError> for Status {
             // Whole seconds, rounded up: a client that waits this long is let in.
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             details.set_retry_info(Some(std::time::Duration::from_secs(secs.max(1))));
+        }
+        if let ServiceError::Trail(_) = &e {
+            details.set_retry_info(Some(std::time::Duration::from_secs(1)));
         }
         Status::with_error_details(code, message, details)
     }

@@ -175,13 +175,15 @@ impl GroupService for GroupSvc {
         let members = self.core.store.list_members(app_id, group.id).await.map_err(ServiceError::from)?;
         // Each member's membership is disclosed: one record per member, so a
         // user's accounting of disclosures finds it.
+        let mut records = Vec::with_capacity(members.len());
         for member in &members {
             let mut r = self.core.record(&ctx, "group.members_read", Some(&caller), app_id).await;
             r.subject_id = Some(*member);
             r.object_id = Some(group.id);
             r.fields = vec!["groups".into()];
-            self.core.trail.record(r);
+            records.push(r);
         }
+        self.core.trail.record_all(records).await.map_err(ServiceError::from)?;
         Ok(Response::new(pb::ListMembersResponse { users_ids: members.iter().map(Uuid::to_string).collect() }))
     }
 

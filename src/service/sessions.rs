@@ -33,7 +33,7 @@ impl UserSvc {
         let mut r = self.core.record(ctx, "session.list", Some(&caller), caller.app_id).await;
         r.subject_id = Some(id);
         r.fields = vec!["sessions".into()];
-        self.core.trail.record(r);
+        self.core.trail.record(r).await?;
         Ok(pb::ListSessionsResponse {
             sessions: rows
                 .into_iter()

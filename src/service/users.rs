@@ -86,7 +86,7 @@ impl UserSvc {
         let mut r = self.core.record(ctx, action, Some(caller), caller.app_id).await;
         r.subject_id = Some(subject);
         r.outcome = outcome.into();
-        self.core.trail.record(r);
+        let _ = self.core.trail.record(r).await;
     }
 
     async fn create(&self, ctx: &Ctx, req: pb::CreateUserRequest) -> ServiceResult<pb::User> {
@@ -173,7 +173,7 @@ impl UserSvc {
         let mut r = self.core.record(ctx, "user.read", Some(&caller), caller.app_id).await;
         r.subject_id = Some(id);
         r.fields = profile::field_names(&user);
-        self.core.trail.record(r);
+        self.core.trail.record(r).await?;
         Ok(user)
     }
 
@@ -353,7 +353,7 @@ impl UserSvc {
         let mut r = self.core.record(ctx, "user.groups_read", Some(&caller), caller.app_id).await;
         r.subject_id = Some(id);
         r.fields = vec!["groups".into()];
-        self.core.trail.record(r);
+        self.core.trail.record(r).await?;
         Ok(pb::ListUserGroupsResponse {
             groups: groups.into_iter().map(|g| pb::GroupRef { groups_id: g.id.to_string(), name: g.name }).collect(),
         })
@@ -383,7 +383,7 @@ impl UserSvc {
             SignInAttempt::Wait(wait) => {
                 let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
                 r.outcome = "throttled".into();
-                core.trail.record(r);
+                core.trail.record(r).await?;
                 metrics::counter!("usersvc_throttled_total", "kind" => "sign_in").increment(1);
                 return Err(ServiceError::Throttled(wait));
             }

@@ -160,6 +160,7 @@ pub fn serve_args(database_url: String) -> ServeArgs {
         },
         hash_concurrency: Some(2),
         min_password_length: 8,
+        read_trail: usersvc::audit::ReadTrail::Durable,
         limits: usersvc::config::LimitArgs {
             request_timeout: Duration::from_secs(30),
             max_concurrent_requests: 1024,

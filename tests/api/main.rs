@@ -22,4 +22,5 @@ mod service_tokens;
 mod smtp_sink;
 mod telemetry;
 mod tls;
+mod trail;
 mod upgrades;

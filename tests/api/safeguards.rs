@@ -286,8 +286,8 @@ async fn serve_needs_a_master_key_on_postgres_and_makes_one_on_sqlite() {
             let got = t.users().await.get_user(t.req(pb::GetUserRequest { users_id: id }, Some(&token))).await.unwrap();
             assert_eq!(got.into_inner().active, Some(true), "the user and their session outlived the restart");
             let master = usersvc::config::KeyArgs { master_key_file: None, master_key: None }.load_for(&t.db_url).unwrap();
-            let trail = Admin::new(t.app.store.clone(), master).verify_trail().await.unwrap();
-            assert!(trail.is_ok_and(|n| n >= 3), "the trail outlived it too: {trail:?}");
+            let trail = Admin::new(t.app.store.clone(), master).verify_trail(None).await.unwrap();
+            assert!(trail.as_ref().is_ok_and(|r| r.records >= 3), "the trail outlived it too: {trail:?}");
         }
     }
     args.keys.master_key = Some(SecretString::from("too short".to_owned()));
@@ -380,10 +380,14 @@ async fn audit_verify_finds_the_altered_record() {
     let seq = t.scalar("SELECT seq FROM audit_events ORDER BY seq LIMIT 1 OFFSET 2").await;
     assert!(!t.exec_int("UPDATE audit_events SET outcome = 'ok' WHERE seq = $1", seq).await);
     assert!(!t.exec_int("DELETE FROM audit_events WHERE seq = $1", seq).await);
-    // ...but a superuser who gets around the trigger can: the chain shows it.
+    // ...but a superuser who gets around the trigger can: the signed
+    // checkpoint that covers it (and on SQLite the chain) shows it.
     t.tamper_with_trail(seq).await;
-    let text = common::audit_verified(&db).expect_err("the chain shows the change");
-    assert!(text.contains(&format!("record {seq} ")), "{text}");
+    let text = common::audit_verified(&db).expect_err("the tree shows the change");
+    assert!(text.contains("altered"), "{text}");
+    if common::backend() == common::Backend::Sqlite {
+        assert!(text.contains(&format!("record {seq} ")), "the chain names the record: {text}");
+    }
 }
 }
 
@@ -779,7 +783,7 @@ async fn serve_runs_as_a_role_that_cannot_rewrite_the_trail() {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(&mut rt).await.unwrap();
     assert!(n >= 4, "the trail is there and readable: {n}");
     rt.close().await.ok();
-    assert!(common::admin(&t.app).verify_trail().await.unwrap().is_ok(), "the chain is whole");
+    assert!(common::admin(&t.app).verify_trail(None).await.unwrap().is_ok(), "the chain is whole");
     drop(t);
     sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&mut admin_conn).await.ok();
     sqlx::query(&format!("DROP ROLE IF EXISTS {role}")).execute(&mut admin_conn).await.ok();

@@ -263,7 +263,7 @@ pub async fn the_trail_chains_and_is_append_only(u: &Under) {
     s.append_audit(&records[2..]).await.unwrap();
     let all = chain_is_whole(s).await;
     assert_eq!(all.iter().map(|r| &r.record).collect::<Vec<_>>(), records.iter().collect::<Vec<_>>());
-    assert_eq!(all[0].prev_hash, GENESIS.to_vec());
+    assert_eq!(all[0].chain.as_ref().map(|c| c.0.clone()).unwrap_or(GENESIS.to_vec()), GENESIS.to_vec());
 
     let by_app = s.audit_records(&AuditFilter { app_id: Some(app_a), limit: 100, ..Default::default() }).await;
     assert_eq!(by_app.unwrap().len(), 3);
@@ -581,4 +581,84 @@ pub async fn claims_of_one_outbox_message(u: &Under) {
         s.outbox_sent(*id).await.unwrap();
     }
     assert!(s.claim_outbox(10, Duration::ZERO).await.unwrap().is_empty(), "sent is done");
+}
+
+/// The trail's tree: sealed into signed checkpoints that grow and that an
+/// altered or removed record, or a removed checkpoint's records, break.
+pub async fn the_trail_seals_into_signed_checkpoints(u: &Under) {
+    use crate::audit::{check, checkpoint::CheckpointKey};
+    let s = u.store.as_ref();
+    let key =
+        CheckpointKey::from_master(&crate::crypto::MasterKey::parse(&format!("{}=", "A".repeat(43))).unwrap()).unwrap();
+    assert!(s.seal_trail(&key, 100).await.unwrap().is_none(), "nothing to seal");
+    let app = Some(Uuid::now_v7());
+    let records: Vec<AuditRecord> = (0..7).map(|i| AuditRecord::new(&format!("user.read{i}"), app)).collect();
+    s.append_audit(&records[..3]).await.unwrap();
+    let first = sealed(s, &key, 100).await;
+    assert_eq!(first.tree_size, 3);
+    s.append_audit(&records[3..]).await.unwrap();
+    // At most `max` at a time: the rest waits for the next checkpoint.
+    assert_eq!(sealed(s, &key, 2).await.tree_size, 5);
+    let last = sealed(s, &key, 100).await;
+    assert_eq!(last.tree_size, 7);
+    assert_eq!(s.latest_checkpoint().await.unwrap(), Some(last.clone()));
+    assert_eq!(s.checkpoints(0, 10).await.unwrap().iter().map(|c| c.tree_size).collect::<Vec<_>>(), vec![3, 5, 7]);
+    let ordered = s.trail_in_tree_order(crate::store::TREE_START, 100).await.unwrap();
+    assert_eq!(
+        ordered.iter().map(|r| r.record.id).collect::<Vec<_>>(),
+        records.iter().map(|r| r.id).collect::<Vec<_>>()
+    );
+    let report = check::check(s, &key, None).await.unwrap().unwrap();
+    assert_eq!((report.records, report.checkpoints, report.covered), (7, 3, 7));
+
+    // Another deployment's key does not vouch for these checkpoints.
+    let other =
+        CheckpointKey::from_master(&crate::crypto::MasterKey::parse(&format!("{}=", "B".repeat(42) + "A")).unwrap())
+            .unwrap();
+    let e = check::check(s, &other, None).await.unwrap().unwrap_err();
+    assert!(e.contains("does not verify"), "{e}");
+
+    // An operator with the owner's rights alters a record behind the trigger.
+    u.db.script(&u.db.without_trail_triggers("UPDATE audit_events SET outcome = 'denied' WHERE action = 'user.read4'"))
+        .await
+        .unwrap();
+    let e = check::check(s, &key, None).await.unwrap().unwrap_err();
+    assert!(e.contains("altered"), "{e}");
+}
+
+/// A transaction that commits after a later one is not passed over: the
+/// sealer waits for it (PostgreSQL; SQLite has one writer at a time).
+pub async fn a_late_commit_is_sealed_in_its_place(u: &Under) {
+    use crate::audit::{check, checkpoint::CheckpointKey};
+    let super::Db::Postgres(pool) = &u.db else { return };
+    let s = u.store.as_ref();
+    let key =
+        CheckpointKey::from_master(&crate::crypto::MasterKey::parse(&format!("{}=", "C".repeat(42) + "A")).unwrap())
+            .unwrap();
+    let early = AuditRecord::new("user.read.early", None);
+    let late = AuditRecord::new("user.read.late", None);
+    let mut tx = pool.begin().await.unwrap();
+    crate::store::trail::postgres::append(&mut *tx, std::slice::from_ref(&early)).await.unwrap();
+    // A later transaction commits first.
+    s.append_audit(std::slice::from_ref(&late)).await.unwrap();
+    assert!(s.seal_trail(&key, 100).await.unwrap().is_none(), "the later record waits for the earlier transaction");
+    tx.commit().await.unwrap();
+    let c = sealed(s, &key, 100).await;
+    assert_eq!(c.tree_size, 2);
+    let ordered = s.trail_in_tree_order(crate::store::TREE_START, 10).await.unwrap();
+    assert_eq!(ordered.iter().map(|r| r.record.id).collect::<Vec<_>>(), vec![early.id, late.id]);
+    check::check(s, &key, None).await.unwrap().unwrap();
+}
+
+/// The next checkpoint. On PostgreSQL, a writing transaction anywhere on
+/// the server (another test's database too) holds sealing back until it
+/// ends: wait for it.
+async fn sealed(s: &dyn Store, key: &dyn CheckpointSigner, max: i64) -> Checkpoint {
+    for _ in 0..200 {
+        if let Some(c) = s.seal_trail(key, max).await.unwrap() {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing was sealed in 10 s");
 }

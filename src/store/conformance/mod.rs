@@ -135,6 +135,29 @@ impl Db {
         .map_err(|e| e.to_string())
     }
 
+    /// Several statements, as one script.
+    pub(super) async fn script(&self, sql: &str) -> Result<(), String> {
+        match self {
+            Db::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+            Db::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// `sql` run with the trail's append-only triggers off, as the owner of
+    /// the tables could.
+    pub(super) fn without_trail_triggers(&self, sql: &str) -> String {
+        match self {
+            Db::Sqlite(_) => format!(
+                "DROP TRIGGER audit_events_no_update; {sql}; CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON \
+                 audit_events BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END;"
+            ),
+            Db::Postgres(_) => format!(
+                "ALTER TABLE audit_events DISABLE TRIGGER USER; {sql}; ALTER TABLE audit_events ENABLE TRIGGER USER"
+            ),
+        }
+    }
+
     /// A time `ago_us` before now, as a SQL literal of the dialect.
     pub(super) fn ago(&self, ago_us: i64) -> String {
         match self {
@@ -250,4 +273,6 @@ contract!(
     two_writers_on_one_user,
     racing_sign_ups,
     claims_of_one_outbox_message,
+    the_trail_seals_into_signed_checkpoints,
+    a_late_commit_is_sealed_in_its_place,
 );

@@ -230,10 +230,11 @@ pub(in crate::store) fn audit_from_row(r: &SqliteRow) -> Result<StoredAudit> {
     let fields: String = r.try_get("fields")?;
     let fields: Vec<String> =
         serde_json::from_str(&fields).map_err(|e| StoreError::Corrupt(format!("audit record fields: {e}")))?;
+    let seq: i64 = r.try_get("seq")?;
     Ok(StoredAudit {
-        seq: r.try_get("seq")?,
-        prev_hash: r.try_get("prev_hash")?,
-        hash: r.try_get("hash")?,
+        seq,
+        pos: (seq, seq),
+        chain: Some((r.try_get("prev_hash")?, r.try_get("hash")?)),
         record: AuditRecord {
             id: r.try_get("id")?,
             at: time_of(r, "at")?,
@@ -256,13 +257,20 @@ impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
         // sqlx takes no lock on SQLite: two processes starting on a new file
         // may both apply the first migration, and the second then fails on
-        // tables that exist by now. Each migration is one transaction, so a
-        // second run finds it applied (or fails again, for real).
+        // tables that exist by now. A later run finds what the other applied
+        // (or fails again, for real, after a few tries).
         let migrator = sqlx::migrate!("./migrations/sqlite");
-        if let Err(first) = migrator.run(&self.pool).await {
-            migrator.run(&self.pool).await.map_err(|_| first)?;
+        let mut tries = 0;
+        loop {
+            match migrator.run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries >= 20 => return Err(e.into()),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
         }
-        Ok(())
     }
 
     async fn sweep(&self) -> Result<u64> {

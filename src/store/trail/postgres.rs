@@ -1,14 +1,16 @@
-//! Appending to the audit trail in PostgreSQL. Every record chains from the
-//! one committed before it through the one-row `audit_head` (migration
-//! `audit_head`): a writer updates the head in the statement that inserts
-//! its records, and the row's lock, held to the end of its transaction,
-//! gives the chain one order.
+//! The trail in PostgreSQL. A record is a plain INSERT in its writer's
+//! transaction: nothing is shared between transactions (before, every
+//! writer updated one head row and held its lock to commit, which capped
+//! every deployment's writes). Each row carries the id of the transaction
+//! that wrote it (`xid`, a column default); the sealer takes, in
+//! (xid, seq) order, only records of transactions older than every one
+//! still running (the snapshot's xmin), so a transaction that commits
+//! after a later one can never land behind a checkpoint (migration
+//! `trail_checkpoints`).
 //!
-//! A single record, the common case (a sign-in, an update), is two common
-//! table expressions in the writer's own statement ([`one_record`]); a batch
-//! (the read trail, a sign-up's two records) goes through the PL/pgSQL
-//! `audit_append`, which chains in a loop. Both take the head's lock before
-//! the records get their `seq`, so `seq` follows the chain.
+//! A single record, the common case (a sign-in, an update), is a common
+//! table expression in the writer's own statement ([`one_record`]); a
+//! batch is one INSERT from arrays ([`many_records`]).
 
 use std::sync::LazyLock;
 
@@ -16,55 +18,38 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
     Row,
-    postgres::{PgArguments, PgExecutor},
+    postgres::{PgArguments, PgExecutor, PgRow},
 };
 use uuid::Uuid;
 
 use crate::store::postgres::PgStore;
-use crate::store::trail::record::{self as audit, AuditRecord, StoredAudit};
+use crate::store::trail::record::{AuditRecord, Checkpoint, CheckpointSigner, StoredAudit, TreePos};
 use crate::store::{AuditFilter, Result, TrailStore};
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
 
-/// `audit_append`'s first argument. The advisory lock it named serialised
-/// the trail's writers before the head row did; the function keeps its
-/// arguments for replicas of the version before.
-const AUDIT_LOCK: i64 = 0x7573_6572_7376_6331;
+/// Held by the one process sealing at a time (transaction-scoped, so a
+/// sealer that dies frees it, and any replica takes over).
+const SEAL_LOCK: i64 = 0x7573_6572_7376_6332;
 
-const COLUMNS: &str = "id, at, app_id, actor, actor_id, subject_id, object_id, action, fields, outcome, request_id, client_addr, prev_hash, hash";
+const COLUMNS: &str =
+    "id, at, app_id, actor, actor_id, subject_id, object_id, action, fields, outcome, request_id, client_addr";
 
-/// Two common table expressions over parameters `$first` to `$first + 12`
-/// ([`OneRecord`]) that append one record: `head` moves the head on by the
-/// record's hash, and `trail` inserts the record with the head's previous
-/// and new hashes. Without a head row (the migration makes it and a trigger
-/// keeps it) the insert fails on `prev_hash`'s NOT NULL, and the writer's
-/// statement with it, instead of writing its change unrecorded.
+/// A common table expression `trail` over parameters `$first` to
+/// `$first + 11` ([`OneRecord`]) that appends one record.
 pub(in crate::store) fn one_record(first: usize) -> String {
-    let p: Vec<String> = (first..first + 13).map(|n| format!("${n}")).collect();
-    format!(
-        "head AS (
-             UPDATE audit_head SET prev = hash, hash = sha256(hash || {content}) RETURNING prev, hash
-         ),
-         trail AS (
-             INSERT INTO audit_events ({COLUMNS})
-             SELECT {values}, head.prev, head.hash
-             FROM (VALUES (1)) AS one (n) LEFT JOIN head ON true
-         )",
-        content = p[0],
-        values = p[1..].join(", "),
-    )
+    let p: Vec<String> = (first..first + 12).map(|n| format!("${n}")).collect();
+    format!("trail AS (INSERT INTO audit_events ({COLUMNS}) VALUES ({}))", p.join(", "))
 }
 
-/// One record's parameters for [`one_record`]: the content its hash covers,
-/// then its columns.
+/// One record's parameters for [`one_record`].
 pub(in crate::store) struct OneRecord<'a> {
-    content: Vec<u8>,
     record: &'a AuditRecord,
 }
 
 impl<'a> OneRecord<'a> {
     pub(in crate::store) fn of(record: &'a AuditRecord) -> Self {
-        Self { content: audit::canonical(record), record }
+        Self { record }
     }
 
     pub(in crate::store) fn bind<'q>(self, q: Query<'q>) -> Query<'q>
@@ -72,8 +57,7 @@ impl<'a> OneRecord<'a> {
         'a: 'q,
     {
         let r = self.record;
-        q.bind(self.content)
-            .bind(r.id)
+        q.bind(r.id)
             .bind(r.at)
             .bind(r.app_id)
             .bind(&r.actor)
@@ -88,10 +72,39 @@ impl<'a> OneRecord<'a> {
     }
 }
 
-/// A batch of trail records, column by column (bound as arrays), with the
-/// content each one's hash covers.
+/// A common table expression `trail` that appends a batch of records from
+/// the twelve arrays from `$first` on ([`AuditColumns`]), when `condition`
+/// (SQL) holds.
+pub(in crate::store) fn many_records(first: usize, condition: &str) -> String {
+    let p: Vec<String> = (first..first + 12).map(|n| format!("${n}")).collect();
+    format!(
+        "trail AS (
+             INSERT INTO audit_events ({COLUMNS})
+             SELECT id, at, app_id, actor, actor_id, subject_id, object_id, action,
+                    ARRAY(SELECT jsonb_array_elements_text(fields::jsonb)), outcome, request_id, client_addr
+             FROM unnest({p0}::uuid[], {p1}::timestamptz[], {p2}::uuid[], {p3}::text[], {p4}::uuid[], {p5}::uuid[],
+                         {p6}::uuid[], {p7}::text[], {p8}::text[], {p9}::text[], {p10}::text[], {p11}::bytea[])
+                  AS r (id, at, app_id, actor, actor_id, subject_id, object_id, action, fields, outcome, request_id,
+                        client_addr)
+             WHERE {condition}
+         )",
+        p0 = p[0],
+        p1 = p[1],
+        p2 = p[2],
+        p3 = p[3],
+        p4 = p[4],
+        p5 = p[5],
+        p6 = p[6],
+        p7 = p[7],
+        p8 = p[8],
+        p9 = p[9],
+        p10 = p[10],
+        p11 = p[11],
+    )
+}
+
+/// A batch of trail records, column by column (bound as arrays).
 pub(in crate::store) struct AuditColumns {
-    content: Vec<Vec<u8>>,
     id: Vec<Uuid>,
     at: Vec<DateTime<Utc>>,
     app_id: Vec<Option<Uuid>>,
@@ -100,7 +113,8 @@ pub(in crate::store) struct AuditColumns {
     subject_id: Vec<Option<Uuid>>,
     object_id: Vec<Option<Uuid>>,
     action: Vec<String>,
-    /// Each record's field names as a JSON array.
+    /// Each record's field names as a JSON array (arrays of arrays must be
+    /// rectangular).
     fields: Vec<String>,
     outcome: Vec<String>,
     request_id: Vec<Option<String>>,
@@ -110,7 +124,6 @@ pub(in crate::store) struct AuditColumns {
 impl AuditColumns {
     pub(in crate::store) fn of(records: &[AuditRecord]) -> Self {
         Self {
-            content: records.iter().map(audit::canonical).collect(),
             id: records.iter().map(|r| r.id).collect(),
             at: records.iter().map(|r| r.at).collect(),
             app_id: records.iter().map(|r| r.app_id).collect(),
@@ -126,12 +139,9 @@ impl AuditColumns {
         }
     }
 
-    /// Binds the 15 arguments of `audit_append` (see [`audit_append_call`]).
+    /// Binds the twelve arrays of [`many_records`].
     pub(in crate::store) fn bind(self, q: Query<'_>) -> Query<'_> {
-        q.bind(AUDIT_LOCK)
-            .bind(audit::GENESIS.as_slice())
-            .bind(self.content)
-            .bind(self.id)
+        q.bind(self.id)
             .bind(self.at)
             .bind(self.app_id)
             .bind(self.actor)
@@ -146,20 +156,12 @@ impl AuditColumns {
     }
 }
 
-/// `audit_append(...)` (migrations `round_trips` and `audit_head`) with its
-/// arguments from parameter `$first` on: chains and inserts the records, in
-/// one round trip.
-pub(in crate::store) fn audit_append_call(first: usize) -> String {
-    let args: Vec<String> = (first..first + 15).map(|n| format!("${n}")).collect();
-    format!("audit_append({})", args.join(", "))
-}
-
 /// Appends records in one statement: inside the caller's transaction when
 /// `db` is one (the records commit or vanish with the change they
 /// describe), or on their own, all or none.
 pub(in crate::store) async fn append<'c>(db: impl PgExecutor<'c>, records: &[AuditRecord]) -> Result<()> {
     static ONE: LazyLock<String> = LazyLock::new(|| format!("WITH {} SELECT 1", one_record(1)));
-    static MANY: LazyLock<String> = LazyLock::new(|| format!("SELECT {}", audit_append_call(1)));
+    static MANY: LazyLock<String> = LazyLock::new(|| format!("WITH {} SELECT 1", many_records(1, "true")));
     match records {
         [] => {}
         [one] => {
@@ -172,6 +174,58 @@ pub(in crate::store) async fn append<'c>(db: impl PgExecutor<'c>, records: &[Aud
     Ok(())
 }
 
+/// The record columns and its place in the tree (`xid_n`: the writer's
+/// transaction id as a number).
+const STORED: &str = "*, xid::text::bigint AS xid_n";
+
+fn stored_of(r: &PgRow) -> Result<StoredAudit> {
+    let seq: i64 = r.try_get("seq")?;
+    let xid: i64 = r.try_get("xid_n")?;
+    // Only records from before checkpoints (xid 0) were chained; a replica
+    // of the previous version still chains its own during an upgrade, but
+    // in an order of its own, and the tree covers them.
+    let chain = match (xid, r.try_get::<Option<Vec<u8>>, _>("prev_hash")?, r.try_get::<Option<Vec<u8>>, _>("hash")?) {
+        (0, Some(p), Some(h)) => Some((p, h)),
+        _ => None,
+    };
+    Ok(StoredAudit {
+        seq,
+        pos: (xid, seq),
+        chain,
+        record: AuditRecord {
+            id: r.try_get("id")?,
+            at: r.try_get("at")?,
+            app_id: r.try_get("app_id")?,
+            actor: r.try_get("actor")?,
+            actor_id: r.try_get("actor_id")?,
+            subject_id: r.try_get("subject_id")?,
+            object_id: r.try_get("object_id")?,
+            action: r.try_get("action")?,
+            fields: r.try_get("fields")?,
+            outcome: r.try_get("outcome")?,
+            request_id: r.try_get("request_id")?,
+            client_addr: r.try_get("client_addr")?,
+        },
+    })
+}
+
+fn checkpoint_of(r: &PgRow) -> Result<Checkpoint> {
+    Ok(Checkpoint {
+        tree_size: r.try_get("tree_size")?,
+        root: r.try_get("root")?,
+        at: r.try_get("at")?,
+        last: (r.try_get("last_xid")?, r.try_get("last_seq")?),
+        frontier: r.try_get("frontier")?,
+        key_id: r.try_get("key_id")?,
+        signature: r.try_get("signature")?,
+    })
+}
+
+async fn latest<'c>(db: impl PgExecutor<'c>) -> Result<Option<Checkpoint>> {
+    let row = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1").fetch_optional(db).await?;
+    row.as_ref().map(checkpoint_of).transpose()
+}
+
 #[async_trait]
 impl TrailStore for PgStore {
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
@@ -180,12 +234,12 @@ impl TrailStore for PgStore {
     }
 
     async fn audit_records(&self, f: &AuditFilter) -> Result<Vec<StoredAudit>> {
-        let rows = sqlx::query(
-            "SELECT * FROM audit_events
+        let rows = sqlx::query(&format!(
+            "SELECT {STORED} FROM audit_events
              WHERE seq > $1 AND ($2::uuid IS NULL OR app_id = $2) AND ($3::uuid IS NULL OR subject_id = $3)
                AND ($4::timestamptz IS NULL OR at >= $4)
-             ORDER BY seq LIMIT $5",
-        )
+             ORDER BY seq LIMIT $5"
+        ))
         .bind(f.after_seq)
         .bind(f.app_id)
         .bind(f.subject_id)
@@ -193,28 +247,74 @@ impl TrailStore for PgStore {
         .bind(f.limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredAudit {
-                    seq: r.try_get("seq")?,
-                    prev_hash: r.try_get("prev_hash")?,
-                    hash: r.try_get("hash")?,
-                    record: AuditRecord {
-                        id: r.try_get("id")?,
-                        at: r.try_get("at")?,
-                        app_id: r.try_get("app_id")?,
-                        actor: r.try_get("actor")?,
-                        actor_id: r.try_get("actor_id")?,
-                        subject_id: r.try_get("subject_id")?,
-                        object_id: r.try_get("object_id")?,
-                        action: r.try_get("action")?,
-                        fields: r.try_get("fields")?,
-                        outcome: r.try_get("outcome")?,
-                        request_id: r.try_get("request_id")?,
-                        client_addr: r.try_get("client_addr")?,
-                    },
-                })
-            })
-            .collect()
+        rows.iter().map(stored_of).collect()
+    }
+
+    async fn trail_in_tree_order(&self, after: TreePos, limit: i64) -> Result<Vec<StoredAudit>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STORED} FROM audit_events WHERE (xid, seq) > ($1::text::xid8, $2) ORDER BY xid, seq LIMIT $3"
+        ))
+        .bind(after.0.to_string())
+        .bind(after.1)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_of).collect()
+    }
+
+    async fn seal_trail(&self, signer: &dyn CheckpointSigner, max: i64) -> Result<Option<Checkpoint>> {
+        let mut tx = self.pool.begin().await?;
+        let mine: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(SEAL_LOCK).fetch_one(&mut *tx).await?;
+        if !mine {
+            return Ok(None);
+        }
+        let last = latest(&mut *tx).await?;
+        let after = last.as_ref().map(|c| c.last).unwrap_or(super::TREE_START);
+        // Every transaction older than xmin has ended: its records are all
+        // visible now or never will be.
+        let rows = sqlx::query(&format!(
+            "SELECT {STORED} FROM audit_events
+             WHERE (xid, seq) > ($1::text::xid8, $2) AND xid < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY xid, seq LIMIT $3"
+        ))
+        .bind(after.0.to_string())
+        .bind(after.1)
+        .bind(max)
+        .fetch_all(&mut *tx)
+        .await?;
+        let records = rows.iter().map(stored_of).collect::<Result<Vec<_>>>()?;
+        let Some(next) = super::next_checkpoint(last.as_ref(), &records, signer)? else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (tree_size, root, at, last_xid, last_seq, frontier, key_id, signature)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(next.tree_size)
+        .bind(&next.root)
+        .bind(next.at)
+        .bind(next.last.0)
+        .bind(next.last.1)
+        .bind(&next.frontier)
+        .bind(&next.key_id)
+        .bind(&next.signature)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(next))
+    }
+
+    async fn checkpoints(&self, after_size: i64, limit: i64) -> Result<Vec<Checkpoint>> {
+        let rows = sqlx::query("SELECT * FROM audit_checkpoints WHERE tree_size > $1 ORDER BY tree_size LIMIT $2")
+            .bind(after_size)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(checkpoint_of).collect()
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        latest(&self.pool).await
     }
 }

@@ -100,28 +100,76 @@ pub fn canonical(r: &AuditRecord) -> Vec<u8> {
     serde_json::to_vec(&canonical).unwrap_or_default()
 }
 
-/// A stored record with its place in the chain.
+/// A record's place in the Merkle tree's order: (transaction id, seq) on
+/// PostgreSQL, (seq, seq) on SQLite (one writer at a time).
+pub type TreePos = (i64, i64);
+
+/// A stored record with its place in the trail.
 #[derive(Debug, Clone)]
 pub struct StoredAudit {
     pub seq: i64,
+    pub pos: TreePos,
     pub record: AuditRecord,
-    pub prev_hash: Vec<u8>,
-    pub hash: Vec<u8>,
+    /// The hash chain of records written before checkpoints (on SQLite,
+    /// of every record): the previous record's hash and this one's.
+    pub chain: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-/// Where the chain first breaks, if it does.
+impl StoredAudit {
+    /// The record's leaf in the Merkle tree.
+    pub fn leaf(&self) -> crate::store::trail::merkle::Hash {
+        crate::store::trail::merkle::leaf_hash(&canonical(&self.record))
+    }
+}
+
+/// A signed statement of the trail: its first `tree_size` records (in tree
+/// order) have Merkle root `root`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub tree_size: i64,
+    pub root: Vec<u8>,
+    pub at: DateTime<Utc>,
+    /// The last record it covers.
+    pub last: TreePos,
+    /// The tree's right edge, so the next checkpoint grows it without
+    /// reading it again.
+    pub frontier: Vec<u8>,
+    pub key_id: String,
+    pub signature: Vec<u8>,
+}
+
+impl Checkpoint {
+    /// The bytes signed: what a witness needs and nothing of the database.
+    pub fn signed_text(tree_size: i64, root: &[u8], at: DateTime<Utc>) -> String {
+        format!(
+            "usersvc-trail/v1\n{tree_size}\n{}\n{}\n",
+            STANDARD.encode(root),
+            at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        )
+    }
+}
+
+/// Signs checkpoints (the key stays outside the store).
+pub trait CheckpointSigner: Send + Sync {
+    fn key_id(&self) -> String;
+    fn sign(&self, message: &[u8]) -> Vec<u8>;
+}
+
+/// Where the chain first breaks, if it does (records without chain hashes
+/// are passed over).
 pub fn verify<'a>(
     records: impl IntoIterator<Item = &'a StoredAudit>,
     mut prev: Vec<u8>,
 ) -> Result<Vec<u8>, (i64, &'static str)> {
     for r in records {
-        if r.prev_hash != prev {
+        let Some((prev_hash, hash)) = &r.chain else { continue };
+        if *prev_hash != prev {
             return Err((r.seq, "does not chain from the record before it"));
         }
-        if chain_hash(&prev, &r.record) != r.hash {
+        if chain_hash(&prev, &r.record) != *hash {
             return Err((r.seq, "its content does not match its hash"));
         }
-        prev = r.hash.clone();
+        prev = hash.clone();
     }
     Ok(prev)
 }

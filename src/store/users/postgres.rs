@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::store::postgres::{PgStore, USER_COLUMNS, expiry, now_seconds, user_from_row};
 use crate::store::throttles::postgres::{self as pg_throttle, ThrottleArgs};
-use crate::store::trail::postgres::{self as pg_audit, AuditColumns, audit_append_call};
+use crate::store::trail::postgres::{self as pg_audit, AuditColumns, many_records};
 use crate::store::trail::record::AuditRecord;
 use crate::store::{
     Credentials, NewSession, NewUser, Result, SignInAttempt, ThrottleRule, UserChange, UserRecord, UserStore, from_row,
@@ -64,9 +64,9 @@ impl UserStore for PgStore {
                  ), s AS (
                      INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
                      SELECT $11, $2, u.id, $12, $13 FROM u WHERE $11::uuid IS NOT NULL
-                 )
-                 SELECT u.*, {} AS trail FROM u",
-                audit_append_call(14)
+                 ), {}
+                 SELECT u.* FROM u",
+                many_records(14, "EXISTS (SELECT 1 FROM u)")
             )
         });
         let q = sqlx::query(&SQL)

@@ -1,0 +1,36 @@
+-- The trail without a global lock: records are plain INSERTs in their
+-- writer's transaction, and their order and integrity come from a Merkle
+-- tree (RFC 9162) that one sealer at a time grows and signs checkpoints of
+-- (src/audit/mod.rs). Replaces the head row that every writer of every
+-- application updated and held locked to commit.
+--
+-- Each record carries the id of the transaction that wrote it. The sealer
+-- takes records of transactions older than every transaction still running
+-- (the snapshot's xmin), in (xid, seq) order: one that commits after a later
+-- one cannot land behind a checkpoint. Records from before this migration
+-- get xid 0: they are the tree's first leaves, in their chain's order, and
+-- keep their chain hashes, which `audit verify` still checks.
+ALTER TABLE audit_events ALTER COLUMN prev_hash DROP NOT NULL, ALTER COLUMN hash DROP NOT NULL;
+ALTER TABLE audit_events ADD COLUMN xid xid8 NOT NULL DEFAULT '0';
+ALTER TABLE audit_events ALTER COLUMN xid SET DEFAULT pg_current_xact_id();
+CREATE INDEX audit_events_tree_order ON audit_events (xid, seq);
+
+-- Signed statements of the tree. The signing key is derived from the master
+-- key and never stored; a checkpoint exported with `usersvc audit
+-- checkpoint` and kept elsewhere later proves the trail was not rolled back.
+CREATE TABLE audit_checkpoints (
+    tree_size bigint PRIMARY KEY,
+    root      bytea NOT NULL,
+    at        timestamptz NOT NULL,
+    -- The last record covered (its xid and seq): where the next one starts.
+    last_xid  bigint NOT NULL,
+    last_seq  bigint NOT NULL,
+    -- The tree's right edge (peaks, 32 bytes each).
+    frontier  bytea NOT NULL,
+    key_id    text NOT NULL,
+    signature bytea NOT NULL
+);
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE OR DELETE ON audit_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
+CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();

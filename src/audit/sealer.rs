@@ -1,0 +1,56 @@
+//! The background task that seals the trail: about every
+//! [`SEAL_EVERY`] it adds what committed since the last checkpoint to the
+//! tree and signs a new checkpoint. Every replica runs one; the store lets
+//! one seal at a time (on PostgreSQL a transaction-scoped advisory lock:
+//! a replica that dies mid-way frees it, and the next takes over).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::audit::checkpoint::CheckpointKey;
+use crate::store::Store;
+
+pub const SEAL_EVERY: Duration = Duration::from_millis(500);
+/// Records taken into one checkpoint at most (a backlog goes in steps).
+pub const MAX_PER_CHECKPOINT: i64 = 50_000;
+
+pub fn start(
+    store: Arc<dyn Store>,
+    key: CheckpointKey,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match seal_once(&*store, &key).await {
+                // A full step: more is waiting.
+                Ok(n) if n >= MAX_PER_CHECKPOINT => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "the trail was not sealed this time; trying again"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SEAL_EVERY) => {}
+                _ = stop.changed() => {
+                    // A last checkpoint of what this replica wrote.
+                    let _ = seal_once(&*store, &key).await;
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// Seals what is waiting; the number of records it covered.
+pub async fn seal_once(store: &dyn Store, key: &CheckpointKey) -> crate::store::Result<i64> {
+    let before = store.latest_checkpoint().await?.map(|c| c.tree_size).unwrap_or(0);
+    match store.seal_trail(key, MAX_PER_CHECKPOINT).await? {
+        Some(c) => {
+            let covered = c.tree_size - before;
+            metrics::counter!("usersvc_trail_sealed_records_total").increment(covered as u64);
+            metrics::gauge!("usersvc_trail_tree_size").set(c.tree_size as f64);
+            Ok(covered)
+        }
+        None => Ok(0),
+    }
+}
