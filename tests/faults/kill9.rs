@@ -1,7 +1,8 @@
-//! `kill -9` of serve in the middle of a write load: after a restart on the
-//! same database, every acknowledged write is there as acknowledged, the
-//! one in flight is all there or not at all, and the trail covers every
-//! change and still verifies.
+//! `kill -9` of serve in the middle of a read and write load: after a
+//! restart on the same database, every acknowledged write is there as
+//! acknowledged, the one in flight is all there or not at all, every read
+//! answered 200 has its record (by the request id its reply showed), and
+//! the trail covers every change and still verifies.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -199,6 +200,39 @@ async fn run_worker(n: usize, c: Arc<Ctx>) -> Worker {
     }
 }
 
+/// Reads the boss's record over HTTP until the kill; the request ids of
+/// the reads answered 200, and when the first failure came.
+async fn run_reader(n: usize, c: Arc<Ctx>, boss_id: String) -> (Vec<String>, Option<Instant>) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let mut answered = Vec::new();
+    for i in 0.. {
+        let rid = format!("kill9-read-{n}-{i}");
+        let res = http
+            .get(c.s.url(&format!("/v2/users/{boss_id}")))
+            .header("X-Api-Key", &c.key)
+            .bearer_auth(&c.boss)
+            .header("x-request-id", &rid)
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status() == 200 => {
+                // The body too: a reply counts once it has been received.
+                if r.bytes().await.is_ok() {
+                    answered.push(rid);
+                } else {
+                    break;
+                }
+            }
+            Ok(r) => {
+                eprintln!("reader {n}: HTTP {} at the kill", r.status());
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    (answered, Some(Instant::now()))
+}
+
 async fn count(pool: &PgPool, sql: &str, id: uuid::Uuid) -> i64 {
     sqlx::query_scalar(sql).bind(id).fetch_one(pool).await.unwrap()
 }
@@ -212,7 +246,8 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
     let app_uuid = uuid::Uuid::parse_str(&app_id).unwrap();
 
     // A supervisor who manages groups and the other users.
-    let boss = serve.sign_up(&key, "boss").await.session_token;
+    let boss_user = serve.sign_up(&key, "boss").await;
+    let boss = boss_user.session_token.clone();
     let out = usersvc()
         .args(["supervisor", "add", "--app", &app_id, "--username", "boss", "--database-url", &db])
         .output()
@@ -241,6 +276,8 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
         groups: groups.clone(),
     });
     let workers: Vec<_> = (0..4).map(|n| tokio::spawn(run_worker(n, c.clone()))).collect();
+    let readers: Vec<_> =
+        (0..4).map(|n| tokio::spawn(run_reader(n, c.clone(), boss_user.users_id.clone()))).collect();
     // Killed once enough has been acknowledged (however busy the machine).
     let target = if long() { 400 } else { 60 };
     let loading = Instant::now();
@@ -252,6 +289,12 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
     let mut all = Vec::new();
     for w in workers {
         all.push(w.await.unwrap());
+    }
+    let mut reads = Vec::new();
+    for r in readers {
+        let (answered, failed_at) = r.await.unwrap();
+        assert!(failed_at.is_some_and(|t| t >= killed_at), "a reader failed before the kill");
+        reads.extend(answered);
     }
     serve.restart().await;
 
@@ -360,6 +403,18 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
             }
         }
     }
+
+    // Every read answered 200 was recorded before its reply left.
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT request_id) FROM audit_events WHERE action = 'user.read' AND request_id = ANY($1)",
+    )
+    .bind(&reads)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    eprintln!("FIGURES kill -9 reads: {} answered 200, {recorded} recorded", reads.len());
+    assert!(!reads.is_empty(), "reads were answered before the kill");
+    assert_eq!(recorded as usize, reads.len(), "every read answered 200 has its record");
 
     // Nothing half-applied anywhere in the application.
     let orphans = [
