@@ -36,7 +36,7 @@ cleanup() {
 trap cleanup EXIT
 
 start() {
-  "$BIN" serve --grpc-addr "$GRPC" --http-addr "$HTTP" --log-format json >>"$LOG" 2>&1 &
+  "$BIN" serve --grpc-addr "$GRPC" --http-addr "$HTTP" --log-format json "$@" >>"$LOG" 2>&1 &
   SERVER=$!
   for _ in $(seq 300); do
     curl -fs "http://$HTTP/readyz" >/dev/null 2>&1 && return 0
@@ -72,6 +72,18 @@ for _ in $(seq "$REPS"); do
   pg_baseline
 done
 load --scenario get --via http -c "$CONNS" --storm 8
+# Durable reads (the default) against the same binary with --read-trail
+# async, restarted in turn: each durable run is set against the async run
+# right after it.
+for _ in $(seq 3); do
+  load --scenario get --via http -c "$CONNS" --tag durable
+  stop
+  start --read-trail async
+  load --scenario get --via http -c "$CONNS" --tag async
+  stop
+  start
+done
+pg_write() { bench postgres-write --database-url "$DATABASE_URL" -c "$CONNS" --seconds "$SECS"; }
 for via in http grpc; do
   for scenario in signin create update groups mixed; do
     case $scenario in
@@ -81,6 +93,23 @@ for via in http grpc; do
           load --scenario "$scenario" --via "$via" -c "$CONNS"
           bench argon2 --seconds "$SECS"
         done
+        ;;
+      update)
+        # Against PostgreSQL's own UPDATE + trail INSERT, alternating.
+        pg_write
+        for _ in $(seq "$([ "$via" = http ] && echo "$REPS" || echo 1)"); do
+          load --scenario update --via "$via" -c "$CONNS"
+          pg_write
+        done
+        ;;
+      mixed)
+        since=$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)
+        load --scenario mixed --via "$via" -c "$CONNS"
+        if [ "$via" = http ]; then
+          # Long enough for the last records' checkpoint.
+          sleep 3
+          bench checkpoint-lag --database-url "$DATABASE_URL" --since "$since"
+        fi
         ;;
       *) load --scenario "$scenario" --via "$via" -c "$CONNS" ;;
     esac

@@ -163,6 +163,10 @@ impl Admin {
             k.wrapped = new.wrap(k.id, k.app_id, &plain);
             k.master_key_id = new.id().to_owned();
         }
+        // The new master key's checkpoint key vouches for the old one's, so
+        // checkpoints signed until now still verify after the switch.
+        let (old_key, new_key) = (CheckpointKey::from_master(self.keyring.master())?, CheckpointKey::from_master(new)?);
+        self.store.endorse_checkpoint_key(&new_key.endorse(&old_key)).await?;
         let mut record = cli_record("key.rotate_master", None);
         record.fields = vec![format!("keys:{}", keys.len())];
         self.store.rewrap_app_keys(&keys, &record).await?;

@@ -34,3 +34,16 @@ CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE OR DELETE ON audit_chec
     FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
 CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
     FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
+
+-- The checkpoint keys of earlier master keys. `usersvc keys rotate-master`
+-- has both keys at hand: the new one signs (endorses) the old one's public
+-- key here, so checkpoints signed before a rotation still verify, and only
+-- a holder of the current master key can vouch for an older key.
+CREATE TABLE audit_checkpoint_keys (
+    key_id      text PRIMARY KEY,
+    public_key  bytea NOT NULL,
+    endorsed_by text NOT NULL,
+    endorsement bytea NOT NULL
+);
+CREATE TRIGGER audit_checkpoint_keys_no_update BEFORE UPDATE OR DELETE ON audit_checkpoint_keys
+    FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();

@@ -19,3 +19,20 @@ CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
 BEGIN
     SELECT RAISE(ABORT, 'audit_checkpoints is append-only');
 END;
+
+-- Checkpoint keys of earlier master keys, endorsed by their successor at
+-- `usersvc keys rotate-master` (see the PostgreSQL migration).
+CREATE TABLE audit_checkpoint_keys (
+    key_id      TEXT PRIMARY KEY,
+    public_key  BLOB NOT NULL,
+    endorsed_by TEXT NOT NULL,
+    endorsement BLOB NOT NULL
+) STRICT;
+CREATE TRIGGER audit_checkpoint_keys_no_update BEFORE UPDATE ON audit_checkpoint_keys
+BEGIN
+    SELECT RAISE(ABORT, 'audit_checkpoint_keys is append-only');
+END;
+CREATE TRIGGER audit_checkpoint_keys_no_delete BEFORE DELETE ON audit_checkpoint_keys
+BEGIN
+    SELECT RAISE(ABORT, 'audit_checkpoint_keys is append-only');
+END;

@@ -2,10 +2,10 @@
 //! signed checkpoint, and, given one, against a checkpoint kept elsewhere,
 //! in one pass over the records and O(log n) memory.
 
-use crate::audit::checkpoint::{CheckpointKey, Exported};
+use crate::audit::checkpoint::{CheckpointKey, Exported, TrustedKeys};
 use crate::store::Store;
 use crate::store::trail::merkle::{self, Frontier, RangeRoots};
-use crate::store::trail::record::{self, Checkpoint, CheckpointSigner, GENESIS};
+use crate::store::trail::record::{self, Checkpoint, GENESIS};
 use crate::store::trail::{TREE_START, TreePos};
 
 const PAGE: i64 = 5000;
@@ -29,9 +29,10 @@ pub async fn check(
     key: &CheckpointKey,
     exported: Option<&Exported>,
 ) -> anyhow::Result<Result<Report, String>> {
+    let keys = TrustedKeys::load(store, key).await?;
     let external = match exported {
         None => None,
-        Some(e) => match e.open(key) {
+        Some(e) => match e.open(&keys) {
             Ok(v) => Some(v),
             Err(why) => return Ok(Err(format!("the checkpoint file is refused: {why}"))),
         },
@@ -83,7 +84,7 @@ pub async fn check(
             }
             while pending.front().is_some_and(|c| c.tree_size as u64 == tree.size()) {
                 let Some(c) = pending.pop_front() else { break };
-                if let Some(why) = check_checkpoint(&c, key, &tree, r.pos) {
+                if let Some(why) = check_checkpoint(&c, &keys, &tree, r.pos) {
                     return Ok(Err(why));
                 }
                 report.checkpoints += 1;
@@ -132,14 +133,15 @@ pub async fn check(
 
 /// What is wrong with a checkpoint reached at `tree` (its last record at
 /// `pos`), if anything.
-fn check_checkpoint(c: &Checkpoint, key: &CheckpointKey, tree: &Frontier, pos: TreePos) -> Option<String> {
+fn check_checkpoint(c: &Checkpoint, keys: &TrustedKeys, tree: &Frontier, pos: TreePos) -> Option<String> {
     let at = c.at.to_rfc3339();
-    let ours = key.key_id();
-    if !key.verifies(c.tree_size, &c.root, c.at, &c.signature) {
+    if !keys.verifies(&c.key_id, c.tree_size, &c.root, c.at, &c.signature) {
         return Some(format!(
-            "checkpoint of {at} (size {}, key {}) does not verify under this deployment's checkpoint key {ours}: \
-             forged, or made under another master key",
-            c.tree_size, c.key_id
+            "checkpoint of {at} (size {}, key {}) does not verify under this deployment's checkpoint keys \
+             (current {}): forged, or made under a master key never rotated to this one",
+            c.tree_size,
+            c.key_id,
+            keys.current_id()
         ));
     }
     if tree.root().as_slice() != c.root.as_slice() {

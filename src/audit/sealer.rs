@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::audit::checkpoint::CheckpointKey;
+use crate::audit::checkpoint::{CheckpointKey, TrustedKeys};
 use crate::store::Store;
+use crate::store::trail::record::CheckpointSigner;
 
 pub const SEAL_EVERY: Duration = Duration::from_millis(500);
 /// Records taken into one checkpoint at most (a backlog goes in steps).
@@ -41,9 +42,24 @@ pub fn start(
     })
 }
 
-/// Seals what is waiting; the number of records it covered.
-pub async fn seal_once(store: &dyn Store, key: &CheckpointKey) -> crate::store::Result<i64> {
-    let before = store.latest_checkpoint().await?.map(|c| c.tree_size).unwrap_or(0);
+/// Seals what is waiting; the number of records it covered. Refuses to
+/// add to a tree whose last checkpoint another key signed, unless this key
+/// vouches for it (a rotation): a process started with the wrong master
+/// key must not sign the log.
+pub async fn seal_once(store: &dyn Store, key: &CheckpointKey) -> anyhow::Result<i64> {
+    let latest = store.latest_checkpoint().await?;
+    if let Some(c) = &latest
+        && c.key_id != key.key_id()
+        && !TrustedKeys::load(store, key).await?.knows(&c.key_id)
+    {
+        anyhow::bail!(
+            "the trail's last checkpoint is signed by key {}, which this master key's checkpoint key {} does not \
+             vouch for: started with another deployment's master key?",
+            c.key_id,
+            key.key_id()
+        );
+    }
+    let before = latest.map(|c| c.tree_size).unwrap_or(0);
     match store.seal_trail(key, MAX_PER_CHECKPOINT).await? {
         Some(c) => {
             let covered = c.tree_size - before;

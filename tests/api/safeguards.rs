@@ -221,6 +221,8 @@ async fn master_key_rotation_rewraps_and_the_old_key_stops_working() {
             db_url: db.clone(),
         };
     let user = create(&t, distinctive("mk")).await;
+    // A checkpoint signed under the old master key, kept elsewhere.
+    let exported = admin.checkpoint().await.unwrap();
     let new_master = MasterKey::parse(new_key.expose_secret()).unwrap();
     assert_eq!(admin.rotate_master(&new_master).await.unwrap(), 2);
     t.app.abort();
@@ -241,6 +243,16 @@ async fn master_key_rotation_rewraps_and_the_old_key_stops_working() {
         .unwrap()
         .into_inner();
     assert_eq!(got.ssn, "ssnmk");
+    // The trail's checkpoints from before the rotation, and the exported
+    // one, still verify under the new key (it vouched for the old one); under
+    // an unrelated key they do not.
+    let after = Admin::new(t.app.store.clone(), MasterKey::parse(new_key.expose_secret()).unwrap());
+    let report = after.verify_trail(Some(&exported)).await.unwrap();
+    assert!(report.as_ref().is_ok_and(|r| r.checkpoints >= 2), "{report:?}");
+    let stranger = Admin::new(t.app.store.clone(), MasterKey::parse(MasterKey::generate().expose_secret()).unwrap());
+    assert!(stranger.verify_trail(Some(&exported)).await.unwrap().is_err());
+    assert!(stranger.checkpoint().await.is_err(), "a stranger's key does not sign the log");
+    assert!(after.verify_trail(None).await.unwrap().is_ok(), "nor did its verify: the log is as it was");
     // With the old one, the keys no longer open.
     let t = TestApp {
         app: start(&old_key).await,

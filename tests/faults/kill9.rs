@@ -276,8 +276,7 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
         groups: groups.clone(),
     });
     let workers: Vec<_> = (0..4).map(|n| tokio::spawn(run_worker(n, c.clone()))).collect();
-    let readers: Vec<_> =
-        (0..4).map(|n| tokio::spawn(run_reader(n, c.clone(), boss_user.users_id.clone()))).collect();
+    let readers: Vec<_> = (0..4).map(|n| tokio::spawn(run_reader(n, c.clone(), boss_user.users_id.clone()))).collect();
     // Killed once enough has been acknowledged (however busy the machine).
     let target = if long() { 400 } else { 60 };
     let loading = Instant::now();

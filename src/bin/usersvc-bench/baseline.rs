@@ -77,3 +77,105 @@ pub fn argon2(threads: usize, secs: Duration) -> anyhow::Result<f64> {
     }
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
+
+/// PostgreSQL's own rate for an audited update's work: per transaction an
+/// UPDATE of a 400-byte row and an INSERT of a row shaped and indexed like
+/// a trail record (as a pgbench script would: BEGIN, UPDATE, INSERT,
+/// COMMIT), one connection per worker, each on rows of its own. In scratch
+/// tables of the bench database, made here.
+pub async fn postgres_update_insert(
+    url: &str,
+    conns: usize,
+    warmup: Duration,
+    secs: Duration,
+) -> anyhow::Result<Outcome> {
+    const ROWS_PER_WORKER: usize = 64;
+    let mut setup = PgConnection::connect(url).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS bench_rows (id int PRIMARY KEY, payload bytea NOT NULL);
+         CREATE TABLE IF NOT EXISTS bench_trail (
+             seq bigserial PRIMARY KEY, id uuid NOT NULL UNIQUE, at timestamptz NOT NULL, app_id uuid,
+             actor text NOT NULL, actor_id uuid, subject_id uuid, object_id uuid, action text NOT NULL,
+             fields text[] NOT NULL, outcome text NOT NULL, request_id text, client_addr bytea);
+         CREATE INDEX IF NOT EXISTS bench_trail_app_subject ON bench_trail (app_id, subject_id, seq);",
+    )
+    .execute(&mut setup)
+    .await?;
+    sqlx::query(
+        "INSERT INTO bench_rows SELECT g, decode(repeat('ab', 400), 'hex') FROM generate_series(0, $1) g
+         ON CONFLICT DO NOTHING",
+    )
+    .bind((conns * ROWS_PER_WORKER) as i32)
+    .execute(&mut setup)
+    .await?;
+    let app = Uuid::new_v4();
+    let mut steps = Vec::with_capacity(conns);
+    for w in 0..conns {
+        let conn = Arc::new(tokio::sync::Mutex::new(PgConnection::connect(url).await?));
+        let mut i = 0usize;
+        steps.push(move || {
+            i += 1;
+            let row = (w * ROWS_PER_WORKER + i % ROWS_PER_WORKER) as i32;
+            let conn = conn.clone();
+            async move {
+                let mut conn = conn.lock().await;
+                let work = async {
+                    let mut tx = conn.begin().await?;
+                    sqlx::query("UPDATE bench_rows SET payload = $1 WHERE id = $2")
+                        .bind(vec![(i % 251) as u8; 400])
+                        .bind(row)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO bench_trail (id, at, app_id, actor, actor_id, subject_id, action, fields, outcome,
+                                                  request_id, client_addr)
+                         VALUES ($1, now(), $2, 'user', $3, $3, 'user.update', $4, 'ok', $5, $6)",
+                    )
+                    .bind(Uuid::now_v7())
+                    .bind(app)
+                    .bind(Uuid::from_u128(row as u128))
+                    .bind(vec!["name".to_owned()])
+                    .bind(format!("req-{w}-{i}"))
+                    .bind(vec![7u8; 44])
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await
+                };
+                work.await.is_ok()
+            }
+        });
+    }
+    measure(steps, warmup, secs).await
+}
+
+/// How long records waited to be covered by a signed checkpoint: for each
+/// record written since `since`, the time from its `at` to the first
+/// checkpoint that covers it (records still uncovered count from `at` to
+/// now). Seconds: (p50, p99, max, records).
+pub async fn checkpoint_lag(url: &str, since: chrono::DateTime<chrono::Utc>) -> anyhow::Result<(f64, f64, f64, usize)> {
+    let mut conn = PgConnection::connect(url).await?;
+    let records: Vec<(i64, i64, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT xid::text::bigint, seq, at FROM audit_events WHERE at >= $1 ORDER BY xid, seq")
+            .bind(since)
+            .fetch_all(&mut conn)
+            .await?;
+    let checkpoints: Vec<(i64, i64, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT last_xid, last_seq, at FROM audit_checkpoints WHERE at >= $1 ORDER BY tree_size")
+            .bind(since)
+            .fetch_all(&mut conn)
+            .await?;
+    anyhow::ensure!(!records.is_empty(), "no trail records since {since}");
+    let now = chrono::Utc::now();
+    let mut lags = Vec::with_capacity(records.len());
+    let mut c = 0;
+    for (xid, seq, at) in &records {
+        while c < checkpoints.len() && (checkpoints[c].0, checkpoints[c].1) < (*xid, *seq) {
+            c += 1;
+        }
+        let covered = checkpoints.get(c).map_or(now, |k| k.2);
+        lags.push((covered - *at).num_microseconds().unwrap_or(0) as f64 / 1e6);
+    }
+    lags.sort_by(f64::total_cmp);
+    let q = |p: f64| lags[((lags.len() - 1) as f64 * p).round() as usize];
+    Ok((q(0.5), q(0.99), lags[lags.len() - 1], lags.len()))
+}

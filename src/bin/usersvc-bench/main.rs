@@ -36,6 +36,23 @@ enum Command {
         #[command(flatten)]
         timing: Timing,
     },
+    /// PostgreSQL's own audited-update work: UPDATE of a 400-byte row plus
+    /// INSERT of a trail-shaped row per transaction (the baseline of PUT).
+    PostgresWrite {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// From commit to being covered by a signed checkpoint, for the trail
+    /// records written since a time.
+    CheckpointLag {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// RFC 3339.
+        #[arg(long)]
+        since: chrono::DateTime<chrono::Utc>,
+    },
     /// argon2id hashes/s at the service's parameters on every core.
     Argon2 {
         /// Threads (default: every core).
@@ -82,6 +99,9 @@ struct RunArgs {
     /// Extra connections signing in all the time (over the same `--via`).
     #[arg(long, default_value_t = 0)]
     storm: usize,
+    /// A label for the run's line (e.g. how the server was started).
+    #[arg(long)]
+    tag: Option<String>,
     /// The server's process id, to report its peak resident size.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -105,6 +125,22 @@ async fn main() -> anyhow::Result<()> {
             let out = baseline::postgres(&database_url, timing.connections, warmup, secs).await?;
             let mut line = json!({"run": "postgres_point_lookup", "connections": timing.connections});
             merge(&mut line, out.figures());
+            println!("{line}");
+            Ok(())
+        }
+        Command::PostgresWrite { database_url, timing } => {
+            let (warmup, secs) = (Duration::from_secs(timing.warmup), Duration::from_secs(timing.seconds));
+            let out = baseline::postgres_update_insert(&database_url, timing.connections, warmup, secs).await?;
+            let mut line = json!({"run": "postgres_update_insert", "connections": timing.connections});
+            merge(&mut line, out.figures());
+            println!("{line}");
+            Ok(())
+        }
+        Command::CheckpointLag { database_url, since } => {
+            let (p50, p99, max, records) = baseline::checkpoint_lag(&database_url, since).await?;
+            let r = |x: f64| (x * 1000.0).round() / 1000.0;
+            let line =
+                json!({"run": "checkpoint_lag", "records": records, "p50_s": r(p50), "p99_s": r(p99), "max_s": r(max)});
             println!("{line}");
             Ok(())
         }
@@ -176,6 +212,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "run": args.scenario, "via": args.via, "connections": t.connections, "seconds": t.seconds,
     });
     merge(&mut line, main?.figures());
+    if let Some(tag) = &args.tag {
+        line["tag"] = json!(tag);
+    }
     if let Some(storm) = storm {
         let storm = storm?;
         line["storm_connections"] = json!(args.storm);

@@ -14,9 +14,25 @@ use std::{
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+/// One step's result: whether it succeeded, and whether it was a read
+/// (in a mixed load, reads' latencies are also reported on their own).
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub ok: bool,
+    pub read: bool,
+}
+
+impl From<bool> for Sample {
+    fn from(ok: bool) -> Self {
+        Self { ok, read: false }
+    }
+}
+
 /// What a run measured.
 pub struct Outcome {
     pub hist: Histogram<u64>,
+    /// The reads among them.
+    pub reads: Histogram<u64>,
     pub errors: u64,
     pub elapsed: Duration,
 }
@@ -39,10 +55,14 @@ impl Outcome {
             "max_ms": ms(h.max()),
             "errors": self.errors,
         });
-        match v {
+        let mut m = match v {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
+        };
+        if !self.reads.is_empty() && self.reads.len() < h.len() {
+            m.insert("read_p99_ms".into(), json!(ms(self.reads.value_at_quantile(0.99))));
         }
+        m
     }
 }
 
@@ -54,10 +74,11 @@ fn histogram() -> Histogram<u64> {
 /// Runs every step over and over for `secs` (after `warmup`, not counted).
 /// A step answers whether it succeeded; failures count as errors and are
 /// not timed.
-pub async fn measure<S, F>(steps: Vec<S>, warmup: Duration, secs: Duration) -> anyhow::Result<Outcome>
+pub async fn measure<S, F, O>(steps: Vec<S>, warmup: Duration, secs: Duration) -> anyhow::Result<Outcome>
 where
     S: FnMut() -> F + Send + 'static,
-    F: Future<Output = bool> + Send,
+    F: Future<Output = O> + Send,
+    O: Into<Sample>,
 {
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -66,19 +87,23 @@ where
         .map(|mut step| {
             let (counting, stop) = (counting.clone(), stop.clone());
             tokio::spawn(async move {
-                let (mut hist, mut errors) = (histogram(), 0u64);
+                let (mut hist, mut reads, mut errors) = (histogram(), histogram(), 0u64);
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let ok = step().await;
+                    let sample: Sample = step().await.into();
                     if counting.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
-                        if ok {
-                            hist.saturating_record(t.elapsed().as_micros().max(1) as u64);
+                        if sample.ok {
+                            let us = t.elapsed().as_micros().max(1) as u64;
+                            hist.saturating_record(us);
+                            if sample.read {
+                                reads.saturating_record(us);
+                            }
                         } else {
                             errors += 1;
                         }
                     }
                 }
-                (hist, errors)
+                (hist, reads, errors)
             })
         })
         .collect();
@@ -88,13 +113,14 @@ where
     tokio::time::sleep(secs).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed();
-    let (mut hist, mut errors) = (histogram(), 0);
+    let (mut hist, mut reads, mut errors) = (histogram(), histogram(), 0);
     for t in tasks {
-        let (h, e) = t.await?;
+        let (h, r, e) = t.await?;
         hist.add(&h).map_err(|e| anyhow::anyhow!("merging histograms: {e}"))?;
+        reads.add(&r).map_err(|e| anyhow::anyhow!("merging histograms: {e}"))?;
         errors += e;
     }
-    Ok(Outcome { hist, errors, elapsed })
+    Ok(Outcome { hist, reads, errors, elapsed })
 }
 
 /// The peak resident size of a process while a future runs, sampled every

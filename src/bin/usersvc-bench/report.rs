@@ -53,6 +53,10 @@ fn pg_around(runs: &[Value], run: &Value) -> Option<f64> {
     baseline_around(runs, run, "postgres_point_lookup", "rps")
 }
 
+fn pg_write_around(runs: &[Value], run: &Value) -> Option<f64> {
+    baseline_around(runs, run, "postgres_update_insert", "rps")
+}
+
 /// Every run of a scenario, over a transport, at a connection count, with
 /// or without a sign-in storm.
 fn all<'a>(runs: &'a [Value], run: &str, via: Option<&str>, conns: Option<f64>, storm: bool) -> Vec<&'a Value> {
@@ -62,8 +66,14 @@ fn all<'a>(runs: &'a [Value], run: &str, via: Option<&str>, conns: Option<f64>, 
                 && via.is_none_or(|via| is(v, "via", via))
                 && conns.is_none_or(|c| num(v, "connections") == Some(c))
                 && v.get("storm_connections").is_some() == storm
+                && v.get("tag").is_none()
         })
         .collect()
+}
+
+/// The GET runs made on a server started with `--read-trail` as `tag` says.
+fn tagged<'a>(runs: &'a [Value], tag: &str) -> Vec<&'a Value> {
+    runs.iter().filter(|v| is(v, "run", "get") && is(v, "tag", tag)).collect()
 }
 
 /// Repeated runs of one figure, each set against the baselines around it.
@@ -219,7 +229,68 @@ pub fn print(files: &[PathBuf]) -> anyhow::Result<()> {
         });
     }
 
-    let _ = writeln!(md, "## Targets (issue 8)\n");
+    // Issue 20: the trail without a global lock, durable reads.
+    for via in ["http", "grpc"] {
+        if let Some(rep) = Repeated::of(&runs, &all(&runs, "update", Some(via), Some(16.0), false), pg_write_around) {
+            let (r, figure) = rep.figure(0);
+            targets.push(Target {
+                what: format!(
+                    "Audited update over {via}, 16 connections on distinct users: requests/s vs PostgreSQL UPDATE + trail INSERT per transaction"
+                ),
+                figure,
+                goal: "≥ 60 %".into(),
+                met: Some(r >= 0.60),
+            });
+        }
+    }
+    for via in ["http", "grpc"] {
+        if let Some(p99) = find(&runs, "mixed", Some(via), Some(16.0), false).and_then(|v| num(v, "read_p99_ms")) {
+            targets.push(Target {
+                what: format!("Mixed load over {via} (90 % GET, 10 % PUT), 16 connections: GET p99"),
+                figure: format!("{p99:.2} ms"),
+                goal: "≤ 10 ms".into(),
+                met: Some(p99 <= 10.0),
+            });
+        }
+    }
+    let (durable, fast) = (tagged(&runs, "durable"), tagged(&runs, "async"));
+    let pairs: Vec<(f64, f64)> =
+        durable.iter().zip(&fast).filter_map(|(d, a)| Some((num(d, "rps")?, num(a, "rps")?))).collect();
+    if !pairs.is_empty() {
+        let rep = Repeated { pairs };
+        let (r, figure) = rep.figure(0);
+        targets.push(Target {
+            what: "Durable reads: GET at 16 connections vs the same binary with --read-trail async".into(),
+            figure,
+            goal: "≥ 50 %".into(),
+            met: Some(r >= 0.50),
+        });
+        if let Some(p99) = durable.iter().filter_map(|v| num(v, "p99_ms")).reduce(f64::max) {
+            targets.push(Target {
+                what: "Durable reads: GET p99 at 16 connections".into(),
+                figure: format!("{p99:.2} ms, the worst of the runs"),
+                goal: "≤ 10 ms".into(),
+                met: Some(p99 <= 10.0),
+            });
+        }
+    }
+    if let Some(lag) = runs.iter().find(|v| is(v, "run", "checkpoint_lag")) {
+        let p99 = num(lag, "p99_s").unwrap_or(f64::MAX);
+        targets.push(Target {
+            what: "Checkpoint lag under mixed load: from a record's time to a signed checkpoint covering it, p99"
+                .into(),
+            figure: format!(
+                "{p99:.3} s (p50 {:.3} s, max {:.3} s, over {} records)",
+                num(lag, "p50_s").unwrap_or_default(),
+                num(lag, "max_s").unwrap_or_default(),
+                num(lag, "records").unwrap_or_default()
+            ),
+            goal: "≤ 2 s".into(),
+            met: Some(p99 <= 2.0),
+        });
+    }
+
+    let _ = writeln!(md, "## Targets (issues 8 and 20)\n");
     let _ = writeln!(md, "| Target | Figure | Goal | Met |\n|---|---|---|---|");
     for t in &targets {
         let met = match t.met {
@@ -243,7 +314,9 @@ pub fn print(files: &[PathBuf]) -> anyhow::Result<()> {
             ("signin" | "create", Some(r)) => {
                 hashes_around(&runs, v).map(|h| format!("{:.0} % of argon2 ({h:.1}/s around it)", ratio(r, h) * 100.0))
             }
-            ("postgres_point_lookup" | "argon2" | "startup", _) => None,
+            ("update", Some(r)) if v.get("tag").is_none() => pg_write_around(&runs, v)
+                .map(|p| format!("{:.0} % of PG UPDATE+INSERT ({p:.0}/s around it)", ratio(r, p) * 100.0)),
+            ("postgres_point_lookup" | "postgres_update_insert" | "argon2" | "startup" | "checkpoint_lag", _) => None,
             (_, Some(r)) => pg_around(&runs, v).map(|p| format!("{:.0} % of PG", ratio(r, p) * 100.0)),
             _ => None,
         }
@@ -257,6 +330,21 @@ pub fn print(files: &[PathBuf]) -> anyhow::Result<()> {
         }
         if let Some(h) = num(v, "hashes_per_s") {
             notes.push(format!("{h} hashes/s on {} threads", s("threads")));
+        }
+        if let Some(t) = v.get("tag").and_then(Value::as_str) {
+            notes.push(format!("server with --read-trail {t}"));
+        }
+        if let Some(p) = num(v, "read_p99_ms") {
+            notes.push(format!("GET p99 {p} ms"));
+        }
+        if run == "checkpoint_lag" {
+            notes.push(format!(
+                "{} records: p50 {} s, p99 {} s, max {} s",
+                s("records"),
+                s("p50_s"),
+                s("p99_s"),
+                s("max_s")
+            ));
         }
         if run == "startup" {
             notes.push(format!("ready after {} ms", s("ready_ms")));

@@ -5,6 +5,8 @@
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use anyhow::Context;
+
+use crate::measure::Sample;
 use http::Method;
 use pbjson_types::FieldMask;
 use tonic::{
@@ -14,7 +16,7 @@ use tonic::{
 };
 use usersvc::pb::{self, group_service_client::GroupServiceClient, user_service_client::UserServiceClient};
 
-pub type Step = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send>;
+pub type Step = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Sample> + Send>> + Send>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -159,7 +161,8 @@ impl Target {
                     }),
                     update_mask: Some(FieldMask { paths: vec!["name.last_name".into()] }),
                 };
-                match scenario {
+                let read = scenario == Scenario::Get || (scenario == Scenario::Mixed && !n.is_multiple_of(10));
+                let ok = match scenario {
                     Scenario::Get => client.get_user(authed.req(get(user.id))).await.is_ok(),
                     Scenario::Update => client.update_user(authed.req(update(user.id))).await.is_ok(),
                     Scenario::Mixed if n.is_multiple_of(10) => {
@@ -182,7 +185,8 @@ impl Target {
                         req.metadata_mut().insert("x-api-key", key);
                         client.create_user(req).await.is_ok()
                     }
-                }
+                };
+                Sample { ok, read }
             })
         }))
     }
@@ -222,6 +226,7 @@ impl Target {
                     (Method::POST, "/v2/users".to_owned(), json(body))
                 }
             };
+            let read = method == Method::GET;
             let mut req = http::Request::builder()
                 .method(method)
                 .uri(path)
@@ -237,10 +242,11 @@ impl Target {
             };
             let conn = conn.clone();
             Box::pin(async move {
-                match req {
+                let ok = match req {
                     Ok(req) => conn.lock().await.send(req).await,
                     Err(_) => false,
-                }
+                };
+                Sample { ok, read }
             })
         }))
     }

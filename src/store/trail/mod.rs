@@ -13,7 +13,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
 
 use crate::store::{Result, StoreError};
-pub use record::{AuditRecord, Checkpoint, CheckpointSigner, StoredAudit, TreePos};
+pub use record::{AuditRecord, Checkpoint, CheckpointSigner, EndorsedKey, StoredAudit, TreePos};
 
 /// Filters of `usersvc audit list`.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +48,11 @@ pub trait TrailStore: Send + Sync {
     async fn checkpoints(&self, after_size: i64, limit: i64) -> Result<Vec<Checkpoint>>;
 
     async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>>;
+
+    /// Keeps an earlier checkpoint key (again: no change).
+    async fn endorse_checkpoint_key(&self, key: &EndorsedKey) -> Result<()>;
+
+    async fn endorsed_checkpoint_keys(&self) -> Result<Vec<EndorsedKey>>;
 }
 
 /// The checkpoint after `last` once `records` (the next ones in tree order)

@@ -23,7 +23,7 @@ use sqlx::{
 use uuid::Uuid;
 
 use crate::store::postgres::PgStore;
-use crate::store::trail::record::{AuditRecord, Checkpoint, CheckpointSigner, StoredAudit, TreePos};
+use crate::store::trail::record::{AuditRecord, Checkpoint, CheckpointSigner, EndorsedKey, StoredAudit, TreePos};
 use crate::store::{AuditFilter, Result, TrailStore};
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
@@ -316,5 +316,35 @@ impl TrailStore for PgStore {
 
     async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>> {
         latest(&self.pool).await
+    }
+
+    async fn endorse_checkpoint_key(&self, key: &EndorsedKey) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoint_keys (key_id, public_key, endorsed_by, endorsement)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING",
+        )
+        .bind(&key.key_id)
+        .bind(&key.public_key)
+        .bind(&key.endorsed_by)
+        .bind(&key.endorsement)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn endorsed_checkpoint_keys(&self) -> Result<Vec<EndorsedKey>> {
+        let rows = sqlx::query("SELECT key_id, public_key, endorsed_by, endorsement FROM audit_checkpoint_keys")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EndorsedKey {
+                    key_id: r.try_get("key_id")?,
+                    public_key: r.try_get("public_key")?,
+                    endorsed_by: r.try_get("endorsed_by")?,
+                    endorsement: r.try_get("endorsement")?,
+                })
+            })
+            .collect()
     }
 }

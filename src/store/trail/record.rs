@@ -149,6 +149,22 @@ impl Checkpoint {
     }
 }
 
+/// An earlier checkpoint key's public half, signed by its successor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndorsedKey {
+    pub key_id: String,
+    pub public_key: Vec<u8>,
+    pub endorsed_by: String,
+    pub endorsement: Vec<u8>,
+}
+
+impl EndorsedKey {
+    /// The bytes the successor signs.
+    pub fn signed_text(key_id: &str, public_key: &[u8]) -> String {
+        format!("usersvc-trail-key/v1\n{key_id}\n{}\n", STANDARD.encode(public_key))
+    }
+}
+
 /// Signs checkpoints (the key stays outside the store).
 pub trait CheckpointSigner: Send + Sync {
     fn key_id(&self) -> String;

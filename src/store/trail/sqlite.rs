@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::{Row, sqlite::SqliteRow};
 
 use crate::store::sqlite::{BEGIN, SqliteStore, append_in, audit_from_row, time_of, us};
-use crate::store::trail::record::{AuditRecord, Checkpoint, CheckpointSigner, StoredAudit, TreePos};
+use crate::store::trail::record::{AuditRecord, Checkpoint, CheckpointSigner, EndorsedKey, StoredAudit, TreePos};
 use crate::store::{AuditFilter, Result, TrailStore};
 
 fn checkpoint_of(r: &SqliteRow) -> Result<Checkpoint> {
@@ -100,5 +100,35 @@ impl TrailStore for SqliteStore {
 
     async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>> {
         sqlx::query(LATEST).fetch_optional(&self.pool).await?.as_ref().map(checkpoint_of).transpose()
+    }
+
+    async fn endorse_checkpoint_key(&self, key: &EndorsedKey) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoint_keys (key_id, public_key, endorsed_by, endorsement)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key_id) DO NOTHING",
+        )
+        .bind(&key.key_id)
+        .bind(&key.public_key)
+        .bind(&key.endorsed_by)
+        .bind(&key.endorsement)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn endorsed_checkpoint_keys(&self) -> Result<Vec<EndorsedKey>> {
+        let rows = sqlx::query("SELECT key_id, public_key, endorsed_by, endorsement FROM audit_checkpoint_keys")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EndorsedKey {
+                    key_id: r.try_get("key_id")?,
+                    public_key: r.try_get("public_key")?,
+                    endorsed_by: r.try_get("endorsed_by")?,
+                    endorsement: r.try_get("endorsement")?,
+                })
+            })
+            .collect()
     }
 }
