@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::audit::{
     AuditRecord,
     check::{self, Report},
-    checkpoint::{CheckpointKey, Exported},
+    checkpoint::{CheckpointKey, Exported, TrustedKeys},
     sealer,
 };
 use crate::auth::{caller::SERVICE_ROLES, secret};
@@ -214,7 +214,7 @@ impl Admin {
     pub async fn verify_trail(&self, exported: Option<&Exported>) -> anyhow::Result<Result<Report, String>> {
         let key = CheckpointKey::from_master(self.keyring.master())?;
         // A database restored read-only can still be checked.
-        if let Err(e) = sealer::seal_once(&*self.store, &key).await {
+        if let Err(e) = sealer::seal_waiting(&*self.store, &key, std::time::Duration::from_secs(10)).await {
             eprintln!("usersvc: the newest records could not be sealed first ({e}); checking what is sealed");
         }
         check::check(&*self.store, &key, exported).await
@@ -223,13 +223,21 @@ impl Admin {
     /// The latest signed checkpoint, made first if records are waiting.
     pub async fn checkpoint(&self) -> anyhow::Result<Exported> {
         let key = CheckpointKey::from_master(self.keyring.master())?;
-        while sealer::seal_once(&*self.store, &key).await? >= sealer::MAX_PER_CHECKPOINT {}
+        sealer::seal_waiting(&*self.store, &key, std::time::Duration::from_secs(30)).await?;
         let latest = self
             .store
             .latest_checkpoint()
             .await?
             .ok_or_else(|| anyhow::anyhow!("the trail is empty: there is nothing to vouch for yet"))?;
-        Ok(Exported::of(&latest, &key))
+        // Only what this deployment's keys vouch for goes out under its name.
+        let keys = TrustedKeys::load(&*self.store, &key).await?;
+        let public = keys.public_key(&latest.key_id).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the latest checkpoint is signed by key {}, which this master key does not vouch for",
+                latest.key_id
+            )
+        })?;
+        Ok(Exported::of(&latest, public))
     }
 
     /// The trail as JSON lines, client addresses opened.

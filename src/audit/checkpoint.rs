@@ -84,6 +84,10 @@ impl TrustedKeys {
         self.keys.contains_key(key_id)
     }
 
+    pub fn public_key(&self, key_id: &str) -> Option<&[u8]> {
+        self.keys.get(key_id).map(Vec::as_slice)
+    }
+
     pub fn current_id(&self) -> &str {
         &self.current
     }
@@ -128,14 +132,15 @@ pub struct Exported {
 }
 
 impl Exported {
-    pub fn of(c: &Checkpoint, key: &CheckpointKey) -> Self {
+    /// `public_key`: of the key that signed it.
+    pub fn of(c: &Checkpoint, public_key: &[u8]) -> Self {
         Self {
             log: LOG_NAME.into(),
             tree_size: c.tree_size,
             root_hash: STANDARD.encode(&c.root),
             timestamp: c.at,
             key_id: c.key_id.clone(),
-            public_key: STANDARD.encode(key.public_key()),
+            public_key: STANDARD.encode(public_key),
             signature: STANDARD.encode(&c.signature),
         }
     }

@@ -70,3 +70,24 @@ pub async fn seal_once(store: &dyn Store, key: &CheckpointKey) -> anyhow::Result
         None => Ok(0),
     }
 }
+
+/// Seals until the records waiting now are covered: a writing transaction
+/// still running on the server holds them back, for at most `wait`.
+pub async fn seal_waiting(store: &dyn Store, key: &CheckpointKey, wait: Duration) -> anyhow::Result<()> {
+    let after = store.latest_checkpoint().await?.map(|c| c.last).unwrap_or(crate::store::TREE_START);
+    let Some(first) = store.trail_in_tree_order(after, 1).await?.pop() else { return Ok(()) };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if seal_once(store, key).await? >= MAX_PER_CHECKPOINT {
+            continue;
+        }
+        if store.latest_checkpoint().await?.is_some_and(|c| c.last >= first.pos) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "records wait behind a transaction still running on the database server"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

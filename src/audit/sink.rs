@@ -20,7 +20,7 @@ use crate::store::trail::record::AuditRecord;
 /// Records written by one statement at most.
 const MAX_BATCH: usize = 4096;
 /// Batches being written at once: while one commits, the next forms.
-const WRITERS: usize = 4;
+const WRITERS: usize = 2;
 /// Records queued at most before reads are refused.
 pub const QUEUE_CAPACITY: usize = 16_384;
 

@@ -63,6 +63,12 @@ impl From<sqlx::Error> for StoreError {
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 if let Some(name) = db.constraint() {
+                    // The trail is partitioned: PostgreSQL names the month's
+                    // index (audit_events_2026_12_id_at_key); callers know the
+                    // table's.
+                    if name.starts_with("audit_events_") && name.ends_with("_id_at_key") {
+                        return StoreError::Conflict("audit_events_id_key".into());
+                    }
                     return StoreError::Conflict(name.to_owned());
                 }
                 // SQLite names the columns, not the constraint ("UNIQUE

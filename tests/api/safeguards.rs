@@ -386,7 +386,11 @@ async fn audit_verify_finds_the_altered_record() {
     for i in 0..3 {
         t.sign_up(&format!("chain{i}")).await;
     }
-    common::audit_verified(&db).expect("the chain is whole");
+    // Sealed: every record so far is under a signed checkpoint.
+    let out = common::usersvc().args(["audit", "verify"]).env("DATABASE_URL", &db).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let n = common::audit_verified(&db).expect("the trail is whole");
+    assert!(text.contains(&format!("covering {n} records")), "{text}");
 
     // The table refuses changes...
     let seq = t.scalar("SELECT seq FROM audit_events ORDER BY seq LIMIT 1 OFFSET 2").await;

@@ -117,7 +117,7 @@ impl AppStore for PgStore {
         .bind(key_id)
         .execute(&self.pool)
         .await;
-        self.auth.evict_users([user.id]);
+        self.users_changed(&[user.id]);
         Ok(done?.rows_affected() > 0)
     }
 }

@@ -17,6 +17,8 @@ pub struct PgStore {
     pub(in crate::store) pool: PgPool,
     /// API keys, sessions and user records, remembered while every replica's evictions arrive.
     pub(in crate::store) auth: Arc<AuthCache>,
+    /// Tells every replica which users changed, after commit.
+    notifier: notify::Notifier,
 }
 
 impl PgStore {
@@ -30,6 +32,9 @@ impl PgStore {
 
     pub async fn connect_with(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self> {
         ensure_database(url).await?;
+        // This version sends its updates' evictions after commit itself
+        // (migration `user_notify_after_commit`).
+        let options = url.parse::<sqlx::postgres::PgConnectOptions>()?.options([("usersvc.notify", "after_commit")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
@@ -37,11 +42,19 @@ impl PgStore {
             // A connection that broke fails its query, which answers 503
             // and is dropped from the pool.
             .test_before_acquire(false)
-            .connect(url)
+            .connect_with(options)
             .await?;
         let auth = Arc::new(AuthCache::default());
         tokio::spawn(notify::listen(pool.clone(), auth.clone()));
-        Ok(Self { pool, auth })
+        let notifier = notify::Notifier::start(&pool);
+        Ok(Self { pool, auth, notifier })
+    }
+
+    /// Users changed and committed: forgotten here at once, and by every
+    /// other replica when the notification arrives.
+    pub(in crate::store) fn users_changed(&self, ids: &[uuid::Uuid]) {
+        self.auth.evict_users(ids.iter().copied());
+        self.notifier.users(ids);
     }
 
     /// Migrates as the owner of the schema (`owner_url`), then grants the
@@ -56,6 +69,7 @@ impl PgStore {
         ensure_database(owner_url).await?;
         let mut conn = PgConnection::connect(owner_url).await?;
         sqlx::migrate!("./migrations/postgres").run(&mut conn).await?;
+        sqlx::query(crate::store::trail::postgres::PARTITIONS_AHEAD).execute(&mut conn).await?;
         let runtime = PgConnectOptions::from_str(runtime_url)?.get_username().to_owned();
         let owner: String = sqlx::query_scalar("SELECT current_user").fetch_one(&mut conn).await?;
         if runtime != owner {
@@ -72,6 +86,16 @@ impl PgStore {
                 format!("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {role}"),
             ] {
                 sqlx::query(&sql).execute(&mut conn).await?;
+            }
+            // The trail's monthly partitions were granted as tables too: the
+            // role reaches the trail only through its parent.
+            let partitions: Vec<String> = sqlx::query_scalar(
+                "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'audit_events'::regclass",
+            )
+            .fetch_all(&mut conn)
+            .await?;
+            for p in partitions {
+                sqlx::query(&format!("REVOKE ALL ON {p} FROM {role}")).execute(&mut conn).await?;
             }
         }
         conn.close().await?;
@@ -129,7 +153,7 @@ pub(in crate::store) fn now_seconds() -> DateTime<Utc> {
 impl Store for PgStore {
     async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("./migrations/postgres").run(&self.pool).await?;
-        Ok(())
+        crate::store::TrailStore::prepare_trail(self).await
     }
 
     async fn sweep(&self) -> Result<u64> {

@@ -7,6 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use sqlx::{PgPool, postgres::PgListener};
+use tokio::sync::mpsc;
 
 use crate::store::auth_cache::AuthCache;
 
@@ -97,5 +98,58 @@ mod tests {
         assert_eq!(super::decode_hex("00ff10"), Some(vec![0, 255, 16]));
         assert_eq!(super::decode_hex("0"), None);
         assert_eq!(super::decode_hex("zz"), None);
+    }
+}
+
+/// Sends evictions after commit, batched, on connections of their own with
+/// `synchronous_commit = off`: a NOTIFY holds a server-wide lock until its
+/// transaction's commit, and these need not wait for the disk (a lost one
+/// costs at most the cache's lifetime of a stale entry, as a crash between
+/// commit and notify would).
+#[derive(Clone)]
+pub struct Notifier {
+    tx: mpsc::UnboundedSender<String>,
+}
+
+impl Notifier {
+    pub fn start(pool: &PgPool) -> Self {
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with((*pool.connect_options()).clone().options([("synchronous_commit", "off")]));
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let closed = pool.close_event();
+        tokio::spawn(async move {
+            tokio::pin!(closed);
+            loop {
+                let first = tokio::select! {
+                    () = &mut closed => break,
+                    first = rx.recv() => match first { Some(f) => f, None => break },
+                };
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                    if batch.len() >= 512 {
+                        break;
+                    }
+                }
+                let sent = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+                    .bind(CHANNEL)
+                    .bind(&batch)
+                    .execute(&own)
+                    .await;
+                if let Err(e) = sent {
+                    tracing::warn!(error = %e, users = batch.len(), "evictions not sent; other replicas forget those users when their cache entries expire");
+                }
+            }
+            own.close().await;
+        });
+        Self { tx }
+    }
+
+    pub fn users(&self, ids: &[uuid::Uuid]) {
+        for id in ids {
+            let _ = self.tx.send(format!("u{id}"));
+        }
     }
 }

@@ -89,7 +89,7 @@ impl ResetStore for PgStore {
         audit.subject_id = Some(user_id);
         pg_audit::append(&mut *tx, &[audit]).await?;
         tx.commit().await?;
-        self.auth.evict_users([user_id]);
+        self.users_changed(&[user_id]);
         self.auth.evict_sessions(ended.iter().map(Vec::as_slice));
         Ok(ResetCheck::Live { app_id, user_id })
     }

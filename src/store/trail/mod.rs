@@ -49,6 +49,12 @@ pub trait TrailStore: Send + Sync {
 
     async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>>;
 
+    /// Makes what the trail needs ahead of time (PostgreSQL: its monthly
+    /// partitions); the sealer calls it hourly.
+    async fn prepare_trail(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Keeps an earlier checkpoint key (again: no change).
     async fn endorse_checkpoint_key(&self, key: &EndorsedKey) -> Result<()>;
 

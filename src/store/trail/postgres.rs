@@ -174,6 +174,10 @@ pub(in crate::store) async fn append<'c>(db: impl PgExecutor<'c>, records: &[Aud
     Ok(())
 }
 
+/// Monthly partitions of the trail two years ahead (migration
+/// `trail_partitions`).
+pub(in crate::store) const PARTITIONS_AHEAD: &str = "SELECT audit_partitions(now(), 24)";
+
 /// The record columns and its place in the tree (`xid_n`: the writer's
 /// transaction id as a number).
 const STORED: &str = "*, xid::text::bigint AS xid_n";
@@ -316,6 +320,11 @@ impl TrailStore for PgStore {
 
     async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>> {
         latest(&self.pool).await
+    }
+
+    async fn prepare_trail(&self) -> Result<()> {
+        sqlx::query(PARTITIONS_AHEAD).execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn endorse_checkpoint_key(&self, key: &EndorsedKey) -> Result<()> {

@@ -35,6 +35,7 @@ impl UserStore for PgStore {
         pg_audit::append(&mut *tx, &[audit]).await?;
         tx.commit().await?;
         // What the user's sessions grant changed.
+        self.users_changed(&[id]);
         self.auth.evict_all();
         Ok(true)
     }
@@ -172,7 +173,7 @@ impl UserStore for PgStore {
         }
         pg_audit::append(&mut *tx, audit).await?;
         tx.commit().await?;
-        self.auth.evict_users([user_id]);
+        self.users_changed(&[user_id]);
         self.auth.evict_sessions(ended.iter().map(Vec::as_slice));
         user_from_row(&row).map(Some)
     }
