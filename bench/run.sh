@@ -5,6 +5,8 @@
 #   bench/run.sh [SECONDS]     (measured seconds per run; default 10)
 #   BENCH_REPS=N               (runs of each ratio figure, alternating with
 #                               its baseline; default 5)
+#   BENCH_TRAIL_RECORDS=N      (trail records made for the at-scale listing
+#                               figures; default 10000000, 0 skips them)
 #
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust), like the tests.
 # Makes a fresh database, which it drops at the end.
@@ -31,6 +33,7 @@ SERVER=
 cleanup() {
   [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null
   psql "$PGBASE/postgres" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  psql "$PGBASE/postgres" -qAtc "DROP DATABASE IF EXISTS ${DB}_trail WITH (FORCE)" >/dev/null 2>&1 || true
   rm -f "$LINES"
 }
 trap cleanup EXIT
@@ -122,6 +125,13 @@ load --scenario mixed --via http -c 64 --server-pid "$SERVER"
 stop
 # Start to ready on the now migrated database.
 bench startup --readyz "http://$HTTP/readyz" --runs 5 -- "$BIN" serve --grpc-addr "$GRPC" --http-addr "$HTTP"
+
+# The trail at scale, in a database of its own (BENCH_TRAIL_RECORDS=0 skips it).
+TRAIL_RECORDS=${BENCH_TRAIL_RECORDS:-10000000}
+if [ "$TRAIL_RECORDS" -gt 0 ]; then
+  bench trail-scale --database-url "$PGBASE/${DB}_trail" --records "$TRAIL_RECORDS"
+  psql "$PGBASE/postgres" -qAtc "DROP DATABASE IF EXISTS ${DB}_trail WITH (FORCE)" >/dev/null 2>&1 || true
+fi
 
 "$BENCH" report "$LINES" >bench/results.md
 sed -n '/^## Targets/,/^## Every run/p' bench/results.md | sed '$d'

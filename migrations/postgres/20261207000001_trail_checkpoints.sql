@@ -47,3 +47,5 @@ CREATE TABLE audit_checkpoint_keys (
 );
 CREATE TRIGGER audit_checkpoint_keys_no_update BEFORE UPDATE OR DELETE ON audit_checkpoint_keys
     FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
+CREATE TRIGGER audit_checkpoint_keys_no_truncate BEFORE TRUNCATE ON audit_checkpoint_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();

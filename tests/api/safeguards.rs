@@ -792,12 +792,36 @@ async fn serve_runs_as_a_role_that_cannot_rewrite_the_trail() {
         "ALTER TABLE audit_events DISABLE TRIGGER ALL",
         "DROP TABLE audit_events",
         "DELETE FROM _sqlx_migrations",
+        // Its months one by one, and the signed checkpoints.
+        "TRUNCATE audit_events_default",
+        "DELETE FROM audit_events_default",
+        "DELETE FROM audit_checkpoints",
+        "UPDATE audit_checkpoints SET root = ''",
+        "TRUNCATE audit_checkpoints",
+        "DELETE FROM audit_checkpoint_keys",
     ] {
         let e = sqlx::query(sql).execute(&mut rt).await.expect_err(sql).to_string();
         assert!(e.contains("permission denied") || e.contains("must be owner"), "{sql}: {e}");
     }
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(&mut rt).await.unwrap();
     assert!(n >= 4, "the trail is there and readable: {n}");
+    let month: String = sqlx::query_scalar("SELECT 'audit_events_' || to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM')")
+        .fetch_one(&mut rt)
+        .await
+        .unwrap();
+    let e = sqlx::query(&format!("TRUNCATE {month}")).execute(&mut rt).await.expect_err("this month").to_string();
+    assert!(e.contains("permission denied"), "{e}");
+    // The service sealed the trail as that role: checkpoints are there.
+    let sealed = async {
+        loop {
+            let c: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_checkpoints").fetch_one(&mut rt).await.unwrap();
+            if c > 0 {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), sealed).await.expect("a checkpoint made by the runtime role");
     rt.close().await.ok();
     assert!(common::admin(&t.app).verify_trail(None).await.unwrap().is_ok(), "the chain is whole");
     drop(t);

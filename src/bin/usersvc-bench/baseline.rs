@@ -179,3 +179,67 @@ pub async fn checkpoint_lag(url: &str, since: chrono::DateTime<chrono::Utc>) -> 
     let q = |p: f64| lags[((lags.len() - 1) as f64 * p).round() as usize];
     Ok((q(0.5), q(0.99), lags[lags.len() - 1], lags.len()))
 }
+
+/// The trail at scale: `records` made straight in a database of its own
+/// (migrated here), spread over the past twelve months, 10 applications and
+/// 100,000 users; then a user's accounting and the last day's records, as
+/// `usersvc audit list --user` / `--since` and the disclosures route read
+/// them (one page of up to 5,000, through the store), each timed 5 times.
+/// Milliseconds: (fill seconds, user page median, since page median, app and
+/// user page median).
+pub async fn trail_scale(url: &str, records: i64) -> anyhow::Result<(f64, f64, f64, f64)> {
+    use usersvc::store::AuditFilter;
+    let (store, _) = usersvc::store::backend::open(url, 4).await?;
+    store.migrate().await?;
+    let mut conn = PgConnection::connect(url).await?;
+    sqlx::query("SELECT audit_partitions(now() - interval '13 months', 24)").execute(&mut conn).await?;
+    let fill = Instant::now();
+    let step = 1_000_000i64;
+    let mut done = 0;
+    while done < records {
+        let n = step.min(records - done);
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, app_id, actor, actor_id, subject_id, action, fields, outcome,
+                                       request_id, client_addr)
+             SELECT gen_random_uuid(), now() - ((g * 3) % 31536000) * interval '1 second',
+                    ('00000000-0000-0000-0000-' || lpad(to_hex(g % 10), 12, '0'))::uuid, 'user',
+                    s, s, 'user.read', '{name,email}', 'ok', 'req-' || g, decode(repeat('ab', 44), 'hex')
+             FROM generate_series($1::bigint, $2::bigint) AS g,
+                  LATERAL (SELECT ('00000000-0000-0000-0001-' || lpad(to_hex(g % 100000), 12, '0'))::uuid AS s) AS u",
+        )
+        .bind(done)
+        .bind(done + n - 1)
+        .execute(&mut conn)
+        .await?;
+        done += n;
+        eprintln!("bench: trail at scale: {done} records");
+    }
+    sqlx::query("ANALYZE audit_events").execute(&mut conn).await?;
+    let fill_s = fill.elapsed().as_secs_f64();
+    let subject = Uuid::parse_str("00000000-0000-0000-0001-000000000007")?;
+    let app = Uuid::parse_str("00000000-0000-0000-0000-000000000007")?;
+    let timed = |filter: AuditFilter| {
+        let store = store.clone();
+        async move {
+            let mut ms = Vec::new();
+            for _ in 0..5 {
+                let t = Instant::now();
+                let page = store.audit_records(&filter).await?;
+                anyhow::ensure!(!page.is_empty(), "the page is empty");
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            ms.sort_by(f64::total_cmp);
+            Ok::<f64, anyhow::Error>(ms[2])
+        }
+    };
+    let user = timed(AuditFilter { subject_id: Some(subject), limit: 5000, ..Default::default() }).await?;
+    let since = timed(AuditFilter {
+        since: Some(chrono::Utc::now() - chrono::Duration::days(1)),
+        limit: 5000,
+        ..Default::default()
+    })
+    .await?;
+    let app_user =
+        timed(AuditFilter { app_id: Some(app), subject_id: Some(subject), limit: 1000, ..Default::default() }).await?;
+    Ok((fill_s, user, since, app_user))
+}

@@ -53,6 +53,15 @@ enum Command {
         #[arg(long)]
         since: chrono::DateTime<chrono::Utc>,
     },
+    /// The trail at scale: fills a database of its own with records and
+    /// times `audit list --user` / `--since` pages.
+    TrailScale {
+        /// A database of its own (made and migrated here).
+        #[arg(long)]
+        database_url: String,
+        #[arg(long, default_value_t = 10_000_000)]
+        records: i64,
+    },
     /// argon2id hashes/s at the service's parameters on every core.
     Argon2 {
         /// Threads (default: every core).
@@ -141,6 +150,14 @@ async fn main() -> anyhow::Result<()> {
             let r = |x: f64| (x * 1000.0).round() / 1000.0;
             let line =
                 json!({"run": "checkpoint_lag", "records": records, "p50_s": r(p50), "p99_s": r(p99), "max_s": r(max)});
+            println!("{line}");
+            Ok(())
+        }
+        Command::TrailScale { database_url, records } => {
+            let (fill_s, user_ms, since_ms, app_user_ms) = baseline::trail_scale(&database_url, records).await?;
+            let r = |x: f64| (x * 100.0).round() / 100.0;
+            let line = json!({"run": "trail_scale", "records": records, "fill_s": r(fill_s),
+                "user_page_ms": r(user_ms), "since_page_ms": r(since_ms), "app_user_page_ms": r(app_user_ms)});
             println!("{line}");
             Ok(())
         }

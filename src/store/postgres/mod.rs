@@ -81,6 +81,7 @@ impl PgStore {
                 format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
                 format!("REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON audit_events FROM {role}"),
                 format!("REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON audit_checkpoints FROM {role}"),
+                format!("REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON audit_checkpoint_keys FROM {role}"),
                 format!("REVOKE ALL ON _sqlx_migrations FROM {role}"),
                 format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"),
                 format!("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {role}"),

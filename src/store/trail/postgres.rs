@@ -238,19 +238,29 @@ impl TrailStore for PgStore {
     }
 
     async fn audit_records(&self, f: &AuditFilter) -> Result<Vec<StoredAudit>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {STORED} FROM audit_events
-             WHERE seq > $1 AND ($2::uuid IS NULL OR app_id = $2) AND ($3::uuid IS NULL OR subject_id = $3)
-               AND ($4::timestamptz IS NULL OR at >= $4)
-             ORDER BY seq LIMIT $5"
-        ))
-        .bind(f.after_seq)
-        .bind(f.app_id)
-        .bind(f.subject_id)
-        .bind(f.since)
-        .bind(f.limit)
-        .fetch_all(&self.pool)
-        .await?;
+        // Only the filters given are in the statement: a prepared plan made
+        // for "subject = $3 OR $3 IS NULL" may be generic and pass over the
+        // subject's index, and `at` must be plain for the months to be
+        // pruned. One statement per combination (eight at most).
+        let mut sql = format!("SELECT {STORED} FROM audit_events WHERE seq > $1");
+        if f.app_id.is_some() {
+            sql += " AND app_id = $2";
+        }
+        if f.subject_id.is_some() {
+            sql += " AND subject_id = $3";
+        }
+        if f.since.is_some() {
+            sql += " AND at >= $4";
+        }
+        sql += " ORDER BY seq LIMIT $5";
+        let rows = sqlx::query(&sql)
+            .bind(f.after_seq)
+            .bind(f.app_id)
+            .bind(f.subject_id)
+            .bind(f.since)
+            .bind(f.limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(stored_of).collect()
     }
 
