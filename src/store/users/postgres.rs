@@ -121,58 +121,61 @@ impl UserStore for PgStore {
         change: UserChange,
         audit: &[AuditRecord],
     ) -> Result<Option<UserRecord>> {
-        let mut tx = self.pool.begin().await?;
+        // One statement, so one round trip and one transaction: the row's
+        // compare-and-set, the sessions a password change ends and the
+        // trail records (nothing but the row when the compare-and-set
+        // fails). A key rotated away since the caller sealed makes this a
+        // conflict too: the caller re-reads and seals again under the
+        // current key.
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH u AS (
+                     UPDATE users SET
+                         key_id = $4,
+                         username_ct = COALESCE($5, username_ct),
+                         username_bidx = COALESCE($6, username_bidx),
+                         password_hash = COALESCE($7, password_hash),
+                         email_bidx = $8,
+                         profile_ct = $9,
+                         active = $10,
+                         version = version + 1,
+                         updated_at = GREATEST($11, updated_at)
+                     WHERE app_id = $1 AND id = $2 AND version = $3
+                       AND EXISTS (SELECT 1 FROM app_keys WHERE id = $4 AND current)
+                     RETURNING {USER_COLUMNS}
+                 ), ended AS (
+                     DELETE FROM sessions
+                     WHERE $12 AND app_id = $1 AND user_id = $2 AND id IS DISTINCT FROM $13
+                       AND EXISTS (SELECT 1 FROM u)
+                     RETURNING token_hash
+                 ), {}
+                 SELECT u.*, ARRAY(SELECT token_hash FROM ended) AS ended FROM u",
+                many_records(14, "EXISTS (SELECT 1 FROM u)")
+            )
+        });
         let (username_ct, username_bidx) = change.username.clone().unzip();
-        // A key rotated away since the caller sealed makes this a conflict:
-        // the caller re-reads and seals again under the current key.
-        let row = sqlx::query(&format!(
-            "UPDATE users SET
-                 key_id = $4,
-                 username_ct = COALESCE($5, username_ct),
-                 username_bidx = COALESCE($6, username_bidx),
-                 password_hash = COALESCE($7, password_hash),
-                 email_bidx = $8,
-                 profile_ct = $9,
-                 active = $10,
-                 version = version + 1,
-                 updated_at = GREATEST($11, updated_at)
-             WHERE app_id = $1 AND id = $2 AND version = $3
-               AND EXISTS (SELECT 1 FROM app_keys WHERE id = $4 AND current)
-             RETURNING {USER_COLUMNS}"
-        ))
-        .bind(app_id)
-        .bind(user_id)
-        .bind(change.expected_version)
-        .bind(change.key_id)
-        .bind(username_ct)
-        .bind(username_bidx)
-        .bind(&change.password_hash)
-        .bind(&change.email_bidx)
-        .bind(&change.profile_ct)
-        .bind(change.active)
-        .bind(now_seconds())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let q = sqlx::query(&SQL)
+            .bind(app_id)
+            .bind(user_id)
+            .bind(change.expected_version)
+            .bind(change.key_id)
+            .bind(username_ct)
+            .bind(username_bidx)
+            .bind(&change.password_hash)
+            .bind(&change.email_bidx)
+            .bind(&change.profile_ct)
+            .bind(change.active)
+            .bind(now_seconds())
+            .bind(change.end_sessions.is_some())
+            .bind(change.end_sessions.and_then(|e| e.keep));
+        let row = AuditColumns::of(audit).bind(q).fetch_optional(&self.pool).await?;
         let Some(row) = row else {
             // Lost the compare-and-set: what this replica remembers of the
             // user is older than the row, so the retry reads the row.
             self.auth.evict_users([user_id]);
             return Ok(None);
         };
-        let mut ended: Vec<Vec<u8>> = Vec::new();
-        if let Some(end) = change.end_sessions {
-            ended = sqlx::query_scalar(
-                "DELETE FROM sessions WHERE app_id = $1 AND user_id = $2 AND id IS DISTINCT FROM $3
-                 RETURNING token_hash",
-            )
-            .bind(app_id)
-            .bind(user_id)
-            .bind(end.keep)
-            .fetch_all(&mut *tx)
-            .await?;
-        }
-        pg_audit::append(&mut *tx, audit).await?;
-        tx.commit().await?;
+        let ended: Vec<Vec<u8>> = row.try_get("ended")?;
         self.users_changed(&[user_id]);
         self.auth.evict_sessions(ended.iter().map(Vec::as_slice));
         user_from_row(&row).map(Some)
