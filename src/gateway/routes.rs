@@ -176,18 +176,37 @@ pub const ROUTES: &[Route] = &[
     Route {
         path: "/v2/users",
         tag: "users",
-        ops: &[Op {
-            description: "Self sign-up: open to anyone holding the application's key, and the reply carries a \
+        ops: &[
+            Op {
+                description: "Self sign-up: open to anyone holding the application's key, and the reply carries a \
                           `sessionToken` for the new user. A supervisor's session may create users too (no token \
                           is issued then, and `active` is honoured). `username` and `password` are required; \
                           server-managed members sent back by old clients (`usersId`, `createdAt`, `updatedAt`, \
                           `sessionToken`) are ignored. The new user joins every default group.",
-            auth: Auth::KeyMaybeSession,
-            body: Body::Json { schema: "NewUser", example: Some(CREATE_USER_EXAMPLE) },
-            reply: Reply::Message("User"),
-            errors: &[400, 401, 409, 413, 415, 503],
-            ..op(Method::Post, "createUser", "Create a user", |m| on(m, users::create))
-        }],
+                auth: Auth::KeyMaybeSession,
+                body: Body::Json { schema: "NewUser", example: Some(CREATE_USER_EXAMPLE) },
+                reply: Reply::Message("User"),
+                errors: &[400, 401, 409, 413, 415, 503],
+                ..op(Method::Post, "createUser", "Create a user", |m| on(m, users::create))
+            },
+            Op {
+                description: "The application's users, oldest first, a page at a time: `{\"users\": [...], \
+                          \"nextPageToken\": \"...\"}` (no token on the last page). Filters are exact and all must \
+                          hold; `email` and `username` are matched through blind indexes, without decrypting \
+                          anyone. A supervisor or a service token; each user listed is recorded in the trail.",
+                reply: Reply::Message("ListUsersResponse"),
+                errors: &[400, 401, 403, 404, 503],
+                query: &[
+                    ("pageSize", "Users on a page: 1 to 1000, default 100.", "integer"),
+                    ("pageToken", "The `nextPageToken` of the page before (with the same filters).", "string"),
+                    ("email", "Only the users with this primary address.", "string"),
+                    ("username", "Only the user with this username.", "string"),
+                    ("groupsId", "Only the members of this group.", "string"),
+                    ("active", "`true` or `false`: only active, or only inactive, users.", "boolean"),
+                ],
+                ..op(Method::Get, "listUsers", "List and search users", |m| on(m, users::list))
+            },
+        ],
     },
     Route {
         path: "/v2/users/forgotUsername",

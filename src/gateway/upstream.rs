@@ -66,6 +66,7 @@ upstream!(UserService, UserServiceClient, "usersvc.v1.UserService", {
     revoke_session(pb::RevokeSessionRequest) -> Empty = "RevokeSession";
     verify_session(pb::VerifySessionRequest) -> pb::VerifySessionResponse = "VerifySession";
     list_disclosures(pb::ListDisclosuresRequest) -> pb::ListDisclosuresResponse = "ListDisclosures";
+    list_users(pb::ListUsersRequest) -> pb::ListUsersResponse = "ListUsers";
 });
 
 upstream!(GroupService, GroupServiceClient, "usersvc.v1.GroupService", {

@@ -132,15 +132,21 @@ pub struct Page {
     page_token: Option<String>,
 }
 
-/// `GET /v2/users/{usersId}/disclosures`: who accessed the user's record.
-pub async fn disclosures(
-    State(gw): State<Gateway>,
-    meta: CallMeta,
-    Path(users_id): Path<String>,
-    Query(page): Query<Page>,
-) -> ApiResult {
-    let page_size = match page.page_size.as_deref() {
-        None | Some("") => 0,
+/// `?pageSize&pageToken&email&username&groupsId&active` of the user listing.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserQuery {
+    page_size: Option<String>,
+    page_token: Option<String>,
+    email: Option<String>,
+    username: Option<String>,
+    groups_id: Option<String>,
+    active: Option<String>,
+}
+
+fn page_size(raw: Option<&str>) -> Result<i32, ApiError> {
+    match raw {
+        None | Some("") => Ok(0),
         Some(n) => n.parse::<i32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
             ApiError::field(
                 StatusCode::BAD_REQUEST,
@@ -148,8 +154,46 @@ pub async fn disclosures(
                 "pageSize",
                 "pageSize: must be a whole number from 1 to 1000",
             )
-        })?,
+        }),
+    }
+}
+
+/// `GET /v2/users`: a supervisor's listing and search of the application's
+/// users, `{"users": [...], "nextPageToken": "..."}`.
+pub async fn list(State(gw): State<Gateway>, meta: CallMeta, Query(q): Query<UserQuery>) -> ApiResult {
+    let active = match q.active.as_deref() {
+        None | Some("") => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "active",
+                "active: must be true or false",
+            ));
+        }
     };
+    let req = pb::ListUsersRequest {
+        page_size: page_size(q.page_size.as_deref())?,
+        page_token: q.page_token.unwrap_or_default(),
+        email: q.email.unwrap_or_default(),
+        username: q.username.unwrap_or_default(),
+        groups_id: q.groups_id.unwrap_or_default(),
+        active,
+    };
+    let out = gw.users.list_users(meta.request(req)).await?;
+    Ok(reply(out.get_ref()))
+}
+
+/// `GET /v2/users/{usersId}/disclosures`: who accessed the user's record.
+pub async fn disclosures(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(users_id): Path<String>,
+    Query(page): Query<Page>,
+) -> ApiResult {
+    let page_size = page_size(page.page_size.as_deref())?;
     let req = pb::ListDisclosuresRequest { users_id, page_size, page_token: page.page_token.unwrap_or_default() };
     let out = gw.users.list_disclosures(meta.request(req)).await?;
     Ok(reply(out.get_ref()))

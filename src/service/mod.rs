@@ -6,6 +6,7 @@ mod disclosures;
 pub mod error;
 pub mod field_mask;
 mod groups;
+mod listing;
 mod present_fields;
 pub mod profile;
 mod sessions;

@@ -581,6 +581,14 @@ impl UserService for UserSvc {
         Ok(Response::new(UserSvc::list_disclosures(self, &ctx, req).await?))
     }
 
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::list_users(self, &ctx, req).await?))
+    }
+
     async fn verify_session(
         &self,
         request: Request<pb::VerifySessionRequest>,

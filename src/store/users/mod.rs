@@ -69,6 +69,15 @@ pub struct EndSessions {
     pub keep: Option<Uuid>,
 }
 
+/// Filters of a user listing; each given one must hold.
+#[derive(Debug, Clone, Default)]
+pub struct UserListFilter {
+    pub email_bidx: Option<Vec<u8>>,
+    pub username_bidx: Option<Vec<u8>>,
+    pub group_id: Option<Uuid>,
+    pub active: Option<bool>,
+}
+
 /// Whether a sign-in may go on to the password check, and with what.
 #[derive(Debug)]
 pub enum SignInAttempt {
@@ -80,6 +89,16 @@ pub enum SignInAttempt {
 
 #[async_trait]
 pub trait UserStore: Send + Sync {
+    /// Users of the application in id order (UUIDv7: creation order) after
+    /// `after`, those matching every filter given; at most `limit`.
+    async fn list_users(
+        &self,
+        app_id: Uuid,
+        filter: &UserListFilter,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<UserRecord>>;
+
     /// Makes the user with this username (blind index) a supervisor.
     /// False when no such user exists in the application.
     async fn set_supervisor(&self, app_id: Uuid, username_bidx: &[u8], on: bool, audit: &AuditRecord) -> Result<bool>;
