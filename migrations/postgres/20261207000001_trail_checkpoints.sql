@@ -13,7 +13,7 @@
 ALTER TABLE audit_events ALTER COLUMN prev_hash DROP NOT NULL, ALTER COLUMN hash DROP NOT NULL;
 ALTER TABLE audit_events ADD COLUMN xid xid8 NOT NULL DEFAULT '0';
 ALTER TABLE audit_events ALTER COLUMN xid SET DEFAULT pg_current_xact_id();
-CREATE INDEX audit_events_tree_order ON audit_events (xid, seq);
+-- Its index, (xid, seq), comes with the partitioned table (`trail_partitions`).
 
 -- Signed statements of the tree. The signing key is derived from the master
 -- key and never stored; a checkpoint exported with `usersvc audit

@@ -11,7 +11,6 @@ ALTER TABLE audit_events RENAME TO audit_events_unpartitioned;
 ALTER INDEX audit_events_pkey RENAME TO audit_events_unpartitioned_pkey;
 ALTER INDEX audit_events_id_key RENAME TO audit_events_unpartitioned_id_key;
 ALTER INDEX audit_events_app_subject RENAME TO audit_events_unpartitioned_app_subject;
-ALTER INDEX audit_events_tree_order RENAME TO audit_events_unpartitioned_tree_order;
 ALTER SEQUENCE audit_events_seq_seq OWNED BY NONE;
 
 CREATE TABLE audit_events (

@@ -107,7 +107,7 @@ pub async fn check(
             tree.size()
         )));
     }
-    if let (Some((m, _)), Some(e)) = (external, exported) {
+    if let (Some((m, old_root)), Some(e)) = (external, exported) {
         if !external_root_seen {
             return Ok(Err(format!(
                 "the exported checkpoint of {} vouches for {m} records but the trail has only {}: \
@@ -120,8 +120,7 @@ pub async fn check(
         // Today's latest checkpoint extends the exported one (RFC 9162).
         if let (Some(p), Some(latest)) = (&proof, &latest) {
             let hashes = p.roots().unwrap_or_default();
-            let (old_root, new_root) = (external.map(|(_, r)| r).unwrap_or_default(), latest.root.as_slice());
-            let new_root: [u8; 32] = new_root.try_into().unwrap_or([0; 32]);
+            let new_root: [u8; 32] = latest.root.as_slice().try_into().unwrap_or([0; 32]);
             if !merkle::verify_consistency(m, latest_size, &old_root, &new_root, &hashes) {
                 return Ok(Err("the latest checkpoint does not extend the exported one".into()));
             }

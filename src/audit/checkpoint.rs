@@ -46,7 +46,7 @@ impl CheckpointKey {
 }
 
 fn key_id_of(public_key: &[u8]) -> String {
-    Sha256::digest(public_key)[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::crypto::hex(&Sha256::digest(public_key)[..8])
 }
 
 /// The checkpoint keys a verifier trusts: its own master key's, and each

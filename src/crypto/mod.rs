@@ -196,7 +196,8 @@ pub fn blind_index(index_key: &Key, kind: &str, normalised: &str) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex (ids made of digests).
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

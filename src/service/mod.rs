@@ -7,6 +7,7 @@ pub mod error;
 pub mod field_mask;
 mod groups;
 mod listing;
+mod paging;
 mod present_fields;
 pub mod profile;
 mod sessions;

@@ -76,30 +76,19 @@ impl<'a> OneRecord<'a> {
 /// the twelve arrays from `$first` on ([`AuditColumns`]), when `condition`
 /// (SQL) holds.
 pub(in crate::store) fn many_records(first: usize, condition: &str) -> String {
-    let p: Vec<String> = (first..first + 12).map(|n| format!("${n}")).collect();
+    /// The arrays' element types, in [`COLUMNS`] order (`fields` as JSON text).
+    const TYPES: [&str; 12] =
+        ["uuid", "timestamptz", "uuid", "text", "uuid", "uuid", "uuid", "text", "text", "text", "text", "bytea"];
+    let arrays: Vec<String> = (first..).zip(TYPES).map(|(n, t)| format!("${n}::{t}[]")).collect();
     format!(
         "trail AS (
              INSERT INTO audit_events ({COLUMNS})
              SELECT id, at, app_id, actor, actor_id, subject_id, object_id, action,
                     ARRAY(SELECT jsonb_array_elements_text(fields::jsonb)), outcome, request_id, client_addr
-             FROM unnest({p0}::uuid[], {p1}::timestamptz[], {p2}::uuid[], {p3}::text[], {p4}::uuid[], {p5}::uuid[],
-                         {p6}::uuid[], {p7}::text[], {p8}::text[], {p9}::text[], {p10}::text[], {p11}::bytea[])
-                  AS r (id, at, app_id, actor, actor_id, subject_id, object_id, action, fields, outcome, request_id,
-                        client_addr)
+             FROM unnest({}) AS r ({COLUMNS})
              WHERE {condition}
          )",
-        p0 = p[0],
-        p1 = p[1],
-        p2 = p[2],
-        p3 = p[3],
-        p4 = p[4],
-        p5 = p[5],
-        p6 = p[6],
-        p7 = p[7],
-        p8 = p[8],
-        p9 = p[9],
-        p10 = p[10],
-        p11 = p[11],
+        arrays.join(", ")
     )
 }
 

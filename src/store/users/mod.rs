@@ -78,6 +78,34 @@ pub struct UserListFilter {
     pub active: Option<bool>,
 }
 
+impl UserListFilter {
+    /// A listing's statement with only the filters given (so that each
+    /// plan uses the index it can), through (app_id, id) in id order; its
+    /// parameters are numbered 1 to 7 with `p` (`$` or `?`), in the order
+    /// `list_users` binds them: app, after, email, username, active, group,
+    /// limit.
+    pub(in crate::store) fn statement(&self, columns: &str, after: bool, p: char) -> String {
+        let mut sql = format!("SELECT {columns} FROM users WHERE app_id = {p}1");
+        if after {
+            sql += &format!(" AND id > {p}2");
+        }
+        if self.email_bidx.is_some() {
+            sql += &format!(" AND email_bidx = {p}3");
+        }
+        if self.username_bidx.is_some() {
+            sql += &format!(" AND username_bidx = {p}4");
+        }
+        if self.active.is_some() {
+            sql += &format!(" AND active = {p}5");
+        }
+        if self.group_id.is_some() {
+            sql +=
+                &format!(" AND EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = {p}6 AND m.user_id = users.id)");
+        }
+        sql + &format!(" ORDER BY id LIMIT {p}7")
+    }
+}
+
 /// Whether a sign-in may go on to the password check, and with what.
 #[derive(Debug)]
 pub enum SignInAttempt {

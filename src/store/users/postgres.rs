@@ -25,25 +25,7 @@ impl UserStore for PgStore {
         after: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<UserRecord>> {
-        // Only the filters given are in the statement (so that each plan
-        // uses the index it can); through (app_id, id) in id order.
-        let mut sql = format!("SELECT {USER_COLUMNS} FROM users WHERE app_id = $1");
-        if after.is_some() {
-            sql += " AND id > $2";
-        }
-        if f.email_bidx.is_some() {
-            sql += " AND email_bidx = $3";
-        }
-        if f.username_bidx.is_some() {
-            sql += " AND username_bidx = $4";
-        }
-        if f.active.is_some() {
-            sql += " AND active = $5";
-        }
-        if f.group_id.is_some() {
-            sql += " AND EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = $6 AND m.user_id = users.id)";
-        }
-        sql += " ORDER BY id LIMIT $7";
+        let sql = f.statement(USER_COLUMNS, after.is_some(), '$');
         let rows = sqlx::query(&sql)
             .bind(app_id)
             .bind(after)
