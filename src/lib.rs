@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod gateway;
+pub mod import;
 pub mod mail;
 pub mod memory;
 pub mod net;

@@ -73,6 +73,30 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Bring users in from a file: JSON lines (the /v2 user with `password`
+    /// or `passwordHash`, `groups`, `supervisor`), a Parse Server `_User`
+    /// export or a Keycloak realm export. Users whose username the
+    /// application has are skipped; each bad entry is named on standard
+    /// error. Prints a one-line JSON summary; exits non-zero when any entry
+    /// failed.
+    Import {
+        #[arg(long)]
+        app: uuid::Uuid,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: usersvc::import::formats::Format,
+        /// The file, or `-` for standard input.
+        file: std::path::PathBuf,
+        /// Shortest password accepted (as for sign-up).
+        #[arg(long, env = "USERSVC_MIN_PASSWORD_LENGTH", default_value_t = 8)]
+        min_password_length: usize,
+        /// Passwords hashed at once (default: the number of cores).
+        #[arg(long, env = "USERSVC_HASH_CONCURRENCY")]
+        hash_concurrency: Option<usize>,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -292,6 +316,64 @@ async fn admin(db: &DatabaseArgs, keys: &KeyArgs) -> anyhow::Result<Admin> {
     Ok(Admin::new(store, master))
 }
 
+async fn import(
+    app: uuid::Uuid,
+    format: usersvc::import::formats::Format,
+    file: &std::path::Path,
+    min_password_length: usize,
+    hash_concurrency: Option<usize>,
+    db: &DatabaseArgs,
+    keys: &KeyArgs,
+) -> anyhow::Result<ExitCode> {
+    use std::io::{BufRead, BufReader, IsTerminal};
+    let (input, size): (Box<dyn BufRead>, Option<u64>) = if file.as_os_str() == "-" {
+        (Box::new(BufReader::new(std::io::stdin())), None)
+    } else {
+        let f = std::fs::File::open(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+        let size = f.metadata().ok().map(|m| m.len());
+        (Box::new(BufReader::with_capacity(1 << 20, f)), size)
+    };
+    let admin = admin(db, keys).await?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hasher = usersvc::auth::password::PasswordHasher::new(hash_concurrency.unwrap_or(cores))?;
+    // On a terminal, a bar of entries read (of bytes unknown: entries are
+    // counted, not sized).
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {pos} users read ({per_sec}) {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    if let Some(size) = size {
+        bar.set_message(format!("from {} bytes", size));
+    }
+    let importer =
+        usersvc::import::Importer::new(admin.store.clone(), &admin.keyring, hasher, app, min_password_length);
+    let started = std::time::Instant::now();
+    let summary = importer
+        .run(
+            format,
+            input,
+            |f| bar.suspend(|| eprintln!("usersvc import: {}: {}", f.at, f.reason)),
+            |n| {
+                if n % 256 == 0 {
+                    bar.set_position(n)
+                }
+            },
+        )
+        .await;
+    bar.finish_and_clear();
+    let summary = summary?;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut out = serde_json::to_value(&summary)?;
+    out["seconds"] = serde_json::json!((seconds * 1000.0).round() / 1000.0);
+    println!("{out}");
+    Ok(if summary.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => Application::start(&args).await?.wait().await?,
@@ -359,6 +441,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("usersvc: application {app} has a new data key; {n} users re-encrypted");
             }
         },
+        Command::Import { app, format, file, min_password_length, hash_concurrency, db, keys } => {
+            return import(app, format, &file, min_password_length, hash_concurrency, &db, &keys).await;
+        }
         Command::Audit { command } => match command {
             AuditCommand::Verify { checkpoint, db, keys } => {
                 let exported = match &checkpoint {

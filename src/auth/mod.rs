@@ -4,6 +4,7 @@
 pub mod caller;
 mod hash_memory;
 pub mod password;
+pub mod schemes;
 pub mod secret;
 
 pub use caller::{Authenticator, Caller, SessionUser};

@@ -179,7 +179,7 @@ fn params() -> Result<Params, HashError> {
 
 /// Memory blocks above this are refused (a stored hash asking for more is
 /// none of ours): 256 MiB.
-const MAX_BLOCKS: usize = 256 * 1024;
+pub(super) const MAX_BLOCKS: usize = 256 * 1024;
 
 thread_local! {
     /// Each hashing thread's argon2 memory, reused from hash to hash. Freshly
@@ -239,9 +239,13 @@ fn hash_blocking(params: &Params, password: &str) -> Result<String, HashError> {
     Ok(phc.to_string())
 }
 
-/// Whether a password matches a PHC string (argon2 only; the comparison is
-/// constant-time).
+/// Whether a password matches a stored hash: argon2 here, with the
+/// thread's reused memory; the other schemes an imported user may carry
+/// through their crates (`schemes`). Each comparison is constant-time.
 fn verify_blocking(phc: &str, password: &str) -> bool {
+    if !phc.starts_with("$argon2") {
+        return super::schemes::verify_other(phc, password);
+    }
     let Ok(parsed) = PasswordHash::new(phc) else { return false };
     let (Ok(algorithm), Ok(params)) = (Algorithm::try_from(parsed.algorithm), Params::try_from(&parsed)) else {
         return false;

@@ -13,7 +13,9 @@ use super::{Core, field_mask, profile, validate};
 use crate::auth::{Caller, SessionUser};
 use crate::pb::{self, user_service_server::UserService};
 use crate::schema;
-use crate::store::{EndSessions, NewReset, NewUser, Relief, ResetCheck, SignInAttempt, ThrottleRule, UserChange};
+use crate::store::{
+    EndSessions, NewReset, NewUser, Rehash, Relief, ResetCheck, SignInAttempt, ThrottleRule, UserChange,
+};
 
 /// How often an update re-reads and retries when another update of the same
 /// user (or a key rotation) committed first.
@@ -393,7 +395,8 @@ impl UserSvc {
             Some(c) => (Some(c.user_id), c.active, Some(c.password_hash)),
             None => (None, false, None),
         };
-        let ok = core.hasher.verify(SecretString::from(req.password), phc).await?;
+        let password = SecretString::from(req.password);
+        let ok = core.hasher.verify(password.clone(), phc.clone()).await?;
         let user_id = match user_id {
             Some(id) if ok && active => id,
             _ => {
@@ -417,7 +420,15 @@ impl UserSvc {
         r.actor_id = Some(user_id);
         r.subject_id = Some(user_id);
         r.fields = profile::field_names(&out);
-        let relief = Relief { clear: Some(&user_key), forgive: addr_key.as_deref() };
+        // An imported hash (bcrypt, PBKDF2...) or one made at older
+        // parameters is replaced now, while the password is at hand.
+        let old = phc.filter(|h| crate::auth::schemes::outdated(h));
+        let new = match &old {
+            Some(_) => Some(core.hasher.hash(password).await?),
+            None => None,
+        };
+        let rehash = old.as_deref().zip(new.as_deref()).map(|(old, new)| Rehash { old, new });
+        let relief = Relief { clear: Some(&user_key), forgive: addr_key.as_deref(), rehash };
         core.store.create_session(app_id, user_id, session, relief, &r).await?;
         tracing::info!(%app_id, users_id = %user_id, "signed in");
         out.session_token = token.expose_secret().to_owned();

@@ -10,6 +10,7 @@ mod concurrency;
 mod grpc_groups;
 mod grpc_users;
 mod http_gateway;
+mod import;
 mod listing;
 mod mail;
 mod merge_patch;

@@ -205,7 +205,7 @@ pub async fn throttles_block_after_the_free_attempts(u: &Under) {
     let f = new_app(s, "throttled").await;
     let nu = new_user(&f, "alice");
     s.create_user(nu.clone(), None, &[]).await.unwrap();
-    let relief = Relief { clear: Some(b"user"), forgive: Some(b"addr") };
+    let relief = Relief { clear: Some(b"user"), forgive: Some(b"addr"), rehash: None };
     s.create_session(f.app.id, nu.id, session("ok"), relief, &AuditRecord::new("session.sign_in", None)).await.unwrap();
     assert_eq!((u.db.failures(b"user").await, u.db.failures(b"addr").await, u.db.failures(b"fresh").await), (0, 3, 0));
 

@@ -46,4 +46,7 @@ pub trait GroupStore: Send + Sync {
     async fn list_groups(&self, app_id: Uuid, default_only: bool) -> Result<Vec<GroupRecord>>;
 
     async fn list_user_groups(&self, app_id: Uuid, user_id: Uuid) -> Result<Vec<GroupRecord>>;
+
+    /// The application's groups of this name (names need not be unique).
+    async fn groups_named(&self, app_id: Uuid, name: &str) -> Result<Vec<GroupRecord>>;
 }

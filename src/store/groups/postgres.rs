@@ -153,4 +153,13 @@ impl GroupStore for PgStore {
         .await?;
         rows.iter().map(from_row).collect()
     }
+
+    async fn groups_named(&self, app_id: Uuid, name: &str) -> Result<Vec<GroupRecord>> {
+        let rows = sqlx::query("SELECT id, name, is_default FROM groups WHERE app_id = $1 AND name = $2 ORDER BY id")
+            .bind(app_id)
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
 }

@@ -29,6 +29,8 @@ impl SessionStore for PgStore {
             format!(
                 "WITH s AS (INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
                             VALUES ($1, $2, $3, $4, $5)),
+                      rehash AS (UPDATE users SET password_hash = $21
+                                 WHERE $21::text IS NOT NULL AND id = $3 AND password_hash = $20),
                       {},
                       {}
                  SELECT 1",
@@ -44,7 +46,8 @@ impl SessionStore for PgStore {
             .bind(expiry(&session, Utc::now()))
             .bind(relief.clear)
             .bind(relief.forgive);
-        OneRecord::of(audit).bind(q).execute(&self.pool).await?;
+        let q = OneRecord::of(audit).bind(q);
+        q.bind(relief.rehash.map(|r| r.old)).bind(relief.rehash.map(|r| r.new)).execute(&self.pool).await?;
         Ok(())
     }
 

@@ -27,6 +27,14 @@ impl SessionStore for SqliteStore {
             .bind(relief.forgive)
             .execute(&mut *tx)
             .await?;
+        if let Some(r) = relief.rehash {
+            sqlx::query("UPDATE users SET password_hash = ?1 WHERE id = ?2 AND password_hash = ?3")
+                .bind(r.new)
+                .bind(user_id)
+                .bind(r.old)
+                .execute(&mut *tx)
+                .await?;
+        }
         append_in(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(())

@@ -21,11 +21,22 @@ pub struct ThrottleRule {
 
 /// What a successful sign-in takes off the throttles: `clear`'s count is
 /// forgotten (the username's), and this attempt is taken off `forgive`'s (the
-/// address's: many may sign in from one address).
+/// address's: many may sign in from one address). And the password hash it
+/// checked, if outdated, is replaced in the same transaction.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Relief<'a> {
     pub clear: Option<&'a [u8]>,
     pub forgive: Option<&'a [u8]>,
+    pub rehash: Option<Rehash<'a>>,
+}
+
+/// A stored password hash replaced by one at the service's parameters,
+/// only if it is still the one checked (a password changed meanwhile
+/// stays).
+#[derive(Debug, Clone, Copy)]
+pub struct Rehash<'a> {
+    pub old: &'a str,
+    pub new: &'a str,
 }
 
 #[async_trait]

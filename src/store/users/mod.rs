@@ -46,6 +46,25 @@ pub struct NewUser {
     pub active: bool,
 }
 
+/// A user brought in by `usersvc import`: a new row, with what sign-up
+/// does not set (supervisor, an earlier creation time, named groups).
+#[derive(Debug, Clone)]
+pub struct ImportedUser {
+    pub user: NewUser,
+    pub supervisor: bool,
+    pub created_at: DateTime<Utc>,
+    /// Groups beyond the default ones.
+    pub groups: Vec<Uuid>,
+}
+
+/// What an export carries that a [`UserRecord`] does not.
+#[derive(Debug, Clone)]
+pub struct UserSecrets {
+    pub id: Uuid,
+    pub username_ct: Vec<u8>,
+    pub password_hash: String,
+}
+
 /// A change to a user, applied only if the row is still at `expected_version`.
 #[derive(Debug, Clone)]
 pub struct UserChange {
@@ -141,6 +160,24 @@ pub trait UserStore: Send + Sync {
         session: Option<NewSession>,
         audit: &[AuditRecord],
     ) -> Result<Option<UserRecord>>;
+
+    /// Inserts the users whose username (blind index) the application does
+    /// not have yet; the others, and repeats within the batch, are skipped.
+    /// Each gets the default groups and its own; of `audit`, the records
+    /// whose subject was inserted are written. One transaction, if `key_id`
+    /// is still the application's current data key: `Ok(None)`, nothing
+    /// written, when it was rotated away. Returns the ids inserted.
+    async fn import_users(
+        &self,
+        app_id: Uuid,
+        key_id: Uuid,
+        users: &[ImportedUser],
+        audit: &[AuditRecord],
+    ) -> Result<Option<Vec<Uuid>>>;
+
+    /// The username ciphertexts and password hashes of these users of the
+    /// application (for an export), in no particular order.
+    async fn user_secrets(&self, app_id: Uuid, ids: &[Uuid]) -> Result<Vec<UserSecrets>>;
 
     async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>>;
 

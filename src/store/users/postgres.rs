@@ -12,8 +12,8 @@ use crate::store::throttles::postgres::{self as pg_throttle, ThrottleArgs};
 use crate::store::trail::postgres::{self as pg_audit, AuditColumns, many_records};
 use crate::store::trail::record::AuditRecord;
 use crate::store::{
-    Credentials, NewSession, NewUser, Result, SignInAttempt, ThrottleRule, UserChange, UserListFilter, UserRecord,
-    UserStore, from_row,
+    Credentials, ImportedUser, NewSession, NewUser, Result, SignInAttempt, ThrottleRule, UserChange, UserListFilter,
+    UserRecord, UserSecrets, UserStore, from_row,
 };
 
 #[async_trait]
@@ -108,6 +108,81 @@ impl UserStore for PgStore {
             .bind(session.as_ref().map(|s| expiry(s, Utc::now())));
         let row = AuditColumns::of(audit).bind(q).fetch_optional(&self.pool).await?;
         row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn import_users(
+        &self,
+        app_id: Uuid,
+        key_id: Uuid,
+        users: &[ImportedUser],
+        audit: &[AuditRecord],
+    ) -> Result<Option<Vec<Uuid>>> {
+        // One statement for the whole batch: rows as arrays, so its cost is
+        // a round trip and the rows' own writes.
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH key AS (SELECT 1 FROM app_keys WHERE id = $2 AND current),
+                 u AS (
+                     INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
+                                        profile_ct, active, supervisor, created_at, updated_at)
+                     SELECT id, $1, $2, username_ct, username_bidx, password_hash, email_bidx, profile_ct, active,
+                            supervisor, created_at, created_at
+                     FROM unnest($3::uuid[], $4::bytea[], $5::bytea[], $6::text[], $7::bytea[], $8::bytea[],
+                                 $9::bool[], $10::bool[], $11::timestamptz[])
+                          AS i (id, username_ct, username_bidx, password_hash, email_bidx, profile_ct, active,
+                                supervisor, created_at)
+                     WHERE EXISTS (SELECT 1 FROM key)
+                     ON CONFLICT (app_id, username_bidx) DO NOTHING
+                     RETURNING id
+                 ), m AS (
+                     INSERT INTO memberships (app_id, group_id, user_id)
+                     SELECT $1, g.id, u.id FROM u, groups g WHERE g.app_id = $1 AND g.is_default
+                     UNION
+                     SELECT $1, x.group_id, x.user_id
+                     FROM unnest($12::uuid[], $13::uuid[]) AS x (user_id, group_id) JOIN u ON u.id = x.user_id
+                 ), {}
+                 SELECT (SELECT count(*) FROM key) AS current, (SELECT array_agg(id) FROM u) AS ids",
+                many_records(14, "r.subject_id IN (SELECT id FROM u)")
+            )
+        });
+        let (pairs_user, pairs_group): (Vec<Uuid>, Vec<Uuid>) =
+            users.iter().flat_map(|i| i.groups.iter().map(|g| (i.user.id, *g))).unzip();
+        let q = sqlx::query(&SQL)
+            .bind(app_id)
+            .bind(key_id)
+            .bind(users.iter().map(|i| i.user.id).collect::<Vec<_>>())
+            .bind(users.iter().map(|i| i.user.username_ct.as_slice()).collect::<Vec<_>>())
+            .bind(users.iter().map(|i| i.user.username_bidx.as_slice()).collect::<Vec<_>>())
+            .bind(users.iter().map(|i| i.user.password_hash.as_str()).collect::<Vec<_>>())
+            .bind(users.iter().map(|i| i.user.email_bidx.as_deref()).collect::<Vec<_>>())
+            .bind(users.iter().map(|i| i.user.profile_ct.as_slice()).collect::<Vec<_>>())
+            .bind(users.iter().map(|i| i.user.active).collect::<Vec<_>>())
+            .bind(users.iter().map(|i| i.supervisor).collect::<Vec<_>>())
+            .bind(users.iter().map(|i| i.created_at).collect::<Vec<_>>())
+            .bind(pairs_user)
+            .bind(pairs_group);
+        let row = AuditColumns::of(audit).bind(q).fetch_one(&self.pool).await?;
+        if row.try_get::<i64, _>("current")? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(row.try_get::<Option<Vec<Uuid>>, _>("ids")?.unwrap_or_default()))
+    }
+
+    async fn user_secrets(&self, app_id: Uuid, ids: &[Uuid]) -> Result<Vec<UserSecrets>> {
+        let rows = sqlx::query("SELECT id, username_ct, password_hash FROM users WHERE app_id = $1 AND id = ANY($2)")
+            .bind(app_id)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UserSecrets {
+                    id: r.try_get("id")?,
+                    username_ct: r.try_get("username_ct")?,
+                    password_hash: r.try_get("password_hash")?,
+                })
+            })
+            .collect()
     }
 
     async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>> {

@@ -1,6 +1,7 @@
 //! Users on SQLite.
 
 use async_trait::async_trait;
+use sqlx::Row;
 use uuid::Uuid;
 
 use crate::store::sqlite::{
@@ -8,8 +9,8 @@ use crate::store::sqlite::{
 };
 use crate::store::trail::record::AuditRecord;
 use crate::store::{
-    Credentials, NewSession, NewUser, Result, SignInAttempt, ThrottleRule, ThrottleStore, UserChange, UserListFilter,
-    UserRecord, UserStore, from_row,
+    Credentials, ImportedUser, NewSession, NewUser, Result, SignInAttempt, ThrottleRule, ThrottleStore, UserChange,
+    UserListFilter, UserRecord, UserSecrets, UserStore, from_row,
 };
 
 #[async_trait]
@@ -100,6 +101,94 @@ impl UserStore for SqliteStore {
         append_in(&mut tx, audit).await?;
         tx.commit().await?;
         user_from_row(&row).map(Some)
+    }
+
+    async fn import_users(
+        &self,
+        app_id: Uuid,
+        key_id: Uuid,
+        users: &[ImportedUser],
+        audit: &[AuditRecord],
+    ) -> Result<Option<Vec<Uuid>>> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT 1 FROM app_keys WHERE id = ?1 AND current")
+            .bind(key_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if current.is_none() {
+            return Ok(None);
+        }
+        let mut inserted = Vec::new();
+        for i in users {
+            let u = &i.user;
+            let at = us(i.created_at);
+            let id: Option<Uuid> = sqlx::query_scalar(
+                "INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
+                                    profile_ct, active, supervisor, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+                 ON CONFLICT (app_id, username_bidx) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(u.id)
+            .bind(app_id)
+            .bind(key_id)
+            .bind(&u.username_ct)
+            .bind(&u.username_bidx)
+            .bind(&u.password_hash)
+            .bind(&u.email_bidx)
+            .bind(&u.profile_ct)
+            .bind(u.active)
+            .bind(i.supervisor)
+            .bind(at)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(id) = id else { continue };
+            sqlx::query(
+                "INSERT OR IGNORE INTO memberships (app_id, group_id, user_id, created_at)
+                 SELECT app_id, id, ?2, ?3 FROM groups WHERE app_id = ?1 AND is_default",
+            )
+            .bind(app_id)
+            .bind(id)
+            .bind(now_us())
+            .execute(&mut *tx)
+            .await?;
+            for g in &i.groups {
+                sqlx::query(
+                    "INSERT OR IGNORE INTO memberships (app_id, group_id, user_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .bind(app_id)
+                .bind(g)
+                .bind(id)
+                .bind(now_us())
+                .execute(&mut *tx)
+                .await?;
+            }
+            inserted.push(id);
+        }
+        let written: Vec<AuditRecord> =
+            audit.iter().filter(|r| r.subject_id.is_some_and(|s| inserted.contains(&s))).cloned().collect();
+        append_in(&mut tx, &written).await?;
+        tx.commit().await?;
+        Ok(Some(inserted))
+    }
+
+    async fn user_secrets(&self, app_id: Uuid, ids: &[Uuid]) -> Result<Vec<UserSecrets>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row = sqlx::query("SELECT id, username_ct, password_hash FROM users WHERE app_id = ?1 AND id = ?2")
+                .bind(app_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(r) = row {
+                out.push(UserSecrets {
+                    id: r.try_get("id")?,
+                    username_ct: r.try_get("username_ct")?,
+                    password_hash: r.try_get("password_hash")?,
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>> {
