@@ -662,3 +662,80 @@ async fn sealed(s: &dyn Store, key: &dyn CheckpointSigner, max: i64) -> Checkpoi
     }
     panic!("nothing was sealed in 10 s");
 }
+
+pub async fn imports_skip_known_usernames_and_rehash_in_place(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "importing").await;
+    let everyone = GroupRecord { id: Uuid::now_v7(), name: "everyone".into(), is_default: true };
+    let nurses = GroupRecord { id: Uuid::now_v7(), name: "nurses".into(), is_default: false };
+    for g in [&everyone, &nurses] {
+        s.create_group(f.app.id, g, &AuditRecord::new("group.create", Some(f.app.id))).await.unwrap();
+    }
+    assert_eq!(s.groups_named(f.app.id, "nurses").await.unwrap()[0].id, nurses.id);
+    assert!(s.groups_named(f.app.id, "Nurses").await.unwrap().is_empty(), "names match exactly");
+    s.create_user(new_user(&f, "known"), None, &[]).await.unwrap();
+
+    let joined = chrono::DateTime::parse_from_rfc3339("2019-03-04T05:06:07Z").unwrap().to_utc();
+    let imported = |name: &str, groups: Vec<Uuid>| ImportedUser {
+        user: NewUser { password_hash: format!("$2b$04${name}"), ..new_user(&f, name) },
+        supervisor: name == "boss",
+        created_at: joined,
+        groups,
+    };
+    let batch = [imported("boss", vec![nurses.id]), imported("known", vec![]), imported("plain", vec![])];
+    let mut twice = imported("plain", vec![]);
+    twice.user.id = Uuid::now_v7();
+    let batch = [batch.as_slice(), &[twice]].concat();
+    let records: Vec<AuditRecord> = batch
+        .iter()
+        .map(|i| {
+            let mut r = AuditRecord::new("user.import", Some(f.app.id));
+            r.subject_id = Some(i.user.id);
+            r
+        })
+        .collect();
+    let ids = s.import_users(f.app.id, f.data_key.id, &batch, &records).await.unwrap().unwrap();
+    assert_eq!(ids.len(), 2, "a known username and a repeat within the batch are skipped");
+    let boss = s.get_user(f.app.id, batch[0].user.id).await.unwrap().unwrap();
+    assert!(boss.supervisor);
+    assert_eq!(boss.created_at, joined);
+    let mut groups: Vec<Uuid> = s.list_user_groups(f.app.id, boss.id).await.unwrap().iter().map(|g| g.id).collect();
+    groups.sort();
+    let mut expected = vec![everyone.id, nurses.id];
+    expected.sort();
+    assert_eq!(groups, expected, "default groups and its own");
+    assert_eq!(s.list_user_groups(f.app.id, batch[2].user.id).await.unwrap().len(), 1);
+    let written = s
+        .audit_records(&AuditFilter { app_id: Some(f.app.id), limit: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.record.action == "user.import")
+        .count();
+    assert_eq!(written, 2, "records of the users written only");
+    let secrets = s.user_secrets(f.app.id, &[boss.id, Uuid::now_v7()]).await.unwrap();
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(
+        (secrets[0].username_ct.as_slice(), secrets[0].password_hash.as_str()),
+        (b"ct:boss".as_slice(), "$2b$04$boss")
+    );
+    assert!(s.user_secrets(Uuid::now_v7(), &[boss.id]).await.unwrap().is_empty(), "scoped to the application");
+
+    // A rotated-away key writes nothing.
+    let new_key = key(f.app.id, "data");
+    s.add_current_app_key(&new_key, &AuditRecord::new("key.rotate", Some(f.app.id))).await.unwrap();
+    let late = [imported("late", vec![])];
+    assert!(s.import_users(f.app.id, f.data_key.id, &late, &[]).await.unwrap().is_none());
+    assert!(s.credentials(f.app.id, b"late").await.unwrap().is_none());
+
+    // A sign-in replaces the hash it checked, and only that one.
+    let signed_in = AuditRecord::new("session.sign_in", Some(f.app.id));
+    let rehash = Rehash { old: "$2b$04$boss", new: "$argon2id$new" };
+    let relief = Relief { rehash: Some(rehash), ..Relief::default() };
+    s.create_session(f.app.id, boss.id, session("boss-1"), relief, &signed_in).await.unwrap();
+    assert_eq!(s.credentials(f.app.id, b"boss").await.unwrap().unwrap().password_hash, "$argon2id$new");
+    let stale = Relief { rehash: Some(Rehash { old: "$2b$04$boss", new: "$argon2id$other" }), ..Relief::default() };
+    let again = AuditRecord::new("session.sign_in", Some(f.app.id));
+    s.create_session(f.app.id, boss.id, session("boss-2"), stale, &again).await.unwrap();
+    assert_eq!(s.credentials(f.app.id, b"boss").await.unwrap().unwrap().password_hash, "$argon2id$new");
+}

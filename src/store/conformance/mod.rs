@@ -275,4 +275,5 @@ contract!(
     claims_of_one_outbox_message,
     the_trail_seals_into_signed_checkpoints,
     a_late_commit_is_sealed_in_its_place,
+    imports_skip_known_usernames_and_rehash_in_place,
 );
