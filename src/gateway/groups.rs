@@ -2,12 +2,13 @@
 
 use axum::{
     body::Bytes,
-    extract::{Path, State},
-    http::HeaderMap,
+    extract::{Path, Query, State},
+    http::{HeaderMap, Uri},
 };
 use pbjson_types::FieldMask;
 
 use super::json::{self, Mode};
+use super::paging::{Page, array_reply};
 use super::{ApiResult, CallMeta, Gateway, reply};
 use crate::{pb, schema};
 
@@ -62,18 +63,52 @@ pub async fn remove_member(
     Ok(reply(out.get_ref()))
 }
 
-/// The documented reply is a bare array of user ids.
-pub async fn members(State(gw): State<Gateway>, meta: CallMeta, Path(groups_id): Path<String>) -> ApiResult {
-    let out = gw.groups.list_members(meta.request(pb::ListMembersRequest { groups_id })).await?;
-    Ok(reply(&out.get_ref().users_ids))
+/// The documented reply is a bare array of user ids; a page of it, with a
+/// `Link` to the next.
+pub async fn members(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(groups_id): Path<String>,
+    Query(page): Query<Page>,
+    uri: Uri,
+) -> ApiResult {
+    let (page_size, page_token) = page.for_array()?;
+    let out = gw.groups.list_members(meta.request(pb::ListMembersRequest { groups_id, page_size, page_token })).await?;
+    let out = out.into_inner();
+    Ok(array_reply(&out.users_ids, &uri, page_size, &out.next_page_token))
 }
 
-pub async fn list_all(State(gw): State<Gateway>, meta: CallMeta, Path(app_id): Path<String>) -> ApiResult {
-    let out = gw.groups.list_groups(meta.request(pb::ListGroupsRequest { app_id, default_only: false })).await?;
-    Ok(reply(&out.get_ref().groups))
+pub async fn list_all(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(app_id): Path<String>,
+    Query(page): Query<Page>,
+    uri: Uri,
+) -> ApiResult {
+    list_groups(gw, meta, app_id, false, page, uri).await
 }
 
-pub async fn list_default(State(gw): State<Gateway>, meta: CallMeta, Path(app_id): Path<String>) -> ApiResult {
-    let out = gw.groups.list_groups(meta.request(pb::ListGroupsRequest { app_id, default_only: true })).await?;
-    Ok(reply(&out.get_ref().groups))
+pub async fn list_default(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(app_id): Path<String>,
+    Query(page): Query<Page>,
+    uri: Uri,
+) -> ApiResult {
+    list_groups(gw, meta, app_id, true, page, uri).await
+}
+
+/// A bare array of groups; a page of it, with a `Link` to the next.
+async fn list_groups(
+    gw: Gateway,
+    meta: CallMeta,
+    app_id: String,
+    default_only: bool,
+    page: Page,
+    uri: Uri,
+) -> ApiResult {
+    let (page_size, page_token) = page.for_array()?;
+    let req = pb::ListGroupsRequest { app_id, default_only, page_size, page_token };
+    let out = gw.groups.list_groups(meta.request(req)).await?.into_inner();
+    Ok(array_reply(&out.groups, &uri, page_size, &out.next_page_token))
 }

@@ -8,6 +8,7 @@ pub mod error;
 mod groups;
 pub mod json;
 pub mod openapi;
+mod paging;
 mod probes;
 mod reset;
 pub mod routes;
@@ -183,7 +184,8 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::ACCEPT,
                 HeaderName::from_static("x-request-id"),
             ])
-            .expose_headers([HeaderName::from_static("x-request-id")])
+            // A browser's script may read where the next page is.
+            .expose_headers([HeaderName::from_static("x-request-id"), header::LINK])
             .max_age(Duration::from_secs(600)),
     )
 }

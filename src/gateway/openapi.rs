@@ -137,6 +137,12 @@ fn build() -> Value {
                     "description": "Seconds to wait before trying again.",
                     "schema": { "type": "integer", "minimum": 1 },
                 },
+                "Link": {
+                    "description": "RFC 8288: where the next page of this listing is, \
+                                    `<PATH?pageSize=N&pageToken=T>; rel=\"next\"` (a reference relative to \
+                                    this server, percent-encoded). Absent on the last page.",
+                    "schema": { "type": "string" },
+                },
             },
         },
     })
@@ -216,6 +222,9 @@ fn operation(route: &Route, op: &Op, params: &[Value]) -> Value {
         "headers": { "X-Request-Id": { "$ref": "#/components/headers/RequestId" } },
         "content": { ok_type: { "schema": ok_schema } },
     });
+    if op.next_link {
+        ok["headers"]["Link"] = json!({ "$ref": "#/components/headers/Link" });
+    }
     if let Some(links) = links(op) {
         ok["links"] = links;
     }

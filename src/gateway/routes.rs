@@ -105,6 +105,9 @@ pub struct Op {
     pub errors: &'static [u16],
     /// Query parameters it takes: (name, description, JSON schema type).
     pub query: &'static [(&'static str, &'static str, &'static str)],
+    /// Whether its 200 may carry `Link: <...>; rel="next"`: a documented
+    /// bare array, a page of it at a time ([`ARRAY_PAGE_QUERY`]).
+    pub next_link: bool,
 }
 
 /// One route: its path (OpenAPI form, `{usersId}`, which is axum's too), its
@@ -168,7 +171,38 @@ const fn op(method: Method, operation_id: &'static str, summary: &'static str, h
         reply: Reply::Empty,
         errors: &[400, 401, 503],
         query: &[],
+        next_link: false,
     }
+}
+
+/// The query of a documented bare-array listing: what a client that pages
+/// sends. One that does not gets the first 1000 items and a `Link` to the
+/// rest.
+const ARRAY_PAGE_QUERY: &[(&str, &str, &str)] = &[
+    (
+        "pageSize",
+        "Items on a page: 1 to 1000. Without it, 1000: the reply holds at most 1000 items, and a `Link` \
+         rel=\"next\" header leads to the rest.",
+        "integer",
+    ),
+    (
+        "pageToken",
+        "Where the page starts: the `pageToken` of the `Link` rel=\"next\" of the page before (follow the link as \
+         it is). Bound to this listing; a token of another is refused (400).",
+        "string",
+    ),
+];
+
+/// What every paged bare-array listing's description ends with.
+macro_rules! array_paged {
+    ($description:literal) => {
+        concat!(
+            $description,
+            " The reply is the documented bare array, a page of it: at most `pageSize` items (1000 without it). \
+             When there are more, a `Link: <...?pageSize=N&pageToken=T>; rel=\"next\"` header (RFC 8288, a \
+             reference relative to this server) leads to the next page; the last page has none."
+        )
+    };
 }
 
 /// Every route of the `/v2` router and of the document, each named once.
@@ -253,9 +287,11 @@ pub const ROUTES: &[Route] = &[
         path: "/v2/users/{usersId}/groups",
         tag: "users",
         ops: &[Op {
-            description: "The user themselves or a supervisor.",
+            description: array_paged!("The user themselves or a supervisor. In group id order."),
             reply: Reply::ListOf("GroupRef"),
             errors: &[400, 401, 403, 404, 503],
+            query: ARRAY_PAGE_QUERY,
+            next_link: true,
             ..op(Method::Get, "listUserGroups", "Retrieve the groups of a user", |m| on(m, users::groups))
         }],
     },
@@ -314,9 +350,13 @@ pub const ROUTES: &[Route] = &[
         path: "/v2/auth/sessions",
         tag: "auth",
         ops: &[Op {
-            description: "The caller's live sessions; `current` marks the one of this call.",
+            description: array_paged!(
+                "The caller's live sessions, oldest first; `current` marks the one of this call."
+            ),
             reply: Reply::ListOf("Session"),
-            errors: &[401, 503],
+            errors: &[400, 401, 503],
+            query: ARRAY_PAGE_QUERY,
+            next_link: true,
             ..op(Method::Get, "listSessions", "List the caller's sessions", |m| on(m, users::sessions))
         }],
     },
@@ -384,9 +424,14 @@ pub const ROUTES: &[Route] = &[
         path: "/v2/groups/{groupsId}/members",
         tag: "groups",
         ops: &[Op {
-            description: "Supervisors only. The members' ids, oldest membership first.",
+            description: array_paged!(
+                "Supervisors only. The members' ids, in id order (the order the users were created in). Each \
+                 member listed is recorded in the trail."
+            ),
             reply: Reply::Strings,
             errors: &[400, 401, 403, 404, 503],
+            query: ARRAY_PAGE_QUERY,
+            next_link: true,
             ..op(Method::Get, "listMembers", "List the members of a group", |m| on(m, groups::members))
         }],
     },
@@ -394,9 +439,11 @@ pub const ROUTES: &[Route] = &[
         path: "/v2/app/{appId}/groups",
         tag: "groups",
         ops: &[Op {
-            description: "Supervisors only.",
+            description: array_paged!("Supervisors only. Oldest first."),
             reply: Reply::ListOf("Group"),
             errors: &[400, 401, 403, 404, 503],
+            query: ARRAY_PAGE_QUERY,
+            next_link: true,
             ..op(Method::Get, "listGroups", "List the application's groups", |m| on(m, groups::list_all))
         }],
     },
@@ -404,9 +451,11 @@ pub const ROUTES: &[Route] = &[
         path: "/v2/app/{appId}/groups/default",
         tag: "groups",
         ops: &[Op {
-            description: "Supervisors only. The groups every new user joins.",
+            description: array_paged!("Supervisors only. The groups every new user joins, oldest first."),
             reply: Reply::ListOf("Group"),
             errors: &[400, 401, 403, 404, 503],
+            query: ARRAY_PAGE_QUERY,
+            next_link: true,
             ..op(Method::Get, "listDefaultGroups", "List the application's default groups", |m| {
                 on(m, groups::list_default)
             })
@@ -475,6 +524,22 @@ mod tests {
             }
             for op in route.ops {
                 assert!(ids.insert(op.operation_id), "operationId {} twice", op.operation_id);
+            }
+        }
+    }
+
+    /// A `Link` stands in for the `nextPageToken` a bare array cannot hold:
+    /// only there, and always with the parameters it carries.
+    #[test]
+    fn links_only_on_paged_bare_arrays() {
+        for route in ROUTES {
+            for op in route.ops {
+                let array = matches!(op.reply, Reply::ListOf(_) | Reply::Strings);
+                assert_eq!(op.next_link, array, "{} {}", op.operation_id, route.path);
+                if op.next_link {
+                    assert_eq!(op.query, ARRAY_PAGE_QUERY, "{}", op.operation_id);
+                    assert!(op.errors.contains(&400), "{}: a bad pageSize is a 400", op.operation_id);
+                }
             }
         }
     }

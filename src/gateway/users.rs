@@ -3,12 +3,13 @@
 use axum::{
     body::Bytes,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, StatusCode, Uri},
 };
 use pbjson_types::FieldMask;
 
 use super::error::ApiError;
 use super::json::{self, Mode};
+use super::paging::{Page, array_reply, page_size};
 use super::{ApiResult, CallMeta, Gateway, reply};
 use crate::{pb, schema};
 use axum::response::IntoResponse;
@@ -55,10 +56,19 @@ pub async fn forgot_username(State(gw): State<Gateway>, meta: CallMeta, headers:
     Ok(reply(out.get_ref()))
 }
 
-/// The documented reply is a bare array of `{"groupsId", "name"}`.
-pub async fn groups(State(gw): State<Gateway>, meta: CallMeta, Path(users_id): Path<String>) -> ApiResult {
-    let out = gw.users.list_user_groups(meta.request(pb::ListUserGroupsRequest { users_id })).await?;
-    Ok(reply(&out.get_ref().groups))
+/// The documented reply is a bare array of `{"groupsId", "name"}`; a page of
+/// it, with a `Link` to the next.
+pub async fn groups(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(users_id): Path<String>,
+    Query(page): Query<Page>,
+    uri: Uri,
+) -> ApiResult {
+    let (page_size, page_token) = page.for_array()?;
+    let req = pb::ListUserGroupsRequest { users_id, page_size, page_token };
+    let out = gw.users.list_user_groups(meta.request(req)).await?.into_inner();
+    Ok(array_reply(&out.groups, &uri, page_size, &out.next_page_token))
 }
 
 pub async fn sign_in(State(gw): State<Gateway>, meta: CallMeta, headers: HeaderMap, body: Bytes) -> ApiResult {
@@ -124,14 +134,6 @@ pub async fn verify(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
     Ok(reply(out.get_ref()))
 }
 
-/// `?pageSize=N&pageToken=T` of a paged listing.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Page {
-    page_size: Option<String>,
-    page_token: Option<String>,
-}
-
 /// `?pageSize&pageToken&email&username&groupsId&active` of the user listing.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -142,20 +144,6 @@ pub struct UserQuery {
     username: Option<String>,
     groups_id: Option<String>,
     active: Option<String>,
-}
-
-fn page_size(raw: Option<&str>) -> Result<i32, ApiError> {
-    match raw {
-        None | Some("") => Ok(0),
-        Some(n) => n.parse::<i32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-            ApiError::field(
-                StatusCode::BAD_REQUEST,
-                "invalid_field",
-                "pageSize",
-                "pageSize: must be a whole number from 1 to 1000",
-            )
-        }),
-    }
 }
 
 /// `GET /v2/users`: a supervisor's listing and search of the application's
@@ -199,11 +187,13 @@ pub async fn disclosures(
     Ok(reply(out.get_ref()))
 }
 
-/// The caller's own live sessions, as a bare array.
-pub async fn sessions(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
-    let req = pb::ListSessionsRequest { users_id: String::new() };
-    let out = gw.users.list_sessions(meta.request(req)).await?;
-    Ok(reply(&out.get_ref().sessions))
+/// The caller's own live sessions, as a bare array; a page of them, with a
+/// `Link` to the next.
+pub async fn sessions(State(gw): State<Gateway>, meta: CallMeta, Query(page): Query<Page>, uri: Uri) -> ApiResult {
+    let (page_size, page_token) = page.for_array()?;
+    let req = pb::ListSessionsRequest { users_id: String::new(), page_size, page_token };
+    let out = gw.users.list_sessions(meta.request(req)).await?.into_inner();
+    Ok(array_reply(&out.sessions, &uri, page_size, &out.next_page_token))
 }
 
 pub async fn revoke_session(State(gw): State<Gateway>, meta: CallMeta, Path(session_id): Path<String>) -> ApiResult {

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::context::Ctx;
 use super::error::{ServiceError, ServiceResult};
+use super::paging::{self, Tokens};
 use super::{Core, field_mask, validate};
 use crate::audit::AuditRecord;
 use crate::auth::Caller;
@@ -172,9 +173,20 @@ impl GroupService for GroupSvc {
         let caller = self.supervisor(&ctx).await?;
         let app_id = caller.app_id;
         let group = self.group(app_id, &req.groups_id).await?;
-        let members = self.core.store.list_members(app_id, group.id).await.map_err(ServiceError::from)?;
-        // Each member's membership is disclosed: one record per member, so a
-        // user's accounting of disclosures finds it.
+        let size = paging::page_size(req.page_size)?;
+        // Bound to the group: a token cannot go on through another's members.
+        let tokens =
+            Tokens { keyring: &self.core.keyring, kind: "member-page", scope: format!("{app_id}:{}", group.id) };
+        let after = tokens.after_id(&req.page_token)?;
+        let mut members = self
+            .core
+            .store
+            .list_members(app_id, group.id, after, paging::fetch(size))
+            .await
+            .map_err(ServiceError::from)?;
+        let more = paging::cut(&mut members, size);
+        // Each member's membership is disclosed: one record per member on the
+        // page, so a user's accounting of disclosures finds it.
         let mut records = Vec::with_capacity(members.len());
         for member in &members {
             let mut r = self.core.record(&ctx, "group.members_read", Some(&caller), app_id).await;
@@ -184,7 +196,11 @@ impl GroupService for GroupSvc {
             records.push(r);
         }
         self.core.trail.record_all(records).await.map_err(ServiceError::from)?;
-        Ok(Response::new(pb::ListMembersResponse { users_ids: members.iter().map(Uuid::to_string).collect() }))
+        let next_page_token = tokens.next_id(members.last().copied(), more);
+        Ok(Response::new(pb::ListMembersResponse {
+            users_ids: members.iter().map(Uuid::to_string).collect(),
+            next_page_token,
+        }))
     }
 
     async fn list_groups(
@@ -199,7 +215,18 @@ impl GroupService for GroupSvc {
         if !req.app_id.is_empty() && Uuid::try_parse(&req.app_id).ok() != Some(app_id) {
             return Err(ServiceError::NotFound("application").into());
         }
-        let groups = self.core.store.list_groups(app_id, req.default_only).await.map_err(ServiceError::from)?;
-        Ok(Response::new(pb::ListGroupsResponse { groups: groups.into_iter().map(to_pb).collect() }))
+        let size = paging::page_size(req.page_size)?;
+        let tokens =
+            Tokens { keyring: &self.core.keyring, kind: "group-page", scope: format!("{app_id}:{}", req.default_only) };
+        let after = tokens.after_id(&req.page_token)?;
+        let mut groups = self
+            .core
+            .store
+            .list_groups(app_id, req.default_only, after, paging::fetch(size))
+            .await
+            .map_err(ServiceError::from)?;
+        let more = paging::cut(&mut groups, size);
+        let next_page_token = tokens.next_id(groups.last().map(|g| g.id), more);
+        Ok(Response::new(pb::ListGroupsResponse { groups: groups.into_iter().map(to_pb).collect(), next_page_token }))
     }
 }

@@ -42,16 +42,9 @@ impl UserSvc {
         let scope =
             format!("{app_id}:{:?}:{:?}:{}:{:?}", filter.email_bidx, filter.username_bidx, req.groups_id, req.active);
         let tokens = Tokens { keyring: &core.keyring, kind: "user-page", scope };
-        let after = match req.page_token.as_str() {
-            "" => None,
-            token => Some(
-                Uuid::from_slice(&tokens.cursor(token, 16)?)
-                    .map_err(|_| ServiceError::invalid("page_token", "is not a token of this listing"))?,
-            ),
-        };
-        let mut rows = core.store.list_users(app_id, &filter, after, i64::from(size) + 1).await?;
-        let more = rows.len() > size as usize;
-        rows.truncate(size as usize);
+        let after = tokens.after_id(&req.page_token)?;
+        let mut rows = core.store.list_users(app_id, &filter, after, paging::fetch(size)).await?;
+        let more = paging::cut(&mut rows, size);
         let mut users = Vec::with_capacity(rows.len());
         let mut records = Vec::with_capacity(rows.len());
         for rec in &rows {
@@ -64,10 +57,7 @@ impl UserSvc {
         }
         // Every user on the page is disclosed: recorded before it leaves.
         core.trail.record_all(records).await?;
-        let next_page_token = match rows.last() {
-            Some(last) if more => tokens.issue(last.id.as_bytes()),
-            _ => String::new(),
-        };
+        let next_page_token = tokens.next_id(rows.last().map(|r| r.id), more);
         Ok(pb::ListUsersResponse { users, next_page_token })
     }
 }

@@ -4,6 +4,7 @@
 //! user, application or set of filters, is refused).
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use uuid::Uuid;
 
 use super::error::{ServiceError, ServiceResult};
 use crate::crypto::Keyring;
@@ -22,6 +23,21 @@ pub fn page_size(asked: i32) -> ServiceResult<i32> {
         n if (1..=MAX_PAGE).contains(&n) => Ok(n),
         _ => Err(ServiceError::invalid("page_size", format!("must be from 1 to {MAX_PAGE}"))),
     }
+}
+
+/// Rows to fetch for a page of `size`: one more, which says whether there
+/// is a page after it without counting the rest.
+pub fn fetch(size: i32) -> i64 {
+    i64::from(size) + 1
+}
+
+/// Cuts rows fetched for a page of `size` (see [`fetch`]) to the page;
+/// whether there were more.
+pub fn cut<T>(rows: &mut Vec<T>, size: i32) -> bool {
+    let size = usize::try_from(size).unwrap_or_default();
+    let more = rows.len() > size;
+    rows.truncate(size);
+    more
 }
 
 /// Page tokens of one kind of listing, for one scope (what the listing is
@@ -50,6 +66,27 @@ impl Tokens<'_> {
             return Err(invalid());
         }
         Ok(cursor.to_vec())
+    }
+
+    /// The id a page of an id-ordered listing starts after: none for the
+    /// first page (no token).
+    pub fn after_id(&self, token: &str) -> ServiceResult<Option<Uuid>> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let cursor = self.cursor(token, 16)?;
+        Uuid::from_slice(&cursor)
+            .map(Some)
+            .map_err(|_| ServiceError::invalid("page_token", "is not a token of this listing"))
+    }
+
+    /// The `next_page_token` of a page of an id-ordered listing whose last
+    /// item is `last`: empty when there is no more.
+    pub fn next_id(&self, last: Option<Uuid>, more: bool) -> String {
+        match last {
+            Some(id) if more => self.issue(id.as_bytes()),
+            _ => String::new(),
+        }
     }
 
     fn tag(&self, cursor: &[u8]) -> Vec<u8> {

@@ -4,9 +4,11 @@
 
 use super::context::Ctx;
 use super::error::{ServiceError, ServiceResult};
+use super::paging::{self, Tokens};
 use super::users::UserSvc;
 use super::{profile, validate};
 use crate::pb;
+use uuid::Uuid;
 
 impl UserSvc {
     pub(super) async fn sign_out(&self, ctx: &Ctx) -> ServiceResult<()> {
@@ -29,12 +31,20 @@ impl UserSvc {
         let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
         let id = if req.users_id.is_empty() { me.user_id } else { validate::id(&req.users_id, "users_id")? };
         self.authorise(caller.app_id, &me, id).await?;
-        let rows = self.core.store.list_sessions(caller.app_id, id, self.core.auth.policy().idle_timeout).await?;
+        let size = paging::page_size(req.page_size)?;
+        let tokens =
+            Tokens { keyring: &self.core.keyring, kind: "session-page", scope: format!("{}:{id}", caller.app_id) };
+        let after = tokens.after_id(&req.page_token)?;
+        let idle = self.core.auth.policy().idle_timeout;
+        let mut rows = self.core.store.list_sessions(caller.app_id, id, idle, after, paging::fetch(size)).await?;
+        let more = paging::cut(&mut rows, size);
         let mut r = self.core.record(ctx, "session.list", Some(&caller), caller.app_id).await;
         r.subject_id = Some(id);
         r.fields = vec!["sessions".into()];
         self.core.trail.record(r).await?;
+        let next_page_token = tokens.next_id(rows.last().map(|s| s.id), more);
         Ok(pb::ListSessionsResponse {
+            next_page_token,
             sessions: rows
                 .into_iter()
                 .map(|s| pb::Session {
@@ -60,7 +70,11 @@ impl UserSvc {
             });
         }
         let idle = self.core.auth.policy().idle_timeout;
-        let sessions = self.core.store.list_sessions(caller.app_id, me.user_id, idle).await?;
+        // The one session, not the user's every one: the page of one that
+        // starts just before its id (ids compare as big-endian integers, in
+        // the stores as here).
+        let just_before = Uuid::from_u128(me.session_id.as_u128().wrapping_sub(1));
+        let sessions = self.core.store.list_sessions(caller.app_id, me.user_id, idle, Some(just_before), 1).await?;
         // Ended between the lookup and now: as good as never there.
         let session = sessions
             .into_iter()

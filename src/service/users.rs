@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::context::Ctx;
 use super::error::{ServiceError, ServiceResult};
+use super::paging::{self, Tokens};
 use super::{Core, field_mask, profile, validate};
 use crate::auth::{Caller, SessionUser};
 use crate::pb::{self, user_service_server::UserService};
@@ -351,13 +352,21 @@ impl UserSvc {
         if me.user_id != id && self.core.store.get_user(caller.app_id, id).await?.is_none() {
             return Err(ServiceError::NotFound("user"));
         }
-        let groups = self.core.store.list_user_groups(caller.app_id, id).await?;
+        let size = paging::page_size(req.page_size)?;
+        let tokens =
+            Tokens { keyring: &self.core.keyring, kind: "user-group-page", scope: format!("{}:{id}", caller.app_id) };
+        let after = tokens.after_id(&req.page_token)?;
+        let mut groups = self.core.store.list_user_groups(caller.app_id, id, after, paging::fetch(size)).await?;
+        let more = paging::cut(&mut groups, size);
+        // Every page discloses memberships: recorded, as the whole list was.
         let mut r = self.core.record(ctx, "user.groups_read", Some(&caller), caller.app_id).await;
         r.subject_id = Some(id);
         r.fields = vec!["groups".into()];
         self.core.trail.record(r).await?;
+        let next_page_token = tokens.next_id(groups.last().map(|g| g.id), more);
         Ok(pb::ListUserGroupsResponse {
             groups: groups.into_iter().map(|g| pb::GroupRef { groups_id: g.id.to_string(), name: g.name }).collect(),
+            next_page_token,
         })
     }
 

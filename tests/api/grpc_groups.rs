@@ -34,7 +34,7 @@ async fn groups_members_and_default_groups() {
     // A user created after a default group exists joins it.
     let (late, late_token) = t.sign_up("late").await;
     let mine = users
-        .list_user_groups(t.req(pb::ListUserGroupsRequest { users_id: late.clone() }, Some(&late_token)))
+        .list_user_groups(t.req(pb::ListUserGroupsRequest { users_id: late.clone(), ..Default::default() }, Some(&late_token)))
         .await
         .unwrap()
         .into_inner();
@@ -46,7 +46,7 @@ async fn groups_members_and_default_groups() {
     groups.add_member(t.req(add(&readers.groups_id, &early), Some(&sup))).await.expect("adding again changes nothing");
     groups.add_member(t.req(add(&readers.groups_id, &late), Some(&sup))).await.unwrap();
     let members = groups
-        .list_members(t.req(pb::ListMembersRequest { groups_id: readers.groups_id.clone() }, Some(&sup)))
+        .list_members(t.req(pb::ListMembersRequest { groups_id: readers.groups_id.clone(), ..Default::default() }, Some(&sup)))
         .await
         .unwrap()
         .into_inner();
@@ -72,20 +72,20 @@ async fn groups_members_and_default_groups() {
 
     // Listing, default only, and the app id check.
     let all = groups
-        .list_groups(t.req(pb::ListGroupsRequest { app_id: t.app_id.to_string(), default_only: false }, Some(&sup)))
+        .list_groups(t.req(pb::ListGroupsRequest { app_id: t.app_id.to_string(), default_only: false, ..Default::default() }, Some(&sup)))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(all.groups.len(), 2);
     let defaults = groups
-        .list_groups(t.req(pb::ListGroupsRequest { app_id: String::new(), default_only: true }, Some(&sup)))
+        .list_groups(t.req(pb::ListGroupsRequest { app_id: String::new(), default_only: true, ..Default::default() }, Some(&sup)))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(defaults.groups, vec![everyone.clone()]);
     let e = groups
         .list_groups(
-            t.req(pb::ListGroupsRequest { app_id: uuid::Uuid::new_v4().to_string(), default_only: false }, Some(&sup)),
+            t.req(pb::ListGroupsRequest { app_id: uuid::Uuid::new_v4().to_string(), default_only: false, ..Default::default() }, Some(&sup)),
         )
         .await
         .unwrap_err();
@@ -165,7 +165,7 @@ async fn groups_of_another_application_are_invisible() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = groups
-        .list_groups(t.req(pb::ListGroupsRequest { app_id: other_id.to_string(), default_only: false }, Some(&sup)))
+        .list_groups(t.req(pb::ListGroupsRequest { app_id: other_id.to_string(), default_only: false, ..Default::default() }, Some(&sup)))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);

@@ -144,7 +144,7 @@ async fn authorisation_matrix() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     let e = users
-        .list_user_groups(t.req(pb::ListUserGroupsRequest { users_id: bob.clone() }, Some(&alice_token)))
+        .list_user_groups(t.req(pb::ListUserGroupsRequest { users_id: bob.clone(), ..Default::default() }, Some(&alice_token)))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);

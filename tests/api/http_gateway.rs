@@ -215,9 +215,10 @@ async fn groups_in_documented_shapes() {
     assert_eq!((status, members), (StatusCode::OK, json!([uid])));
     let (status, mine) = t.call(Method::GET, &format!("/v2/users/{uid}/groups"), Some(&token), None).await;
     assert_eq!(status, StatusCode::OK);
+    // In group id order (UUIDv7: the order the groups were made in), not the order joined.
     assert_eq!(
         mine,
-        json!([{"groupsId": default_group["groupsId"], "name": "All"}, {"groupsId": gid, "name": "A Really Cool Group"}])
+        json!([{"groupsId": gid, "name": "A Really Cool Group"}, {"groupsId": default_group["groupsId"], "name": "All"}])
     );
     let (status, updated) =
         t.call(Method::PUT, &format!("/v2/groups/{gid}"), Some(&sup), Some(&json!({"default": true}))).await;

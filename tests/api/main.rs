@@ -16,6 +16,7 @@ mod mail;
 mod merge_patch;
 mod openapi;
 mod operations;
+mod paging;
 mod processes;
 mod replicas;
 mod rfc7396;

@@ -193,6 +193,17 @@ async fn openapi_documents_every_route_of_the_router() {
     assert_eq!(ok("/v2/app/{appId}/groups", "get"), json!({"type": "array", "items": {"$ref": "#/components/schemas/Group"}}));
     assert_eq!(ok("/v2/app/{appId}/groups/default", "get"), json!({"type": "array", "items": {"$ref": "#/components/schemas/Group"}}));
     assert_eq!(ok("/v2/auth/sessions", "get"), json!({"type": "array", "items": {"$ref": "#/components/schemas/Session"}}));
+    // Those bare arrays come a page at a time: pageSize and pageToken, and a Link to the next page.
+    for path in ["/v2/users/{usersId}/groups", "/v2/groups/{groupsId}/members", "/v2/app/{appId}/groups", "/v2/app/{appId}/groups/default", "/v2/auth/sessions"] {
+        let op = &doc["paths"][path]["get"];
+        assert_eq!(op["responses"]["200"]["headers"]["Link"], json!({"$ref": "#/components/headers/Link"}), "{path}");
+        let params = op["parameters"].as_array().unwrap();
+        let size = params.iter().find(|p| p["name"] == "pageSize").unwrap_or_else(|| panic!("{path}: pageSize"));
+        assert_eq!((size["in"].as_str(), size["schema"]["maximum"].as_i64()), (Some("query"), Some(1000)), "{path}");
+        assert!(params.iter().any(|p| p["name"] == "pageToken"), "{path}: pageToken");
+        assert!(op["responses"]["400"].is_object(), "{path}: a bad pageSize is a 400");
+    }
+    assert!(doc["paths"]["/v2/users/{usersId}"]["get"]["responses"]["200"]["headers"].get("Link").is_none());
     for (path, method) in [("/v2/users/{usersId}", "delete"), ("/v2/auth/signout", "get"), ("/v2/users/forgotUsername", "post"), ("/v2/{appId}/reset/user/{username}", "get")] {
         assert_eq!(resolve(&doc, &ok(path, method))["maxProperties"], 0, "{method} {path}");
     }

@@ -602,14 +602,14 @@ async fn every_disclosure_is_recorded_with_the_fields_it_carries() {
     let req = pb::UpdateUserRequest { users_id: id.clone(), user: Some(patch), update_mask: Some(mask) };
     users.update_user(t.req(req, Some(&token))).await.unwrap();
     // Memberships and sessions.
-    users.list_user_groups(t.req(pb::ListUserGroupsRequest { users_id: id.clone() }, Some(&token))).await.unwrap();
-    users.list_sessions(t.req(pb::ListSessionsRequest { users_id: id.clone() }, Some(&token))).await.unwrap();
+    users.list_user_groups(t.req(pb::ListUserGroupsRequest { users_id: id.clone(), ..Default::default() }, Some(&token))).await.unwrap();
+    users.list_sessions(t.req(pb::ListSessionsRequest { users_id: id.clone(), ..Default::default() }, Some(&token))).await.unwrap();
     let group = pb::Group { name: "ward 7".into(), ..Default::default() };
     let g = groups.create_group(t.req(pb::CreateGroupRequest { group: Some(group) }, Some(&sup))).await.unwrap();
     let groups_id = g.into_inner().groups_id;
     let add = pb::AddMemberRequest { groups_id: groups_id.clone(), users_id: id.clone() };
     groups.add_member(t.req(add, Some(&sup))).await.unwrap();
-    groups.list_members(t.req(pb::ListMembersRequest { groups_id: groups_id.clone() }, Some(&sup))).await.unwrap();
+    groups.list_members(t.req(pb::ListMembersRequest { groups_id: groups_id.clone(), ..Default::default() }, Some(&sup))).await.unwrap();
     // A reminder for an address nobody has is recorded too (and answered alike).
     let forgot = pb::ForgotUsernameRequest { email: format!("nobody-{}@example.com", uuid::Uuid::new_v4().simple()) };
     users.forgot_username(t.req(forgot, None)).await.unwrap();

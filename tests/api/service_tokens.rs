@@ -236,7 +236,7 @@ async fn a_service_token_has_no_session_of_its_own() {
 
     // As a supervisor it sees and ends a user's sessions.
     let theirs = users
-        .list_sessions(t.req(pb::ListSessionsRequest { users_id: patient.clone() }, Some(&token)))
+        .list_sessions(t.req(pb::ListSessionsRequest { users_id: patient.clone(), ..Default::default() }, Some(&token)))
         .await
         .unwrap()
         .into_inner()

@@ -170,7 +170,9 @@ impl Target {
                     }
                     Scenario::Mixed => client.get_user(authed.req(get(user.id))).await.is_ok(),
                     Scenario::Groups => client
-                        .list_user_groups(authed.req(pb::ListUserGroupsRequest { users_id: user.id }))
+                        .list_user_groups(
+                            authed.req(pb::ListUserGroupsRequest { users_id: user.id, ..Default::default() }),
+                        )
                         .await
                         .is_ok(),
                     Scenario::Signin => {

@@ -35,7 +35,7 @@ pub async fn apps_keys_and_users(u: &Under) {
     assert!(s.get_user(Uuid::now_v7(), nu.id).await.unwrap().is_none(), "scoped to the application");
     let cred = s.credentials(f.app.id, b"alice").await.unwrap().unwrap();
     assert_eq!((cred.user_id, cred.password_hash.as_str(), cred.active), (nu.id, "hash-1", true));
-    assert_eq!(s.list_user_groups(f.app.id, nu.id).await.unwrap()[0].id, group.id);
+    assert_eq!(s.list_user_groups(f.app.id, nu.id, None, 100).await.unwrap()[0].id, group.id);
 
     // The same username in the same application is taken; in another it is not.
     let mut dup = new_user(&f, "alice");
@@ -67,7 +67,7 @@ pub async fn apps_keys_and_users(u: &Under) {
     assert_eq!(s.credentials(f.app.id, b"alicia").await.unwrap().unwrap().password_hash, "hash-2");
     assert!(s.credentials(f.app.id, b"alice").await.unwrap().is_none());
     // The password change ended every session but the one kept.
-    let left = s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap();
+    let left = s.list_sessions(f.app.id, nu.id, HOUR, None, 100).await.unwrap();
     assert_eq!(left.iter().map(|r| r.id).collect::<Vec<_>>(), vec![keep.id]);
 
     // A rotated-away key makes the update a conflict.
@@ -105,7 +105,7 @@ pub async fn apps_keys_and_users(u: &Under) {
     assert!(s.delete_user(f.app.id, nu.id, &AuditRecord::new("user.delete", Some(f.app.id))).await.unwrap());
     assert!(!s.delete_user(f.app.id, nu.id, &AuditRecord::new("user.delete", Some(f.app.id))).await.unwrap());
     assert!(s.session_owner(f.app.id, keep.id).await.unwrap().is_none());
-    assert!(s.list_members(f.app.id, group.id).await.unwrap().iter().all(|m| *m != nu.id));
+    assert!(s.list_members(f.app.id, group.id, None, 100).await.unwrap().iter().all(|m| *m != nu.id));
     chain_is_whole(s).await;
 }
 
@@ -127,15 +127,15 @@ pub async fn sessions_and_groups(u: &Under) {
     assert!(matches!(s.lookup_session(other.app.id, b"tok-d", HOUR, HOUR).await.unwrap(), SessionLookup::Unknown));
     assert_eq!(s.session_owner(f.app.id, sess.id).await.unwrap(), Some(nu.id));
     // A touch refreshes last_seen_at.
-    let before = s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap()[0].last_seen_at;
+    let before = s.list_sessions(f.app.id, nu.id, HOUR, None, 100).await.unwrap()[0].last_seen_at;
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert!(matches!(
         s.lookup_session(f.app.id, b"tok-d", HOUR, Duration::ZERO).await.unwrap(),
         SessionLookup::Live(_)
     ));
-    assert!(s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap()[0].last_seen_at > before);
+    assert!(s.list_sessions(f.app.id, nu.id, HOUR, None, 100).await.unwrap()[0].last_seen_at > before);
     // Idle past the timeout: expired, and gone.
-    assert!(s.list_sessions(f.app.id, nu.id, Duration::ZERO).await.unwrap().is_empty());
+    assert!(s.list_sessions(f.app.id, nu.id, Duration::ZERO, None, 100).await.unwrap().is_empty());
     assert!(matches!(
         s.lookup_session(f.app.id, b"tok-d", Duration::ZERO, HOUR).await.unwrap(),
         SessionLookup::Expired
@@ -163,18 +163,18 @@ pub async fn sessions_and_groups(u: &Under) {
     assert!(!s.add_member(other.app.id, g.id, foreign.id, &audit()).await.unwrap());
     assert!(s.add_member(f.app.id, g.id, nu.id, &audit()).await.unwrap());
     assert!(s.add_member(f.app.id, g.id, nu.id, &audit()).await.unwrap(), "again: left as it is");
-    assert_eq!(s.list_members(f.app.id, g.id).await.unwrap(), vec![nu.id]);
+    assert_eq!(s.list_members(f.app.id, g.id, None, 100).await.unwrap(), vec![nu.id]);
     let renamed = s.update_group(f.app.id, g.id, Some("RNs"), None, &audit()).await.unwrap().unwrap();
     assert_eq!((renamed.name.as_str(), renamed.is_default), ("RNs", false));
     let flagged = s.update_group(f.app.id, g.id, None, Some(true), &audit()).await.unwrap().unwrap();
     assert_eq!((flagged.name.as_str(), flagged.is_default), ("RNs", true));
     assert!(s.update_group(other.app.id, g.id, None, Some(true), &audit()).await.unwrap().is_none());
-    assert_eq!(s.list_groups(f.app.id, true).await.unwrap().len(), 1);
+    assert_eq!(s.list_groups(f.app.id, true, None, 100).await.unwrap().len(), 1);
     assert!(s.remove_member(f.app.id, g.id, nu.id, &audit()).await.unwrap());
     assert!(!s.remove_member(f.app.id, g.id, nu.id, &audit()).await.unwrap());
     assert!(s.add_member(f.app.id, g.id, nu.id, &audit()).await.unwrap());
     assert!(s.delete_group(f.app.id, g.id, &audit()).await.unwrap());
-    assert!(s.list_user_groups(f.app.id, nu.id).await.unwrap().is_empty());
+    assert!(s.list_user_groups(f.app.id, nu.id, None, 100).await.unwrap().is_empty());
     assert!(s.get_group(f.app.id, g.id).await.unwrap().is_none());
     chain_is_whole(s).await;
 }
@@ -344,7 +344,7 @@ pub async fn outbox_and_password_reset(u: &Under) {
     let user = s.get_user(f.app.id, nu.id).await.unwrap().unwrap();
     assert_eq!(user.version, 2);
     assert_eq!(s.credentials(f.app.id, b"frank").await.unwrap().unwrap().password_hash, "hash-new");
-    assert!(s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap().is_empty(), "every session ended");
+    assert!(s.list_sessions(f.app.id, nu.id, HOUR, None, 100).await.unwrap().is_empty(), "every session ended");
 
     // An expired token is reported once, then gone.
     s.request_password_reset(f.app.id, b"frank", &reset("t3"), &ra()).await.unwrap();
@@ -383,11 +383,11 @@ pub async fn sweep_deletes_what_ran_out(u: &Under) {
     s.request_password_reset(f.app.id, b"gina", &reset, &AuditRecord::new("x", None)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2)).await;
     assert_eq!(s.sweep().await.unwrap(), 2);
-    assert_eq!(s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap().len(), 1);
+    assert_eq!(s.list_sessions(f.app.id, nu.id, HOUR, None, 100).await.unwrap().len(), 1);
     // A huge lifetime is kept within range.
     let forever = NewSession { max_age: Duration::MAX, ..session("forever") };
     s.create_session(f.app.id, nu.id, forever, Relief::default(), &AuditRecord::new("x", None)).await.unwrap();
-    assert_eq!(s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap().len(), 2);
+    assert_eq!(s.list_sessions(f.app.id, nu.id, HOUR, None, 100).await.unwrap().len(), 2);
 }
 
 pub async fn service_tokens_are_scoped_touched_listed_and_revoked(u: &Under) {
@@ -549,7 +549,7 @@ pub async fn racing_sign_ups(u: &Under) {
     }
     assert_eq!((made, taken), (1, 7));
     let owner = s.credentials(f.app.id, b"kim").await.unwrap().unwrap().user_id;
-    assert_eq!(s.list_sessions(f.app.id, owner, HOUR).await.unwrap().len(), 1, "only the winner's session");
+    assert_eq!(s.list_sessions(f.app.id, owner, HOUR, None, 100).await.unwrap().len(), 1, "only the winner's session");
     let trail = chain_is_whole(s.as_ref()).await;
     assert_eq!(trail.iter().filter(|r| r.record.action == "user.create").count(), 1, "nor its record");
 }
@@ -699,12 +699,13 @@ pub async fn imports_skip_known_usernames_and_rehash_in_place(u: &Under) {
     let boss = s.get_user(f.app.id, batch[0].user.id).await.unwrap().unwrap();
     assert!(boss.supervisor);
     assert_eq!(boss.created_at, joined);
-    let mut groups: Vec<Uuid> = s.list_user_groups(f.app.id, boss.id).await.unwrap().iter().map(|g| g.id).collect();
+    let mut groups: Vec<Uuid> =
+        s.list_user_groups(f.app.id, boss.id, None, 10).await.unwrap().iter().map(|g| g.id).collect();
     groups.sort();
     let mut expected = vec![everyone.id, nurses.id];
     expected.sort();
     assert_eq!(groups, expected, "default groups and its own");
-    assert_eq!(s.list_user_groups(f.app.id, batch[2].user.id).await.unwrap().len(), 1);
+    assert_eq!(s.list_user_groups(f.app.id, batch[2].user.id, None, 10).await.unwrap().len(), 1);
     let written = s
         .audit_records(&AuditFilter { app_id: Some(f.app.id), limit: 100, ..Default::default() })
         .await
@@ -738,4 +739,165 @@ pub async fn imports_skip_known_usernames_and_rehash_in_place(u: &Under) {
     let again = AuditRecord::new("session.sign_in", Some(f.app.id));
     s.create_session(f.app.id, boss.id, session("boss-2"), stale, &again).await.unwrap();
     assert_eq!(s.credentials(f.app.id, b"boss").await.unwrap().unwrap().password_hash, "$argon2id$new");
+}
+
+/// Walks an id-ordered listing `size` at a time, as the services page it:
+/// each page starts after the last id of the one before, until a page
+/// comes back short. Every page holds at most `size`.
+async fn walk<F, Fut>(size: i64, mut page: F) -> Vec<Uuid>
+where
+    F: FnMut(Option<Uuid>, i64) -> Fut,
+    Fut: std::future::Future<Output = Vec<Uuid>>,
+{
+    let (mut all, mut after) = (Vec::new(), None);
+    loop {
+        let got = page(after, size).await;
+        assert!(got.len() as i64 <= size, "a page of {} for {size}", got.len());
+        all.extend(got.iter().copied());
+        if (got.len() as i64) < size {
+            return all;
+        }
+        after = got.last().copied();
+    }
+}
+
+fn sorted(mut ids: Vec<Uuid>) -> Vec<Uuid> {
+    ids.sort();
+    ids
+}
+
+pub async fn members_page_in_user_id_order(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "app").await;
+    let other = new_app(s, "other").await;
+    let audit = || AuditRecord::new("group.member_add", Some(f.app.id));
+    let (g, h) = (
+        GroupRecord { id: Uuid::now_v7(), name: "g".into(), is_default: false },
+        GroupRecord { id: Uuid::now_v7(), name: "h".into(), is_default: false },
+    );
+    s.create_group(f.app.id, &g, &audit()).await.unwrap();
+    s.create_group(f.app.id, &h, &audit()).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let nu = new_user(&f, &format!("member-{i}"));
+        s.create_user(nu.clone(), None, &[]).await.unwrap();
+        ids.push(nu.id);
+    }
+    // Joined newest first: the pages still go in user id order.
+    for id in ids.iter().rev() {
+        assert!(s.add_member(f.app.id, g.id, *id, &audit()).await.unwrap());
+    }
+    let outsider = new_user(&f, "only-in-h");
+    s.create_user(outsider.clone(), None, &[]).await.unwrap();
+    s.add_member(f.app.id, h.id, outsider.id, &audit()).await.unwrap();
+    s.create_user(new_user(&other, "elsewhere"), None, &[]).await.unwrap();
+
+    for size in [1, 3, 7, 100] {
+        let got = walk(size, |after, n| async move { s.list_members(f.app.id, g.id, after, n).await.unwrap() }).await;
+        assert_eq!(got, sorted(ids.clone()), "pages of {size}: each member once, in id order");
+    }
+    let last = *sorted(ids.clone()).last().unwrap();
+    assert!(s.list_members(f.app.id, g.id, Some(last), 10).await.unwrap().is_empty(), "nothing after the last");
+    assert_eq!(s.list_members(f.app.id, h.id, None, 10).await.unwrap(), vec![outsider.id]);
+    assert!(s.list_members(other.app.id, g.id, None, 10).await.unwrap().is_empty(), "scoped to the application");
+}
+
+pub async fn groups_page_in_id_order(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "app").await;
+    let other = new_app(s, "other").await;
+    let audit = || AuditRecord::new("group.create", Some(f.app.id));
+    let (mut all, mut defaults) = (Vec::new(), Vec::new());
+    for i in 0..6 {
+        let g = GroupRecord { id: Uuid::now_v7(), name: format!("group {i}"), is_default: i % 2 == 0 };
+        s.create_group(f.app.id, &g, &audit()).await.unwrap();
+        all.push(g.id);
+        if g.is_default {
+            defaults.push(g.id);
+        }
+    }
+    let theirs = GroupRecord { id: Uuid::now_v7(), name: "theirs".into(), is_default: true };
+    s.create_group(other.app.id, &theirs, &audit()).await.unwrap();
+
+    for size in [1, 2, 6, 100] {
+        let got = walk(size, |after, n| async move {
+            s.list_groups(f.app.id, false, after, n).await.unwrap().iter().map(|g| g.id).collect()
+        })
+        .await;
+        assert_eq!(got, all, "pages of {size}: each group once, oldest first");
+        let got = walk(size, |after, n| async move {
+            s.list_groups(f.app.id, true, after, n).await.unwrap().iter().map(|g| g.id).collect()
+        })
+        .await;
+        assert_eq!(got, defaults, "pages of {size}: each default group once");
+    }
+    let page = s.list_groups(f.app.id, false, None, 1).await.unwrap();
+    assert_eq!((page[0].name.as_str(), page[0].is_default), ("group 0", true));
+    let last = all.last().copied();
+    assert!(s.list_groups(f.app.id, false, last, 10).await.unwrap().is_empty(), "nothing after the last");
+    assert!(s.list_groups(f.app.id, true, last, 10).await.unwrap().is_empty());
+}
+
+pub async fn user_groups_page_in_group_id_order(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "app").await;
+    let audit = || AuditRecord::new("group.member_add", Some(f.app.id));
+    let (nu, neighbour) = (new_user(&f, "joiner"), new_user(&f, "neighbour"));
+    s.create_user(nu.clone(), None, &[]).await.unwrap();
+    s.create_user(neighbour.clone(), None, &[]).await.unwrap();
+    let mut groups = Vec::new();
+    for i in 0..5 {
+        let g = GroupRecord { id: Uuid::now_v7(), name: format!("group {i}"), is_default: false };
+        s.create_group(f.app.id, &g, &audit()).await.unwrap();
+        groups.push(g.id);
+    }
+    // Joined newest group first; the neighbour in one other group only.
+    for g in groups.iter().rev() {
+        s.add_member(f.app.id, *g, nu.id, &audit()).await.unwrap();
+    }
+    let lone = GroupRecord { id: Uuid::now_v7(), name: "lone".into(), is_default: false };
+    s.create_group(f.app.id, &lone, &audit()).await.unwrap();
+    s.add_member(f.app.id, lone.id, neighbour.id, &audit()).await.unwrap();
+
+    for size in [1, 2, 5, 100] {
+        let got = walk(size, |after, n| async move {
+            s.list_user_groups(f.app.id, nu.id, after, n).await.unwrap().iter().map(|g| g.id).collect()
+        })
+        .await;
+        assert_eq!(got, groups, "pages of {size}: each group once, in id order");
+    }
+    let page = s.list_user_groups(f.app.id, nu.id, None, 1).await.unwrap();
+    assert_eq!(page[0].name, "group 0");
+    assert!(s.list_user_groups(f.app.id, nu.id, groups.last().copied(), 10).await.unwrap().is_empty());
+    let theirs = s.list_user_groups(f.app.id, neighbour.id, None, 10).await.unwrap();
+    assert_eq!(theirs.iter().map(|g| g.id).collect::<Vec<_>>(), vec![lone.id]);
+}
+
+pub async fn sessions_page_in_id_order(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "app").await;
+    let (nu, neighbour) = (new_user(&f, "traveller"), new_user(&f, "neighbour"));
+    s.create_user(nu.clone(), None, &[]).await.unwrap();
+    s.create_user(neighbour.clone(), Some(session("tok-neighbour")), &[]).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let sess = session(&format!("tok-{i}"));
+        let audit = AuditRecord::new("session.sign_in", Some(f.app.id));
+        s.create_session(f.app.id, nu.id, sess.clone(), Relief::default(), &audit).await.unwrap();
+        ids.push(sess.id);
+    }
+    for size in [1, 2, 5, 100] {
+        let got = walk(size, |after, n| async move {
+            s.list_sessions(f.app.id, nu.id, HOUR, after, n).await.unwrap().iter().map(|r| r.id).collect()
+        })
+        .await;
+        assert_eq!(got, ids, "pages of {size}: each session once, oldest first");
+    }
+    assert!(s.list_sessions(f.app.id, nu.id, HOUR, ids.last().copied(), 10).await.unwrap().is_empty());
+    // One session found by the page of one from just before its id, as
+    // VerifySession finds it.
+    let just_before = Uuid::from_u128(ids[2].as_u128() - 1);
+    let one = s.list_sessions(f.app.id, nu.id, HOUR, Some(just_before), 1).await.unwrap();
+    assert_eq!(one.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[2]]);
+    assert!(s.list_sessions(f.app.id, nu.id, Duration::ZERO, None, 10).await.unwrap().is_empty(), "only live ones");
 }

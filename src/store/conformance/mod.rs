@@ -276,4 +276,8 @@ contract!(
     the_trail_seals_into_signed_checkpoints,
     a_late_commit_is_sealed_in_its_place,
     imports_skip_known_usernames_and_rehash_in_place,
+    members_page_in_user_id_order,
+    groups_page_in_id_order,
+    user_groups_page_in_group_id_order,
+    sessions_page_in_id_order,
 );

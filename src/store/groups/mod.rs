@@ -41,11 +41,29 @@ pub trait GroupStore: Send + Sync {
 
     async fn remove_member(&self, app_id: Uuid, group_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool>;
 
-    async fn list_members(&self, app_id: Uuid, group_id: Uuid) -> Result<Vec<Uuid>>;
+    /// A page of a group's members: their ids in id order (UUIDv7: the
+    /// order the users were created in) after `after`; at most `limit`.
+    async fn list_members(&self, app_id: Uuid, group_id: Uuid, after: Option<Uuid>, limit: i64) -> Result<Vec<Uuid>>;
 
-    async fn list_groups(&self, app_id: Uuid, default_only: bool) -> Result<Vec<GroupRecord>>;
+    /// A page of the application's groups (or only its default ones) in id
+    /// order (UUIDv7: creation order) after `after`; at most `limit`.
+    async fn list_groups(
+        &self,
+        app_id: Uuid,
+        default_only: bool,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<GroupRecord>>;
 
-    async fn list_user_groups(&self, app_id: Uuid, user_id: Uuid) -> Result<Vec<GroupRecord>>;
+    /// A page of the groups a user belongs to, in group id order after
+    /// `after`; at most `limit`.
+    async fn list_user_groups(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<GroupRecord>>;
 
     /// The application's groups of this name (names need not be unique).
     async fn groups_named(&self, app_id: Uuid, name: &str) -> Result<Vec<GroupRecord>>;

@@ -120,37 +120,48 @@ impl GroupStore for PgStore {
         Ok(true)
     }
 
-    async fn list_members(&self, app_id: Uuid, group_id: Uuid) -> Result<Vec<Uuid>> {
-        let rows = sqlx::query(
-            "SELECT user_id FROM memberships WHERE app_id = $1 AND group_id = $2 ORDER BY created_at, user_id",
-        )
-        .bind(app_id)
-        .bind(group_id)
-        .fetch_all(&self.pool)
-        .await?;
+    async fn list_members(&self, app_id: Uuid, group_id: Uuid, after: Option<Uuid>, limit: i64) -> Result<Vec<Uuid>> {
+        // Through the primary key, (group_id, user_id): a page costs its own
+        // rows, however deep into the group it starts.
+        let sql = format!(
+            "SELECT user_id FROM memberships WHERE group_id = $2 AND app_id = $1{} ORDER BY user_id LIMIT $4",
+            if after.is_some() { " AND user_id > $3" } else { "" }
+        );
+        let rows = sqlx::query(&sql).bind(app_id).bind(group_id).bind(after).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(|r| r.try_get("user_id").map_err(StoreError::from)).collect()
     }
 
-    async fn list_groups(&self, app_id: Uuid, default_only: bool) -> Result<Vec<GroupRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, name, is_default FROM groups WHERE app_id = $1 AND (is_default OR NOT $2) ORDER BY created_at, id",
-        )
-        .bind(app_id)
-        .bind(default_only)
-        .fetch_all(&self.pool)
-        .await?;
+    async fn list_groups(
+        &self,
+        app_id: Uuid,
+        default_only: bool,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<GroupRecord>> {
+        // The default-only statement names `is_default` itself, so that it
+        // can use the partial index groups_app_default_id.
+        let sql = format!(
+            "SELECT id, name, is_default FROM groups WHERE app_id = $1{}{} ORDER BY id LIMIT $3",
+            if default_only { " AND is_default" } else { "" },
+            if after.is_some() { " AND id > $2" } else { "" }
+        );
+        let rows = sqlx::query(&sql).bind(app_id).bind(after).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
     }
 
-    async fn list_user_groups(&self, app_id: Uuid, user_id: Uuid) -> Result<Vec<GroupRecord>> {
-        let rows = sqlx::query(
+    async fn list_user_groups(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<GroupRecord>> {
+        let sql = format!(
             "SELECT g.id, g.name, g.is_default FROM memberships m JOIN groups g ON g.id = m.group_id
-             WHERE m.app_id = $1 AND m.user_id = $2 ORDER BY m.created_at, g.id",
-        )
-        .bind(app_id)
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE m.user_id = $2 AND m.app_id = $1{} ORDER BY m.group_id LIMIT $4",
+            if after.is_some() { " AND m.group_id > $3" } else { "" }
+        );
+        let rows = sqlx::query(&sql).bind(app_id).bind(user_id).bind(after).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
     }
 

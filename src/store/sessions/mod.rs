@@ -78,11 +78,15 @@ pub trait SessionStore: Send + Sync {
         audit: Option<&AuditRecord>,
     ) -> Result<u64>;
 
+    /// A page of a user's live sessions in id order (UUIDv7: the order they
+    /// started in) after `after`; at most `limit`.
     async fn list_sessions(
         &self,
         app_id: Uuid,
         user_id: Uuid,
         idle_timeout: std::time::Duration,
+        after: Option<Uuid>,
+        limit: i64,
     ) -> Result<Vec<SessionRow>>;
 
     /// The user a session belongs to.

@@ -123,18 +123,29 @@ impl SessionStore for PgStore {
         Ok(ended.len() as u64)
     }
 
-    async fn list_sessions(&self, app_id: Uuid, user_id: Uuid, idle_timeout: Duration) -> Result<Vec<SessionRow>> {
-        let rows = sqlx::query(
+    async fn list_sessions(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        idle_timeout: Duration,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<SessionRow>> {
+        let sql = format!(
             "SELECT id, created_at, last_seen_at, expires_at FROM sessions
-             WHERE app_id = $1 AND user_id = $2 AND expires_at > now()
+             WHERE user_id = $2 AND app_id = $1{} AND expires_at > now()
                AND last_seen_at > now() - make_interval(secs => $3)
-             ORDER BY created_at, id",
-        )
-        .bind(app_id)
-        .bind(user_id)
-        .bind(idle_timeout.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await?;
+             ORDER BY id LIMIT $5",
+            if after.is_some() { " AND id > $4" } else { "" }
+        );
+        let rows = sqlx::query(&sql)
+            .bind(app_id)
+            .bind(user_id)
+            .bind(idle_timeout.as_secs_f64())
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(SessionRow {

@@ -105,19 +105,30 @@ impl SessionStore for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn list_sessions(&self, app_id: Uuid, user_id: Uuid, idle_timeout: Duration) -> Result<Vec<SessionRow>> {
+    async fn list_sessions(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        idle_timeout: Duration,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<SessionRow>> {
         let now = now_us();
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT id, created_at, last_seen_at, expires_at FROM sessions
-             WHERE app_id = ?1 AND user_id = ?2 AND expires_at > ?3 AND last_seen_at > ?4
-             ORDER BY created_at, id",
-        )
-        .bind(app_id)
-        .bind(user_id)
-        .bind(now)
-        .bind(earlier(now, idle_timeout))
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE user_id = ?2 AND app_id = ?1{} AND expires_at > ?3 AND last_seen_at > ?4
+             ORDER BY id LIMIT ?6",
+            if after.is_some() { " AND id > ?5" } else { "" }
+        );
+        let rows = sqlx::query(&sql)
+            .bind(app_id)
+            .bind(user_id)
+            .bind(now)
+            .bind(earlier(now, idle_timeout))
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(SessionRow {
