@@ -27,10 +27,22 @@ impl PgStore {
     /// The database is created first when it does not exist yet, so a fresh
     /// server needs no manual step.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
-        Self::connect_with(url, max_connections, crate::store::backend::DEFAULT_ACQUIRE_TIMEOUT).await
+        Self::connect_with(
+            url,
+            max_connections,
+            crate::store::backend::DEFAULT_ACQUIRE_TIMEOUT,
+            crate::store::auth_cache::DEFAULT_CACHE_BYTES,
+        )
+        .await
     }
 
-    pub async fn connect_with(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self> {
+    /// `cache_bytes` bounds the memory of the auth cache (`--cache-bytes`).
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+        cache_bytes: u64,
+    ) -> Result<Self> {
         ensure_database(url).await?;
         // This version sends its updates' evictions after commit itself
         // (migration `user_notify_after_commit`).
@@ -44,7 +56,7 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        let auth = Arc::new(AuthCache::default());
+        let auth = Arc::new(AuthCache::new(cache_bytes));
         tokio::spawn(notify::listen(pool.clone(), auth.clone()));
         let notifier = notify::Notifier::start(&pool);
         Ok(Self { pool, auth, notifier })
