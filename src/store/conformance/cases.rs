@@ -390,6 +390,21 @@ pub async fn sweep_deletes_what_ran_out(u: &Under) {
     assert_eq!(s.list_sessions(f.app.id, nu.id, HOUR).await.unwrap().len(), 2);
 }
 
+pub async fn sweep_goes_on_past_a_batch(u: &Under) {
+    let s = u.store.as_ref();
+    let n = 2 * SWEEP_BATCH + 3;
+    u.db.stale_throttles(n).await;
+    // Two of them stay: one still blocked, one failing again just now.
+    let (future, now) = (u.db.ago(-DAY_US), u.db.ago(0));
+    let first = "SELECT key FROM throttles ORDER BY key LIMIT 1";
+    let last = "SELECT key FROM throttles ORDER BY key DESC LIMIT 1";
+    assert_eq!(u.db.run(&format!("UPDATE throttles SET blocked_until = {future} WHERE key IN ({first})")).await, Ok(1));
+    assert_eq!(u.db.run(&format!("UPDATE throttles SET last_failure = {now} WHERE key IN ({last})")).await, Ok(1));
+    assert_eq!(s.sweep().await.unwrap(), u64::try_from(n - 2).unwrap());
+    assert_eq!(u.db.count("SELECT count(*) FROM throttles").await, 2);
+    assert_eq!(s.sweep().await.unwrap(), 0, "nothing left to sweep");
+}
+
 pub async fn service_tokens_are_scoped_touched_listed_and_revoked(u: &Under) {
     let s = u.store.as_ref();
     let f = new_app(s, "svc").await;

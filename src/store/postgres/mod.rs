@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row, migrate::MigrateDatabase, postgres::PgPoolOptions, postgres::PgRow};
 
 use crate::store::auth_cache::AuthCache;
-use crate::store::{NewSession, Result, Store, StoredKey, UserRecord};
+use crate::store::{NewSession, Result, SWEEP_BATCH, Store, StoredKey, UserRecord};
 
 mod notify;
 
@@ -170,14 +170,36 @@ impl Store for PgStore {
     }
 
     async fn sweep(&self) -> Result<u64> {
+        // Each statement takes at most a batch, the oldest first along the
+        // index on its time (migration `sweep_indexes`), and commits on its
+        // own: a backlog of millions never becomes one long transaction
+        // holding its locks, its WAL and (for sessions) a notification per
+        // row until the end. The rows are then reached by ctid (a TID scan);
+        // a join on the key instead made the planner read every expired row
+        // again for each batch. The condition is checked again on the row
+        // deleted, so one changed meanwhile (a throttle failing again) is
+        // judged as it is now, not as the subquery saw it.
         let mut n = 0;
         for sql in [
-            "DELETE FROM sessions WHERE expires_at < now()",
-            "DELETE FROM password_resets WHERE expires_at < now()",
-            "DELETE FROM throttles WHERE last_failure < now() - interval '1 day'
-                 AND (blocked_until IS NULL OR blocked_until < now())",
+            "DELETE FROM sessions WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM sessions WHERE expires_at < now() ORDER BY expires_at LIMIT $1))
+             AND expires_at < now()",
+            "DELETE FROM password_resets WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM password_resets WHERE expires_at < now() ORDER BY expires_at LIMIT $1))
+             AND expires_at < now()",
+            "DELETE FROM throttles WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM throttles WHERE last_failure < now() - interval '1 day'
+                     AND (blocked_until IS NULL OR blocked_until < now())
+                 ORDER BY last_failure LIMIT $1))
+             AND last_failure < now() - interval '1 day' AND (blocked_until IS NULL OR blocked_until < now())",
         ] {
-            n += sqlx::query(sql).execute(&self.pool).await?.rows_affected();
+            loop {
+                let done = sqlx::query(sql).bind(SWEEP_BATCH).execute(&self.pool).await?.rows_affected();
+                n += done;
+                if done < SWEEP_BATCH.unsigned_abs() {
+                    break;
+                }
+            }
         }
         Ok(n)
     }
