@@ -287,6 +287,7 @@ contract!(
     outbox_and_password_reset,
     sweep_deletes_what_ran_out,
     sweep_goes_on_past_a_batch,
+    users_not_under_key_continue_after_the_last,
     service_tokens_are_scoped_touched_listed_and_revoked,
     keys_rewrap_and_sign_in_attempts,
     two_writers_on_one_user,
