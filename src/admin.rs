@@ -17,7 +17,7 @@ use crate::audit::{
 use crate::auth::{caller::SERVICE_ROLES, secret};
 use crate::crypto::{Keyring, MasterKey, keyring};
 use crate::service::profile;
-use crate::store::{App, AuditFilter, NewServiceToken, Store, TokenRevocation};
+use crate::store::{App, AuditFilter, NewServiceToken, SealedUser, Store, TokenRevocation};
 
 pub struct Admin {
     pub store: Arc<dyn Store>,
@@ -187,22 +187,41 @@ impl Admin {
         self.store.add_current_app_key(&new, &record).await?;
         let sealer = self.keyring.sealer(app_id).await?;
         anyhow::ensure!(sealer.key_id == new.id, "another rotation of {app_id} started meanwhile");
+        // Passes over the users in order of id, each batch from where the
+        // last ended, until a pass finds nobody left: a write that checked
+        // the old key just before it stopped being current may still commit
+        // under it behind the pass (creations, or an update racing the
+        // reseal), and the next pass takes it. Usually the second pass finds
+        // nothing; a rotation cut short is made whole by running it again.
         let mut resealed = 0;
         loop {
-            let batch = self.store.users_not_under_key(app_id, new.id, RESEAL_BATCH).await?;
-            if batch.is_empty() {
-                break;
+            let mut after = None;
+            let mut found = false;
+            loop {
+                let batch = self.store.users_not_under_key(app_id, new.id, after, RESEAL_BATCH).await?;
+                let Some(last) = batch.last() else { break };
+                after = Some(last.id);
+                found = true;
+                resealed += self.reseal(app_id, &sealer, batch).await?;
             }
-            for mut user in batch {
-                let username = self.keyring.open(app_id, user.id, profile::USERNAME_FIELD, &user.username_ct).await?;
-                let profile_pt = self.keyring.open(app_id, user.id, profile::PROFILE_FIELD, &user.profile_ct).await?;
-                user.username_ct = sealer.seal(user.id, profile::USERNAME_FIELD, &username);
-                user.profile_ct = sealer.seal(user.id, profile::PROFILE_FIELD, &profile_pt);
-                // A row changed meanwhile was written under the new key by
-                // its writer, or comes back in the next batch.
-                if self.store.reseal_user(app_id, &user, new.id).await? {
-                    resealed += 1;
-                }
+            if !found {
+                return Ok(resealed);
+            }
+        }
+    }
+
+    /// Re-encrypts a batch under the sealer's key; how many rows took it.
+    async fn reseal(&self, app_id: Uuid, sealer: &keyring::Sealer, batch: Vec<SealedUser>) -> anyhow::Result<u64> {
+        let mut resealed = 0;
+        for mut user in batch {
+            let username = self.keyring.open(app_id, user.id, profile::USERNAME_FIELD, &user.username_ct).await?;
+            let profile_pt = self.keyring.open(app_id, user.id, profile::PROFILE_FIELD, &user.profile_ct).await?;
+            user.username_ct = sealer.seal(user.id, profile::USERNAME_FIELD, &username);
+            user.profile_ct = sealer.seal(user.id, profile::PROFILE_FIELD, &profile_pt);
+            // A row changed meanwhile was written under the new key by its
+            // writer, or comes back in the next pass.
+            if self.store.reseal_user(app_id, &user, sealer.key_id).await? {
+                resealed += 1;
             }
         }
         Ok(resealed)

@@ -45,22 +45,24 @@ pub struct UnknownBackend;
 
 /// Connects to the store of a URL (creating the database if it is missing).
 pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<(Arc<dyn Store>, Pool)> {
-    open_with(url, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+    open_with(url, max_connections, DEFAULT_ACQUIRE_TIMEOUT, super::auth_cache::DEFAULT_CACHE_BYTES).await
 }
 
 /// How long a request waits for a PostgreSQL connection unless told otherwise.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The same, with a bound on how long a request waits for a connection
-/// before it fails as unavailable (PostgreSQL; SQLite keeps its own).
+/// before it fails as unavailable (PostgreSQL; SQLite keeps its own), and
+/// the bytes its cache may hold (PostgreSQL; SQLite has none).
 pub async fn open_with(
     url: &str,
     max_connections: u32,
     acquire_timeout: Duration,
+    cache_bytes: u64,
 ) -> anyhow::Result<(Arc<dyn Store>, Pool)> {
     match Backend::of(url).ok_or(UnknownBackend)? {
         Backend::Postgres => {
-            let store = PgStore::connect_with(url, max_connections, acquire_timeout).await?;
+            let store = PgStore::connect_with(url, max_connections, acquire_timeout, cache_bytes).await?;
             let pool = Pool::Postgres(store.pool().clone());
             Ok((Arc::new(store), pool))
         }
@@ -84,9 +86,9 @@ pub async fn open_migrated(
             anyhow::bail!("--migrate-database-url takes a postgres:// URL, and DATABASE_URL must be one too");
         }
         PgStore::migrate_as_owner(owner, &db.database_url).await?;
-        return open_with(&db.database_url, max_connections, db.db_acquire_timeout).await;
+        return open_with(&db.database_url, max_connections, db.db_acquire_timeout, db.cache_bytes).await;
     }
-    let (store, pool) = open_with(&db.database_url, max_connections, db.db_acquire_timeout).await?;
+    let (store, pool) = open_with(&db.database_url, max_connections, db.db_acquire_timeout, db.cache_bytes).await?;
     store.migrate().await?;
     Ok((store, pool))
 }

@@ -153,5 +153,10 @@ pub trait Store:
 
     /// Deletes what has run out: sessions past their lifetime, reset tokens
     /// past theirs, throttle counts long forgotten. Returns rows deleted.
+    /// Deletes in batches of [`SWEEP_BATCH`], each committed on its own, so
+    /// rows are gone even when a later batch fails.
     async fn sweep(&self) -> Result<u64>;
 }
+
+/// Rows the sweep deletes per statement.
+pub const SWEEP_BATCH: i64 = 10_000;

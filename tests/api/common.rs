@@ -139,6 +139,7 @@ pub fn serve_args(database_url: String) -> ServeArgs {
             db_max_connections: 4,
             db_acquire_timeout: Duration::from_secs(5),
             migrate_database_url: None,
+            cache_bytes: usersvc::store::auth_cache::DEFAULT_CACHE_BYTES,
         },
         keys: KeyArgs { master_key_file: None, master_key: Some(SecretString::from(master_key().to_owned())) },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),

@@ -56,8 +56,17 @@ pub trait AppStore: Send + Sync {
     /// Adds a key and makes it the current one of its purpose.
     async fn add_current_app_key(&self, key: &StoredKey, audit: &AuditRecord) -> Result<()>;
 
-    /// Users of the application whose ciphertexts are under another key.
-    async fn users_not_under_key(&self, app_id: Uuid, key_id: Uuid, limit: i64) -> Result<Vec<SealedUser>>;
+    /// Users of the application whose ciphertexts are under another key,
+    /// in order of id, from the first after `after` (from the start with
+    /// None): each batch continues where the last ended, along the
+    /// (app_id, id) index, instead of reading again past all those done.
+    async fn users_not_under_key(
+        &self,
+        app_id: Uuid,
+        key_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<SealedUser>>;
 
     /// Stores a user's re-encrypted ciphertexts if the row is unchanged.
     async fn reseal_user(&self, app_id: Uuid, user: &SealedUser, key_id: Uuid) -> Result<bool>;

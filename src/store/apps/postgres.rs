@@ -89,12 +89,22 @@ impl AppStore for PgStore {
         Ok(())
     }
 
-    async fn users_not_under_key(&self, app_id: Uuid, key_id: Uuid, limit: i64) -> Result<Vec<SealedUser>> {
+    async fn users_not_under_key(
+        &self,
+        app_id: Uuid,
+        key_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<SealedUser>> {
+        // The nil id sorts before every other: "from the start" is one
+        // range condition, which the (app_id, id) index serves.
         let rows = sqlx::query(
-            "SELECT id, version, username_ct, profile_ct FROM users WHERE app_id = $1 AND key_id <> $2 LIMIT $3",
+            "SELECT id, version, username_ct, profile_ct FROM users
+             WHERE app_id = $1 AND id > $3 AND key_id <> $2 ORDER BY id LIMIT $4",
         )
         .bind(app_id)
         .bind(key_id)
+        .bind(after.unwrap_or_else(Uuid::nil))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

@@ -75,10 +75,10 @@ pub async fn apps_keys_and_users(u: &Under) {
     s.add_current_app_key(&new_key, &AuditRecord::new("key.rotate", Some(f.app.id))).await.unwrap();
     assert!(!s.app_key(f.data_key.id).await.unwrap().unwrap().current);
     assert!(s.update_user(f.app.id, nu.id, change(2, f.data_key.id), &[]).await.unwrap().is_none());
-    let stale = s.users_not_under_key(f.app.id, new_key.id, 10).await.unwrap();
+    let stale = s.users_not_under_key(f.app.id, new_key.id, None, 10).await.unwrap();
     assert_eq!(stale.len(), 1);
     assert!(s.reseal_user(f.app.id, &stale[0], new_key.id).await.unwrap());
-    assert!(s.users_not_under_key(f.app.id, new_key.id, 10).await.unwrap().is_empty());
+    assert!(s.users_not_under_key(f.app.id, new_key.id, None, 10).await.unwrap().is_empty());
     assert_eq!(s.update_user(f.app.id, nu.id, change(2, new_key.id), &[]).await.unwrap().unwrap().version, 3);
 
     // So does a new user's: nothing of it is written.
@@ -388,6 +388,61 @@ pub async fn sweep_deletes_what_ran_out(u: &Under) {
     let forever = NewSession { max_age: Duration::MAX, ..session("forever") };
     s.create_session(f.app.id, nu.id, forever, Relief::default(), &AuditRecord::new("x", None)).await.unwrap();
     assert_eq!(s.list_sessions(f.app.id, nu.id, HOUR, None, 100).await.unwrap().len(), 2);
+}
+
+pub async fn sweep_goes_on_past_a_batch(u: &Under) {
+    let s = u.store.as_ref();
+    let n = 2 * SWEEP_BATCH + 3;
+    u.db.stale_throttles(n).await;
+    // Two of them stay: one still blocked, one failing again just now.
+    let (future, now) = (u.db.ago(-DAY_US), u.db.ago(0));
+    let first = "SELECT key FROM throttles ORDER BY key LIMIT 1";
+    let last = "SELECT key FROM throttles ORDER BY key DESC LIMIT 1";
+    assert_eq!(u.db.run(&format!("UPDATE throttles SET blocked_until = {future} WHERE key IN ({first})")).await, Ok(1));
+    assert_eq!(u.db.run(&format!("UPDATE throttles SET last_failure = {now} WHERE key IN ({last})")).await, Ok(1));
+    assert_eq!(s.sweep().await.unwrap(), u64::try_from(n - 2).unwrap());
+    assert_eq!(u.db.count("SELECT count(*) FROM throttles").await, 2);
+    assert_eq!(s.sweep().await.unwrap(), 0, "nothing left to sweep");
+}
+
+pub async fn users_not_under_key_continue_after_the_last(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "rotating").await;
+    let other = new_app(s, "rotating other").await;
+    let mut old = Vec::new();
+    for i in 0..5 {
+        let nu = new_user(&f, &format!("old{i}"));
+        old.push(nu.id);
+        s.create_user(nu, None, &[]).await.unwrap().unwrap();
+    }
+    s.create_user(new_user(&other, "elsewhere"), None, &[]).await.unwrap().unwrap();
+    let new_key = key(f.app.id, "data");
+    s.add_current_app_key(&new_key, &AuditRecord::new("key.rotate", Some(f.app.id))).await.unwrap();
+    let under_new = NewUser { key_id: new_key.id, ..new_user(&f, "fresh") };
+    s.create_user(under_new, None, &[]).await.unwrap().unwrap();
+    old.sort();
+
+    // Pages in order of id, each from after the last, of this application's
+    // users under another key only.
+    let mut after = None;
+    let mut pages = Vec::new();
+    loop {
+        let page = s.users_not_under_key(f.app.id, new_key.id, after, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        pages.push(page.iter().map(|u| u.id).collect::<Vec<_>>());
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+    assert_eq!(pages.concat(), old);
+
+    // Resealing the first page leaves the rest, from the start or from any id.
+    for sealed in s.users_not_under_key(f.app.id, new_key.id, None, 2).await.unwrap() {
+        assert!(s.reseal_user(f.app.id, &sealed, new_key.id).await.unwrap());
+    }
+    let left = s.users_not_under_key(f.app.id, new_key.id, None, 10).await.unwrap();
+    assert_eq!(left.iter().map(|u| u.id).collect::<Vec<_>>(), old[2..]);
+    let from_third = s.users_not_under_key(f.app.id, new_key.id, Some(old[2]), 10).await.unwrap();
+    assert_eq!(from_third.iter().map(|u| u.id).collect::<Vec<_>>(), old[3..]);
 }
 
 pub async fn service_tokens_are_scoped_touched_listed_and_revoked(u: &Under) {

@@ -166,6 +166,24 @@ impl Db {
         }
     }
 
+    /// `n` throttle counts whose last failure was two days ago, unblocked.
+    pub(super) async fn stale_throttles(&self, n: i64) {
+        let sql = match self {
+            Db::Sqlite(_) => format!(
+                "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {n})
+                 INSERT INTO throttles (key, failures, last_failure) SELECT CAST(printf('stale-%d', n) AS BLOB), 1, {}
+                 FROM g",
+                self.ago(2 * DAY_US)
+            ),
+            Db::Postgres(_) => format!(
+                "INSERT INTO throttles (key, failures, last_failure)
+                 SELECT int4send(g), 1, {} FROM generate_series(1, {n}) AS g",
+                self.ago(2 * DAY_US)
+            ),
+        };
+        assert_eq!(self.run(&sql).await, Ok(u64::try_from(n).unwrap()));
+    }
+
     pub(super) async fn count(&self, sql: &str) -> i64 {
         match self {
             Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
@@ -268,6 +286,8 @@ contract!(
     the_trail_chains_and_is_append_only,
     outbox_and_password_reset,
     sweep_deletes_what_ran_out,
+    sweep_goes_on_past_a_batch,
+    users_not_under_key_continue_after_the_last,
     service_tokens_are_scoped_touched_listed_and_revoked,
     keys_rewrap_and_sign_in_attempts,
     two_writers_on_one_user,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row, migrate::MigrateDatabase, postgres::PgPoolOptions, postgres::PgRow};
 
 use crate::store::auth_cache::AuthCache;
-use crate::store::{NewSession, Result, Store, StoredKey, UserRecord};
+use crate::store::{NewSession, Result, SWEEP_BATCH, Store, StoredKey, UserRecord};
 
 mod notify;
 
@@ -27,10 +27,22 @@ impl PgStore {
     /// The database is created first when it does not exist yet, so a fresh
     /// server needs no manual step.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
-        Self::connect_with(url, max_connections, crate::store::backend::DEFAULT_ACQUIRE_TIMEOUT).await
+        Self::connect_with(
+            url,
+            max_connections,
+            crate::store::backend::DEFAULT_ACQUIRE_TIMEOUT,
+            crate::store::auth_cache::DEFAULT_CACHE_BYTES,
+        )
+        .await
     }
 
-    pub async fn connect_with(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self> {
+    /// `cache_bytes` bounds the memory of the auth cache (`--cache-bytes`).
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+        cache_bytes: u64,
+    ) -> Result<Self> {
         ensure_database(url).await?;
         // This version sends its updates' evictions after commit itself
         // (migration `user_notify_after_commit`).
@@ -44,7 +56,7 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        let auth = Arc::new(AuthCache::default());
+        let auth = Arc::new(AuthCache::new(cache_bytes));
         tokio::spawn(notify::listen(pool.clone(), auth.clone()));
         let notifier = notify::Notifier::start(&pool);
         Ok(Self { pool, auth, notifier })
@@ -158,14 +170,36 @@ impl Store for PgStore {
     }
 
     async fn sweep(&self) -> Result<u64> {
+        // Each statement takes at most a batch, the oldest first along the
+        // index on its time (migration `sweep_indexes`), and commits on its
+        // own: a backlog of millions never becomes one long transaction
+        // holding its locks, its WAL and (for sessions) a notification per
+        // row until the end. The rows are then reached by ctid (a TID scan);
+        // a join on the key instead made the planner read every expired row
+        // again for each batch. The condition is checked again on the row
+        // deleted, so one changed meanwhile (a throttle failing again) is
+        // judged as it is now, not as the subquery saw it.
         let mut n = 0;
         for sql in [
-            "DELETE FROM sessions WHERE expires_at < now()",
-            "DELETE FROM password_resets WHERE expires_at < now()",
-            "DELETE FROM throttles WHERE last_failure < now() - interval '1 day'
-                 AND (blocked_until IS NULL OR blocked_until < now())",
+            "DELETE FROM sessions WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM sessions WHERE expires_at < now() ORDER BY expires_at LIMIT $1))
+             AND expires_at < now()",
+            "DELETE FROM password_resets WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM password_resets WHERE expires_at < now() ORDER BY expires_at LIMIT $1))
+             AND expires_at < now()",
+            "DELETE FROM throttles WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM throttles WHERE last_failure < now() - interval '1 day'
+                     AND (blocked_until IS NULL OR blocked_until < now())
+                 ORDER BY last_failure LIMIT $1))
+             AND last_failure < now() - interval '1 day' AND (blocked_until IS NULL OR blocked_until < now())",
         ] {
-            n += sqlx::query(sql).execute(&self.pool).await?.rows_affected();
+            loop {
+                let done = sqlx::query(sql).bind(SWEEP_BATCH).execute(&self.pool).await?.rows_affected();
+                n += done;
+                if done < SWEEP_BATCH.unsigned_abs() {
+                    break;
+                }
+            }
         }
         Ok(n)
     }

@@ -24,7 +24,7 @@ use sqlx::{
 use uuid::Uuid;
 
 use crate::store::trail::record::{self as audit, AuditRecord, StoredAudit};
-use crate::store::{NewSession, OutboxMessage, Result, Store, StoreError, StoredKey, UserRecord};
+use crate::store::{NewSession, OutboxMessage, Result, SWEEP_BATCH, Store, StoreError, StoredKey, UserRecord};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -276,14 +276,35 @@ impl Store for SqliteStore {
     async fn sweep(&self) -> Result<u64> {
         let now = now_us();
         let day_ago = earlier(now, Duration::from_secs(24 * 60 * 60));
+        // In batches, the oldest first along the indexes on time, as on
+        // PostgreSQL: each statement holds the one connection and the write
+        // lock only for its batch, so requests get their turn in between.
+        // (One statement reads and deletes under the write lock: nothing
+        // changes a row between the two.)
         let mut n = 0;
         for sql in [
-            "DELETE FROM sessions WHERE expires_at < ?1",
-            "DELETE FROM password_resets WHERE expires_at < ?1",
-            "DELETE FROM throttles WHERE last_failure < ?2 AND (blocked_until IS NULL OR blocked_until < ?1)",
+            "DELETE FROM sessions
+             WHERE rowid IN (SELECT rowid FROM sessions WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?3)",
+            "DELETE FROM password_resets
+             WHERE rowid IN (SELECT rowid FROM password_resets WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?3)",
+            "DELETE FROM throttles WHERE rowid IN (SELECT rowid FROM throttles
+                 WHERE last_failure < ?2 AND (blocked_until IS NULL OR blocked_until < ?1)
+                 ORDER BY last_failure LIMIT ?3)",
         ] {
-            // A statement without ?2 ignores the second value.
-            n += sqlx::query(sql).bind(now).bind(day_ago).execute(&self.pool).await?.rows_affected();
+            loop {
+                // A statement without ?2 ignores the second value.
+                let done = sqlx::query(sql)
+                    .bind(now)
+                    .bind(day_ago)
+                    .bind(SWEEP_BATCH)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                n += done;
+                if done < SWEEP_BATCH.unsigned_abs() {
+                    break;
+                }
+            }
         }
         Ok(n)
     }
