@@ -16,8 +16,8 @@ use crate::audit::{
 };
 use crate::auth::{caller::SERVICE_ROLES, secret};
 use crate::crypto::{Keyring, MasterKey, keyring};
-use crate::service::profile;
-use crate::store::{App, AuditFilter, NewServiceToken, SealedUser, Store, TokenRevocation};
+use crate::service::{export::Exporter, profile};
+use crate::store::{App, AuditFilter, NewServiceToken, SealedUser, Store, TokenRevocation, UserListFilter};
 
 pub struct Admin {
     pub store: Arc<dyn Store>,
@@ -29,6 +29,9 @@ fn cli_record(action: &str, app_id: Option<Uuid>) -> AuditRecord {
     r.actor = "cli".into();
     r
 }
+
+/// Users read per round trip by an export.
+const EXPORT_PAGE: i64 = 200;
 
 /// Users re-encrypted per batch during an application key rotation.
 const RESEAL_BATCH: i64 = 200;
@@ -225,6 +228,57 @@ impl Admin {
             }
         }
         Ok(resealed)
+    }
+
+    /// Writes the application's users (or one of them) as JSON lines in
+    /// the form `usersvc import` reads, password hashes included; one
+    /// `user.export` record per user. Returns how many were written.
+    pub async fn export(
+        &self,
+        app_id: Uuid,
+        user: Option<Uuid>,
+        idle_timeout: std::time::Duration,
+        out: &mut impl std::io::Write,
+    ) -> anyhow::Result<u64> {
+        self.known_app(app_id).await?;
+        let exporter = Exporter { store: &*self.store, keyring: &self.keyring, idle_timeout };
+        let mut written = 0;
+        let mut after = None;
+        loop {
+            let page = match user {
+                Some(id) => {
+                    let one = self.store.get_user(app_id, id).await?;
+                    anyhow::ensure!(one.is_some(), "no user {id} in application {app_id}");
+                    one.into_iter().collect()
+                }
+                None => self.store.list_users(app_id, &UserListFilter::default(), after, EXPORT_PAGE).await?,
+            };
+            let ids: Vec<Uuid> = page.iter().map(|u| u.id).collect();
+            let hashes: std::collections::HashMap<Uuid, String> =
+                self.store.user_secrets(app_id, &ids).await?.into_iter().map(|s| (s.id, s.password_hash)).collect();
+            let mut records = Vec::with_capacity(page.len());
+            let mut lines = Vec::with_capacity(page.len());
+            for rec in &page {
+                let doc = exporter.document(rec, hashes.get(&rec.id).map(String::as_str)).await?;
+                let mut r = cli_record("user.export", Some(app_id));
+                r.subject_id = Some(rec.id);
+                r.fields = crate::service::export::export_fields(&doc);
+                records.push(r);
+                lines.push(serde_json::to_string(&doc)?);
+            }
+            // Recorded before it leaves, as every disclosure.
+            self.store.append_audit(&records).await?;
+            for line in lines {
+                writeln!(out, "{line}")?;
+            }
+            written += page.len() as u64;
+            after = page.last().map(|u| u.id);
+            if user.is_some() || (page.len() as i64) < EXPORT_PAGE {
+                break;
+            }
+        }
+        out.flush()?;
+        Ok(written)
     }
 
     /// Seals what is waiting, then checks every record against the tree,

@@ -79,6 +79,22 @@ enum Command {
     /// application has are skipped; each bad entry is named on standard
     /// error. Prints a one-line JSON summary; exits non-zero when any entry
     /// failed.
+    /// Write an application's users (or one, with --user) as JSON lines in
+    /// the form `import` reads, password hashes included (keep the file as
+    /// you keep the database): the whole record, groups, live sessions and
+    /// the accounting of disclosures. Each user's export is recorded.
+    Export {
+        #[arg(long)]
+        app: uuid::Uuid,
+        #[arg(long)]
+        user: Option<uuid::Uuid>,
+        #[command(flatten)]
+        sessions: usersvc::config::SessionArgs,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
     Import {
         #[arg(long)]
         app: uuid::Uuid,
@@ -86,6 +102,10 @@ enum Command {
         format: usersvc::import::formats::Format,
         /// The file, or `-` for standard input.
         file: std::path::PathBuf,
+        /// Make the groups that entries name and the application lacks
+        /// (as when importing another application's export).
+        #[arg(long)]
+        create_groups: bool,
         /// Shortest password accepted (as for sign-up).
         #[arg(long, env = "USERSVC_MIN_PASSWORD_LENGTH", default_value_t = 8)]
         min_password_length: usize,
@@ -316,15 +336,21 @@ async fn admin(db: &DatabaseArgs, keys: &KeyArgs) -> anyhow::Result<Admin> {
     Ok(Admin::new(store, master))
 }
 
-async fn import(
+struct ImportOptions {
     app: uuid::Uuid,
     format: usersvc::import::formats::Format,
-    file: &std::path::Path,
+    create_groups: bool,
     min_password_length: usize,
     hash_concurrency: Option<usize>,
+}
+
+async fn import(
+    opts: ImportOptions,
+    file: &std::path::Path,
     db: &DatabaseArgs,
     keys: &KeyArgs,
 ) -> anyhow::Result<ExitCode> {
+    let ImportOptions { app, format, create_groups, min_password_length, hash_concurrency } = opts;
     use std::io::{BufRead, BufReader, IsTerminal};
     let (input, size): (Box<dyn BufRead>, Option<u64>) = if file.as_os_str() == "-" {
         (Box::new(BufReader::new(std::io::stdin())), None)
@@ -351,7 +377,8 @@ async fn import(
         bar.set_message(format!("from {} bytes", size));
     }
     let importer =
-        usersvc::import::Importer::new(admin.store.clone(), &admin.keyring, hasher, app, min_password_length);
+        usersvc::import::Importer::new(admin.store.clone(), &admin.keyring, hasher, app, min_password_length)
+            .creating_groups(create_groups);
     let started = std::time::Instant::now();
     let summary = importer
         .run(
@@ -441,8 +468,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("usersvc: application {app} has a new data key; {n} users re-encrypted");
             }
         },
-        Command::Import { app, format, file, min_password_length, hash_concurrency, db, keys } => {
-            return import(app, format, &file, min_password_length, hash_concurrency, &db, &keys).await;
+        Command::Export { app, user, sessions, db, keys } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let n = admin(&db, &keys).await?.export(app, user, sessions.session_idle_timeout, &mut out).await?;
+            eprintln!("usersvc: {n} users exported");
+        }
+        Command::Import { app, format, file, create_groups, min_password_length, hash_concurrency, db, keys } => {
+            let opts = ImportOptions { app, format, create_groups, min_password_length, hash_concurrency };
+            return import(opts, &file, &db, &keys).await;
         }
         Command::Audit { command } => match command {
             AuditCommand::Verify { checkpoint, db, keys } => {

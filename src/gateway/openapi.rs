@@ -75,8 +75,10 @@ fn build() -> Value {
             if let Body::Json { schema, .. } = op.body {
                 roots.push(schema);
             }
-            if let Reply::Message(name) | Reply::ListOf(name) = op.reply {
-                roots.push(name);
+            match op.reply {
+                Reply::Message(name) | Reply::ListOf(name) => roots.push(name),
+                Reply::Export => roots.extend(["User", "Session", "Disclosure"]),
+                _ => {}
             }
         }
         paths.insert(route.path.to_owned(), Value::Object(item));
@@ -216,6 +218,7 @@ fn operation(route: &Route, op: &Op, params: &[Value]) -> Value {
         Reply::Empty => ("application/json", reference("Empty"), "Done: `{}`."),
         Reply::Html => ("text/html", json!({ "type": "string" }), "The page."),
         Reply::Document => ("application/json", json!({ "type": "object" }), "The OpenAPI document."),
+        Reply::Export => ("application/json", export_schema(), "The user's record."),
     };
     let mut ok = json!({
         "description": ok_description,
@@ -251,6 +254,24 @@ fn operation(route: &Route, op: &Op, params: &[Value]) -> Value {
     }
     o.insert("responses".into(), Value::Object(responses));
     Value::Object(o)
+}
+
+/// What `ExportUser` answers: a `User` with its username, groups,
+/// sessions and disclosures beside its members.
+fn export_schema() -> Value {
+    json!({ "allOf": [reference("User"), {
+        "type": "object",
+        "properties": {
+            "username": { "type": "string" },
+            "supervisor": { "type": "boolean" },
+            "groups": { "type": "array", "items": { "type": "object", "properties": {
+                "groupsId": { "type": "string" }, "name": { "type": "string" } } } },
+            "sessions": { "type": "array", "items": { "type": "object", "properties": {
+                "sessionId": { "type": "string" }, "createdAt": { "type": "string" },
+                "lastSeenAt": { "type": "string" }, "expiresAt": { "type": "string" } } } },
+            "disclosures": { "type": "array", "items": reference("Disclosure") },
+        },
+    }] })
 }
 
 /// Where a reply leads: the id member of what it answers (`usersId` of a

@@ -53,6 +53,8 @@ pub enum Reply {
     Html,
     /// This document.
     Document,
+    /// A user's whole record (`ExportUser`): the `User` and what goes with it.
+    Export,
 }
 
 /// The HTTP methods the API uses.
@@ -309,6 +311,19 @@ pub const ROUTES: &[Route] = &[
                 ("pageToken", "The `nextPageToken` of the page before.", "string"),
             ],
             ..op(Method::Get, "listDisclosures", "List who accessed a user's record", |m| on(m, users::disclosures))
+        }],
+    },
+    Route {
+        path: "/v2/users/{usersId}/export",
+        tag: "users",
+        ops: &[Op {
+            description: "The user's whole record as one JSON document (HIPAA right of access, 45 CFR 164.524), \
+                          in the form `usersvc import` reads: the user's members, `username`, `supervisor`, \
+                          `groups`, the live `sessions` (ids and times) and the accounting of `disclosures`. Never \
+                          the password hash. The user themselves or a supervisor; recorded as `user.export`.",
+            reply: Reply::Export,
+            errors: &[400, 401, 403, 404, 503],
+            ..op(Method::Get, "exportUser", "Export a user's whole record", |m| on(m, users::export))
         }],
     },
     Route {

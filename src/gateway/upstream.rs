@@ -67,6 +67,7 @@ upstream!(UserService, UserServiceClient, "usersvc.v1.UserService", {
     verify_session(pb::VerifySessionRequest) -> pb::VerifySessionResponse = "VerifySession";
     list_disclosures(pb::ListDisclosuresRequest) -> pb::ListDisclosuresResponse = "ListDisclosures";
     list_users(pb::ListUsersRequest) -> pb::ListUsersResponse = "ListUsers";
+    export_user(pb::ExportUserRequest) -> pbjson_types::Struct = "ExportUser";
 });
 
 upstream!(GroupService, GroupServiceClient, "usersvc.v1.GroupService", {

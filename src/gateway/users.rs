@@ -187,6 +187,12 @@ pub async fn disclosures(
     Ok(reply(out.get_ref()))
 }
 
+/// `GET /v2/users/{usersId}/export`: the user's whole record.
+pub async fn export(State(gw): State<Gateway>, meta: CallMeta, Path(users_id): Path<String>) -> ApiResult {
+    let out = gw.users.export_user(meta.request(pb::ExportUserRequest { users_id })).await?;
+    Ok(reply(out.get_ref()))
+}
+
 /// The caller's own live sessions, as a bare array; a page of them, with a
 /// `Link` to the next.
 pub async fn sessions(State(gw): State<Gateway>, meta: CallMeta, Query(page): Query<Page>, uri: Uri) -> ApiResult {

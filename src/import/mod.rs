@@ -21,7 +21,7 @@ use crate::audit::AuditRecord;
 use crate::auth::password::PasswordHasher;
 use crate::crypto::Keyring;
 use crate::service::{profile, validate};
-use crate::store::{ImportedUser, NewUser, Store};
+use crate::store::{GroupRecord, ImportedUser, NewUser, Store};
 use formats::{Entry, Format, Position, Secret};
 
 /// Users per batch: one statement each on PostgreSQL.
@@ -54,6 +54,8 @@ pub struct Importer<'k> {
     hasher: PasswordHasher,
     app_id: Uuid,
     min_password_chars: usize,
+    /// Whether a group named but missing is made (non-default).
+    create_groups: bool,
     /// Group names already looked up: their id, or why they cannot be used.
     groups: HashMap<String, Result<Uuid, String>>,
 }
@@ -73,7 +75,14 @@ impl<'k> Importer<'k> {
         app_id: Uuid,
         min_password_chars: usize,
     ) -> Self {
-        Self { store, keyring, hasher, app_id, min_password_chars, groups: HashMap::new() }
+        Self { store, keyring, hasher, app_id, min_password_chars, create_groups: false, groups: HashMap::new() }
+    }
+
+    /// Makes the groups an entry names that the application lacks, as an
+    /// export of another application needs.
+    pub fn creating_groups(mut self, on: bool) -> Self {
+        self.create_groups = on;
+        self
     }
 
     /// Imports every entry of `input`; `failed` hears of each bad one as
@@ -235,7 +244,10 @@ impl<'k> Importer<'k> {
                 };
                 let id = match found.as_slice() {
                     [one] => Ok(one.id),
-                    [] => Err(format!("groups: the application has no group named {name:?}")),
+                    [] if self.create_groups => self.create_group(name).await,
+                    [] => {
+                        Err(format!("groups: the application has no group named {name:?} (--create-groups makes it)"))
+                    }
                     _ => Err(format!("groups: the application has several groups named {name:?}")),
                 };
                 self.groups.insert(name.clone(), id);
@@ -243,6 +255,22 @@ impl<'k> Importer<'k> {
             ids.push(self.groups.get(name).cloned().unwrap_or_else(|| Err("groups: lookup failed".into()))?);
         }
         Ok(ids)
+    }
+}
+
+impl Importer<'_> {
+    async fn create_group(&self, name: &str) -> Result<Uuid, String> {
+        validate::group_name(name).map_err(|e| format!("groups: {e}"))?;
+        let group = GroupRecord { id: Uuid::now_v7(), name: name.to_owned(), is_default: false };
+        let mut r = AuditRecord::new("group.create", Some(self.app_id));
+        r.actor = "cli".into();
+        r.object_id = Some(group.id);
+        r.fields = vec!["name".into()];
+        self.store
+            .create_group(self.app_id, &group, &r)
+            .await
+            .map_err(|e| format!("groups: could not make {name:?}: {e}"))?;
+        Ok(group.id)
     }
 }
 

@@ -6,6 +6,10 @@ use super::error::{ServiceError, ServiceResult};
 use super::paging::{self, Tokens};
 use super::users::UserSvc;
 use super::validate;
+use uuid::Uuid;
+
+use crate::audit::AuditRecord;
+use crate::crypto::Keyring;
 use crate::pb;
 use crate::store::AuditFilter;
 
@@ -51,28 +55,31 @@ impl UserSvc {
         };
         let mut disclosures = Vec::with_capacity(rows.len());
         for s in rows {
-            let r = s.record;
-            let client_addr = match &r.client_addr {
-                Some(ct) => core
-                    .keyring
-                    .open(caller.app_id, r.id, "client_addr", ct)
-                    .await
-                    .map(|p| String::from_utf8_lossy(&p).into_owned())
-                    .unwrap_or_default(),
-                None => String::new(),
-            };
-            disclosures.push(pb::Disclosure {
-                at: r.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                action: r.action,
-                actor: r.actor,
-                actor_id: r.actor_id.map(|a| a.to_string()).unwrap_or_default(),
-                fields: r.fields,
-                outcome: r.outcome,
-                client_addr,
-                request_id: r.request_id.unwrap_or_default(),
-                object_id: r.object_id.map(|o| o.to_string()).unwrap_or_default(),
-            });
+            disclosures.push(disclosure(&core.keyring, caller.app_id, s.record).await);
         }
         Ok(pb::ListDisclosuresResponse { disclosures, next_page_token })
+    }
+}
+
+/// A trail record as its subject sees it, the client address opened.
+pub(crate) async fn disclosure(keyring: &Keyring, app_id: Uuid, r: AuditRecord) -> pb::Disclosure {
+    let client_addr = match &r.client_addr {
+        Some(ct) => keyring
+            .open(app_id, r.id, "client_addr", ct)
+            .await
+            .map(|p| String::from_utf8_lossy(&p).into_owned())
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    pb::Disclosure {
+        at: r.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        action: r.action,
+        actor: r.actor,
+        actor_id: r.actor_id.map(|a| a.to_string()).unwrap_or_default(),
+        fields: r.fields,
+        outcome: r.outcome,
+        client_addr,
+        request_id: r.request_id.unwrap_or_default(),
+        object_id: r.object_id.map(|o| o.to_string()).unwrap_or_default(),
     }
 }

@@ -39,6 +39,9 @@ pub enum ServiceError {
     /// A disclosure whose record could not be kept is not made.
     #[error(transparent)]
     Trail(#[from] crate::audit::TrailError),
+    /// A reply that could not be put together (a bug, not the caller's).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
@@ -75,7 +78,7 @@ impl From<ServiceError> for Status {
             ServiceError::Invalid { .. } => (Code::InvalidArgument, "INVALID_FIELD"),
             ServiceError::UsernameTaken => (Code::AlreadyExists, "USERNAME_TAKEN"),
             ServiceError::Contention => (Code::Aborted, "CONTENTION"),
-            ServiceError::Hash(_) => (Code::Internal, "INTERNAL"),
+            ServiceError::Hash(_) | ServiceError::Internal(_) => (Code::Internal, "INTERNAL"),
             ServiceError::Crypto(crate::crypto::CryptoError::Store(s)) => store_code(s),
             ServiceError::Crypto(_) => (Code::Internal, "INTERNAL"),
             ServiceError::Throttled(_) => (Code::ResourceExhausted, "THROTTLED"),

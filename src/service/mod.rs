@@ -4,6 +4,7 @@
 pub mod context;
 mod disclosures;
 pub mod error;
+pub mod export;
 pub mod field_mask;
 mod groups;
 mod listing;

@@ -601,6 +601,14 @@ impl UserService for UserSvc {
         Ok(Response::new(UserSvc::list_disclosures(self, &ctx, req).await?))
     }
 
+    async fn export_user(
+        &self,
+        request: Request<pb::ExportUserRequest>,
+    ) -> Result<Response<pbjson_types::Struct>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::export(self, &ctx, req).await?))
+    }
+
     async fn list_users(
         &self,
         request: Request<pb::ListUsersRequest>,

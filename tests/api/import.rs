@@ -245,3 +245,97 @@ async fn parse_and_keycloak_exports_import() {
     assert_eq!(user["name"]["lastName"], "Keys");
 }
 }
+
+async fn get(t: &TestApp, path: &str, token: &str) -> (u16, Value) {
+    let res = t
+        .http
+        .get(t.url(path))
+        .header("X-Api-Key", format!("browser api.catalyze.io {}", t.api_key))
+        .header("Authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap_or(Value::Null))
+}
+
+both_stores! {
+async fn export_gives_the_whole_record_and_reimports_elsewhere() {
+    let t = spawn().await;
+    let (_, boss) = t.supervisor("export-boss").await;
+    let nurses = t
+        .groups()
+        .await
+        .create_group(t.req(
+            pb::CreateGroupRequest { group: Some(pb::Group { name: "nurses".into(), ..Default::default() }) },
+            Some(&boss),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (ada, ada_token) = t.sign_up("export-ada").await;
+    let (_, eve_token) = t.sign_up("export-eve").await;
+    t.groups()
+        .await
+        .add_member(t.req(pb::AddMemberRequest { groups_id: nurses.groups_id.clone(), users_id: ada.clone() }, Some(&boss)))
+        .await
+        .unwrap();
+    assert_eq!(get(&t, &format!("/v2/users/{ada}"), &boss).await.0, 200, "a disclosure to account for");
+
+    // The user's own copy: everything but the password hash.
+    let (status, doc) = get(&t, &format!("/v2/users/{ada}/export"), &ada_token).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["usersId"], ada.as_str());
+    assert_eq!(doc["username"], "export-ada");
+    assert_eq!(doc["email"]["primary"], "export-ada@example.com");
+    assert_eq!(doc["supervisor"], false);
+    assert!(doc["groups"].as_array().unwrap().iter().any(|g| g["name"] == "nurses"), "{doc}");
+    assert_eq!(doc["sessions"].as_array().unwrap().len(), 1, "{doc}");
+    let disclosed = doc["disclosures"].as_array().unwrap();
+    assert!(disclosed.iter().any(|d| d["action"] == "user.read" && d["actor"] == "supervisor"), "{doc}");
+    assert!(doc.get("passwordHash").is_none() && !doc.to_string().contains("$argon2"), "never a hash over HTTP");
+    // A supervisor may; another user may not; nobody unknown is found.
+    assert_eq!(get(&t, &format!("/v2/users/{ada}/export"), &boss).await.0, 200);
+    assert_eq!(get(&t, &format!("/v2/users/{ada}/export"), &eve_token).await.0, 403);
+    assert_eq!(get(&t, &format!("/v2/users/{}/export", uuid::Uuid::now_v7()), &boss).await.0, 404);
+    assert_eq!(get(&t, "/v2/users/not-an-id/export", &boss).await.0, 400);
+    let exports = t.count("SELECT count(*) FROM audit_events WHERE action = 'user.export' AND subject_id = $1", &ada).await;
+    assert_eq!(exports, 2, "each export recorded");
+
+    // The operator's export of the application, into a second application.
+    let out = usersvc().args(["export", "--app", &t.app_id.to_string()]).env("DATABASE_URL", &t.db_url).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l.contains("\"passwordHash\":\"$argon2id$")), "the operator's form carries hashes");
+    let file = write(&lines);
+    let (app2, key2) = crate::common::new_application(&t.app).await;
+    let imported = usersvc()
+        .args(["import", "--create-groups", "--app", &app2.to_string()])
+        .arg(&*file)
+        .env("DATABASE_URL", &t.db_url)
+        .output()
+        .unwrap();
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    let summary: Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert_eq!(summary["imported"], 3, "{summary}");
+
+    let res = t
+        .http
+        .post(t.url("/v2/auth/signin"))
+        .header("X-Api-Key", format!("browser api.catalyze.io {key2}"))
+        .json(&json!({"username": "export-ada", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "the same password signs in to the second application");
+    let moved: Value = res.json().await.unwrap();
+    assert_ne!(moved["usersId"], ada.as_str(), "a new id there");
+    assert_eq!(moved["email"], doc["email"]);
+    assert_eq!(moved["createdAt"], doc["createdAt"], "joined when they joined");
+    let groups = t.count("SELECT count(*) FROM memberships m JOIN groups g ON g.id = m.group_id WHERE g.name = 'nurses' AND m.user_id = $1",
+        moved["usersId"].as_str().unwrap()).await;
+    assert_eq!(groups, 1, "and in the group of the same name");
+    let boss2 = t.count("SELECT count(*) FROM users WHERE app_id = $1 AND supervisor", &app2.to_string()).await;
+    assert_eq!(boss2, 1, "the supervisor is one there too");
+}
+}

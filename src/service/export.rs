@@ -1,0 +1,134 @@
+//! A user's whole record as one JSON document, in the form `usersvc
+//! import` reads: for the right of access (the user's own copy, over
+//! `ExportUser`) and for moving an application elsewhere (the operator's
+//! `usersvc export`, which alone adds the password hash).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::context::Ctx;
+use super::disclosures::disclosure;
+use super::error::{ServiceError, ServiceResult};
+use super::users::UserSvc;
+use super::{profile, validate};
+use crate::crypto::Keyring;
+use crate::pb;
+use crate::store::{AuditFilter, Store, UserRecord};
+
+/// Items read per round trip while a document is put together.
+const CHUNK: i64 = 500;
+
+pub struct Exporter<'a> {
+    pub store: &'a dyn Store,
+    pub keyring: &'a Keyring,
+    /// Sessions unused for this long are over, and not listed.
+    pub idle_timeout: Duration,
+}
+
+impl Exporter<'_> {
+    /// The document of one user; `password_hash` is added as given.
+    pub async fn document(&self, rec: &UserRecord, password_hash: Option<&str>) -> ServiceResult<Value> {
+        let app_id = rec.app_id;
+        let plain = self
+            .keyring
+            .open(app_id, rec.id, profile::PROFILE_FIELD, &rec.profile_ct)
+            .await
+            .map_err(ServiceError::Crypto)?;
+        let user = profile::to_user(rec, &plain)?;
+        let mut doc = serde_json::to_value(&user).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let secrets = self.store.user_secrets(app_id, &[rec.id]).await?;
+        let secret = secrets.first().ok_or(ServiceError::NotFound("user"))?;
+        let username = self
+            .keyring
+            .open(app_id, rec.id, profile::USERNAME_FIELD, &secret.username_ct)
+            .await
+            .map_err(ServiceError::Crypto)?;
+        doc["username"] = String::from_utf8_lossy(&username).into_owned().into();
+        if let Some(hash) = password_hash {
+            doc["passwordHash"] = hash.into();
+        }
+        doc["supervisor"] = rec.supervisor.into();
+        doc["active"] = rec.active.into();
+
+        let mut groups = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.store.list_user_groups(app_id, rec.id, after, CHUNK).await?;
+            after = page.last().map(|g| g.id);
+            let short = (page.len() as i64) < CHUNK;
+            groups.extend(page.into_iter().map(|g| json!({"groupsId": g.id.to_string(), "name": g.name})));
+            if short {
+                break;
+            }
+        }
+        doc["groups"] = groups.into();
+
+        let mut sessions = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.store.list_sessions(app_id, rec.id, self.idle_timeout, after, CHUNK).await?;
+            after = page.last().map(|s| s.id);
+            let short = (page.len() as i64) < CHUNK;
+            sessions.extend(page.into_iter().map(|s| {
+                json!({
+                    "sessionId": s.id.to_string(),
+                    "createdAt": profile::format_time(s.created_at),
+                    "lastSeenAt": profile::format_time(s.last_seen_at),
+                    "expiresAt": profile::format_time(s.expires_at),
+                })
+            }));
+            if short {
+                break;
+            }
+        }
+        doc["sessions"] = sessions.into();
+
+        let mut disclosures = Vec::new();
+        let mut filter =
+            AuditFilter { app_id: Some(app_id), subject_id: Some(rec.id), since: None, after_seq: 0, limit: CHUNK };
+        loop {
+            let page = self.store.audit_records(&filter).await?;
+            let short = (page.len() as i64) < CHUNK;
+            if let Some(last) = page.last() {
+                filter.after_seq = last.seq;
+            }
+            for stored in page {
+                let d = disclosure(self.keyring, app_id, stored.record).await;
+                disclosures.push(serde_json::to_value(&d).map_err(|e| ServiceError::Internal(e.to_string()))?);
+            }
+            if short {
+                break;
+            }
+        }
+        doc["disclosures"] = disclosures.into();
+        Ok(doc)
+    }
+}
+
+impl UserSvc {
+    pub(super) async fn export(&self, ctx: &Ctx, req: pb::ExportUserRequest) -> ServiceResult<pbjson_types::Struct> {
+        let core = &self.core;
+        let (caller, me) = core.auth.signed_in(&ctx.md).await?;
+        let id = validate::id(&req.users_id, "users_id")?;
+        self.authorise(caller.app_id, &me, id).await?;
+        let rec = core.store.get_user(caller.app_id, id).await?.ok_or(ServiceError::NotFound("user"))?;
+        let exporter =
+            Exporter { store: &*core.store, keyring: &core.keyring, idle_timeout: core.auth.policy().idle_timeout };
+        let doc = exporter.document(&rec, None).await?;
+        // Leaves only once recorded, like every disclosure.
+        let mut r = core.record(ctx, "user.export", Some(&caller), caller.app_id).await;
+        r.subject_id = Some(id);
+        r.fields = export_fields(&doc);
+        core.trail.record(r).await?;
+        serde_json::from_value(doc).map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+}
+
+/// The members of a document, as a record's field names.
+pub fn export_fields(doc: &Value) -> Vec<String> {
+    let mut names: Vec<String> =
+        doc.as_object().map(|o| o.keys().map(|k| crate::schema::camel_to_snake(k)).collect()).unwrap_or_default();
+    names.sort_unstable();
+    names
+}
