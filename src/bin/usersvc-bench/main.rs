@@ -3,6 +3,7 @@
 //! lines of one session into `bench/results.md`. See bench/README.md.
 
 mod baseline;
+mod growth;
 mod measure;
 mod report;
 mod scenario;
@@ -79,6 +80,27 @@ enum Command {
         runs: usize,
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Seeds an application with N users through `import`, then times
+    /// GET, sign-in, a ListUsers page and an email search at that size.
+    Growth {
+        #[arg(long)]
+        users: u64,
+        /// Also time PostgreSQL's COPY of the same rows (import's baseline).
+        #[arg(long)]
+        copy_baseline: bool,
+        #[command(flatten)]
+        timing: Timing,
+        #[arg(long)]
+        server_pid: Option<u32>,
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        grpc_addr: String,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_addr: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Turns JSON lines into the results table (markdown on stdout).
     Report { files: Vec<std::path::PathBuf> },
@@ -173,6 +195,34 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Startup { readyz, runs, command } => startup(&readyz, runs, &command).await,
         Command::Report { files } => report::print(&files),
+        Command::Growth { users, copy_baseline, timing, server_pid, grpc_addr, http_addr, db, keys } => {
+            let (store, _) = usersvc::store::backend::open(&db.database_url, 4).await?;
+            let admin = Admin::new(store, keys.load_for(&db.database_url)?);
+            let run = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+            let (app, key) = admin.create_app(&format!("growth {run}")).await?;
+            let target = Target {
+                grpc: format!("http://{grpc_addr}"),
+                http: format!("http://{http_addr}"),
+                api_key: secrecy::ExposeSecret::expose_secret(&key).to_owned(),
+                run,
+            };
+            let line = growth::Growth {
+                admin: &admin,
+                database_url: &db.database_url,
+                target,
+                app_id: app.id,
+                users,
+                connections: timing.connections,
+                warmup: Duration::from_secs(timing.warmup),
+                seconds: Duration::from_secs(timing.seconds),
+                copy_baseline,
+                server_pid,
+            }
+            .run()
+            .await?;
+            println!("{line}");
+            Ok(())
+        }
     }
 }
 

@@ -55,7 +55,7 @@ pub struct BenchUser {
     pub token: String,
 }
 
-const PASSWORD: &str = "bench password of some length";
+pub const PASSWORD: &str = "bench password of some length";
 
 impl Target {
     pub async fn channel(&self) -> anyhow::Result<Channel> {
