@@ -34,6 +34,9 @@ pub struct Application {
     sealer: (watch::Sender<bool>, JoinHandle<()>),
     mail_task: JoinHandle<()>,
     monitor_task: JoinHandle<()>,
+    /// Indexes the MRNs of users written before they were indexed (once,
+    /// from the start; stopped at shutdown, the next start goes on).
+    mrn_task: JoinHandle<()>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
 }
@@ -77,6 +80,7 @@ impl Application {
             reset_minutes: mail.reset_link_lifetime.as_secs().div_ceil(60),
             poll_every: mail.mail_poll_interval,
         };
+        let mrn_task = tokio::spawn(crate::service::mrns::backfill_in_background(store.clone(), keyring.clone()));
         let core = Arc::new(Core {
             store: store.clone(),
             auth: Authenticator::new(store.clone(), policy),
@@ -171,6 +175,7 @@ impl Application {
             sealer,
             mail_task,
             monitor_task,
+            mrn_task,
             grpc,
             http,
         })
@@ -179,8 +184,19 @@ impl Application {
     /// Runs until either server stops, or until SIGINT or SIGTERM: then both
     /// stop accepting, finish what is in flight, and the pool closes.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let Self { shutdown, shutdown_grace, trail_writer, sealer, mail_task, monitor_task, grpc, http, pool, .. } =
-            self;
+        let Self {
+            shutdown,
+            shutdown_grace,
+            trail_writer,
+            sealer,
+            mail_task,
+            monitor_task,
+            mrn_task,
+            grpc,
+            http,
+            pool,
+            ..
+        } = self;
         let mut grpc = grpc;
         let mut http = http;
         tokio::select! {
@@ -202,6 +218,9 @@ impl Application {
             }
         }
         let _ = monitor_task.await;
+        // Safe to cut short: each user is indexed in a transaction of its
+        // own, and the next start takes the rest.
+        mrn_task.abort();
         // The servers are gone, and with them every handle of the trail:
         // what is queued gets written before the pool closes.
         trail_writer.finish().await;
@@ -220,6 +239,7 @@ impl Application {
         self.http.abort();
         self.mail_task.abort();
         self.monitor_task.abort();
+        self.mrn_task.abort();
         self.sealer.1.abort();
     }
 }

@@ -228,8 +228,8 @@ pub const ROUTES: &[Route] = &[
             Op {
                 description: "The application's users, oldest first, a page at a time: `{\"users\": [...], \
                           \"nextPageToken\": \"...\"}` (no token on the last page). Filters are exact and all must \
-                          hold; `email` and `username` are matched through blind indexes, without decrypting \
-                          anyone. A supervisor or a service token; each user listed is recorded in the trail.",
+                          hold; `email`, `username` and `mrn` are matched through blind indexes, without \
+                          decrypting anyone. A supervisor or a service token; each user listed is recorded in the trail.",
                 reply: Reply::Message("ListUsersResponse"),
                 errors: &[400, 401, 403, 404, 503],
                 query: &[
@@ -239,6 +239,12 @@ pub const ROUTES: &[Route] = &[
                     ("username", "Only the user with this username.", "string"),
                     ("groupsId", "Only the members of this group.", "string"),
                     ("active", "`true` or `false`: only active, or only inactive, users.", "boolean"),
+                    (
+                        "mrn",
+                        "Only the users with this medical record number (`mrns[].mrn`), at any institution; \
+                         case and surrounding spaces aside.",
+                        "string",
+                    ),
                 ],
                 ..op(Method::Get, "listUsers", "List and search users", |m| on(m, users::list))
             },

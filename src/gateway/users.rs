@@ -134,7 +134,7 @@ pub async fn verify(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
     Ok(reply(out.get_ref()))
 }
 
-/// `?pageSize&pageToken&email&username&groupsId&active` of the user listing.
+/// `?pageSize&pageToken&email&username&groupsId&active&mrn` of the user listing.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UserQuery {
@@ -144,6 +144,7 @@ pub struct UserQuery {
     username: Option<String>,
     groups_id: Option<String>,
     active: Option<String>,
+    mrn: Option<String>,
 }
 
 /// `GET /v2/users`: a supervisor's listing and search of the application's
@@ -169,6 +170,7 @@ pub async fn list(State(gw): State<Gateway>, meta: CallMeta, Query(q): Query<Use
         username: q.username.unwrap_or_default(),
         groups_id: q.groups_id.unwrap_or_default(),
         active,
+        mrn: q.mrn.unwrap_or_default(),
     };
     let out = gw.users.list_users(meta.request(req)).await?;
     Ok(reply(out.get_ref()))

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::audit::AuditRecord;
 use crate::auth::password::PasswordHasher;
 use crate::crypto::Keyring;
-use crate::service::{profile, validate};
+use crate::service::{mrns, profile, validate};
 use crate::store::{GroupRecord, ImportedUser, NewUser, Store};
 use formats::{Entry, Format, Position, Secret};
 
@@ -195,6 +195,7 @@ impl<'k> Importer<'k> {
                 None => None,
             };
             let username_bidx = self.keyring.blind(self.app_id, "username", &profile::fold(&user.username)).await?;
+            let mrn_bidx = mrns::indexes(self.keyring, self.app_id, user).await?;
             let profile_pt = match profile::to_profile(user) {
                 Ok(p) => p,
                 Err(e) => {
@@ -219,6 +220,7 @@ impl<'k> Importer<'k> {
                     email_bidx,
                     profile_ct: sealer.seal(id, profile::PROFILE_FIELD, &profile_pt),
                     active: user.active.unwrap_or(true),
+                    mrn_bidx,
                 },
                 supervisor: entry.supervisor,
                 created_at,

@@ -32,6 +32,10 @@ impl UserSvc {
         if !req.username.is_empty() {
             filter.username_bidx = Some(core.username_index(app_id, &req.username).await?);
         }
+        if !req.mrn.is_empty() {
+            filter.mrn_bidx =
+                Some(super::mrns::index(&core.keyring, app_id, &req.mrn).await.map_err(ServiceError::Crypto)?);
+        }
         if !req.groups_id.is_empty() {
             let gid =
                 Uuid::parse_str(&req.groups_id).map_err(|_| ServiceError::invalid("groups_id", "is not a group id"))?;
@@ -39,8 +43,13 @@ impl UserSvc {
             filter.group_id = Some(gid);
         }
         // The token is bound to the application and to these filters.
-        let scope =
+        let mut scope =
             format!("{app_id}:{:?}:{:?}:{}:{:?}", filter.email_bidx, filter.username_bidx, req.groups_id, req.active);
+        // Appended only when given, so that tokens handed out before the
+        // filter existed still continue their listings.
+        if let Some(mrn) = &filter.mrn_bidx {
+            scope += &format!(":mrn:{mrn:?}");
+        }
         let tokens = Tokens { keyring: &core.keyring, kind: "user-page", scope };
         let after = tokens.after_id(&req.page_token)?;
         let mut rows = core.store.list_users(app_id, &filter, after, paging::fetch(size)).await?;

@@ -8,6 +8,7 @@ pub mod export;
 pub mod field_mask;
 mod groups;
 mod listing;
+pub mod mrns;
 mod paging;
 mod present_fields;
 pub mod profile;
@@ -80,5 +81,10 @@ impl Core {
     /// The blind index of an email address.
     pub async fn email_index(&self, app_id: Uuid, email: &str) -> ServiceResult<Vec<u8>> {
         self.keyring.blind(app_id, "email", &profile::fold(email)).await.map_err(ServiceError::Crypto)
+    }
+
+    /// The blind indexes of a user's MRNs (see [`mrns`]).
+    pub async fn mrn_indexes(&self, app_id: Uuid, user: &pb::User) -> ServiceResult<Vec<Vec<u8>>> {
+        mrns::indexes(&self.keyring, app_id, user).await.map_err(ServiceError::Crypto)
     }
 }

@@ -111,6 +111,7 @@ impl UserSvc {
             None => None,
         };
         let username_bidx = core.username_index(caller.app_id, &user.username).await?;
+        let mrn_bidx = core.mrn_indexes(caller.app_id, &user).await?;
         let profile_pt = profile::to_profile(&user)?;
         let mut record = core.record(ctx, "user.create", Some(&caller), caller.app_id).await;
         record.subject_id = Some(id);
@@ -140,6 +141,7 @@ impl UserSvc {
                 email_bidx: email_bidx.clone(),
                 profile_ct: sealer.seal(id, profile::PROFILE_FIELD, &profile_pt),
                 active,
+                mrn_bidx: mrn_bidx.clone(),
             };
             if let Some(rec) = core.store.create_user(new, session.clone(), &records).await? {
                 break rec;
@@ -263,6 +265,8 @@ impl UserSvc {
                 None => None,
             };
             let active = if set_active { patch.active.unwrap_or(true) } else { rec.active };
+            // The whole set, whether or not `mrns` changed (see UserChange).
+            let mrn_bidx = core.mrn_indexes(caller.app_id, &merged).await?;
             let change = UserChange {
                 expected_version: rec.version,
                 key_id: sealer.key_id,
@@ -273,6 +277,7 @@ impl UserSvc {
                 email_bidx,
                 profile_ct: sealer.seal(id, profile::PROFILE_FIELD, &profile::to_profile(&merged)?),
                 active,
+                mrn_bidx,
                 // A new password or a deactivation ends the user's other
                 // sessions (all of them when deactivated).
                 end_sessions: (set_password || !active)

@@ -203,6 +203,12 @@ async fn openapi_documents_every_route_of_the_router() {
         assert!(params.iter().any(|p| p["name"] == "pageToken"), "{path}: pageToken");
         assert!(op["responses"]["400"].is_object(), "{path}: a bad pageSize is a 400");
     }
+    // The user listing's filters, each a query parameter.
+    let listing = doc["paths"]["/v2/users"]["get"]["parameters"].as_array().unwrap();
+    for name in ["pageSize", "pageToken", "email", "username", "groupsId", "active", "mrn"] {
+        let p = listing.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("listUsers: {name}"));
+        assert_eq!(p["in"], "query", "{name}");
+    }
     assert!(doc["paths"]["/v2/users/{usersId}"]["get"]["responses"]["200"]["headers"].get("Link").is_none());
     for (path, method) in [("/v2/users/{usersId}", "delete"), ("/v2/auth/signout", "get"), ("/v2/users/forgotUsername", "post"), ("/v2/{appId}/reset/user/{username}", "get")] {
         assert_eq!(resolve(&doc, &ok(path, method))["maxProperties"], 0, "{method} {path}");

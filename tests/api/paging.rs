@@ -89,6 +89,7 @@ async fn seed_users(t: &TestApp, n: usize) -> Vec<String> {
             email_bidx: None,
             profile_ct: vec![0],
             active: true,
+            mrn_bidx: Vec::new(),
         };
         store.create_user(user, None, &[]).await.unwrap().expect("the key is current");
         ids.push(id.to_string());

@@ -956,3 +956,129 @@ pub async fn sessions_page_in_id_order(u: &Under) {
     assert_eq!(one.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[2]]);
     assert!(s.list_sessions(f.app.id, nu.id, Duration::ZERO, None, 10).await.unwrap().is_empty(), "only live ones");
 }
+
+/// A user's MRN indexes live in `user_mrns`, written with the row by create,
+/// update (the whole set replaced) and import, gone with it on delete, and
+/// the listing's `mrn_bidx` filter finds through them; users written before
+/// the table are found by `users_without_mrn_index` and indexed once.
+pub async fn mrn_indexes_follow_the_user_row(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "clinic").await;
+    let other = new_app(s, "other clinic").await;
+    let with = |name: &str, f: &super::Fixture, mrns: &[&str]| NewUser {
+        mrn_bidx: mrns.iter().map(|m| m.as_bytes().to_vec()).collect(),
+        ..new_user(f, name)
+    };
+    let mrn_rows = || u.db.count("SELECT count(*) FROM user_mrns");
+    let by_mrn = |app: Uuid, mrn: &str, after: Option<Uuid>| {
+        let filter = UserListFilter { mrn_bidx: Some(mrn.as_bytes().to_vec()), ..Default::default() };
+        async move {
+            let rows = s.list_users(app, &filter, after, 100).await.unwrap();
+            rows.iter().map(|r| r.id).collect::<Vec<_>>()
+        }
+    };
+
+    // Create: two users share m1, the first has m2 as well; another
+    // application's user with m1 is not theirs to find.
+    let a = with("ann", &f, &["m1", "m2"]);
+    let b = with("ben", &f, &["m1"]);
+    for nu in [&a, &b] {
+        s.create_user(nu.clone(), None, &[]).await.unwrap().unwrap();
+    }
+    s.create_user(with("cat", &other, &["m1"]), None, &[]).await.unwrap().unwrap();
+    assert_eq!(mrn_rows().await, 4);
+    assert_eq!(by_mrn(f.app.id, "m1", None).await, vec![a.id, b.id], "in id order, this application's only");
+    assert_eq!(by_mrn(f.app.id, "m2", None).await, vec![a.id]);
+    assert_eq!(by_mrn(other.app.id, "m1", None).await.len(), 1);
+    assert!(by_mrn(f.app.id, "nope", None).await.is_empty());
+    // With the other filters and a page's start: every parameter in its place.
+    assert_eq!(by_mrn(f.app.id, "m1", Some(a.id)).await, vec![b.id]);
+    let narrow = UserListFilter {
+        email_bidx: Some(b"mail:ben".to_vec()),
+        username_bidx: Some(b"ben".to_vec()),
+        active: Some(true),
+        mrn_bidx: Some(b"m1".to_vec()),
+        ..Default::default()
+    };
+    let found = s.list_users(f.app.id, &narrow, None, 100).await.unwrap();
+    assert_eq!(found.iter().map(|r| r.id).collect::<Vec<_>>(), vec![b.id]);
+    assert!(
+        s.list_users(f.app.id, &UserListFilter { active: Some(false), ..narrow }, None, 100).await.unwrap().is_empty()
+    );
+
+    // Update: the new set replaces the old; a lost compare-and-set changes
+    // nothing.
+    let mut c = change(1, f.data_key.id);
+    c.mrn_bidx = vec![b"m2".to_vec(), b"m3".to_vec()];
+    s.update_user(f.app.id, a.id, c, &[]).await.unwrap().unwrap();
+    assert_eq!(by_mrn(f.app.id, "m1", None).await, vec![b.id], "the old MRN no longer finds them");
+    assert_eq!(by_mrn(f.app.id, "m2", None).await, vec![a.id], "the kept one still does");
+    assert_eq!(by_mrn(f.app.id, "m3", None).await, vec![a.id]);
+    let mut stale = change(1, f.data_key.id);
+    stale.mrn_bidx = vec![b"m9".to_vec()];
+    assert!(s.update_user(f.app.id, a.id, stale, &[]).await.unwrap().is_none());
+    assert!(by_mrn(f.app.id, "m9", None).await.is_empty());
+    assert_eq!(by_mrn(f.app.id, "m3", None).await, vec![a.id]);
+    // An update to no MRNs leaves none.
+    s.update_user(f.app.id, b.id, change(1, f.data_key.id), &[]).await.unwrap().unwrap();
+    assert!(by_mrn(f.app.id, "m1", None).await.is_empty());
+
+    // Import: the users inserted get theirs; a skipped one (known username)
+    // writes none.
+    let joined = chrono::Utc::now();
+    let imported = |nu: NewUser| ImportedUser { user: nu, supervisor: false, created_at: joined, groups: vec![] };
+    let dan = with("dan", &f, &["m4", "m5"]);
+    let batch = [imported(dan.clone()), imported(with("ann", &f, &["m6"]))];
+    let ids = s.import_users(f.app.id, f.data_key.id, &batch, &[]).await.unwrap().unwrap();
+    assert_eq!(ids, vec![dan.id]);
+    assert_eq!(by_mrn(f.app.id, "m4", None).await, vec![dan.id]);
+    assert_eq!(by_mrn(f.app.id, "m5", None).await, vec![dan.id]);
+    assert!(by_mrn(f.app.id, "m6", None).await.is_empty(), "the skipped user's MRN is not indexed");
+
+    // Nothing under a rotated-away key.
+    let new_key = key(f.app.id, "data");
+    s.add_current_app_key(&new_key, &AuditRecord::new("key.rotate", Some(f.app.id))).await.unwrap();
+    let before = mrn_rows().await;
+    assert!(s.create_user(with("eve", &f, &["m7"]), None, &[]).await.unwrap().is_none());
+    let late = [imported(with("fay", &f, &["m8"]))];
+    assert!(s.import_users(f.app.id, f.data_key.id, &late, &[]).await.unwrap().is_none());
+    assert_eq!(mrn_rows().await, before);
+
+    // Delete: the user's indexes go with them.
+    assert!(s.delete_user(f.app.id, dan.id, &AuditRecord::new("user.delete", Some(f.app.id))).await.unwrap());
+    assert!(by_mrn(f.app.id, "m4", None).await.is_empty());
+    assert_eq!(mrn_rows().await, before - 2);
+
+    // Every user written above is indexed (with no MRNs, too).
+    assert!(s.users_without_mrn_index(None, 100).await.unwrap().is_empty());
+    // Users from before the table: unflagged, with no rows.
+    u.db.script("DELETE FROM user_mrns; UPDATE users SET mrns_indexed = false").await.unwrap();
+    let mut left = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.users_without_mrn_index(after, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        left.extend(page.iter().map(|r| r.id));
+    }
+    let mut sorted = left.clone();
+    sorted.sort();
+    assert_eq!(left, sorted, "in id order, page after page");
+    assert_eq!(left.len(), 3, "ann, ben and cat, of every application");
+    assert!(s.index_mrns(f.app.id, a.id, &[b"m2".to_vec(), b"m3".to_vec()]).await.unwrap());
+    assert!(!s.index_mrns(f.app.id, a.id, &[b"m9".to_vec()]).await.unwrap(), "once");
+    assert!(!s.index_mrns(other.app.id, b.id, &[b"m9".to_vec()]).await.unwrap(), "scoped to the application");
+    assert_eq!(by_mrn(f.app.id, "m3", None).await, vec![a.id]);
+    assert!(by_mrn(f.app.id, "m9", None).await.is_empty());
+    // A write that got there first indexed the user itself: the backfill's
+    // (read before it) is not applied.
+    let mut c = change(2, new_key.id);
+    c.mrn_bidx = vec![b"m1".to_vec()];
+    s.update_user(f.app.id, b.id, c, &[]).await.unwrap().unwrap();
+    assert!(!s.index_mrns(f.app.id, b.id, &[b"stale".to_vec()]).await.unwrap());
+    assert_eq!(by_mrn(f.app.id, "m1", None).await, vec![b.id]);
+    assert!(by_mrn(f.app.id, "stale", None).await.is_empty());
+    let still: Vec<Uuid> = s.users_without_mrn_index(None, 100).await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(still.len(), 1, "only cat is left");
+    assert!(!still.contains(&a.id) && !still.contains(&b.id));
+}

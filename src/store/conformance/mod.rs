@@ -227,6 +227,7 @@ pub(super) fn new_user(f: &Fixture, username: &str) -> NewUser {
         email_bidx: Some(format!("mail:{username}").into_bytes()),
         profile_ct: b"profile".to_vec(),
         active: true,
+        mrn_bidx: vec![format!("mrn:{username}").into_bytes()],
     }
 }
 
@@ -243,6 +244,7 @@ pub(super) fn change(expected_version: i64, key_id: Uuid) -> UserChange {
         email_bidx: None,
         profile_ct: b"profile-2".to_vec(),
         active: true,
+        mrn_bidx: Vec::new(),
         end_sessions: None,
     }
 }
@@ -300,4 +302,5 @@ contract!(
     groups_page_in_id_order,
     user_groups_page_in_group_id_order,
     sessions_page_in_id_order,
+    mrn_indexes_follow_the_user_row,
 );

@@ -350,6 +350,7 @@ mod tests {
             email_bidx: None,
             profile_ct: b"p".to_vec(),
             active: true,
+            mrn_bidx: Vec::new(),
         };
         s.create_user(user, None, &[]).await.unwrap();
         assert!(s.credentials(app.id, b"hal").await.unwrap().is_some());

@@ -44,6 +44,9 @@ pub struct NewUser {
     pub email_bidx: Option<Vec<u8>>,
     pub profile_ct: Vec<u8>,
     pub active: bool,
+    /// The blind indexes of the user's MRNs, distinct (see
+    /// `service::mrns`): written to `user_mrns` with the row.
+    pub mrn_bidx: Vec<Vec<u8>>,
 }
 
 /// A user brought in by `usersvc import`: a new row, with what sign-up
@@ -77,6 +80,11 @@ pub struct UserChange {
     pub email_bidx: Option<Vec<u8>>,
     pub profile_ct: Vec<u8>,
     pub active: bool,
+    /// The blind indexes of the user's MRNs after the change, distinct: the
+    /// whole set, replacing the one stored. Every update writes it (not only
+    /// one that touches `mrns`), so an update also indexes a user the
+    /// start-up backfill has not reached yet.
+    pub mrn_bidx: Vec<Vec<u8>>,
     /// Which of the user's sessions end with the change, in its transaction
     /// (the service decides: a new password or a deactivation ends them).
     pub end_sessions: Option<EndSessions>,
@@ -95,14 +103,16 @@ pub struct UserListFilter {
     pub username_bidx: Option<Vec<u8>>,
     pub group_id: Option<Uuid>,
     pub active: Option<bool>,
+    /// Users with an MRN of this blind index (`user_mrns`).
+    pub mrn_bidx: Option<Vec<u8>>,
 }
 
 impl UserListFilter {
     /// A listing's statement with only the filters given (so that each
     /// plan uses the index it can), through (app_id, id) in id order; its
-    /// parameters are numbered 1 to 7 with `p` (`$` or `?`), in the order
+    /// parameters are numbered 1 to 8 with `p` (`$` or `?`), in the order
     /// `list_users` binds them: app, after, email, username, active, group,
-    /// limit.
+    /// mrn, limit; each store binds all eight, whichever the statement uses.
     pub(in crate::store) fn statement(&self, columns: &str, after: bool, p: char) -> String {
         let mut sql = format!("SELECT {columns} FROM users WHERE app_id = {p}1");
         if after {
@@ -121,7 +131,13 @@ impl UserListFilter {
             sql +=
                 &format!(" AND EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = {p}6 AND m.user_id = users.id)");
         }
-        sql + &format!(" ORDER BY id LIMIT {p}7")
+        if self.mrn_bidx.is_some() {
+            // Through user_mrns_app_bidx: the few users with the MRN.
+            sql += &format!(
+                " AND EXISTS (SELECT 1 FROM user_mrns r WHERE r.app_id = {p}1 AND r.mrn_bidx = {p}7 AND r.user_id = users.id)"
+            );
+        }
+        sql + &format!(" ORDER BY id LIMIT {p}8")
     }
 }
 
@@ -194,7 +210,18 @@ pub trait UserStore: Send + Sync {
         audit: &[AuditRecord],
     ) -> Result<Option<UserRecord>>;
 
-    /// Deletes the user with their sessions, memberships and queued mail.
+    /// Users of every application whose MRNs were never indexed (written
+    /// before `user_mrns` existed), in id order after `after`; at most
+    /// `limit`.
+    async fn users_without_mrn_index(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<UserRecord>>;
+
+    /// Writes the MRN indexes of a user not indexed yet and marks them so.
+    /// False, nothing written, when the user is gone or already indexed (a
+    /// write since did it, from the profile as it is now).
+    async fn index_mrns(&self, app_id: Uuid, user_id: Uuid, mrn_bidx: &[Vec<u8>]) -> Result<bool>;
+
+    /// Deletes the user with their sessions, memberships, MRN indexes and
+    /// queued mail.
     async fn delete_user(&self, app_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool>;
 
     /// A sign-in's first step: its attempt counted as

@@ -33,6 +33,7 @@ impl UserStore for PgStore {
             .bind(&f.username_bidx)
             .bind(f.active)
             .bind(f.group_id)
+            .bind(&f.mrn_bidx)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
@@ -68,19 +69,23 @@ impl UserStore for PgStore {
         session: Option<NewSession>,
         audit: &[AuditRecord],
     ) -> Result<Option<UserRecord>> {
-        // The user, their default groups, their first session and the trail
-        // records in one statement: one transaction, one round trip (the
-        // memberships' and session's foreign keys are checked at its end,
-        // when the user row is there). Under a key rotated away, no user row
-        // and so nothing else.
+        // The user, their MRN indexes, their default groups, their first
+        // session and the trail records in one statement: one transaction,
+        // one round trip (the side rows' foreign keys are checked at its
+        // end, when the user row is there). Under a key rotated away, no
+        // user row and so nothing else.
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
                 "WITH u AS (
                      INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
-                                        profile_ct, active, created_at, updated_at)
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10
+                                        profile_ct, active, created_at, updated_at, mrns_indexed)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, true
                      WHERE EXISTS (SELECT 1 FROM app_keys WHERE id = $3 AND current)
                      RETURNING {USER_COLUMNS}
+                 ), r AS (
+                     INSERT INTO user_mrns (app_id, user_id, mrn_bidx)
+                     SELECT u.app_id, u.id, b FROM u, unnest($14::bytea[]) AS b
+                     ON CONFLICT DO NOTHING
                  ), m AS (
                      INSERT INTO memberships (app_id, group_id, user_id)
                      SELECT g.app_id, g.id, u.id FROM groups g, u WHERE g.app_id = $2 AND g.is_default
@@ -89,7 +94,7 @@ impl UserStore for PgStore {
                      SELECT $11, $2, u.id, $12, $13 FROM u WHERE $11::uuid IS NOT NULL
                  ), {}
                  SELECT u.* FROM u",
-                many_records(14, "EXISTS (SELECT 1 FROM u)")
+                many_records(15, "EXISTS (SELECT 1 FROM u)")
             )
         });
         let q = sqlx::query(&SQL)
@@ -105,7 +110,8 @@ impl UserStore for PgStore {
             .bind(now_seconds())
             .bind(session.as_ref().map(|s| s.id))
             .bind(session.as_ref().map(|s| s.token_hash.as_slice()))
-            .bind(session.as_ref().map(|s| expiry(s, Utc::now())));
+            .bind(session.as_ref().map(|s| expiry(s, Utc::now())))
+            .bind(&user.mrn_bidx);
         let row = AuditColumns::of(audit).bind(q).fetch_optional(&self.pool).await?;
         row.as_ref().map(user_from_row).transpose()
     }
@@ -124,9 +130,9 @@ impl UserStore for PgStore {
                 "WITH key AS (SELECT 1 FROM app_keys WHERE id = $2 AND current),
                  u AS (
                      INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
-                                        profile_ct, active, supervisor, created_at, updated_at)
+                                        profile_ct, active, supervisor, created_at, updated_at, mrns_indexed)
                      SELECT id, $1, $2, username_ct, username_bidx, password_hash, email_bidx, profile_ct, active,
-                            supervisor, created_at, created_at
+                            supervisor, created_at, created_at, true
                      FROM unnest($3::uuid[], $4::bytea[], $5::bytea[], $6::text[], $7::bytea[], $8::bytea[],
                                  $9::bool[], $10::bool[], $11::timestamptz[])
                           AS i (id, username_ct, username_bidx, password_hash, email_bidx, profile_ct, active,
@@ -140,13 +146,22 @@ impl UserStore for PgStore {
                      UNION
                      SELECT $1, x.group_id, x.user_id
                      FROM unnest($12::uuid[], $13::uuid[]) AS x (user_id, group_id) JOIN u ON u.id = x.user_id
+                 ), mrns AS (
+                     INSERT INTO user_mrns (app_id, user_id, mrn_bidx)
+                     SELECT $1, x.user_id, x.mrn_bidx
+                     FROM unnest($14::uuid[], $15::bytea[]) AS x (user_id, mrn_bidx) JOIN u ON u.id = x.user_id
+                     ON CONFLICT DO NOTHING
                  ), {}
                  SELECT (SELECT count(*) FROM key) AS current, (SELECT array_agg(id) FROM u) AS ids",
-                many_records(14, "r.subject_id IN (SELECT id FROM u)")
+                many_records(16, "r.subject_id IN (SELECT id FROM u)")
             )
         });
         let (pairs_user, pairs_group): (Vec<Uuid>, Vec<Uuid>) =
             users.iter().flat_map(|i| i.groups.iter().map(|g| (i.user.id, *g))).unzip();
+        // (user, MRN index) pairs, as the groups: of the users inserted only
+        // (a skipped repeat's pairs join no row of `u`).
+        let (mrn_user, mrn_bidx): (Vec<Uuid>, Vec<&[u8]>) =
+            users.iter().flat_map(|i| i.user.mrn_bidx.iter().map(|b| (i.user.id, b.as_slice()))).unzip();
         let q = sqlx::query(&SQL)
             .bind(app_id)
             .bind(key_id)
@@ -160,7 +175,9 @@ impl UserStore for PgStore {
             .bind(users.iter().map(|i| i.supervisor).collect::<Vec<_>>())
             .bind(users.iter().map(|i| i.created_at).collect::<Vec<_>>())
             .bind(pairs_user)
-            .bind(pairs_group);
+            .bind(pairs_group)
+            .bind(mrn_user)
+            .bind(mrn_bidx);
         let row = AuditColumns::of(audit).bind(q).fetch_one(&self.pool).await?;
         if row.try_get::<i64, _>("current")? == 0 {
             return Ok(None);
@@ -219,9 +236,9 @@ impl UserStore for PgStore {
         audit: &[AuditRecord],
     ) -> Result<Option<UserRecord>> {
         // One statement, so one round trip and one transaction: the row's
-        // compare-and-set, the sessions a password change ends and the
-        // trail records (nothing but the row when the compare-and-set
-        // fails). A key rotated away since the caller sealed makes this a
+        // compare-and-set, its MRN indexes replaced by the new set, the
+        // sessions a password change ends and the trail records (nothing but
+        // the row when the compare-and-set fails). A key rotated away since the caller sealed makes this a
         // conflict too: the caller re-reads and seals again under the
         // current key.
         static SQL: LazyLock<String> = LazyLock::new(|| {
@@ -235,11 +252,20 @@ impl UserStore for PgStore {
                          email_bidx = $8,
                          profile_ct = $9,
                          active = $10,
+                         mrns_indexed = true,
                          version = version + 1,
                          updated_at = GREATEST($11, updated_at)
                      WHERE app_id = $1 AND id = $2 AND version = $3
                        AND EXISTS (SELECT 1 FROM app_keys WHERE id = $4 AND current)
                      RETURNING {USER_COLUMNS}
+                 ), mrn_gone AS (
+                     DELETE FROM user_mrns
+                     WHERE user_id = $2 AND mrn_bidx <> ALL($14::bytea[]) AND EXISTS (SELECT 1 FROM u)
+                 ), mrn_new AS (
+                     -- The ones kept conflict with their row: left as they are.
+                     INSERT INTO user_mrns (app_id, user_id, mrn_bidx)
+                     SELECT u.app_id, u.id, b FROM u, unnest($14::bytea[]) AS b
+                     ON CONFLICT DO NOTHING
                  ), ended AS (
                      DELETE FROM sessions
                      WHERE $12 AND app_id = $1 AND user_id = $2 AND id IS DISTINCT FROM $13
@@ -247,7 +273,7 @@ impl UserStore for PgStore {
                      RETURNING token_hash
                  ), {}
                  SELECT u.*, ARRAY(SELECT token_hash FROM ended) AS ended FROM u",
-                many_records(14, "EXISTS (SELECT 1 FROM u)")
+                many_records(15, "EXISTS (SELECT 1 FROM u)")
             )
         });
         let (username_ct, username_bidx) = change.username.clone().unzip();
@@ -264,7 +290,8 @@ impl UserStore for PgStore {
             .bind(change.active)
             .bind(now_seconds())
             .bind(change.end_sessions.is_some())
-            .bind(change.end_sessions.and_then(|e| e.keep));
+            .bind(change.end_sessions.and_then(|e| e.keep))
+            .bind(&change.mrn_bidx);
         let row = AuditColumns::of(audit).bind(q).fetch_optional(&self.pool).await?;
         let Some(row) = row else {
             // Lost the compare-and-set: what this replica remembers of the
@@ -278,8 +305,47 @@ impl UserStore for PgStore {
         user_from_row(&row).map(Some)
     }
 
+    async fn users_without_mrn_index(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<UserRecord>> {
+        // Through the partial index users_mrns_unindexed; the nil id sorts
+        // before every other, so "from the start" is the same range.
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE NOT mrns_indexed AND id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(after.unwrap_or_else(Uuid::nil))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn index_mrns(&self, app_id: Uuid, user_id: Uuid, mrn_bidx: &[Vec<u8>]) -> Result<bool> {
+        // The flag is the guard: every write that sets a user's MRNs sets it
+        // in its own transaction, so a row still unflagged here (the update
+        // waits for, then re-checks, a row another statement holds) has the
+        // MRNs the caller read. A re-seal under a new key changes the
+        // ciphertext, not them.
+        let indexed: i64 = sqlx::query_scalar(
+            "WITH u AS (
+                 UPDATE users SET mrns_indexed = true
+                 WHERE app_id = $1 AND id = $2 AND NOT mrns_indexed
+                 RETURNING app_id, id
+             ), r AS (
+                 INSERT INTO user_mrns (app_id, user_id, mrn_bidx)
+                 SELECT u.app_id, u.id, b FROM u, unnest($3::bytea[]) AS b
+                 ON CONFLICT DO NOTHING
+             )
+             SELECT count(*) FROM u",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .bind(mrn_bidx)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(indexed > 0)
+    }
+
     async fn delete_user(&self, app_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool> {
-        // Sessions, memberships and outbox rows go by ON DELETE CASCADE, in
+        // Sessions, memberships, MRN indexes and outbox rows go by ON DELETE CASCADE, in
         // the same statement; the trail stays (it holds no PII).
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM users WHERE app_id = $1 AND id = $2")

@@ -30,6 +30,7 @@ impl UserStore for SqliteStore {
             .bind(&f.username_bidx)
             .bind(f.active)
             .bind(f.group_id)
+            .bind(&f.mrn_bidx)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
@@ -66,8 +67,8 @@ impl UserStore for SqliteStore {
         let now = now_seconds();
         let row = sqlx::query(&format!(
             "INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
-                                profile_ct, active, created_at, updated_at)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10
+                                profile_ct, active, created_at, updated_at, mrns_indexed)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, 1
              WHERE EXISTS (SELECT 1 FROM app_keys WHERE id = ?3 AND current)
              RETURNING {USER_COLUMNS}"
         ))
@@ -86,6 +87,7 @@ impl UserStore for SqliteStore {
         let Some(row) = row else {
             return Ok(None);
         };
+        insert_mrns(&mut tx, user.app_id, user.id, &user.mrn_bidx).await?;
         sqlx::query(
             "INSERT INTO memberships (app_id, group_id, user_id, created_at)
              SELECT app_id, id, ?2, ?3 FROM groups WHERE app_id = ?1 AND is_default",
@@ -124,8 +126,8 @@ impl UserStore for SqliteStore {
             let at = us(i.created_at);
             let id: Option<Uuid> = sqlx::query_scalar(
                 "INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
-                                    profile_ct, active, supervisor, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+                                    profile_ct, active, supervisor, created_at, updated_at, mrns_indexed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1)
                  ON CONFLICT (app_id, username_bidx) DO NOTHING
                  RETURNING id",
             )
@@ -143,6 +145,7 @@ impl UserStore for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
             let Some(id) = id else { continue };
+            insert_mrns(&mut tx, app_id, id, &u.mrn_bidx).await?;
             sqlx::query(
                 "INSERT OR IGNORE INTO memberships (app_id, group_id, user_id, created_at)
                  SELECT app_id, id, ?2, ?3 FROM groups WHERE app_id = ?1 AND is_default",
@@ -229,6 +232,7 @@ impl UserStore for SqliteStore {
                  email_bidx = ?8,
                  profile_ct = ?9,
                  active = ?10,
+                 mrns_indexed = 1,
                  version = version + 1,
                  updated_at = MAX(?11, updated_at)
              WHERE app_id = ?1 AND id = ?2 AND version = ?3
@@ -251,6 +255,9 @@ impl UserStore for SqliteStore {
         let Some(row) = row else {
             return Ok(None);
         };
+        // The new set replaces the old, in the row's transaction.
+        sqlx::query("DELETE FROM user_mrns WHERE user_id = ?1").bind(user_id).execute(&mut *tx).await?;
+        insert_mrns(&mut tx, app_id, user_id, &change.mrn_bidx).await?;
         if let Some(end) = change.end_sessions {
             sqlx::query("DELETE FROM sessions WHERE app_id = ?1 AND user_id = ?2 AND id IS NOT ?3")
                 .bind(app_id)
@@ -264,8 +271,38 @@ impl UserStore for SqliteStore {
         user_from_row(&row).map(Some)
     }
 
+    async fn users_without_mrn_index(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<UserRecord>> {
+        // Through the partial index users_mrns_unindexed; the nil id sorts
+        // before every other.
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE NOT mrns_indexed AND id > ?1 ORDER BY id LIMIT ?2"
+        ))
+        .bind(after.unwrap_or_else(Uuid::nil))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn index_mrns(&self, app_id: Uuid, user_id: Uuid, mrn_bidx: &[Vec<u8>]) -> Result<bool> {
+        // The flag is the guard (see the PostgreSQL store): a row still
+        // unflagged has the MRNs the caller read; one writer at a time.
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let done = sqlx::query("UPDATE users SET mrns_indexed = 1 WHERE app_id = ?1 AND id = ?2 AND NOT mrns_indexed")
+            .bind(app_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_mrns(&mut tx, app_id, user_id, mrn_bidx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn delete_user(&self, app_id: Uuid, user_id: Uuid, audit: &AuditRecord) -> Result<bool> {
-        // Sessions, memberships, reset tokens and outbox rows go by ON DELETE
+        // Sessions, memberships, MRN indexes, reset tokens and outbox rows go by ON DELETE
         // CASCADE (foreign_keys is on); the trail stays.
         let mut tx = self.pool.begin_with(BEGIN).await?;
         let done = sqlx::query("DELETE FROM users WHERE app_id = ?1 AND id = ?2")
@@ -296,4 +333,22 @@ impl UserStore for SqliteStore {
             None => None,
         }))
     }
+}
+
+/// A user's MRN indexes, in the transaction writing the user.
+async fn insert_mrns(
+    conn: &mut sqlx::SqliteConnection,
+    app_id: Uuid,
+    user_id: Uuid,
+    mrn_bidx: &[Vec<u8>],
+) -> Result<()> {
+    for b in mrn_bidx {
+        sqlx::query("INSERT OR IGNORE INTO user_mrns (app_id, user_id, mrn_bidx) VALUES (?1, ?2, ?3)")
+            .bind(app_id)
+            .bind(user_id)
+            .bind(b)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
