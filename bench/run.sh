@@ -7,6 +7,8 @@
 #                               its baseline; default 5)
 #   BENCH_TRAIL_RECORDS=N      (trail records made for the at-scale listing
 #                               figures; default 10000000, 0 skips them)
+#   BENCH_GROWTH="N M"         (application sizes of the growth runs; default
+#                               "10000 1000000", "" skips them)
 #
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust), like the tests.
 # Makes a fresh database, which it drops at the end.
@@ -125,6 +127,20 @@ load --scenario mixed --via http -c 64 --server-pid "$SERVER"
 stop
 # Start to ready on the now migrated database.
 bench startup --readyz "http://$HTTP/readyz" --runs 5 -- "$BIN" serve --grpc-addr "$GRPC" --http-addr "$HTTP"
+
+# Growth (issue 21): a fresh server per size, its application seeded
+# through import; its peak RSS over seeding and load. The largest size also
+# times PostgreSQL's COPY of the same rows (import's baseline).
+GROWTH=${BENCH_GROWTH:-10000 1000000}
+LARGEST=$(echo "$GROWTH" | tr ' ' '\n' | sort -n | tail -1)
+for n in $GROWTH; do
+  start
+  copy=
+  [ "$n" = "$LARGEST" ] && copy=--copy-baseline
+  bench growth --users "$n" $copy -c "$CONNS" --seconds "$SECS" --server-pid "$SERVER" \
+    --grpc-addr "$GRPC" --http-addr "$HTTP"
+  stop
+done
 
 # The trail at scale, in a database of its own (BENCH_TRAIL_RECORDS=0 skips it).
 TRAIL_RECORDS=${BENCH_TRAIL_RECORDS:-10000000}

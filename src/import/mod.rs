@@ -145,6 +145,13 @@ impl<'k> Importer<'k> {
         }
         drop(tx);
         let (imported, skipped) = writer.await??;
+        if imported > 0
+            && let Err(e) = self.store.analyze_users().await
+        {
+            // Autovacuum does it within a minute or so; until then
+            // listings may be planned for the table as it was.
+            tracing::warn!(error = %e, "could not refresh the planner's statistics after the import");
+        }
         summary.imported = imported;
         summary.skipped = skipped;
         tracing::info!(app_id = %self.app_id, imported, skipped, failed = summary.failed,

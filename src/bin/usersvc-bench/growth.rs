@@ -7,10 +7,10 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use tokio_stream::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use sqlx::Connection;
+use tokio_stream::StreamExt;
 use usersvc::{admin::Admin, auth::password::PasswordHasher, import::Importer, import::formats::Format};
 
 use crate::measure;
@@ -73,9 +73,8 @@ impl Growth<'_> {
         let hasher = PasswordHasher::new(crate::cores())?;
         let importer = Importer::new(self.admin.store.clone(), &self.admin.keyring, hasher, self.app_id, 8);
         let started = Instant::now();
-        let summary = importer
-            .run(Format::Jsonl, std::io::BufReader::with_capacity(1 << 20, seed), |_| {}, |_| {})
-            .await?;
+        let summary =
+            importer.run(Format::Jsonl, std::io::BufReader::with_capacity(1 << 20, seed), |_| {}, |_| {}).await?;
         let import_s = started.elapsed().as_secs_f64();
         anyhow::ensure!(summary.imported == self.users, "seeding imported {summary:?}");
         let mut line = json!({
@@ -101,7 +100,12 @@ impl Growth<'_> {
             let mut signins = Vec::new();
             for w in 0..self.connections {
                 let i = (w as u64 * 7919) % self.users;
-                let u = BenchUser { id: String::new(), username: seeded(i, &run), password: PASSWORD.into(), token: String::new() };
+                let u = BenchUser {
+                    id: String::new(),
+                    username: seeded(i, &run),
+                    password: PASSWORD.into(),
+                    token: String::new(),
+                };
                 signins.push(t.step(Scenario::Signin, Via::Http, u, w).await?);
             }
             let signin = measure::measure(signins, self.warmup, self.seconds).await?;
@@ -132,7 +136,11 @@ const SUPERVISOR_READS: usize = 300;
 
 /// A walk of 100-user pages of ListUsers from the start, and searches by
 /// email for seeded users spread over the application: their latencies.
-async fn supervisor_reads(t: &Target, boss: &BenchUser, users: u64) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
+async fn supervisor_reads(
+    t: &Target,
+    boss: &BenchUser,
+    users: u64,
+) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
     let http = reqwest::Client::new();
     let get = |query: String| {
         http.get(format!("{}/v2/users{query}", t.http))
@@ -143,7 +151,8 @@ async fn supervisor_reads(t: &Target, boss: &BenchUser, users: u64) -> anyhow::R
     let mut pages = Histogram::<u64>::new(3)?;
     let mut token = String::new();
     for _ in 0..SUPERVISOR_READS {
-        let query = if token.is_empty() { "?pageSize=100".to_owned() } else { format!("?pageSize=100&pageToken={token}") };
+        let query =
+            if token.is_empty() { "?pageSize=100".to_owned() } else { format!("?pageSize=100&pageToken={token}") };
         let start = Instant::now();
         let res = get(query).await?;
         anyhow::ensure!(res.status().is_success(), "ListUsers answered {}", res.status());
@@ -175,7 +184,8 @@ async fn copy_rate(database_url: &str, app_id: uuid::Uuid) -> anyhow::Result<f64
     sqlx::query("CREATE TABLE bench_copy (LIKE users INCLUDING DEFAULTS INCLUDING INDEXES)").execute(&mut conn).await?;
     let mut data = Vec::new();
     {
-        let mut out = conn.copy_out_raw(&format!("COPY (SELECT * FROM users WHERE app_id = '{app_id}') TO STDOUT")).await?;
+        let mut out =
+            conn.copy_out_raw(&format!("COPY (SELECT * FROM users WHERE app_id = '{app_id}') TO STDOUT")).await?;
         while let Some(chunk) = out.next().await {
             data.extend_from_slice(&chunk?);
         }

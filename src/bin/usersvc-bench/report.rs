@@ -311,7 +311,58 @@ pub fn print(files: &[PathBuf]) -> anyhow::Result<()> {
         });
     }
 
-    let _ = writeln!(md, "## Targets (issues 8 and 20)\n");
+    let mut growth: Vec<&Value> = runs.iter().filter(|v| is(v, "run", "growth")).collect();
+    growth.sort_by(|a, b| num(a, "users").unwrap_or_default().total_cmp(&num(b, "users").unwrap_or_default()));
+    if let Some(big) = growth.last() {
+        let at = num(big, "users").unwrap_or_default();
+        if let (Some(import), Some(copy)) = (num(big, "import_rps"), num(big, "copy_rps")) {
+            targets.push(Target {
+                what: format!("Import of {at} users against PostgreSQL's COPY of the same rows (same indexes)"),
+                figure: format!("{:.0} % ({import:.0} users/s; COPY {copy:.0} rows/s)", ratio(import, copy) * 100.0),
+                goal: "≥ 25 %".into(),
+                met: Some(ratio(import, copy) >= 0.25),
+            });
+        }
+        if let Some(small) = growth.first().filter(|s| num(s, "users") < Some(at)) {
+            let from = num(small, "users").unwrap_or_default();
+            let (p_small, p_big) =
+                (num(small, "get_p99_ms").unwrap_or_default(), num(big, "get_p99_ms").unwrap_or_default());
+            targets.push(Target {
+                what: format!("GET p99 at 16 connections, {at} users against {from}"),
+                figure: format!("{p_big} ms against {p_small} ms ({:+.0} %)", (ratio(p_big, p_small) - 1.0) * 100.0),
+                goal: "within 20 %".into(),
+                met: Some(p_big <= p_small * 1.2),
+            });
+            let (s_small, s_big) =
+                (num(small, "signin_rps").unwrap_or_default(), num(big, "signin_rps").unwrap_or_default());
+            targets.push(Target {
+                what: format!("Sign-in rate, {at} users against {from}"),
+                figure: format!("{s_big}/s against {s_small}/s ({:+.0} %)", (ratio(s_big, s_small) - 1.0) * 100.0),
+                goal: "within 20 %".into(),
+                met: Some(s_big >= s_small * 0.8),
+            });
+        }
+        let page = num(big, "list_page_p99_ms").unwrap_or(f64::MAX);
+        let search = num(big, "email_search_p99_ms").unwrap_or(f64::MAX);
+        targets.push(Target {
+            what: format!(
+                "At {at} users: a 100-user page of ListUsers, and a search by email (HTTP, durable trail), p99"
+            ),
+            figure: format!("page {page} ms, search {search} ms"),
+            goal: "≤ 10 ms each".into(),
+            met: Some(page <= 10.0 && search <= 10.0),
+        });
+        if let Some(rss) = num(big, "server_rss_max_mib") {
+            targets.push(Target {
+                what: format!("Peak RSS of `serve` over the {at}-user run"),
+                figure: format!("{rss} MiB"),
+                goal: "≤ 150 MB".into(),
+                met: Some(rss * 1.048_576 <= 150.0),
+            });
+        }
+    }
+
+    let _ = writeln!(md, "## Targets (issues 8, 20 and 21)\n");
     let _ = writeln!(md, "| Target | Figure | Goal | Met |\n|---|---|---|---|");
     for t in &targets {
         let met = match t.met {
@@ -320,6 +371,34 @@ pub fn print(files: &[PathBuf]) -> anyhow::Result<()> {
             None => "?",
         };
         let _ = writeln!(md, "| {} | {} | {} | {met} |", t.what, t.figure, t.goal);
+    }
+
+    if !growth.is_empty() {
+        let _ = writeln!(md, "\n## Growth (`usersvc-bench growth`: seeded through import)\n");
+        let _ = writeln!(
+            md,
+            "| Users | import/s | COPY rows/s | GET p50 ms | GET p99 ms | GET req/s | sign-in/s | page p50 ms | page p99 ms | email p50 ms | email p99 ms | peak RSS MiB | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for g in &growth {
+            let s = |k: &str| g.get(k).map(|x| x.to_string().trim_matches('"').to_owned()).unwrap_or_default();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                s("users"),
+                s("import_rps"),
+                s("copy_rps"),
+                s("get_p50_ms"),
+                s("get_p99_ms"),
+                s("get_rps"),
+                s("signin_rps"),
+                s("list_page_p50_ms"),
+                s("list_page_p99_ms"),
+                s("email_search_p50_ms"),
+                s("email_search_p99_ms"),
+                s("server_rss_max_mib"),
+                s("errors")
+            );
+        }
     }
 
     let _ = writeln!(md, "\n## Every run\n");
@@ -343,7 +422,8 @@ pub fn print(files: &[PathBuf]) -> anyhow::Result<()> {
                 | "argon2"
                 | "startup"
                 | "checkpoint_lag"
-                | "trail_scale",
+                | "trail_scale"
+                | "growth",
                 _,
             ) => None,
             (_, Some(r)) => pg_around(&runs, v).map(|p| format!("{:.0} % of PG", ratio(r, p) * 100.0)),

@@ -191,6 +191,11 @@ pub trait UserStore: Send + Sync {
         audit: &[AuditRecord],
     ) -> Result<Option<Vec<Uuid>>>;
 
+    /// Refreshes the planner's statistics of the users' tables after a bulk
+    /// load, so that the next listings are planned for the rows now there
+    /// rather than for the empty tables of a minute ago.
+    async fn analyze_users(&self) -> Result<()>;
+
     /// The username ciphertexts and password hashes of these users of the
     /// application (for an export), in no particular order.
     async fn user_secrets(&self, app_id: Uuid, ids: &[Uuid]) -> Result<Vec<UserSecrets>>;

@@ -185,6 +185,11 @@ impl UserStore for PgStore {
         Ok(Some(row.try_get::<Option<Vec<Uuid>>, _>("ids")?.unwrap_or_default()))
     }
 
+    async fn analyze_users(&self) -> Result<()> {
+        sqlx::query("ANALYZE users, memberships, user_mrns").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn user_secrets(&self, app_id: Uuid, ids: &[Uuid]) -> Result<Vec<UserSecrets>> {
         let rows = sqlx::query("SELECT id, username_ct, password_hash FROM users WHERE app_id = $1 AND id = ANY($2)")
             .bind(app_id)

@@ -175,6 +175,11 @@ impl UserStore for SqliteStore {
         Ok(Some(inserted))
     }
 
+    async fn analyze_users(&self) -> Result<()> {
+        sqlx::query("ANALYZE").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn user_secrets(&self, app_id: Uuid, ids: &[Uuid]) -> Result<Vec<UserSecrets>> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
