@@ -751,6 +751,7 @@ pub async fn imports_skip_known_usernames_and_rehash_in_place(u: &Under) {
         .collect();
     let ids = s.import_users(f.app.id, f.data_key.id, &batch, &records).await.unwrap().unwrap();
     assert_eq!(ids.len(), 2, "a known username and a repeat within the batch are skipped");
+    s.analyze_users().await.unwrap();
     let boss = s.get_user(f.app.id, batch[0].user.id).await.unwrap().unwrap();
     assert!(boss.supervisor);
     assert_eq!(boss.created_at, joined);
