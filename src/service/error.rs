@@ -20,6 +20,10 @@ pub enum ServiceError {
     Forbidden(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// Another user's record, or no record: a plain user is told the same
+    /// (not found) either way; `exists` is for the trail only.
+    #[error("user not found")]
+    Hidden { exists: bool },
     /// A field's value is not acceptable; `field` is its proto path.
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
@@ -74,7 +78,7 @@ impl From<ServiceError> for Status {
             },
             ServiceError::BadCredentials => (Code::Unauthenticated, "INVALID_CREDENTIALS"),
             ServiceError::Forbidden(_) => (Code::PermissionDenied, "FORBIDDEN"),
-            ServiceError::NotFound(_) => (Code::NotFound, "NOT_FOUND"),
+            ServiceError::NotFound(_) | ServiceError::Hidden { .. } => (Code::NotFound, "NOT_FOUND"),
             ServiceError::Invalid { .. } => (Code::InvalidArgument, "INVALID_FIELD"),
             ServiceError::UsernameTaken => (Code::AlreadyExists, "USERNAME_TAKEN"),
             ServiceError::Contention => (Code::Aborted, "CONTENTION"),

@@ -60,18 +60,15 @@ impl UserSvc {
 
 impl UserSvc {
     /// A user acts on their own record; a supervisor on any of the
-    /// application. Another user of the same application is forbidden
-    /// (403); an id that is no user of this application, another
-    /// application's included, is simply not there (404).
+    /// application. To a plain user every other id is simply not there
+    /// (404), whether or not it is another user's: a 403 for the ids that
+    /// exist would tell them which do. The trail still tells the two apart.
     pub(super) async fn authorise(&self, app_id: Uuid, me: &SessionUser, target: Uuid) -> ServiceResult<()> {
         if me.user_id == target || me.supervisor {
             return Ok(());
         }
-        if self.core.store.get_user(app_id, target).await?.is_some() {
-            Err(ServiceError::Forbidden("a user may only act on their own record"))
-        } else {
-            Err(ServiceError::NotFound("user"))
-        }
+        let exists = self.core.store.get_user(app_id, target).await?.is_some();
+        Err(ServiceError::Hidden { exists })
     }
 
     /// The throttle key of a client address within an application.
@@ -82,8 +79,8 @@ impl UserSvc {
     /// Records a refused read or change, so attempts show in the trail too.
     async fn refused(&self, ctx: &Ctx, action: &str, caller: &Caller, subject: Uuid, e: &ServiceError) {
         let outcome = match e {
-            ServiceError::Forbidden(_) => "denied",
-            ServiceError::NotFound(_) => "not_found",
+            ServiceError::Forbidden(_) | ServiceError::Hidden { exists: true } => "denied",
+            ServiceError::NotFound(_) | ServiceError::Hidden { exists: false } => "not_found",
             _ => return,
         };
         let mut r = self.core.record(ctx, action, Some(caller), caller.app_id).await;

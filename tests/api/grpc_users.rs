@@ -127,9 +127,10 @@ async fn authorisation_matrix() {
     let (_, other_key) = common::new_application(&t.app).await;
     let e = users.get_user(with_auth(get(&alice), Some(&other_key), Some(&alice_token))).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
-    // User against user: read, update, delete, groups.
+    // User against user: read, update, delete, groups; another's record is
+    // not there, as an id of nobody's is not (no oracle of which ids exist).
     let e = users.get_user(t.req(get(&bob), Some(&alice_token))).await.unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(e.code(), Code::NotFound);
     let e = users
         .update_user(t.req(
             pb::UpdateUserRequest { users_id: bob.clone(), user: Some(pb::User::default()), update_mask: None },
@@ -137,17 +138,17 @@ async fn authorisation_matrix() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(e.code(), Code::NotFound);
     let e = users
         .delete_user(t.req(pb::DeleteUserRequest { users_id: bob.clone() }, Some(&alice_token)))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(e.code(), Code::NotFound);
     let e = users
         .list_user_groups(t.req(pb::ListUserGroupsRequest { users_id: bob.clone(), ..Default::default() }, Some(&alice_token)))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(e.code(), Code::NotFound);
     // A supervisor reads any user of their application...
     users.get_user(t.req(get(&bob), Some(&sup_token))).await.unwrap();
     // ...but nothing of another application, which is simply not there.

@@ -274,7 +274,7 @@ async fn authorisation_matrix_over_http() {
     assert_eq!(send(key.clone(), Some("garbage".into()), path.clone()).await, StatusCode::UNAUTHORIZED);
     let (_, other_key) = crate::common::new_application(&t.app).await;
     assert_eq!(send(Some(other_key.clone()), tok.clone(), path.clone()).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(send(key.clone(), tok.clone(), format!("/v2/users/{bob}")).await, StatusCode::FORBIDDEN);
+    assert_eq!(send(key.clone(), tok.clone(), format!("/v2/users/{bob}")).await, StatusCode::NOT_FOUND);
     assert_eq!(send(key.clone(), tok.clone(), path.clone()).await, StatusCode::OK);
     let (stranger, _) = t.sign_up_in(&other_key, "stranger").await;
     t.make_supervisor(t.app_id, "alice").await;
@@ -597,8 +597,13 @@ async fn another_applications_user_is_not_found_for_a_plain_user() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = t.call(Method::GET, &format!("/v2/users/{}", uuid::Uuid::now_v7()), Some(&token), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = t.call(Method::GET, &format!("/v2/users/{neighbour}"), Some(&token), None).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A neighbour's record answers as an id of nobody's does: the same
+    // status and body, so a plain user cannot learn which ids are users.
+    let (status, body) = t.call(Method::GET, &format!("/v2/users/{neighbour}"), Some(&token), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, nobody) = t.call(Method::GET, &format!("/v2/users/{}", uuid::Uuid::now_v7()), Some(&token), None).await;
+    assert_eq!(body["errors"][0]["reason"], nobody["errors"][0]["reason"]);
+    assert_eq!(body["errors"][0]["message"], nobody["errors"][0]["message"]);
 }
 }
 

@@ -601,7 +601,7 @@ def _():
     state["other_token"] = u.session_token
 
 
-@check("GetUser of another user's id with one's own token is PERMISSION_DENIED")
+@check("GetUser of another user's id with one's own token is NOT_FOUND (as an id of nobody's)")
 def _():
     rpc_error(
         lambda: users.GetUser(
@@ -609,11 +609,11 @@ def _():
             metadata=md(state["token"]),
             timeout=TIMEOUT,
         ),
-        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
     )
 
 
-@check("UpdateUser of another user's id is PERMISSION_DENIED")
+@check("UpdateUser of another user's id is NOT_FOUND")
 def _():
     req = pb.UpdateUserRequest(
         users_id=state["other_id"],
@@ -622,11 +622,11 @@ def _():
     )
     rpc_error(
         lambda: users.UpdateUser(req, metadata=md(state["token"]), timeout=TIMEOUT),
-        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
     )
 
 
-@check("DeleteUser of another user's id is PERMISSION_DENIED")
+@check("DeleteUser of another user's id is NOT_FOUND")
 def _():
     rpc_error(
         lambda: users.DeleteUser(
@@ -634,7 +634,7 @@ def _():
             metadata=md(state["token"]),
             timeout=TIMEOUT,
         ),
-        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
     )
 
 
@@ -775,7 +775,7 @@ def _():
     expect(state["id"] in r.users_ids, f"members {list(r.users_ids)}")
 
 
-@check("ListUserGroups of another user is PERMISSION_DENIED")
+@check("ListUserGroups of another user is NOT_FOUND")
 def _():
     rpc_error(
         lambda: users.ListUserGroups(
@@ -783,7 +783,7 @@ def _():
             metadata=md(state["token"]),
             timeout=TIMEOUT,
         ),
-        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
     )
 
 
