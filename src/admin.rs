@@ -254,12 +254,14 @@ impl Admin {
                 None => self.store.list_users(app_id, &UserListFilter::default(), after, EXPORT_PAGE).await?,
             };
             let ids: Vec<Uuid> = page.iter().map(|u| u.id).collect();
-            let hashes: std::collections::HashMap<Uuid, String> =
-                self.store.user_secrets(app_id, &ids).await?.into_iter().map(|s| (s.id, s.password_hash)).collect();
+            let secrets: std::collections::HashMap<Uuid, _> =
+                self.store.user_secrets(app_id, &ids).await?.into_iter().map(|s| (s.id, s)).collect();
             let mut records = Vec::with_capacity(page.len());
             let mut lines = Vec::with_capacity(page.len());
             for rec in &page {
-                let doc = exporter.document(rec, hashes.get(&rec.id).map(String::as_str)).await?;
+                // A user deleted since the page was read is left out.
+                let Some(secret) = secrets.get(&rec.id) else { continue };
+                let doc = exporter.document(rec, secret, true).await?;
                 let mut r = cli_record("user.export", Some(app_id));
                 r.subject_id = Some(rec.id);
                 r.fields = crate::service::export::export_fields(&doc);
@@ -271,7 +273,7 @@ impl Admin {
             for line in lines {
                 writeln!(out, "{line}")?;
             }
-            written += page.len() as u64;
+            written += records.len() as u64;
             after = page.last().map(|u| u.id);
             if user.is_some() || (page.len() as i64) < EXPORT_PAGE {
                 break;

@@ -298,52 +298,44 @@ fn entries(
     format: Format,
     mut input: impl BufRead + 'static,
 ) -> Box<dyn Iterator<Item = Result<(Position, Entry), Failure>>> {
-    let line_unit = |n: usize| Position { n, unit: "line" };
-    let per_line = |lines: Vec<(usize, String)>, f: ReadEntry| {
-        lines.into_iter().filter(|(_, l)| !l.trim().is_empty()).map(move |(n, l)| {
-            let at = line_unit(n);
-            let value = serde_json::from_str(&l).map_err(|e| Failure { at, reason: format!("not JSON: {e}") })?;
-            f(value).map(|e| (at, e)).map_err(|reason| Failure { at, reason })
-        })
+    let (keys, f): (&[&str], ReadEntry) = match format {
+        Format::Jsonl => return by_line(input, formats::from_jsonl),
+        Format::Parse => (&["results"], formats::from_parse),
+        Format::Keycloak => (&["users"], formats::from_keycloak),
     };
-    match format {
-        Format::Jsonl => {
-            let lines = input.lines().enumerate().map(move |(i, l)| {
-                let at = line_unit(i + 1);
-                let l = l.map_err(|e| Failure { at, reason: format!("unreadable: {e}") })?;
-                Ok((at, l))
-            });
-            Box::new(lines.filter(|l| !matches!(l, Ok((_, l)) if l.trim().is_empty())).map(|l| {
-                let (at, l) = l?;
-                let value = serde_json::from_str(&l).map_err(|e| Failure { at, reason: format!("not JSON: {e}") })?;
-                formats::from_jsonl(value).map(|e| (at, e)).map_err(|reason| Failure { at, reason })
-            }))
-        }
-        Format::Parse | Format::Keycloak => {
-            let mut text = String::new();
-            if let Err(e) = input.read_to_string(&mut text) {
-                let at = Position { n: 0, unit: "input" };
-                return Box::new(std::iter::once(Err(Failure { at, reason: format!("unreadable: {e}") })));
-            }
-            let (keys, f): (&[&str], ReadEntry) = match format {
-                Format::Parse => (&["results"], formats::from_parse),
-                _ => (&["users"], formats::from_keycloak),
-            };
-            let whole = serde_json::from_str::<serde_json::Value>(&text).ok();
-            let listed = whole.map(|doc| formats::listed(doc, keys));
-            match listed {
-                Some(Ok(items)) => Box::new(items.into_iter().enumerate().map(move |(i, v)| {
-                    let at = Position { n: i + 1, unit: "user" };
-                    f(v).map(|e| (at, e)).map_err(|reason| Failure { at, reason })
-                })),
-                // One object per line (mongoexport), or a document that
-                // holds no list: read line by line, each named.
-                _ => {
-                    let lines: Vec<(usize, String)> =
-                        text.lines().enumerate().map(|(i, l)| (i + 1, l.to_owned())).collect();
-                    Box::new(per_line(lines, f))
-                }
-            }
-        }
+    let mut text = String::new();
+    if let Err(e) = input.read_to_string(&mut text) {
+        let at = Position { n: 0, unit: "input" };
+        return Box::new(std::iter::once(Err(Failure { at, reason: format!("unreadable: {e}") })));
     }
+    match serde_json::from_str(&text).ok().map(|doc| formats::listed(doc, keys)) {
+        Some(Ok(items)) => Box::new(items.into_iter().enumerate().map(move |(i, v)| {
+            let at = Position { n: i + 1, unit: "user" };
+            f(v).map(|e| (at, e)).map_err(|reason| Failure { at, reason })
+        })),
+        // One object per line (mongoexport), or a document that holds no
+        // list: read line by line, each named.
+        _ => by_line(std::io::Cursor::new(text.into_bytes()), f),
+    }
+}
+
+/// One entry per non-blank line, read as it comes.
+fn by_line(
+    input: impl BufRead + 'static,
+    f: ReadEntry,
+) -> Box<dyn Iterator<Item = Result<(Position, Entry), Failure>>> {
+    Box::new(input.lines().enumerate().filter_map(move |(i, line)| {
+        let at = Position { n: i + 1, unit: "line" };
+        let line = match line {
+            Ok(l) if l.trim().is_empty() => return None,
+            Ok(l) => l,
+            Err(e) => return Some(Err(Failure { at, reason: format!("unreadable: {e}") })),
+        };
+        let parsed = serde_json::from_str(&line)
+            .map_err(|e| format!("not JSON: {e}"))
+            .and_then(f)
+            .map(|e| (at, e))
+            .map_err(|reason| Failure { at, reason });
+        Some(parsed)
+    }))
 }

@@ -14,7 +14,9 @@ use super::users::UserSvc;
 use super::{profile, validate};
 use crate::crypto::Keyring;
 use crate::pb;
-use crate::store::{AuditFilter, Store, UserRecord};
+use uuid::Uuid;
+
+use crate::store::{AuditFilter, Store, UserRecord, UserSecrets};
 
 /// Items read per round trip while a document is put together.
 const CHUNK: i64 = 500;
@@ -27,62 +29,52 @@ pub struct Exporter<'a> {
 }
 
 impl Exporter<'_> {
-    /// The document of one user; `password_hash` is added as given.
-    pub async fn document(&self, rec: &UserRecord, password_hash: Option<&str>) -> ServiceResult<Value> {
+    /// The document of one user, from its row and its secrets (read by the
+    /// caller, a page at a time for an application); the password hash
+    /// only when `with_hash`.
+    pub async fn document(&self, rec: &UserRecord, secrets: &UserSecrets, with_hash: bool) -> ServiceResult<Value> {
         let app_id = rec.app_id;
         let plain = self
             .keyring
             .open(app_id, rec.id, profile::PROFILE_FIELD, &rec.profile_ct)
             .await
             .map_err(ServiceError::Crypto)?;
+        // Carries `active` and the times too.
         let user = profile::to_user(rec, &plain)?;
         let mut doc = serde_json::to_value(&user).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let secrets = self.store.user_secrets(app_id, &[rec.id]).await?;
-        let secret = secrets.first().ok_or(ServiceError::NotFound("user"))?;
         let username = self
             .keyring
-            .open(app_id, rec.id, profile::USERNAME_FIELD, &secret.username_ct)
+            .open(app_id, rec.id, profile::USERNAME_FIELD, &secrets.username_ct)
             .await
             .map_err(ServiceError::Crypto)?;
         doc["username"] = String::from_utf8_lossy(&username).into_owned().into();
-        if let Some(hash) = password_hash {
-            doc["passwordHash"] = hash.into();
+        if with_hash {
+            doc["passwordHash"] = secrets.password_hash.clone().into();
         }
         doc["supervisor"] = rec.supervisor.into();
-        doc["active"] = rec.active.into();
 
-        let mut groups = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.store.list_user_groups(app_id, rec.id, after, CHUNK).await?;
-            after = page.last().map(|g| g.id);
-            let short = (page.len() as i64) < CHUNK;
-            groups.extend(page.into_iter().map(|g| json!({"groupsId": g.id.to_string(), "name": g.name})));
-            if short {
-                break;
-            }
-        }
-        doc["groups"] = groups.into();
+        let groups = every_page(|after| self.store.list_user_groups(app_id, rec.id, after, CHUNK), |g| g.id).await?;
+        doc["groups"] = groups
+            .into_iter()
+            .map(|g| json!({"groupsId": g.id.to_string(), "name": g.name}))
+            .collect::<Vec<_>>()
+            .into();
 
-        let mut sessions = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.store.list_sessions(app_id, rec.id, self.idle_timeout, after, CHUNK).await?;
-            after = page.last().map(|s| s.id);
-            let short = (page.len() as i64) < CHUNK;
-            sessions.extend(page.into_iter().map(|s| {
+        let sessions =
+            every_page(|after| self.store.list_sessions(app_id, rec.id, self.idle_timeout, after, CHUNK), |s| s.id)
+                .await?;
+        doc["sessions"] = sessions
+            .into_iter()
+            .map(|s| {
                 json!({
                     "sessionId": s.id.to_string(),
                     "createdAt": profile::format_time(s.created_at),
                     "lastSeenAt": profile::format_time(s.last_seen_at),
                     "expiresAt": profile::format_time(s.expires_at),
                 })
-            }));
-            if short {
-                break;
-            }
-        }
-        doc["sessions"] = sessions.into();
+            })
+            .collect::<Vec<_>>()
+            .into();
 
         let mut disclosures = Vec::new();
         let mut filter =
@@ -106,6 +98,24 @@ impl Exporter<'_> {
     }
 }
 
+/// Every item of an id-keyed paged listing, read `CHUNK` at a time.
+async fn every_page<T, F, Fut>(mut page: F, id: fn(&T) -> Uuid) -> ServiceResult<Vec<T>>
+where
+    F: FnMut(Option<Uuid>) -> Fut,
+    Fut: std::future::Future<Output = crate::store::Result<Vec<T>>>,
+{
+    let (mut all, mut after) = (Vec::new(), None);
+    loop {
+        let items = page(after).await?;
+        let short = (items.len() as i64) < CHUNK;
+        after = items.last().map(id);
+        all.extend(items);
+        if short {
+            return Ok(all);
+        }
+    }
+}
+
 impl UserSvc {
     pub(super) async fn export(&self, ctx: &Ctx, req: pb::ExportUserRequest) -> ServiceResult<pbjson_types::Struct> {
         let core = &self.core;
@@ -115,7 +125,9 @@ impl UserSvc {
         let rec = core.store.get_user(caller.app_id, id).await?.ok_or(ServiceError::NotFound("user"))?;
         let exporter =
             Exporter { store: &*core.store, keyring: &core.keyring, idle_timeout: core.auth.policy().idle_timeout };
-        let doc = exporter.document(&rec, None).await?;
+        let secrets = core.store.user_secrets(caller.app_id, &[id]).await?;
+        let secrets = secrets.first().ok_or(ServiceError::NotFound("user"))?;
+        let doc = exporter.document(&rec, secrets, false).await?;
         // Leaves only once recorded, like every disclosure.
         let mut r = core.record(ctx, "user.export", Some(&caller), caller.app_id).await;
         r.subject_id = Some(id);

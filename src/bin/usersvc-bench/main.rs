@@ -198,14 +198,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Growth { users, copy_baseline, timing, server_pid, grpc_addr, http_addr, db, keys } => {
             let (store, _) = usersvc::store::backend::open(&db.database_url, 4).await?;
             let admin = Admin::new(store, keys.load_for(&db.database_url)?);
-            let run = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-            let (app, key) = admin.create_app(&format!("growth {run}")).await?;
-            let target = Target {
-                grpc: format!("http://{grpc_addr}"),
-                http: format!("http://{http_addr}"),
-                api_key: secrecy::ExposeSecret::expose_secret(&key).to_owned(),
-                run,
-            };
+            let (app, target) = new_target(&admin, "growth", &grpc_addr, &http_addr).await?;
             let line = growth::Growth {
                 admin: &admin,
                 database_url: &db.database_url,
@@ -236,17 +229,28 @@ fn merge(line: &mut Value, figures: serde_json::Map<String, Value>) {
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (store, pool) = usersvc::store::backend::open(&args.db.database_url, 2).await?;
-    let admin = Admin::new(store, args.keys.load_for(&args.db.database_url)?);
+/// A new application of a run, and the service it is reached at.
+async fn new_target(
+    admin: &Admin,
+    label: &str,
+    grpc_addr: &str,
+    http_addr: &str,
+) -> anyhow::Result<(usersvc::store::App, Target)> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let (app, key) = admin.create_app(&format!("bench {run}")).await?;
+    let (app, key) = admin.create_app(&format!("{label} {run}")).await?;
     let target = Target {
-        grpc: format!("http://{}", args.grpc_addr),
-        http: format!("http://{}", args.http_addr),
+        grpc: format!("http://{grpc_addr}"),
+        http: format!("http://{http_addr}"),
         api_key: secrecy::ExposeSecret::expose_secret(&key).to_owned(),
         run,
     };
+    Ok((app, target))
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let (store, pool) = usersvc::store::backend::open(&args.db.database_url, 2).await?;
+    let admin = Admin::new(store, args.keys.load_for(&args.db.database_url)?);
+    let (app, target) = new_target(&admin, "bench", &args.grpc_addr, &args.http_addr).await?;
     let t = &args.timing;
     let users = target.users("u", t.connections).await?;
     if args.scenario == Scenario::Groups {

@@ -61,7 +61,7 @@ pub struct ImportedUser {
 }
 
 /// What an export carries that a [`UserRecord`] does not.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserSecrets {
     pub id: Uuid,
     pub username_ct: Vec<u8>,

@@ -196,15 +196,7 @@ impl UserStore for PgStore {
             .bind(ids)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(UserSecrets {
-                    id: r.try_get("id")?,
-                    username_ct: r.try_get("username_ct")?,
-                    password_hash: r.try_get("password_hash")?,
-                })
-            })
-            .collect()
+        rows.iter().map(from_row).collect()
     }
 
     async fn get_user(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<UserRecord>> {

@@ -1,7 +1,6 @@
 //! Users on SQLite.
 
 use async_trait::async_trait;
-use sqlx::Row;
 use uuid::Uuid;
 
 use crate::store::sqlite::{
@@ -189,11 +188,7 @@ impl UserStore for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?;
             if let Some(r) = row {
-                out.push(UserSecrets {
-                    id: r.try_get("id")?,
-                    username_ct: r.try_get("username_ct")?,
-                    password_hash: r.try_get("password_hash")?,
-                });
+                out.push(from_row(&r)?);
             }
         }
         Ok(out)
