@@ -79,7 +79,7 @@ impl Admin {
 
     /// Makes a user a supervisor; false when the application has no such user.
     pub async fn add_supervisor(&self, app_id: Uuid, username: &str) -> anyhow::Result<bool> {
-        let bidx = match self.keyring.blind(app_id, "username", &profile::fold(username)).await {
+        let bidx = match self.keyring.blind(app_id, "username", &profile::username_key(username)).await {
             Ok(b) => b,
             Err(crate::crypto::CryptoError::NoAppKey(_)) => return Ok(false),
             Err(e) => return Err(e.into()),

@@ -80,7 +80,13 @@ impl Application {
             reset_minutes: mail.reset_link_lifetime.as_secs().div_ceil(60),
             poll_every: mail.mail_poll_interval,
         };
-        let mrn_task = tokio::spawn(crate::service::mrns::backfill_in_background(store.clone(), keyring.clone()));
+        let mrn_task = tokio::spawn({
+            let (store, keyring) = (store.clone(), keyring.clone());
+            async move {
+                crate::service::mrns::backfill_in_background(store.clone(), keyring.clone()).await;
+                crate::service::usernames::rekey_in_background(store, keyring).await;
+            }
+        });
         let core = Arc::new(Core {
             store: store.clone(),
             auth: Authenticator::new(store.clone(), policy),

@@ -201,7 +201,8 @@ impl<'k> Importer<'k> {
                 Some(e) => Some(self.keyring.blind(self.app_id, "email", &e).await?),
                 None => None,
             };
-            let username_bidx = self.keyring.blind(self.app_id, "username", &profile::fold(&user.username)).await?;
+            let username_bidx =
+                self.keyring.blind(self.app_id, "username", &profile::username_key(&user.username)).await?;
             let mrn_bidx = mrns::indexes(self.keyring, self.app_id, user).await?;
             let profile_pt = match profile::to_profile(user) {
                 Ok(p) => p,

@@ -13,6 +13,7 @@ mod paging;
 mod present_fields;
 pub mod profile;
 mod sessions;
+pub mod usernames;
 mod users;
 pub mod validate;
 
@@ -75,7 +76,7 @@ impl Core {
 
     /// The blind index of a username.
     pub async fn username_index(&self, app_id: Uuid, username: &str) -> ServiceResult<Vec<u8>> {
-        self.keyring.blind(app_id, "username", &profile::fold(username)).await.map_err(ServiceError::Crypto)
+        self.keyring.blind(app_id, "username", &profile::username_key(username)).await.map_err(ServiceError::Crypto)
     }
 
     /// The blind index of an email address.

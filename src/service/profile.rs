@@ -90,6 +90,46 @@ pub fn fold(s: &str) -> String {
     s.trim().to_lowercase()
 }
 
+/// The form of a username its uniqueness and every lookup go by: RFC 8265
+/// UsernameCaseMapped (width mapping, case mapping, NFC, then the
+/// profile's checks), so that "Ａda", "ADA" and "ada" are one name.
+///
+/// The API has always taken names the profile does not: "Ada Lovelace"
+/// (RFC 8265 §3.1 lets an application allow spaces between userparts:
+/// each part is mapped on its own, the spaces kept), and names with
+/// symbols, emoji or other spaces the profile disallows. Those are still
+/// taken, under the profile's own mappings without its checks: the
+/// Halfwidth and Fullwidth Forms block to their decompositions, lowercase,
+/// NFC.
+///
+/// On ASCII this is [`fold`] exactly (every printable ASCII character but
+/// the space is valid in a userpart, and the profile's case mapping of
+/// ASCII is lowercasing), so only rows with non-ASCII names need the
+/// backfill of [`super::usernames`].
+pub fn username_key(name: &str) -> String {
+    use precis_profiles::{UsernameCaseMapped, precis_core::profile::PrecisFastInvocation};
+    use unicode_normalization::UnicodeNormalization;
+    let name = name.trim();
+    let parts: Result<Vec<_>, _> =
+        name.split(' ').map(|p| if p.is_empty() { Ok(p.into()) } else { UsernameCaseMapped::enforce(p) }).collect();
+    match parts {
+        Ok(parts) => parts.join(" "),
+        Err(_) => {
+            let mut narrow = String::with_capacity(name.len());
+            for c in name.chars() {
+                // Their compatibility decompositions are the <wide> and
+                // <narrow> mappings the profile's width rule applies.
+                if ('\u{FF00}'..='\u{FFEF}').contains(&c) {
+                    narrow.extend(std::iter::once(c).nfkc());
+                } else {
+                    narrow.push(c);
+                }
+            }
+            narrow.to_lowercase().nfc().collect()
+        }
+    }
+}
+
 /// Whether a `google.protobuf.Value` has a JSON form: every number in it is
 /// finite. (Over gRPC a client can send a NaN or an infinity; as JSON it
 /// would be written as `null`, and the user read back would not be the one
@@ -113,6 +153,32 @@ pub fn email_key(user: &pb::User) -> Option<String> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn usernames_compare_as_rfc_8265_says() {
+        for same in ["Ａda", "ADA", "ada", " Ada ", "\u{FF21}\u{FF24}\u{FF21}"] {
+            assert_eq!(username_key(same), "ada", "{same:?}");
+        }
+        assert_eq!(username_key("Juliet@Example.com"), "juliet@example.com");
+        // Not NFC: the same name as the composed one.
+        assert_eq!(username_key("Jose\u{301}"), username_key("José"));
+        assert_eq!(username_key("ＪＯＳÉ"), "josé");
+        // Spaces between userparts, as the API always took them.
+        assert_eq!(username_key("Ａda  Lovelace"), "ada  lovelace");
+        // Outside the profile (a symbol): still a name, lowercased and NFC.
+        assert_eq!(username_key("Bob☃"), "bob☃");
+        assert_eq!(username_key("Ａda☃"), username_key("ada☃"));
+        assert_eq!(username_key("E\u{301}MILE☃"), "émile☃");
+        assert_ne!(username_key("ada"), username_key("adb"));
+    }
+
+    proptest::proptest! {
+        /// What the backfill relies on: an ASCII name's key is unchanged.
+        #[test]
+        fn ascii_names_keep_their_old_key(name in "[ -~]{1,40}") {
+            proptest::prop_assert_eq!(username_key(&name), fold(&name));
+        }
+    }
 
     fn record() -> UserRecord {
         UserRecord {

@@ -36,7 +36,7 @@ pub fn username(name: &str) -> ServiceResult<String> {
     if name.trim() != name {
         return Err(ServiceError::invalid("username", "must not begin or end with white space"));
     }
-    Ok(super::profile::fold(name))
+    Ok(super::profile::username_key(name))
 }
 
 pub fn password(pw: &str, min_chars: usize) -> ServiceResult<()> {

@@ -9,7 +9,8 @@
 //! session, changes what a session grants or changes a user evicts here
 //! after it commits, and PostgreSQL notifies every replica (see
 //! `postgres/notify.rs`). The cache is used only while that notification channel
-//! is connected; when it drops, everything is forgotten and calls go to the
+//! is known to deliver (a heartbeat echoed within the last 4 s); when it
+//! drops or goes silent, everything is forgotten and calls go to the
 //! database until it is back. An entry read from the database before an
 //! eviction is never stored after it (the generation check).
 //!

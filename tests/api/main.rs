@@ -27,3 +27,4 @@ mod telemetry;
 mod tls;
 mod trail;
 mod upgrades;
+mod usernames;

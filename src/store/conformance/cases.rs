@@ -1083,3 +1083,74 @@ pub async fn mrn_indexes_follow_the_user_row(u: &Under) {
     assert_eq!(still.len(), 1, "only cat is left");
     assert!(!still.contains(&a.id) && !still.contains(&b.id));
 }
+
+/// Username indexes from before RFC 8265 comparison: every write flags its
+/// row; unflagged ones are found by `usernames_to_rekey` in id order, and
+/// `rekey_username` gives one its new index once, leaves a row renamed
+/// since alone, and keeps the old index (flagged) when the new one is
+/// another user's.
+pub async fn usernames_are_rekeyed_once(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "names").await;
+    let other = new_app(s, "other names").await;
+    let (ada, bob, big_zed, zed) =
+        (new_user(&f, "ａda"), new_user(&f, "bob"), new_user(&f, "Zed"), new_user(&f, "zed"));
+    for nu in [&ada, &bob, &big_zed, &zed] {
+        s.create_user(nu.clone(), None, &[]).await.unwrap().unwrap();
+    }
+    let cat = new_user(&other, "cat");
+    s.create_user(cat.clone(), None, &[]).await.unwrap().unwrap();
+    let dan = new_user(&f, "dan");
+    let imported =
+        ImportedUser { user: dan.clone(), supervisor: false, created_at: chrono::Utc::now(), groups: vec![] };
+    s.import_users(f.app.id, f.data_key.id, &[imported], &[]).await.unwrap().unwrap();
+    assert!(s.usernames_to_rekey(None, 100).await.unwrap().is_empty(), "create and import flag their rows");
+
+    // As written before the flag existed.
+    u.db.script("UPDATE users SET username_precis = false").await.unwrap();
+    let mut rows = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.usernames_to_rekey(after, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        rows.extend(page);
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "in id order, page after page");
+    assert_eq!(ids.len(), 6, "of every application");
+    let row = |id: Uuid| rows.iter().find(|r| r.id == id).unwrap().clone();
+    let a = row(ada.id);
+    assert_eq!(
+        (a.app_id, a.username_ct.as_slice(), a.username_bidx.as_slice()),
+        (f.app.id, ada.username_ct.as_slice(), ada.username_bidx.as_slice())
+    );
+    let who =
+        |name: &'static str| async move { s.credentials(f.app.id, name.as_bytes()).await.unwrap().map(|c| c.user_id) };
+
+    // A new index, once.
+    assert_eq!(s.rekey_username(&a, b"ada").await.unwrap(), Rekeyed::Done);
+    assert_eq!(who("ada").await, Some(ada.id));
+    assert_eq!(who("ａda").await, None);
+    assert_eq!(s.rekey_username(&a, b"ada-again").await.unwrap(), Rekeyed::Skipped, "once");
+    assert_eq!(who("ada").await, Some(ada.id));
+    // The same index: flagged.
+    assert_eq!(s.rekey_username(&row(cat.id), b"cat").await.unwrap(), Rekeyed::Done);
+    // Another user holds the new index: both keep theirs.
+    assert_eq!(s.rekey_username(&row(big_zed.id), b"zed").await.unwrap(), Rekeyed::Taken);
+    assert_eq!(who("Zed").await, Some(big_zed.id));
+    assert_eq!(who("zed").await, Some(zed.id));
+    // Renamed since it was read: the rename stands.
+    let mut c = change(1, f.data_key.id);
+    c.username = Some((b"ct:bobby".to_vec(), b"bobby".to_vec()));
+    s.update_user(f.app.id, bob.id, c, &[]).await.unwrap().unwrap();
+    assert_eq!(s.rekey_username(&row(bob.id), b"bob-new").await.unwrap(), Rekeyed::Skipped);
+    assert_eq!(who("bobby").await, Some(bob.id));
+    assert_eq!(who("bob-new").await, None);
+
+    let left: Vec<Uuid> = s.usernames_to_rekey(None, 100).await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(left.len(), 2, "zed and dan are left");
+    assert!(left.contains(&zed.id) && left.contains(&dan.id));
+}

@@ -303,4 +303,5 @@ contract!(
     user_groups_page_in_group_id_order,
     sessions_page_in_id_order,
     mrn_indexes_follow_the_user_row,
+    usernames_are_rekeyed_once,
 );

@@ -1,70 +1,247 @@
 //! Keeps the auth cache of this replica in step with every other one:
 //! LISTENs for the evictions the triggers of `…_auth_notify.sql` and
 //! `…_user_notify.sql` send (a token digest in hex, `u` and a user id, or
-//! `*` for everything), on a
-//! connection of its own. The cache is live only while the channel is.
+//! `*` for everything), on a connection of its own. The cache is live only
+//! while the channel is, and a channel is only known to be up while it
+//! delivers: a connection can go silent without ever failing (a network
+//! path that drops packets, a backend that hangs), so every [`HEARTBEAT`]
+//! this process NOTIFYs itself through the database, and when no echo has
+//! come for [`STALE_AFTER`] the cache is dropped, the connection given up
+//! and a new one made. The cache is used again only once an echo arrives
+//! on the new one.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
-use sqlx::{PgPool, postgres::PgListener};
-use tokio::sync::mpsc;
+use sqlx::{
+    PgPool,
+    postgres::{PgListener, PgNotification, PgPoolOptions},
+};
+use tokio::{sync::mpsc, time::Instant};
 
 use crate::store::auth_cache::AuthCache;
 
 pub const CHANNEL: &str = "usersvc_auth";
+/// How often this process NOTIFYs itself.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// No echo of a heartbeat sent within this long: the channel is taken as
+/// lost. Two heartbeats, so that one slow commit is not an outage; a
+/// change another replica commits is thus either seen or the cache
+/// dropped within this bound (plus the echo's own trip).
+pub const STALE_AFTER: Duration = Duration::from_secs(4);
+/// The listening connection's `application_name`, for operators (and the
+/// fault test) to find it in `pg_stat_activity`.
+pub const LISTENER_NAME: &str = "usersvc-listener";
+/// How long making the listening connection and its LISTEN may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs until the pool closes.
 pub async fn listen(pool: PgPool, cache: Arc<AuthCache>) {
     let closed = pool.close_event();
     tokio::pin!(closed);
+    let beat = Heartbeat::new(&pool);
     loop {
-        tokio::select! {
+        let lost = tokio::select! {
             () = &mut closed => break,
-            () = follow(&pool, &cache) => {}
-        }
+            lost = follow(&pool, &cache, &beat) => lost,
+        };
         cache.set_live(false);
+        metrics::gauge!("usersvc_cache_channel_up").set(0.0);
+        if let Some(how) = lost {
+            metrics::counter!("usersvc_cache_channel_lost_total", "how" => how.label()).increment(1);
+            tracing::warn!(
+                how = how.label(),
+                "auth cache: notification channel lost; reading from the database until it is back"
+            );
+        }
         tokio::select! {
             () = &mut closed => break,
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
     cache.set_live(false);
+    metrics::gauge!("usersvc_cache_channel_up").set(0.0);
+    beat.pool.close().await;
 }
 
-/// Follows the channel until its connection drops.
-async fn follow(pool: &PgPool, cache: &AuthCache) {
+/// How a channel that had been up was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    /// The connection failed or closed.
+    Closed,
+    /// The connection stayed open but no echo came back in time.
+    Silent,
+}
+
+impl Lost {
+    fn label(self) -> &'static str {
+        match self {
+            Lost::Closed => "closed",
+            Lost::Silent => "silent",
+        }
+    }
+}
+
+/// The self-addressed NOTIFYs.
+struct Heartbeat {
+    /// A channel no one else listens on. Heartbeats on the shared channel
+    /// would reach every replica, and one of an earlier version reads a
+    /// payload it does not know as "evict everything": during a rolling
+    /// upgrade it would drop its whole cache every two seconds.
+    channel: String,
+    /// Its own connection, so that a busy main pool does not delay the
+    /// heartbeat into a false alarm; no wait for the disk, as for
+    /// evictions.
+    pool: PgPool,
+}
+
+impl Heartbeat {
+    fn new(pool: &PgPool) -> Self {
+        let options = (*pool.connect_options())
+            .clone()
+            .options([("synchronous_commit", "off")])
+            .application_name("usersvc-heartbeat");
+        Self {
+            channel: format!("usersvc_hb_{}", uuid::Uuid::new_v4().simple()),
+            pool: PgPoolOptions::new().max_connections(1).acquire_timeout(HEARTBEAT).connect_lazy_with(options),
+        }
+    }
+
+    /// Sends heartbeat `seq` without waiting for it.
+    fn send(&self, seq: u64) {
+        let (pool, channel) = (self.pool.clone(), self.channel.clone());
+        tokio::spawn(async move {
+            let sent = sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(seq.to_string()).execute(&pool);
+            match tokio::time::timeout(HEARTBEAT, sent).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "auth cache: heartbeat not sent"),
+                Err(_) => tracing::debug!("auth cache: heartbeat not sent in time"),
+            }
+        });
+    }
+}
+
+/// The task reading the listening connection, so that its reads are never
+/// cancelled halfway through a message. Dropped, it stops and closes the
+/// connection without a word to the server: one that has gone silent would
+/// never answer the ping a connection returned to its pool gets.
+struct Reader {
+    task: tokio::task::JoinHandle<()>,
+    pool: PgPool,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // Marks the pool closed at once (the future only waits).
+        drop(self.pool.close());
+        self.task.abort();
+    }
+}
+
+/// Follows the channel until its connection drops or goes silent; `None`
+/// when it never came up.
+async fn follow(pool: &PgPool, cache: &AuthCache, beat: &Heartbeat) -> Option<Lost> {
     // A one-connection pool of its own: the listener holds its connection
     // for good, and the main pool must be able to close without it.
-    let own = sqlx::postgres::PgPoolOptions::new()
+    let own = PgPoolOptions::new()
         .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with((*pool.connect_options()).clone());
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_lazy_with((*pool.connect_options()).clone().application_name(LISTENER_NAME));
     let mut listener = match PgListener::connect_with(&own).await {
         Ok(l) => l,
         Err(e) => {
             tracing::debug!(error = %e, "auth cache: no notification channel yet");
-            return;
+            return None;
         }
     };
     // On a lost connection, say so at once: sqlx would otherwise reconnect
     // first, for up to its acquire timeout, while this replica went on
     // trusting what it remembers.
     listener.eager_reconnect(false);
-    if let Err(e) = listener.listen(CHANNEL).await {
-        tracing::debug!(error = %e, "auth cache: LISTEN failed");
-        return;
-    }
-    // Listening from here on: what changed before is forgotten.
-    cache.set_live(true);
-    loop {
-        match listener.try_recv().await {
-            Ok(Some(n)) => evict(cache, n.payload()),
-            // The connection dropped: notifications may have been missed.
-            Ok(None) | Err(_) => {
-                tracing::warn!("auth cache: notification channel lost; reading from the database until it is back");
-                return;
-            }
+    match tokio::time::timeout(CONNECT_TIMEOUT, listener.listen_all([CHANNEL, beat.channel.as_str()])).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "auth cache: LISTEN failed");
+            return None;
         }
+        Err(_) => {
+            tracing::debug!("auth cache: LISTEN timed out");
+            return None;
+        }
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<Option<PgNotification>>();
+    let _reader = Reader {
+        pool: own,
+        task: tokio::spawn(async move {
+            loop {
+                let n = listener.try_recv().await.ok().flatten();
+                let lost = n.is_none();
+                if tx.send(n).is_err() || lost {
+                    return;
+                }
+            }
+        }),
+    };
+
+    // Listening from here on, but used only once an echo shows that what
+    // is committed now reaches this connection.
+    let started = Instant::now();
+    let mut echoes = Echoes::default();
+    let mut fresh_until: Option<Instant> = None;
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let deadline = fresh_until.unwrap_or(started + STALE_AFTER);
+        tokio::select! {
+            at = ticks.tick() => beat.send(echoes.sent(at)),
+            () = tokio::time::sleep_until(deadline) => {
+                return fresh_until.map(|_| Lost::Silent);
+            }
+            n = rx.recv() => match n.flatten() {
+                Some(n) if n.channel() == CHANNEL => evict(cache, n.payload()),
+                Some(n) => {
+                    let Some(sent_at) = echoes.echoed(n.payload()) else { continue };
+                    if fresh_until.is_none() {
+                        cache.set_live(true);
+                        metrics::gauge!("usersvc_cache_channel_up").set(1.0);
+                        tracing::info!("auth cache: notification channel up");
+                    }
+                    // Whatever was committed before that heartbeat was sent
+                    // has been delivered before its echo.
+                    fresh_until = fresh_until.max(Some(sent_at + STALE_AFTER));
+                }
+                // The connection dropped: notifications may have been missed.
+                None => return fresh_until.map(|_| Lost::Closed),
+            },
+        }
+    }
+}
+
+/// The heartbeats sent and not yet echoed, oldest first.
+#[derive(Default)]
+struct Echoes {
+    next: u64,
+    pending: VecDeque<(u64, Instant)>,
+}
+
+impl Echoes {
+    /// A heartbeat sent at `at`: its number.
+    fn sent(&mut self, at: Instant) -> u64 {
+        self.next += 1;
+        // One long unanswered would only ever be late: it need not be kept.
+        while self.pending.front().is_some_and(|(_, t)| at.duration_since(*t) > STALE_AFTER) {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((self.next, at));
+        self.next
+    }
+
+    /// The echo of a heartbeat: when it was sent (None for one not ours).
+    fn echoed(&mut self, payload: &str) -> Option<Instant> {
+        let seq: u64 = payload.parse().ok()?;
+        let at = self.pending.iter().find(|(s, _)| *s == seq)?.1;
+        // Older ones are answered by this one: notifications arrive in commit order.
+        self.pending.retain(|(s, _)| *s > seq);
+        Some(at)
     }
 }
 
@@ -93,6 +270,23 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echo_answers_its_heartbeat_and_every_older_one() {
+        let t0 = Instant::now();
+        let mut e = Echoes::default();
+        let (a, b, c) = (e.sent(t0), e.sent(t0 + HEARTBEAT), e.sent(t0 + HEARTBEAT * 2));
+        assert_eq!(e.echoed(&b.to_string()), Some(t0 + HEARTBEAT));
+        assert_eq!(e.echoed(&a.to_string()), None, "answered by the later echo");
+        assert_eq!(e.echoed("not a number"), None);
+        assert_eq!(e.echoed(&c.to_string()), Some(t0 + HEARTBEAT * 2));
+        // Long unanswered ones are not kept.
+        let late = e.sent(t0 + HEARTBEAT * 3);
+        e.sent(t0 + HEARTBEAT * 3 + STALE_AFTER + HEARTBEAT);
+        assert_eq!(e.echoed(&late.to_string()), None);
+    }
+
     #[test]
     fn hex_payloads() {
         assert_eq!(super::decode_hex("00ff10"), Some(vec![0, 255, 16]));

@@ -68,6 +68,25 @@ pub struct UserSecrets {
     pub password_hash: String,
 }
 
+/// A user's username as stored, for its index to be computed anew.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredUsername {
+    pub app_id: Uuid,
+    pub id: Uuid,
+    pub username_ct: Vec<u8>,
+    pub username_bidx: Vec<u8>,
+}
+
+/// What [`UserStore::rekey_username`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rekeyed {
+    Done,
+    /// Gone, or renamed since it was read.
+    Skipped,
+    /// Another user holds that name as RFC 8265 compares it: left as it was.
+    Taken,
+}
+
 /// A change to a user, applied only if the row is still at `expected_version`.
 #[derive(Debug, Clone)]
 pub struct UserChange {
@@ -219,6 +238,18 @@ pub trait UserStore: Send + Sync {
     /// before `user_mrns` existed), in id order after `after`; at most
     /// `limit`.
     async fn users_without_mrn_index(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<UserRecord>>;
+
+    /// Users of every application whose username index predates RFC 8265
+    /// comparison (written before `username_precis` existed), in id order
+    /// after `after`; at most `limit`.
+    async fn usernames_to_rekey(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<StoredUsername>>;
+
+    /// Replaces the username index of a user [`Self::usernames_to_rekey`]
+    /// returned and flags the row, unless a write since gave it a new name
+    /// ([`Rekeyed::Skipped`]). When another user already holds the new
+    /// index the row keeps its old one, flagged all the same
+    /// ([`Rekeyed::Taken`]).
+    async fn rekey_username(&self, user: &StoredUsername, username_bidx: &[u8]) -> Result<Rekeyed>;
 
     /// Writes the MRN indexes of a user not indexed yet and marks them so.
     /// False, nothing written, when the user is gone or already indexed (a

@@ -12,8 +12,8 @@ use crate::store::throttles::postgres::{self as pg_throttle, ThrottleArgs};
 use crate::store::trail::postgres::{self as pg_audit, AuditColumns, many_records};
 use crate::store::trail::record::AuditRecord;
 use crate::store::{
-    Credentials, ImportedUser, NewSession, NewUser, Result, SignInAttempt, ThrottleRule, UserChange, UserListFilter,
-    UserRecord, UserSecrets, UserStore, from_row,
+    Credentials, ImportedUser, NewSession, NewUser, Rekeyed, Result, SignInAttempt, StoreError, StoredUsername,
+    ThrottleRule, UserChange, UserListFilter, UserRecord, UserSecrets, UserStore, from_row,
 };
 
 #[async_trait]
@@ -78,8 +78,9 @@ impl UserStore for PgStore {
             format!(
                 "WITH u AS (
                      INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
-                                        profile_ct, active, created_at, updated_at, mrns_indexed)
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, true
+                                        profile_ct, active, created_at, updated_at, mrns_indexed,
+                                        username_precis)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, true, true
                      WHERE EXISTS (SELECT 1 FROM app_keys WHERE id = $3 AND current)
                      RETURNING {USER_COLUMNS}
                  ), r AS (
@@ -130,9 +131,10 @@ impl UserStore for PgStore {
                 "WITH key AS (SELECT 1 FROM app_keys WHERE id = $2 AND current),
                  u AS (
                      INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
-                                        profile_ct, active, supervisor, created_at, updated_at, mrns_indexed)
+                                        profile_ct, active, supervisor, created_at, updated_at, mrns_indexed,
+                                        username_precis)
                      SELECT id, $1, $2, username_ct, username_bidx, password_hash, email_bidx, profile_ct, active,
-                            supervisor, created_at, created_at, true
+                            supervisor, created_at, created_at, true, true
                      FROM unnest($3::uuid[], $4::bytea[], $5::bytea[], $6::text[], $7::bytea[], $8::bytea[],
                                  $9::bool[], $10::bool[], $11::timestamptz[])
                           AS i (id, username_ct, username_bidx, password_hash, email_bidx, profile_ct, active,
@@ -245,6 +247,7 @@ impl UserStore for PgStore {
                          key_id = $4,
                          username_ct = COALESCE($5, username_ct),
                          username_bidx = COALESCE($6, username_bidx),
+                         username_precis = username_precis OR $6 IS NOT NULL,
                          password_hash = COALESCE($7, password_hash),
                          email_bidx = $8,
                          profile_ct = $9,
@@ -313,6 +316,51 @@ impl UserStore for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(user_from_row).collect()
+    }
+
+    async fn usernames_to_rekey(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<StoredUsername>> {
+        // Through the partial index users_username_unprecised.
+        let rows = sqlx::query_as(
+            "SELECT app_id, id, username_ct, username_bidx FROM users
+             WHERE NOT username_precis AND id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after.unwrap_or_else(Uuid::nil))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn rekey_username(&self, user: &StoredUsername, username_bidx: &[u8]) -> Result<Rekeyed> {
+        // Guarded by the flag and the old index: a new username written
+        // since (which sets the flag) is left alone.
+        let done = sqlx::query(
+            "UPDATE users SET username_bidx = $4, username_precis = true
+             WHERE app_id = $1 AND id = $2 AND NOT username_precis AND username_bidx = $3",
+        )
+        .bind(user.app_id)
+        .bind(user.id)
+        .bind(&user.username_bidx)
+        .bind(username_bidx)
+        .execute(&self.pool)
+        .await;
+        match done.map_err(StoreError::from) {
+            Ok(d) if d.rows_affected() == 0 => Ok(Rekeyed::Skipped),
+            Ok(_) => Ok(Rekeyed::Done),
+            Err(StoreError::Conflict(c)) if c == "users_app_username_key" => {
+                sqlx::query(
+                    "UPDATE users SET username_precis = true
+                     WHERE app_id = $1 AND id = $2 AND NOT username_precis AND username_bidx = $3",
+                )
+                .bind(user.app_id)
+                .bind(user.id)
+                .bind(&user.username_bidx)
+                .execute(&self.pool)
+                .await?;
+                Ok(Rekeyed::Taken)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn index_mrns(&self, app_id: Uuid, user_id: Uuid, mrn_bidx: &[Vec<u8>]) -> Result<bool> {

@@ -8,8 +8,8 @@ use crate::store::sqlite::{
 };
 use crate::store::trail::record::AuditRecord;
 use crate::store::{
-    Credentials, ImportedUser, NewSession, NewUser, Result, SignInAttempt, ThrottleRule, ThrottleStore, UserChange,
-    UserListFilter, UserRecord, UserSecrets, UserStore, from_row,
+    Credentials, ImportedUser, NewSession, NewUser, Rekeyed, Result, SignInAttempt, StoreError, StoredUsername,
+    ThrottleRule, ThrottleStore, UserChange, UserListFilter, UserRecord, UserSecrets, UserStore, from_row,
 };
 
 #[async_trait]
@@ -66,8 +66,8 @@ impl UserStore for SqliteStore {
         let now = now_seconds();
         let row = sqlx::query(&format!(
             "INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
-                                profile_ct, active, created_at, updated_at, mrns_indexed)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, 1
+                                profile_ct, active, created_at, updated_at, mrns_indexed, username_precis)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, 1, 1
              WHERE EXISTS (SELECT 1 FROM app_keys WHERE id = ?3 AND current)
              RETURNING {USER_COLUMNS}"
         ))
@@ -125,8 +125,9 @@ impl UserStore for SqliteStore {
             let at = us(i.created_at);
             let id: Option<Uuid> = sqlx::query_scalar(
                 "INSERT INTO users (id, app_id, key_id, username_ct, username_bidx, password_hash, email_bidx,
-                                    profile_ct, active, supervisor, created_at, updated_at, mrns_indexed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1)
+                                    profile_ct, active, supervisor, created_at, updated_at, mrns_indexed,
+                                    username_precis)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1, 1)
                  ON CONFLICT (app_id, username_bidx) DO NOTHING
                  RETURNING id",
             )
@@ -228,6 +229,7 @@ impl UserStore for SqliteStore {
                  key_id = ?4,
                  username_ct = COALESCE(?5, username_ct),
                  username_bidx = COALESCE(?6, username_bidx),
+                 username_precis = username_precis OR ?6 IS NOT NULL,
                  password_hash = COALESCE(?7, password_hash),
                  email_bidx = ?8,
                  profile_ct = ?9,
@@ -282,6 +284,49 @@ impl UserStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(user_from_row).collect()
+    }
+
+    async fn usernames_to_rekey(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<StoredUsername>> {
+        let rows = sqlx::query_as(
+            "SELECT app_id, id, username_ct, username_bidx FROM users
+             WHERE NOT username_precis AND id > ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(after.unwrap_or_else(Uuid::nil))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn rekey_username(&self, user: &StoredUsername, username_bidx: &[u8]) -> Result<Rekeyed> {
+        // Guarded as on PostgreSQL: by the flag and the old index.
+        let done = sqlx::query(
+            "UPDATE users SET username_bidx = ?4, username_precis = 1
+             WHERE app_id = ?1 AND id = ?2 AND NOT username_precis AND username_bidx = ?3",
+        )
+        .bind(user.app_id)
+        .bind(user.id)
+        .bind(&user.username_bidx)
+        .bind(username_bidx)
+        .execute(&self.pool)
+        .await;
+        match done.map_err(StoreError::from) {
+            Ok(d) if d.rows_affected() == 0 => Ok(Rekeyed::Skipped),
+            Ok(_) => Ok(Rekeyed::Done),
+            Err(StoreError::Conflict(c)) if c == "users_app_username_key" => {
+                sqlx::query(
+                    "UPDATE users SET username_precis = 1
+                     WHERE app_id = ?1 AND id = ?2 AND NOT username_precis AND username_bidx = ?3",
+                )
+                .bind(user.app_id)
+                .bind(user.id)
+                .bind(&user.username_bidx)
+                .execute(&self.pool)
+                .await?;
+                Ok(Rekeyed::Taken)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn index_mrns(&self, app_id: Uuid, user_id: Uuid, mrn_bidx: &[Vec<u8>]) -> Result<bool> {
