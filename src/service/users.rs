@@ -469,8 +469,8 @@ impl UserSvc {
         if let Some(wait) = core.store.throttle_attempt(&keys).await? {
             return Err(ServiceError::Throttled(wait));
         }
-        // The token now, whoever it is for: minted later, for a match only,
-        // it would be work the reply waits for or not.
+        // Minted and sealed for every request, matching or not, so that the
+        // reply waits for the same work; the sender keeps it for a match only.
         let token = crate::auth::secret::generate();
         let id = Uuid::now_v7();
         let sealer = core.keyring.sealer(app_id).await.map_err(ServiceError::Crypto)?;
