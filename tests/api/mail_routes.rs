@@ -220,7 +220,8 @@ async fn match_and_no_match_take_the_same_time() {
     // The two stores' runs measure one at a time, not each other.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _alone = ONE_AT_A_TIME.lock().await;
-    let t = spawn_alone(|_| {}).await;
+    let mut folder = std::path::PathBuf::new();
+    let t = spawn_alone(|a| folder = a.mail.mail_dir.clone()).await;
     for i in 0..NAMES {
         sign_up(&t, &format!("timed{i}"), &format!("timed{i}@example.org")).await;
     }
@@ -237,6 +238,17 @@ async fn match_and_no_match_take_the_same_time() {
         reset(t, &clients[client], &username).await
     })
     .await;
+
+    // Every matching address got mail, up to its limit; nobody else did.
+    all_mail_out(t).await;
+    let mut to = std::collections::BTreeMap::<String, usize>::new();
+    for file in std::fs::read_dir(&folder).unwrap() {
+        let mail = std::fs::read_to_string(file.unwrap().path()).unwrap();
+        let rcpt = mail.lines().find_map(|l| l.strip_prefix("To: ")).expect("a recipient").to_owned();
+        *to.entry(rcpt).or_default() += 1;
+    }
+    let want = (0..NAMES).map(|i| (format!("timed{i}@example.org"), 3)).collect::<std::collections::BTreeMap<_, _>>();
+    assert_eq!(to, want, "three mails per matching address (--mail-per-recipient 3/h)");
 }
 }
 
