@@ -114,25 +114,32 @@ impl Mailer {
                     Err(e) => tracing::warn!(error = %e, "sweep failed"),
                 }
             }
+            if *stop.borrow() {
+                return;
+            }
+            // A batch of each in turn: a flood of requests does not hold
+            // back the mail already queued.
+            let mut busy = false;
             match self.store.claim_mail_requests(16, LEASE).await {
-                Ok(batch) if !batch.is_empty() => {
+                Ok(batch) => {
+                    busy |= !batch.is_empty();
                     for r in batch {
                         self.resolve(r).await;
                     }
-                    continue;
                 }
-                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "mail requests not reachable"),
             }
             match self.store.claim_outbox(16, LEASE).await {
-                Ok(batch) if !batch.is_empty() => {
+                Ok(batch) => {
+                    busy |= !batch.is_empty();
                     for m in batch {
                         self.deliver(m).await;
                     }
-                    continue;
                 }
-                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "outbox not reachable"),
+            }
+            if busy {
+                continue;
             }
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
