@@ -79,6 +79,7 @@ impl Application {
             give_up_after: mail.mail_give_up_after,
             reset_minutes: mail.reset_link_lifetime.as_secs().div_ceil(60),
             poll_every: mail.mail_poll_interval,
+            per_recipient: mail.mail_per_recipient,
         };
         let mrn_task = tokio::spawn({
             let (store, keyring) = (store.clone(), keyring.clone());

@@ -213,6 +213,11 @@ pub struct MailArgs {
     /// How often the outbox is looked at when it was empty.
     #[arg(long, env = "USERSVC_MAIL_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub mail_poll_interval: Duration,
+    /// Username reminders and reset links to one address, at most: `N/PERIOD`
+    /// (e.g. 3/h, 10/d, 5/30m; a day at most). Past it a request is answered
+    /// as any other and no mail goes.
+    #[arg(long, env = "USERSVC_MAIL_PER_RECIPIENT", default_value = "3/h", value_parser = parse_recipient_limit)]
+    pub mail_per_recipient: crate::store::RecipientLimit,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -272,9 +277,39 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
+/// `N/PERIOD`: at most N per PERIOD, a [`parse_duration`] whose number may
+/// be left out (`3/h` is `3/1h`), of a day at most (the sweep forgets
+/// counts a day old).
+pub fn parse_recipient_limit(s: &str) -> Result<crate::store::RecipientLimit, String> {
+    let (n, period) = s.trim().split_once('/').ok_or_else(|| format!("not N/PERIOD (e.g. 3/h): {s:?}"))?;
+    let max: u32 = n.trim().parse().map_err(|_| format!("not a count in {s:?}"))?;
+    let period = period.trim();
+    let period =
+        if period.starts_with(|c: char| c.is_ascii_alphabetic()) { format!("1{period}") } else { period.into() };
+    let window = parse_duration(&period)?;
+    if max == 0 {
+        return Err(format!("at least one mail per period: {s:?}"));
+    }
+    if window > Duration::from_secs(24 * 60 * 60) {
+        return Err(format!("a period of a day at most: {s:?}"));
+    }
+    Ok(crate::store::RecipientLimit { max, window })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recipient_limits() {
+        let limit = |max, secs| Ok(crate::store::RecipientLimit { max, window: Duration::from_secs(secs) });
+        assert_eq!(parse_recipient_limit("3/h"), limit(3, 3600));
+        assert_eq!(parse_recipient_limit("10/1d"), limit(10, 86400));
+        assert_eq!(parse_recipient_limit(" 5 / 30m "), limit(5, 1800));
+        for bad in ["3", "0/h", "x/h", "3/2d", "3/y", "-1/h", "3/"] {
+            assert!(parse_recipient_limit(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations() {

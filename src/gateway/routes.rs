@@ -255,7 +255,10 @@ pub const ROUTES: &[Route] = &[
         tag: "users",
         ops: &[Op {
             description: "Mails a username reminder to every user whose primary address is `email`. Answers `{}` \
-                          whether or not anyone has that address.",
+                          whether or not anyone has that address, after the same work (whom it is for is looked \
+                          up after the reply). An address gets at most 3 such mails an hour (reminders and reset \
+                          links together; `--mail-per-recipient`): past that the request is answered alike and \
+                          no mail goes.",
             auth: Auth::Key,
             body: Body::Json { schema: "ForgotUsernameRequest", example: Some(FORGOT_USERNAME_EXAMPLE) },
             errors: &[400, 401, 413, 415, 429, 503],
@@ -486,8 +489,11 @@ pub const ROUTES: &[Route] = &[
         path: "/v2/{appId}/reset/user/{username}",
         tag: "reset",
         ops: &[Op {
-            description: "When an active user has this username, mails a single-use link (valid 30 minutes) to \
-                          their primary address. Answers `{}` whether or not the user exists.",
+            description: "When an active user has this username, mails a single-use link (valid 30 minutes from \
+                          the request) to their primary address. Answers `{}` whether or not the user exists, after \
+                          the same work (the user is looked up after the reply). An address gets at most 3 such \
+                          mails an hour (`--mail-per-recipient`): past that no link is sent and the earlier one \
+                          still works.",
             auth: Auth::Key,
             errors: &[400, 401, 404, 429, 503],
             ..op(Method::Get, "requestPasswordReset", "Request a password reset", |m| on(m, reset::request))

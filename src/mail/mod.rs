@@ -2,6 +2,11 @@
 //! folder when no SMTP server is configured). Messages are claimed for a
 //! lease, so replicas never send one twice; temporary failures are retried
 //! with backoff until the message is too old, then it is given up on.
+//!
+//! Before that it resolves the reminder and reset requests the anonymous
+//! routes stored: who they match is looked up here, in the background, so
+//! that the reply to the caller takes the same time either way; a match
+//! becomes mail (within the per-recipient limit), no match nothing.
 
 pub mod templates;
 
@@ -16,10 +21,19 @@ use tokio::sync::watch;
 use crate::crypto::Keyring;
 use crate::crypto::fields::{PROFILE_FIELD, RESET_TOKEN_FIELD, USERNAME_FIELD};
 use crate::pb;
-use crate::store::{OutboxMessage, Store};
+use crate::store::{AuditRecord, MailRequest, OutboxMessage, RecipientLimit, Store};
 pub use templates::Templates;
 
-/// The field a reset token is sealed as, bound to its outbox row.
+/// The kinds of mail, as requests and the outbox name them.
+pub const USERNAME_REMINDER: &str = "username_reminder";
+pub const PASSWORD_RESET: &str = "password_reset";
+
+/// The trail action of a request of this kind: the request's own record and
+/// its resolution's (one per user matched) share it.
+pub fn request_action(kind: &str) -> &'static str {
+    if kind == PASSWORD_RESET { "user.password_reset_request" } else { "user.forgot_username" }
+}
+
 const SWEEP_EVERY: Duration = Duration::from_secs(300);
 /// How long a claimed message is kept from other senders.
 const LEASE: Duration = Duration::from_secs(120);
@@ -74,6 +88,8 @@ pub struct Mailer {
     /// How long a reset link works, as the message says it.
     pub reset_minutes: u64,
     pub poll_every: Duration,
+    /// Reminders and reset links to one address, at most.
+    pub per_recipient: RecipientLimit,
 }
 
 enum Outcome {
@@ -98,20 +114,61 @@ impl Mailer {
                     Err(e) => tracing::warn!(error = %e, "sweep failed"),
                 }
             }
+            if *stop.borrow() {
+                return;
+            }
+            // A batch of each in turn: a flood of requests does not hold
+            // back the mail already queued.
+            let mut busy = false;
+            match self.store.claim_mail_requests(16, LEASE).await {
+                Ok(batch) => {
+                    busy |= !batch.is_empty();
+                    for r in batch {
+                        self.resolve(r).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "mail requests not reachable"),
+            }
             match self.store.claim_outbox(16, LEASE).await {
-                Ok(batch) if !batch.is_empty() => {
+                Ok(batch) => {
+                    busy |= !batch.is_empty();
                     for m in batch {
                         self.deliver(m).await;
                     }
-                    continue;
                 }
-                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "outbox not reachable"),
+            }
+            if busy {
+                continue;
             }
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 () = tokio::time::sleep(self.poll_every) => {}
             }
+        }
+    }
+
+    /// Turns a request into mail, or nothing. Whether it matched anyone is
+    /// neither logged nor answered: it would tell who is registered. A
+    /// request that fails stays leased and is tried again, until too old.
+    async fn resolve(&self, r: MailRequest) {
+        let age = (chrono::Utc::now() - r.created_at).to_std().unwrap_or_default();
+        if age >= self.give_up_after {
+            tracing::warn!(request = %r.id, attempts = r.attempts, "mail request given up after retrying");
+            if let Err(e) = self.store.drop_mail_request(r.id).await {
+                tracing::warn!(request = %r.id, error = %e, "mail request not dropped");
+            }
+            return;
+        }
+        let mut audit = AuditRecord::new(request_action(&r.kind), Some(r.app_id));
+        audit.request_id = r.request_id.clone();
+        match self.store.resolve_mail_request(&r, self.per_recipient, &audit).await {
+            Ok(done) => {
+                if done.limited > 0 {
+                    metrics::counter!("usersvc_mail_recipient_limited_total").increment(u64::from(done.limited));
+                }
+            }
+            Err(e) => tracing::warn!(request = %r.id, attempts = r.attempts, error = %e, "mail request not resolved"),
         }
     }
 

@@ -12,10 +12,11 @@ use super::error::{ServiceError, ServiceResult};
 use super::paging::{self, Tokens};
 use super::{Core, field_mask, profile, validate};
 use crate::auth::{Caller, SessionUser};
+use crate::mail;
 use crate::pb::{self, user_service_server::UserService};
 use crate::schema;
 use crate::store::{
-    EndSessions, NewReset, NewUser, Rehash, Relief, ResetCheck, SignInAttempt, ThrottleRule, UserChange,
+    EndSessions, NewMailRequest, NewReset, NewUser, Rehash, Relief, ResetCheck, SignInAttempt, ThrottleRule, UserChange,
 };
 
 /// How often an update re-reads and retries when another update of the same
@@ -336,11 +337,15 @@ impl UserSvc {
             return Err(ServiceError::Throttled(wait));
         }
         let bidx = core.email_index(app_id, &req.email).await?;
-        let record = core.record(ctx, "user.forgot_username", None, app_id).await;
-        // How many matched is neither logged nor answered: it would tell who
-        // is registered.
-        core.store.queue_username_reminders(app_id, &bidx, &record).await?;
-        Ok(())
+        let request = NewMailRequest {
+            id: Uuid::now_v7(),
+            app_id,
+            kind: mail::USERNAME_REMINDER.into(),
+            lookup_bidx: bidx,
+            reset: None,
+            request_id: None,
+        };
+        self.queue_mail(ctx, request).await
     }
 
     async fn list_groups(
@@ -464,17 +469,35 @@ impl UserSvc {
         if let Some(wait) = core.store.throttle_attempt(&keys).await? {
             return Err(ServiceError::Throttled(wait));
         }
+        // Minted and sealed for every request, matching or not, so that the
+        // reply waits for the same work; the sender keeps it for a match only.
         let token = crate::auth::secret::generate();
-        let outbox_id = Uuid::now_v7();
+        let id = Uuid::now_v7();
         let sealer = core.keyring.sealer(app_id).await.map_err(ServiceError::Crypto)?;
-        let reset = NewReset {
-            token_hash: crate::auth::secret::digest(token.expose_secret()),
-            outbox_id,
-            payload_ct: crate::crypto::fields::seal_reset_token(&sealer, outbox_id, token.expose_secret()),
-            lifetime: core.reset_lifetime,
+        let request = NewMailRequest {
+            id,
+            app_id,
+            kind: mail::PASSWORD_RESET.into(),
+            lookup_bidx: bidx,
+            reset: Some(NewReset {
+                token_hash: crate::auth::secret::digest(token.expose_secret()),
+                payload_ct: crate::crypto::fields::seal_reset_token(&sealer, id, token.expose_secret()),
+                lifetime: core.reset_lifetime,
+            }),
+            request_id: None,
         };
-        let record = core.record(ctx, "user.password_reset_request", None, app_id).await;
-        core.store.request_password_reset(app_id, &bidx, &reset, &record).await?;
+        self.queue_mail(ctx, request).await
+    }
+
+    /// Stores a reminder or reset request for the mail sender to resolve,
+    /// with its trail record (no subject: who it matches is not known yet),
+    /// and nothing else: the same statements, the same time, whether or not
+    /// the address or name is anyone's. The sender records whom it went to.
+    async fn queue_mail(&self, ctx: &Ctx, mut request: NewMailRequest) -> ServiceResult<()> {
+        let record = self.core.record(ctx, mail::request_action(&request.kind), None, request.app_id).await;
+        // The resolution's records carry the request's id as this one does.
+        request.request_id = record.request_id.clone();
+        self.core.store.queue_mail_request(&request, &record).await?;
         Ok(())
     }
 

@@ -152,7 +152,7 @@ pub trait Store:
     async fn migrate(&self) -> Result<()>;
 
     /// Deletes what has run out: sessions past their lifetime, reset tokens
-    /// past theirs, throttle counts long forgotten. Returns rows deleted.
+    /// past theirs, throttle counts and mail quotas long forgotten. Returns rows deleted.
     /// Deletes in batches of [`SWEEP_BATCH`], each committed on its own, so
     /// rows are gone even when a later batch fails.
     async fn sweep(&self) -> Result<u64>;

@@ -158,6 +158,7 @@ pub fn serve_args(database_url: String) -> ServeArgs {
             mail_give_up_after: Duration::from_secs(3600),
             reset_link_lifetime: Duration::from_secs(30 * 60),
             mail_poll_interval: Duration::from_millis(100),
+            mail_per_recipient: usersvc::config::parse_recipient_limit("3/h").unwrap(),
         },
         hash_concurrency: Some(2),
         min_password_length: 8,

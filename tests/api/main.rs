@@ -13,6 +13,7 @@ mod http_gateway;
 mod import;
 mod listing;
 mod mail;
+mod mail_routes;
 mod merge_patch;
 mod openapi;
 mod operations;

@@ -1,6 +1,8 @@
 //! The SMTP server is down while reminders and reset links are asked for:
 //! the requests are answered at once, the outbox keeps the mail, and once
-//! the server is back every message arrives within the retry cap.
+//! the server is back every message arrives within the retry cap. And serve
+//! killed between the reply and the mail: the request is durable, and the
+//! mail goes after the restart.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +10,7 @@ use serde_json::json;
 
 use crate::cluster::free_port;
 use crate::server::{Serve, create_app, long, sqlite_url};
-use crate::smtp_sink::SmtpSink;
+use crate::smtp_sink::{SmtpSink, text_part};
 
 /// The longest wait between two attempts (src/mail: RETRY_CAP), plus the
 /// poll interval and a margin for a loaded machine.
@@ -78,4 +80,61 @@ async fn mail_goes_out_once_the_smtp_server_is_back() {
     assert!(took <= DELIVERED_WITHIN);
     let retried = s.log_text().matches("mail will be retried").count();
     assert!(retried >= expected, "the sender retried while the server was down ({retried} retries logged)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_answered_before_a_kill_is_mailed_after_the_restart() {
+    let sink = SmtpSink::start().await;
+    let db = sqlite_url();
+    let (app_id, key) = create_app(&db);
+    // The sender looks for work when it starts, then not for an hour: the
+    // kill comes after the replies and before any mail.
+    let s = Serve::start(&db, &["--smtp-url", &sink.url(), "--mail-poll-interval", "1h"]).await;
+    let http = reqwest::Client::new();
+    let res = http
+        .post(s.url("/v2/users"))
+        .header("X-Api-Key", &key)
+        .json(&json!({"username": "durable", "password": "correct horse battery",
+                      "email": {"primary": "durable@example.org"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res =
+        http.get(s.url(&format!("/v2/{app_id}/reset/user/durable"))).header("X-Api-Key", &key).send().await.unwrap();
+    assert_eq!((res.status().as_u16(), res.text().await.unwrap()), (200, "{}".to_owned()));
+    let res = http
+        .post(s.url("/v2/users/forgotUsername"))
+        .header("X-Api-Key", &key)
+        .json(&json!({"email": "durable@example.org"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((res.status().as_u16(), res.text().await.unwrap()), (200, "{}".to_owned()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sink.received().is_empty(), "no mail before the kill");
+
+    s.kill9();
+    let killed = Instant::now();
+    s.restart().await;
+    let got = sink.wait_for(2, 20).await;
+    let took = killed.elapsed();
+    eprintln!("FIGURES mail after kill -9: {} of 2 messages {:.1} s after the kill", got.len(), took.as_secs_f64());
+    let to: Vec<&str> = got.iter().flat_map(|m| m.rcpt.iter().map(String::as_str)).collect();
+    assert_eq!(to, ["durable@example.org"; 2], "the reminder and the reset link, once each");
+    let reset = got.iter().map(|m| text_part(&m.data)).find(|t| t.contains("/v2/reset/")).expect("the reset link");
+    let link = reset[reset.find("http://").unwrap()..].split_whitespace().next().unwrap().to_owned();
+    let form = http.get(&link).send().await.unwrap();
+    assert_eq!(form.status(), 200, "the link works");
+    let res = http.post(&link).form(&[("password", "a new password"), ("confirm", "a new password")]).send().await;
+    assert_eq!(res.unwrap().status(), 200);
+    let res = http
+        .post(s.url("/v2/auth/signin"))
+        .header("X-Api-Key", &key)
+        .json(&json!({"username": "durable", "password": "a new password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "signed in with the new password");
+    s.assert_no_panic();
 }

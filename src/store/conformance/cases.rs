@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{DAY_US, HOUR, Under, chain_is_whole, change, key, new_app, new_user, session};
+use super::{DAY_US, Db, HOUR, Under, chain_is_whole, change, key, new_app, new_user, session};
 use crate::store::trail::record::{AuditRecord, GENESIS};
 use crate::store::*;
 
@@ -294,15 +294,84 @@ pub async fn the_trail_chains_and_is_append_only(u: &Under) {
     assert_eq!(chain_is_whole(s).await.len(), 6);
 }
 
+/// At most 3 mails per address an hour, as by default.
+const THREE_AN_HOUR: RecipientLimit = RecipientLimit { max: 3, window: HOUR };
+
+fn reminder_request(app_id: Uuid, email_bidx: &[u8]) -> NewMailRequest {
+    NewMailRequest {
+        id: Uuid::now_v7(),
+        app_id,
+        kind: "username_reminder".into(),
+        lookup_bidx: email_bidx.to_vec(),
+        reset: None,
+        request_id: Some("req-1".into()),
+    }
+}
+
+fn reset_request(app_id: Uuid, username_bidx: &[u8], token: &str) -> NewMailRequest {
+    NewMailRequest {
+        id: Uuid::now_v7(),
+        app_id,
+        kind: "password_reset".into(),
+        lookup_bidx: username_bidx.to_vec(),
+        reset: Some(NewReset { token_hash: token.as_bytes().to_vec(), payload_ct: b"sealed".to_vec(), lifetime: HOUR }),
+        request_id: Some("req-1".into()),
+    }
+}
+
+fn request_audit(r: &NewMailRequest) -> AuditRecord {
+    AuditRecord::new(&format!("request.{}", r.kind), Some(r.app_id))
+}
+
+/// Stores a request, then claims and resolves every request due, as the
+/// mail sender does; what they did, together.
+async fn ask(s: &dyn Store, r: NewMailRequest) -> Resolved {
+    s.queue_mail_request(&r, &request_audit(&r)).await.unwrap();
+    resolve_all(s).await
+}
+
+async fn resolve_all(s: &dyn Store) -> Resolved {
+    let mut all = Resolved::default();
+    for c in s.claim_mail_requests(100, HOUR).await.unwrap() {
+        let mut audit = AuditRecord::new(&format!("resolved.{}", c.kind), Some(c.app_id));
+        audit.request_id = c.request_id.clone();
+        let done = s.resolve_mail_request(&c, THREE_AN_HOUR, &audit).await.unwrap();
+        all.queued += done.queued;
+        all.limited += done.limited;
+    }
+    all
+}
+
+const fn resolved(queued: u32, limited: u32) -> Resolved {
+    Resolved { queued, limited }
+}
+
 pub async fn outbox_and_password_reset(u: &Under) {
     let s = u.store.as_ref();
     let f = new_app(s, "mail app").await;
     let nu = new_user(&f, "frank");
     s.create_user(nu.clone(), Some(session("tok-f")), &[]).await.unwrap();
 
-    let audit = AuditRecord::new("user.forgot_username", Some(f.app.id));
-    assert_eq!(s.queue_username_reminders(f.app.id, b"mail:frank", &audit).await.unwrap(), 1);
-    assert_eq!(s.queue_username_reminders(f.app.id, b"mail:nobody", &audit).await.unwrap(), 0);
+    // A request stores what it looks up by and nothing else, until resolved.
+    let r = reminder_request(f.app.id, b"mail:frank");
+    s.queue_mail_request(&r, &request_audit(&r)).await.unwrap();
+    assert_eq!(u.db.count("SELECT count(*) FROM mail_requests").await, 1);
+    assert_eq!(u.db.count("SELECT count(*) FROM outbox").await, 0, "no mail before it is resolved");
+    let claimed = s.claim_mail_requests(10, HOUR).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let c = &claimed[0];
+    assert_eq!(
+        (c.id, c.kind.as_str(), c.lookup_bidx.as_slice(), c.attempts),
+        (r.id, "username_reminder", &b"mail:frank"[..], 1)
+    );
+    assert_eq!((c.token_hash.is_none(), c.expires_at.is_none(), c.request_id.as_deref()), (true, true, Some("req-1")));
+    assert!(s.claim_mail_requests(10, HOUR).await.unwrap().is_empty(), "claimed requests are leased");
+    let audit = AuditRecord::new("resolved", Some(f.app.id));
+    assert_eq!(s.resolve_mail_request(c, THREE_AN_HOUR, &audit).await.unwrap(), resolved(1, 0));
+    assert_eq!(s.resolve_mail_request(c, THREE_AN_HOUR, &audit).await.unwrap(), resolved(0, 0), "resolved once");
+    assert_eq!(u.db.count("SELECT count(*) FROM mail_requests").await, 0);
+    assert_eq!(ask(s, reminder_request(f.app.id, b"mail:nobody")).await, resolved(0, 0));
+
     let claimed = s.claim_outbox(10, HOUR).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let m = &claimed[0];
@@ -317,26 +386,43 @@ pub async fn outbox_and_password_reset(u: &Under) {
     let r = s.mail_recipient(f.app.id, nu.id).await.unwrap().unwrap();
     assert_eq!((r.app_name.as_str(), r.username_ct), ("mail app", b"ct:frank".to_vec()));
 
-    // A reset for nobody stores nothing but its trail record.
-    let reset = |token: &str| NewReset {
-        token_hash: token.as_bytes().to_vec(),
-        outbox_id: Uuid::now_v7(),
-        payload_ct: b"sealed".to_vec(),
-        lifetime: HOUR,
-    };
-    let ra = || AuditRecord::new("user.reset_request", Some(f.app.id));
-    assert_eq!(s.request_password_reset(f.app.id, b"nobody", &reset("t0"), &ra()).await.unwrap(), None);
+    // A reset for nobody stores nothing once resolved.
+    assert_eq!(ask(s, reset_request(f.app.id, b"nobody", "t0")).await, resolved(0, 0));
     assert_eq!(s.reset_password(b"t0", None).await.unwrap(), ResetCheck::Unknown);
-    // A second request voids the first token.
-    let first = reset("t1");
-    assert_eq!(s.request_password_reset(f.app.id, b"frank", &first, &ra()).await.unwrap(), Some(nu.id));
-    assert_eq!(s.request_password_reset(f.app.id, b"frank", &reset("t2"), &ra()).await.unwrap(), Some(nu.id));
+    // A second request voids the first token; each mail has its request's id.
+    let (first, second) = (reset_request(f.app.id, b"frank", "t1"), reset_request(f.app.id, b"frank", "t2"));
+    let ids = [first.id, second.id];
+    assert_eq!(ask(s, first).await, resolved(1, 0));
+    assert_eq!(ask(s, second).await, resolved(1, 0));
     assert_eq!(s.reset_password(b"t1", None).await.unwrap(), ResetCheck::Unknown);
     let live = ResetCheck::Live { app_id: f.app.id, user_id: nu.id };
     assert_eq!(s.reset_password(b"t2", None).await.unwrap(), live);
-    let mails = s.claim_outbox(10, HOUR).await.unwrap();
-    assert_eq!(mails.len(), 2);
+    let mut mails = s.claim_outbox(10, HOUR).await.unwrap();
+    mails.sort_by_key(|m| m.id);
+    assert_eq!(mails.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
     assert!(mails.iter().all(|m| m.kind == "password_reset" && m.payload_ct.as_deref() == Some(b"sealed")));
+    // The lifetime counts from the request.
+    let lifetime_s = match &u.db {
+        Db::Sqlite(_) => {
+            "SELECT (p.expires_at - o.created_at) / 1000000 FROM password_resets p JOIN outbox o ON o.user_id = p.user_id AND o.kind = 'password_reset' ORDER BY o.created_at DESC LIMIT 1"
+        }
+        Db::Postgres(_) => {
+            "SELECT extract(epoch FROM p.expires_at - o.created_at)::int8 FROM password_resets p JOIN outbox o ON o.user_id = p.user_id AND o.kind = 'password_reset' ORDER BY o.created_at DESC LIMIT 1"
+        }
+    };
+    assert!((3595..=3600).contains(&u.db.count(lifetime_s).await));
+
+    // Three mails went to frank's address this hour: a fourth request is
+    // recorded, and neither mails nor voids the live link.
+    assert_eq!(ask(s, reset_request(f.app.id, b"frank", "t3")).await, resolved(0, 1));
+    assert_eq!(ask(s, reminder_request(f.app.id, b"mail:frank")).await, resolved(0, 1));
+    assert_eq!(s.reset_password(b"t3", None).await.unwrap(), ResetCheck::Unknown);
+    assert_eq!(s.reset_password(b"t2", None).await.unwrap(), live);
+    assert!(s.claim_outbox(10, Duration::ZERO).await.unwrap().is_empty());
+    // An hour later the window is new.
+    u.db.run(&format!("UPDATE mail_quotas SET window_start = {}", u.db.ago(2 * 3_600_000_000))).await.unwrap();
+    assert_eq!(ask(s, reminder_request(f.app.id, b"mail:frank")).await, resolved(1, 0));
+    assert_eq!(u.db.count("SELECT count(*) FROM mail_quotas WHERE sent = 1").await, 1);
 
     let done = AuditRecord::new("user.reset_password", None);
     assert_eq!(s.reset_password(b"t2", Some(("hash-new", &done))).await.unwrap(), live);
@@ -346,28 +432,81 @@ pub async fn outbox_and_password_reset(u: &Under) {
     assert_eq!(s.credentials(f.app.id, b"frank").await.unwrap().unwrap().password_hash, "hash-new");
     assert!(s.list_sessions(f.app.id, nu.id, HOUR, None, 100).await.unwrap().is_empty(), "every session ended");
 
+    // Another user (another address). Two requests resolved out of order:
+    // the older one is not issued after the newer.
+    let fay = new_user(&f, "fay");
+    s.create_user(fay.clone(), None, &[]).await.unwrap();
+    for (name, token) in [("fay", "t5"), ("fay", "t6")] {
+        let r = reset_request(f.app.id, name.as_bytes(), token);
+        s.queue_mail_request(&r, &request_audit(&r)).await.unwrap();
+    }
+    let both = s.claim_mail_requests(10, HOUR).await.unwrap();
+    assert_eq!(
+        both.iter().map(|r| r.token_hash.clone().unwrap()).collect::<Vec<_>>(),
+        [b"t5".to_vec(), b"t6".to_vec()]
+    );
+    let audit = AuditRecord::new("resolved", Some(f.app.id));
+    assert_eq!(s.resolve_mail_request(&both[1], THREE_AN_HOUR, &audit).await.unwrap(), resolved(1, 0));
+    assert_eq!(s.resolve_mail_request(&both[0], THREE_AN_HOUR, &audit).await.unwrap(), resolved(0, 0));
+    let fay_live = ResetCheck::Live { app_id: f.app.id, user_id: fay.id };
+    assert_eq!(s.reset_password(b"t6", None).await.unwrap(), fay_live);
+    assert_eq!(s.reset_password(b"t5", None).await.unwrap(), ResetCheck::Unknown);
+
+    // A request that expired before it was resolved issues nothing.
+    let r = reset_request(f.app.id, b"fay", "t7");
+    s.queue_mail_request(&r, &request_audit(&r)).await.unwrap();
+    u.db.run(&format!("UPDATE mail_requests SET expires_at = {}", u.db.ago(1))).await.unwrap();
+    assert_eq!(resolve_all(s).await, resolved(0, 0));
+    assert_eq!(s.reset_password(b"t6", None).await.unwrap(), fay_live, "nor voids the live one");
+    // One never resolved can be dropped.
+    let r = reminder_request(f.app.id, b"mail:fay");
+    s.queue_mail_request(&r, &request_audit(&r)).await.unwrap();
+    s.drop_mail_request(r.id).await.unwrap();
+    assert!(s.claim_mail_requests(10, HOUR).await.unwrap().is_empty());
+
     // An expired token is reported once, then gone.
-    s.request_password_reset(f.app.id, b"frank", &reset("t3"), &ra()).await.unwrap();
     u.db.run(&format!("UPDATE password_resets SET expires_at = {}", u.db.ago(1))).await.unwrap();
-    assert_eq!(s.reset_password(b"t3", None).await.unwrap(), ResetCheck::Expired);
-    assert_eq!(s.reset_password(b"t3", None).await.unwrap(), ResetCheck::Unknown);
+    assert_eq!(s.reset_password(b"t6", None).await.unwrap(), ResetCheck::Expired);
+    assert_eq!(s.reset_password(b"t6", None).await.unwrap(), ResetCheck::Unknown);
 
     // An inactive user gets no token.
-    let mut c = change(2, f.data_key.id);
+    let mut c = change(1, f.data_key.id);
     c.active = false;
-    s.update_user(f.app.id, nu.id, c, &[]).await.unwrap().unwrap();
-    assert_eq!(s.request_password_reset(f.app.id, b"frank", &reset("t4"), &ra()).await.unwrap(), None);
+    s.update_user(f.app.id, fay.id, c, &[]).await.unwrap().unwrap();
+    assert_eq!(ask(s, reset_request(f.app.id, b"fay", "t8")).await, resolved(0, 0));
+    assert_eq!(s.reset_password(b"t8", None).await.unwrap(), ResetCheck::Unknown);
 
+    // Every request is recorded as asked, with no subject; each user it
+    // reached once more, naming them (throttled when held back).
     let trail = chain_is_whole(s).await;
-    let requests: Vec<_> = trail.iter().filter(|r| r.record.action == "user.reset_request").collect();
-    assert_eq!(requests.len(), 5);
-    assert_eq!(requests[0].record.subject_id, None);
-    assert_eq!(requests[1].record.subject_id, Some(nu.id));
+    let asked = trail.iter().filter(|r| r.record.action.starts_with("request.")).collect::<Vec<_>>();
+    assert_eq!(asked.len(), 13);
+    assert!(asked.iter().all(|r| r.record.subject_id.is_none()));
+    let reached = trail.iter().filter(|r| r.record.action.starts_with("resolved")).collect::<Vec<_>>();
+    let outcomes =
+        reached.iter().map(|r| (r.record.subject_id == Some(nu.id), r.record.outcome.as_str())).collect::<Vec<_>>();
+    assert_eq!(
+        outcomes,
+        [
+            (true, "ok"),
+            (true, "ok"),
+            (true, "ok"),
+            (true, "throttled"),
+            (true, "throttled"),
+            (true, "ok"),
+            (false, "ok")
+        ]
+    );
+    // Those resolved as the sender does carry the request's id.
+    let by_sender = reached.iter().filter(|r| r.record.action.starts_with("resolved.")).collect::<Vec<_>>();
+    assert_eq!(by_sender.len(), 5);
+    assert!(by_sender.iter().all(|r| r.record.request_id.as_deref() == Some("req-1")));
     let reset_done = trail.iter().find(|r| r.record.action == "user.reset_password").unwrap();
     assert_eq!((reset_done.record.app_id, reset_done.record.subject_id), (Some(f.app.id), Some(nu.id)));
 
     // Deleting the user takes its queued mail.
     s.delete_user(f.app.id, nu.id, &AuditRecord::new("user.delete", None)).await.unwrap();
+    s.delete_user(f.app.id, fay.id, &AuditRecord::new("user.delete", None)).await.unwrap();
     assert_eq!(u.db.count("SELECT count(*) FROM outbox").await, 0);
 }
 
@@ -378,11 +517,21 @@ pub async fn sweep_deletes_what_ran_out(u: &Under) {
     let short = NewSession { max_age: Duration::ZERO, ..session("gone") };
     s.create_user(nu.clone(), Some(short), &[]).await.unwrap();
     s.create_session(f.app.id, nu.id, session("stays"), Relief::default(), &AuditRecord::new("x", None)).await.unwrap();
-    let reset =
-        NewReset { token_hash: b"r".to_vec(), outbox_id: Uuid::now_v7(), payload_ct: vec![], lifetime: Duration::ZERO };
-    s.request_password_reset(f.app.id, b"gina", &reset, &AuditRecord::new("x", None)).await.unwrap();
+    assert_eq!(ask(s, reset_request(f.app.id, b"gina", "r")).await, resolved(1, 0));
+    u.db.run(&format!("UPDATE password_resets SET expires_at = {}", u.db.ago(1))).await.unwrap();
+    // A mail quota a day old goes; this hour's stays.
+    assert_eq!(ask(s, reminder_request(f.app.id, b"mail:gina")).await, resolved(1, 0));
+    let dana = new_user(&f, "dana");
+    s.create_user(dana, None, &[]).await.unwrap();
+    assert_eq!(ask(s, reminder_request(f.app.id, b"mail:dana")).await, resolved(1, 0));
+    let older = format!(
+        "UPDATE mail_quotas SET window_start = {} WHERE window_start = (SELECT max(window_start) FROM mail_quotas)",
+        u.db.ago(DAY_US + 1)
+    );
+    assert_eq!(u.db.run(&older).await, Ok(1));
     tokio::time::sleep(Duration::from_millis(2)).await;
-    assert_eq!(s.sweep().await.unwrap(), 2);
+    assert_eq!(s.sweep().await.unwrap(), 3);
+    assert_eq!(u.db.count("SELECT count(*) FROM mail_quotas").await, 1);
     assert_eq!(s.list_sessions(f.app.id, nu.id, HOUR, None, 100).await.unwrap().len(), 1);
     // A huge lifetime is kept within range.
     let forever = NewSession { max_age: Duration::MAX, ..session("forever") };
@@ -615,8 +764,10 @@ pub async fn claims_of_one_outbox_message(u: &Under) {
     let f = new_app(s.as_ref(), "claims").await;
     for name in ["lee", "max", "ned"] {
         s.create_user(new_user(&f, name), None, &[]).await.unwrap();
-        let audit = AuditRecord::new("user.forgot_username", Some(f.app.id));
-        assert_eq!(s.queue_username_reminders(f.app.id, format!("mail:{name}").as_bytes(), &audit).await.unwrap(), 1);
+        assert_eq!(
+            ask(s.as_ref(), reminder_request(f.app.id, format!("mail:{name}").as_bytes())).await,
+            resolved(1, 0)
+        );
     }
     let senders: Vec<_> = (0..6)
         .map(|_| {

@@ -192,6 +192,10 @@ impl Store for PgStore {
                      AND (blocked_until IS NULL OR blocked_until < now())
                  ORDER BY last_failure LIMIT $1))
              AND last_failure < now() - interval '1 day' AND (blocked_until IS NULL OR blocked_until < now())",
+            "DELETE FROM mail_quotas WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM mail_quotas WHERE window_start < now() - interval '1 day'
+                 ORDER BY window_start LIMIT $1))
+             AND window_start < now() - interval '1 day'",
         ] {
             loop {
                 let done = sqlx::query(sql).bind(SWEEP_BATCH).execute(&self.pool).await?.rows_affected();

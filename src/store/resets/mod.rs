@@ -1,4 +1,5 @@
-//! Password resets: single-use reset tokens (their digests) and the mail that carries them. The trait, and its PostgreSQL and SQLite
+//! Password resets: single-use reset tokens (their digests); issued when
+//! the mail sender resolves a request (see the outbox). The trait, and its PostgreSQL and SQLite
 //! implementations beside it.
 
 mod postgres;
@@ -10,13 +11,13 @@ use uuid::Uuid;
 use crate::store::Result;
 use crate::store::trail::record::AuditRecord;
 
-/// A new reset token and the mail that carries it.
+/// A new reset token, as its request carries it until resolved.
 #[derive(Debug, Clone)]
 pub struct NewReset {
     pub token_hash: Vec<u8>,
-    pub outbox_id: Uuid,
-    /// The token, sealed to the outbox row.
+    /// The token, sealed to the request's id (its mail's).
     pub payload_ct: Vec<u8>,
+    /// Counted from the request.
     pub lifetime: std::time::Duration,
 }
 
@@ -33,17 +34,6 @@ pub enum ResetCheck {
 
 #[async_trait]
 pub trait ResetStore: Send + Sync {
-    /// Issues a reset token for the active user with this username, voiding
-    /// their earlier ones, and queues its mail. The same statements run
-    /// whether or not the user exists. Returns the user, if any.
-    async fn request_password_reset(
-        &self,
-        app_id: Uuid,
-        username_bidx: &[u8],
-        reset: &NewReset,
-        audit: &AuditRecord,
-    ) -> Result<Option<Uuid>>;
-
     /// Checks a reset token; with a new password hash (and its trail
     /// record), uses it up: sets the password, voids every token and ends
     /// every session of the user.

@@ -7,42 +7,10 @@ use uuid::Uuid;
 use crate::store::postgres::{PgStore, now_seconds};
 use crate::store::trail::postgres::{self as pg_audit};
 use crate::store::trail::record::AuditRecord;
-use crate::store::{NewReset, ResetCheck, ResetStore, Result};
+use crate::store::{ResetCheck, ResetStore, Result};
 
 #[async_trait]
 impl ResetStore for PgStore {
-    async fn request_password_reset(
-        &self,
-        app_id: Uuid,
-        username_bidx: &[u8],
-        reset: &NewReset,
-        audit: &AuditRecord,
-    ) -> Result<Option<Uuid>> {
-        let mut tx = self.pool.begin().await?;
-        let user: Option<Uuid> = sqlx::query_scalar(
-            "WITH u AS (SELECT id FROM users WHERE app_id = $1 AND username_bidx = $2 AND active),
-                  void AS (DELETE FROM password_resets WHERE user_id IN (SELECT id FROM u)),
-                  token AS (INSERT INTO password_resets (token_hash, app_id, user_id, expires_at)
-                            SELECT $3, $1, id, now() + make_interval(secs => $6) FROM u),
-                  mail AS (INSERT INTO outbox (id, app_id, user_id, kind, payload_ct)
-                           SELECT $4, $1, id, 'password_reset', $5 FROM u)
-             SELECT id FROM u",
-        )
-        .bind(app_id)
-        .bind(username_bidx)
-        .bind(&reset.token_hash)
-        .bind(reset.outbox_id)
-        .bind(&reset.payload_ct)
-        .bind(reset.lifetime.as_secs_f64())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let mut audit = audit.clone();
-        audit.subject_id = user;
-        pg_audit::append(&mut *tx, &[audit]).await?;
-        tx.commit().await?;
-        Ok(user)
-    }
-
     async fn reset_password(
         &self,
         token_hash: &[u8],

@@ -4,58 +4,12 @@ use async_trait::async_trait;
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::store::sqlite::{BEGIN, RESET_USER, SqliteStore, append_in, later, now_seconds, now_us, us};
+use crate::store::sqlite::{BEGIN, SqliteStore, append_in, now_seconds, now_us, us};
 use crate::store::trail::record::AuditRecord;
-use crate::store::{NewReset, ResetCheck, ResetStore, Result};
+use crate::store::{ResetCheck, ResetStore, Result};
 
 #[async_trait]
 impl ResetStore for SqliteStore {
-    async fn request_password_reset(
-        &self,
-        app_id: Uuid,
-        username_bidx: &[u8],
-        reset: &NewReset,
-        audit: &AuditRecord,
-    ) -> Result<Option<Uuid>> {
-        let mut tx = self.pool.begin_with(BEGIN).await?;
-        let now = now_us();
-        // The same four statements run whether or not there is such a user:
-        // each of the last three selects it again and does nothing without it.
-        let user: Option<Uuid> =
-            sqlx::query_scalar(RESET_USER).bind(app_id).bind(username_bidx).fetch_optional(&mut *tx).await?;
-        sqlx::query(&format!("DELETE FROM password_resets WHERE user_id IN ({RESET_USER})"))
-            .bind(app_id)
-            .bind(username_bidx)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&format!(
-            "INSERT INTO password_resets (token_hash, app_id, user_id, expires_at)
-             SELECT ?3, ?1, id, ?4 FROM ({RESET_USER})"
-        ))
-        .bind(app_id)
-        .bind(username_bidx)
-        .bind(&reset.token_hash)
-        .bind(later(now, reset.lifetime))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(&format!(
-            "INSERT INTO outbox (id, app_id, user_id, kind, payload_ct, created_at, next_attempt_at)
-             SELECT ?3, ?1, id, 'password_reset', ?4, ?5, ?5 FROM ({RESET_USER})"
-        ))
-        .bind(app_id)
-        .bind(username_bidx)
-        .bind(reset.outbox_id)
-        .bind(&reset.payload_ct)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let mut audit = audit.clone();
-        audit.subject_id = user;
-        append_in(&mut tx, &[audit]).await?;
-        tx.commit().await?;
-        Ok(user)
-    }
-
     async fn reset_password(
         &self,
         token_hash: &[u8],

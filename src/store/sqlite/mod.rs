@@ -74,10 +74,6 @@ fn in_memory(url: &str) -> bool {
 pub(in crate::store) const USER_COLUMNS: &str =
     "id, app_id, profile_ct, active, supervisor, version, created_at, updated_at";
 
-/// The users that a reset request names: the active user with the username.
-pub(in crate::store) const RESET_USER: &str =
-    "SELECT id FROM users WHERE app_id = ?1 AND username_bidx = ?2 AND active";
-
 /// A time as stored: microseconds since the epoch.
 pub(in crate::store) fn us(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -290,6 +286,8 @@ impl Store for SqliteStore {
             "DELETE FROM throttles WHERE rowid IN (SELECT rowid FROM throttles
                  WHERE last_failure < ?2 AND (blocked_until IS NULL OR blocked_until < ?1)
                  ORDER BY last_failure LIMIT ?3)",
+            "DELETE FROM mail_quotas WHERE rowid IN (SELECT rowid FROM mail_quotas
+                 WHERE window_start < ?2 ORDER BY window_start LIMIT ?3)",
         ] {
             loop {
                 // A statement without ?2 ignores the second value.
