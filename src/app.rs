@@ -88,7 +88,6 @@ impl Application {
             keyring,
             trail,
             min_password_chars: args.min_password_length,
-            trusted_gateways: args.trusted_gateways.clone(),
             reset_lifetime: args.mail.reset_link_lifetime,
         });
         let (users, groups) = services(core);
@@ -106,6 +105,7 @@ impl Application {
         let http_listener = TcpListener::bind(args.http_addr).await?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
+        let trusted = args.trusted_proxies();
 
         let limits = &args.limits;
         let mut grpc_server = tonic::transport::Server::builder();
@@ -118,6 +118,7 @@ impl Application {
                 .timeout(limits.request_timeout)
                 .concurrency_limit_per_connection(limits.grpc_concurrency_per_connection)
                 .http2_keepalive_interval(Some(GRPC_KEEPALIVE))
+                .layer(crate::edge::GrpcEdgeLayer(trusted.clone()))
                 .layer(crate::observe::GrpcObserveLayer)
                 .add_service(health.clone())
                 .add_service(reflection)
@@ -129,7 +130,7 @@ impl Application {
                 ),
         );
 
-        let gateway = Gateway::in_process(users, groups, Routes::new(health));
+        let gateway = Gateway::in_process(users, groups, Routes::new(health)).trusting(trusted);
         let router = gateway::router(gateway, &args.gateway.cors_origins)
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,

@@ -123,11 +123,10 @@ pub struct ServeArgs {
     /// Password hashes computed at once (default: the number of cores).
     #[arg(long, env = "USERSVC_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,
-    /// Standalone gateways (`usersvc gateway`) whose forwarded client
-    /// address is believed, comma-separated IPs. Others are taken at the
-    /// address they connect from.
-    #[arg(long, env = "USERSVC_TRUSTED_GATEWAYS", value_delimiter = ',')]
-    pub trusted_gateways: Vec<std::net::IpAddr>,
+    /// Deprecated: standalone gateways whose forwarded client address is
+    /// believed; now entries of --trusted-proxies (and added to them).
+    #[arg(long, env = "USERSVC_TRUSTED_GATEWAYS", value_delimiter = ',', value_parser = crate::edge::parse_net, hide = true)]
+    pub trusted_gateways: Vec<ipnet::IpNet>,
     /// Shortest password accepted.
     #[arg(long, env = "USERSVC_MIN_PASSWORD_LENGTH", default_value_t = 8)]
     pub min_password_length: usize,
@@ -231,6 +230,22 @@ pub struct GatewayArgs {
     /// (e.g. https://app.example.com); `*` allows any. Default: none.
     #[arg(long, env = "USERSVC_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Load balancers and proxies whose word on the client's address is
+    /// believed, comma-separated CIDR networks or addresses (e.g.
+    /// 10.0.0.0/8,192.0.2.7). From them the client is the rightmost
+    /// address of `Forwarded` (or, without one, `X-Forwarded-For`) that is
+    /// not itself theirs; standalone gateways among them are believed on
+    /// `x-client-addr` (gRPC). Anyone else is taken at the address they
+    /// connect from, whatever they send.
+    #[arg(long, env = "USERSVC_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::edge::parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl ServeArgs {
+    /// --trusted-proxies and the deprecated --trusted-gateways, as one.
+    pub fn trusted_proxies(&self) -> crate::edge::TrustedProxies {
+        crate::edge::TrustedProxies::new(self.gateway.trusted_proxies.iter().chain(&self.trusted_gateways).copied())
+    }
 }
 
 /// Bare bytes, or `512KiB`, `64MiB`, `1GiB` (powers of 1024: `MB` would

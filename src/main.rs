@@ -406,7 +406,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => Application::start(&args).await?.wait().await?,
         Command::Gateway { grpc_upstream, upstream_tls, http_addr, gateway: gw } => {
             let channel = usersvc::tls::upstream_channel(&grpc_upstream, &upstream_tls)?;
-            let router = gateway::router(Gateway::remote(channel), &gw.cors_origins);
+            let gw_state = Gateway::remote(channel).trusting(usersvc::edge::TrustedProxies::new(gw.trusted_proxies));
+            let router = gateway::router(gw_state, &gw.cors_origins);
             let listener = tokio::net::TcpListener::bind(http_addr).await?;
             tracing::info!(http_addr = %listener.local_addr()?, "usersvc gateway serving");
             app::serve_http(listener, router, app::signal()).await?;

@@ -71,9 +71,13 @@ impl UserSvc {
         Err(ServiceError::Hidden { exists })
     }
 
-    /// The throttle key of a client address within an application.
+    /// The throttle key of a client address within an application: an
+    /// IPv6 client counts by its /64 (see [`crate::edge::throttle_scope`]).
     fn address_key(&self, kind: &str, app_id: Uuid, ip: Option<IpAddr>) -> Option<Vec<u8>> {
-        ip.map(|ip| [app_id.as_bytes().as_slice(), &self.core.keyring.global_index(kind, &ip.to_string())].concat())
+        ip.map(|ip| {
+            let scope = crate::edge::throttle_scope(ip);
+            [app_id.as_bytes().as_slice(), &self.core.keyring.global_index(kind, &scope)].concat()
+        })
     }
 
     /// Records a refused read or change, so attempts show in the trail too.

@@ -148,7 +148,7 @@ pub fn serve_args(database_url: String) -> ServeArgs {
             session_idle_timeout: Duration::from_secs(1800),
             session_max_age: Duration::from_secs(12 * 3600),
         },
-        gateway: GatewayArgs { cors_origins: vec![] },
+        gateway: GatewayArgs { cors_origins: vec![], trusted_proxies: vec![] },
         mail: MailArgs {
             smtp_url: None,
             mail_from: "usersvc tests <no-reply@usersvc.test>".into(),

@@ -111,6 +111,9 @@ fn logs_carry_no_pii_passwords_or_tokens_at_any_level() {
         .args(["serve", "--log-format", "json", "--database-url", &db])
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}"), "--http-addr", &format!("127.0.0.1:{http}")])
         .args(["--mail-dir", &dir.join("mail").display().to_string()])
+        // The client's address comes from a trusted proxy's header: it must
+        // not reach the logs either.
+        .args(["--trusted-proxies", "127.0.0.1"])
         .env("RUST_LOG", "trace")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -119,7 +122,11 @@ fn logs_carry_no_pii_passwords_or_tokens_at_any_level() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let secrets: Vec<String> = rt.block_on(async {
         let base = format!("http://127.0.0.1:{http}");
-        let c = reqwest::Client::new();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.77".parse().unwrap());
+        // Too long to keep: neither in the trail nor in the logs.
+        headers.insert("x-request-id", "Overlong".repeat(10).parse().unwrap());
+        let c = reqwest::Client::builder().default_headers(headers).build().unwrap();
         for _ in 0..100 {
             if c.get(format!("{base}/healthz")).send().await.is_ok() {
                 break;
@@ -171,8 +178,20 @@ fn logs_carry_no_pii_passwords_or_tokens_at_any_level() {
             .send()
             .await
             .unwrap();
+        // A connection whose own address (with its port) is known.
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", http)).await.unwrap();
+        let peer = raw.local_addr().unwrap().to_string();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut raw,
+            b"POST /v2/auth/signin HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+        let mut reply = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut reply).await.unwrap();
+        assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 "));
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        vec![token, key.clone()]
+        vec![token, key.clone(), "203.0.113.77".into(), "Overlong".into(), peer]
     });
     let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
     let mut logs = String::new();
