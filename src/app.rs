@@ -22,6 +22,8 @@ const GRPC_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
 pub struct Application {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The management port (`/metrics`, `/healthz`, `/readyz`), if served.
+    pub admin_addr: Option<SocketAddr>,
     pub store: Arc<dyn Store>,
     /// The database itself (tests look into it).
     pub pool: Pool,
@@ -39,6 +41,7 @@ pub struct Application {
     mrn_task: JoinHandle<()>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
+    admin: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 /// The two services, shared by the gRPC server and the in-process gateway.
@@ -105,6 +108,11 @@ impl Application {
         let http_listener = TcpListener::bind(args.http_addr).await?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
+        let admin_listener = match args.admin_addr.0 {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("--admin-addr {addr}"))?),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
         let trusted = args.trusted_proxies();
 
         let limits = &args.limits;
@@ -131,6 +139,17 @@ impl Application {
         );
 
         let gateway = Gateway::in_process(users, groups, Routes::new(health)).trusting(trusted);
+        // Outside the public port's request limits, so that a flood there
+        // never fails the probes or hides the metrics.
+        let admin = admin_listener.map(|listener| {
+            let router = gateway::admin_router(gateway.clone());
+            tokio::spawn(crate::net::serve_http(
+                listener,
+                router,
+                crate::net::ConnLimits::default(),
+                stopped(shutdown_rx.clone()),
+            ))
+        });
         let router = gateway::router(gateway, &args.gateway.cors_origins)
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -162,11 +181,13 @@ impl Application {
             Some(t) if t.mutual => "on (gRPC requires client certificates)",
             Some(_) => "on",
         };
-        tracing::info!(%grpc_addr, %http_addr, tls = tls_mode, "usersvc serving");
+        let admin_shown = admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        tracing::info!(%grpc_addr, %http_addr, admin_addr = %admin_shown, tls = tls_mode, "usersvc serving");
         let database_url = args.db.database_url.clone();
         Ok(Self {
             grpc_addr,
             http_addr,
+            admin_addr,
             store,
             pool,
             database_url,
@@ -179,6 +200,7 @@ impl Application {
             mrn_task,
             grpc,
             http,
+            admin,
         })
     }
 
@@ -195,6 +217,7 @@ impl Application {
             mrn_task,
             grpc,
             http,
+            admin,
             pool,
             ..
         } = self;
@@ -218,6 +241,10 @@ impl Application {
                 }
             }
         }
+        // The probes answer until the servers are gone.
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         let _ = monitor_task.await;
         // Safe to cut short: each user is indexed in a transaction of its
         // own, and the next start takes the rest.
@@ -238,6 +265,9 @@ impl Application {
     pub fn abort(&self) {
         self.grpc.abort();
         self.http.abort();
+        if let Some(admin) = &self.admin {
+            admin.abort();
+        }
         self.mail_task.abort();
         self.monitor_task.abort();
         self.mrn_task.abort();

@@ -127,6 +127,11 @@ pub struct ServeArgs {
     /// believed; now entries of --trusted-proxies (and added to them).
     #[arg(long, env = "USERSVC_TRUSTED_GATEWAYS", value_delimiter = ',', value_parser = crate::edge::parse_net, hide = true)]
     pub trusted_gateways: Vec<ipnet::IpNet>,
+    /// The management port: `/metrics`, `/healthz` and `/readyz`, plain
+    /// HTTP, outside every request limit and without credentials (keep it
+    /// off the public network). `off` serves none.
+    #[arg(long, env = "USERSVC_ADMIN_ADDR", default_value = "127.0.0.1:9000", value_parser = parse_admin_addr)]
+    pub admin_addr: AdminAddr,
     /// Shortest password accepted.
     #[arg(long, env = "USERSVC_MIN_PASSWORD_LENGTH", default_value_t = 8)]
     pub min_password_length: usize,
@@ -248,6 +253,22 @@ impl ServeArgs {
     }
 }
 
+/// Where the management port listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminAddr(pub Option<SocketAddr>);
+
+impl AdminAddr {
+    pub const OFF: AdminAddr = AdminAddr(None);
+}
+
+/// `HOST:PORT`, or `off`.
+pub fn parse_admin_addr(s: &str) -> Result<AdminAddr, String> {
+    match s.trim() {
+        "off" | "none" | "" => Ok(AdminAddr(None)),
+        addr => addr.parse().map(|a| AdminAddr(Some(a))).map_err(|e| format!("--admin-addr {addr:?}: {e}")),
+    }
+}
+
 /// Bare bytes, or `512KiB`, `64MiB`, `1GiB` (powers of 1024: `MB` would
 /// leave open whether 1000 or 1024 was meant, so it is refused).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -300,6 +321,13 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn admin_addresses() {
+        assert_eq!(parse_admin_addr("off"), Ok(AdminAddr::OFF));
+        assert_eq!(parse_admin_addr("127.0.0.1:9000"), Ok(AdminAddr(Some("127.0.0.1:9000".parse().unwrap()))));
+        assert!(parse_admin_addr("localhost").is_err());
     }
 
     #[test]

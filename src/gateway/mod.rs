@@ -168,6 +168,8 @@ pub type ApiResult = Result<Response, ApiError>;
 
 /// The `/v2` router with its layers: body limit, JSON errors, the request's
 /// [`Edge`] (client address and request ids), CORS when origins are given.
+/// `/healthz` and `/readyz` stay here for load balancers; `/metrics` is on
+/// the management port only ([`admin_router`]).
 pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
     let v2 = routes::router().route_layer(axum::middleware::from_fn(crate::observe::http_metrics));
 
@@ -175,7 +177,6 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
     let mut app = v2
         .route("/healthz", get(probes::alive))
         .route("/readyz", get(probes::ready))
-        .route("/metrics", get(crate::observe::render))
         .with_state(gateway)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
@@ -188,6 +189,17 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
     // slash names the same route. It is trimmed before routing, so it is
     // outside the router it changes.
     Router::new().fallback_service(NormalizePath::trim_trailing_slash(app))
+}
+
+/// The management port's router: `/metrics`, `/healthz` and `/readyz`, plain,
+/// with no request limits and no credentials (bind it where only the
+/// operator's tools reach).
+pub fn admin_router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/healthz", get(probes::alive))
+        .route("/readyz", get(probes::ready))
+        .route("/metrics", get(crate::observe::render))
+        .with_state(gateway)
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {

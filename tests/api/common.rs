@@ -171,6 +171,8 @@ pub fn serve_args(database_url: String) -> ServeArgs {
             max_connections: 4096,
         },
         trusted_gateways: vec![],
+        // Port 0: servers of one run never meet on the default 9000.
+        admin_addr: usersvc::config::AdminAddr(Some("127.0.0.1:0".parse().unwrap())),
         tls: usersvc::config::TlsArgs::default(),
     }
 }
@@ -247,6 +249,11 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.app.http_addr, path)
+    }
+
+    /// A URL on the management port.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.app.admin_addr.expect("a management port"), path)
     }
 
     pub async fn channel(&self) -> Channel {

@@ -36,7 +36,17 @@ async fn probes_and_metrics() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let text = t.http.get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    // The management port: the probes and the metrics, none on the public port.
+    let res = t.http.get(t.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND, "no /metrics on the public port");
+    assert_eq!(res.json::<Value>().await.unwrap()["errors"][0]["reason"], "not_found");
+    for probe in ["/healthz", "/readyz"] {
+        let res = t.http.get(t.admin_url(probe)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{probe} on the management port");
+    }
+    let res = t.http.get(t.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let text = res.text().await.unwrap();
     for name in [
         "usersvc_http_requests_total{",
         "usersvc_http_request_duration_seconds_bucket{",
@@ -113,7 +123,7 @@ fn logs_carry_no_pii_passwords_or_tokens_at_any_level() {
         .args(["--mail-dir", &dir.join("mail").display().to_string()])
         // The client's address comes from a trusted proxy's header: it must
         // not reach the logs either.
-        .args(["--trusted-proxies", "127.0.0.1"])
+        .args(["--admin-addr", "127.0.0.1:0", "--trusted-proxies", "127.0.0.1"])
         .env("RUST_LOG", "trace")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
