@@ -116,8 +116,14 @@ impl UserSvc {
         let profile_pt = profile::to_profile(&user)?;
         let mut record = core.record(ctx, "user.create", Some(&caller), caller.app_id).await;
         record.subject_id = Some(id);
+        // The profile's names may already hold `username` (the message
+        // carries it): each name once.
         record.fields = profile::field_names(&user);
-        record.fields.extend(["username".to_owned(), "password".to_owned()]);
+        for name in ["username", "password"] {
+            if !record.fields.iter().any(|f| f == name) {
+                record.fields.push(name.to_owned());
+            }
+        }
         let mut records = vec![record];
         if session.is_some() {
             let mut r = core.record(ctx, "session.sign_in", Some(&caller), caller.app_id).await;

@@ -1,5 +1,5 @@
 //! The edge (issue 22): the client's address behind trusted proxies, IPv6
-//! clients throttled by their /64, and request ids.
+//! clients throttled by their /64, request ids, and the user.create record.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -249,5 +249,17 @@ async fn request_ids_kept_only_when_printable_and_short_beside_the_servers_own()
     if common::backend() == common::Backend::Sqlite {
         common::audit_verified(&t.db_url).unwrap();
     }
+}
+}
+
+both_stores! {
+async fn the_user_create_record_names_username_once() {
+    let t = spawn().await;
+    let res = sign_up_with(&t, "named-once", &[]).await;
+    let id = res.json::<Value>().await.unwrap()["usersId"].as_str().unwrap().to_owned();
+    let r = created_record(&t, &id).await;
+    let fields: Vec<&str> = r["fields"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert_eq!(fields.iter().filter(|f| **f == "username").count(), 1, "{fields:?}");
+    assert_eq!(fields.iter().filter(|f| **f == "password").count(), 1, "{fields:?}");
 }
 }
