@@ -263,3 +263,16 @@ async fn the_user_create_record_names_username_once() {
     assert_eq!(fields.iter().filter(|f| **f == "password").count(), 1, "{fields:?}");
 }
 }
+
+both_stores! {
+async fn the_deprecated_trusted_gateways_flag_adds_to_the_proxies() {
+    let nets = vec![usersvc::edge::parse_net("127.0.0.1").unwrap()];
+    let t = spawn_with(|a| a.trusted_gateways = nets).await;
+    let user = pb::User { username: "via-old-flag".into(), password: "correct horse battery".into(), ..Default::default() };
+    let mut req = t.req(pb::CreateUserRequest { user: Some(user) }, None);
+    req.metadata_mut().insert("x-client-addr", MetadataValue::from_static("203.0.113.12"));
+    let id = t.users().await.create_user(req).await.unwrap().into_inner().users_id;
+    assert_eq!(created_record(&t, &id).await["clientAddr"], "203.0.113.12");
+    assert_eq!(recorded_address(&t, "via-old-flag-http", &[("X-Forwarded-For", "203.0.113.13")]).await, "203.0.113.13");
+}
+}
