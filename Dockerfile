@@ -52,13 +52,16 @@ WORKDIR /var/lib/usersvc
 VOLUME /var/lib/usersvc
 
 # The defaults in the binary bind to 127.0.0.1, unreachable from outside a
-# container: listen on all interfaces here.
+# container: listen on all interfaces here. The management port (9000:
+# /metrics, /healthz, /readyz) is for the orchestrator's probes and the
+# metrics scraper; publish it to them only.
 ENV USERSVC_GRPC_ADDR=0.0.0.0:50051 \
     USERSVC_HTTP_ADDR=0.0.0.0:8080 \
+    USERSVC_ADMIN_ADDR=0.0.0.0:9000 \
     RUST_LOG=info
 
 USER 10001:10001
-EXPOSE 50051 8080
+EXPOSE 50051 8080 9000
 
 ENTRYPOINT ["usersvc"]
 CMD ["serve"]

@@ -41,7 +41,7 @@ cleanup() {
 trap cleanup EXIT
 
 start() {
-  "$BIN" serve --grpc-addr "$GRPC" --http-addr "$HTTP" --log-format json "$@" >>"$LOG" 2>&1 &
+  "$BIN" serve --grpc-addr "$GRPC" --http-addr "$HTTP" --admin-addr 127.0.0.1:0 --log-format json "$@" >>"$LOG" 2>&1 &
   SERVER=$!
   for _ in $(seq 300); do
     curl -fs "http://$HTTP/readyz" >/dev/null 2>&1 && return 0
@@ -126,7 +126,8 @@ start
 load --scenario mixed --via http -c 64 --server-pid "$SERVER"
 stop
 # Start to ready on the now migrated database.
-bench startup --readyz "http://$HTTP/readyz" --runs 5 -- "$BIN" serve --grpc-addr "$GRPC" --http-addr "$HTTP"
+bench startup --readyz "http://$HTTP/readyz" --runs 5 -- "$BIN" serve --grpc-addr "$GRPC" --http-addr "$HTTP" \
+  --admin-addr 127.0.0.1:0
 
 # Growth (issue 21): a fresh server per size, its application seeded
 # through import; its peak RSS over seeding and load. The largest size also

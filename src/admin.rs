@@ -355,6 +355,7 @@ impl Admin {
                     "fields": r.fields,
                     "outcome": r.outcome,
                     "requestId": r.request_id,
+                    "serverRequestId": r.server_request_id,
                     "clientAddr": addr,
                 });
                 writeln!(out, "{line}")?;

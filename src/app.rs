@@ -22,6 +22,8 @@ const GRPC_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
 pub struct Application {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The management port (`/metrics`, `/healthz`, `/readyz`), if served.
+    pub admin_addr: Option<SocketAddr>,
     pub store: Arc<dyn Store>,
     /// The database itself (tests look into it).
     pub pool: Pool,
@@ -39,6 +41,7 @@ pub struct Application {
     mrn_task: JoinHandle<()>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
+    admin: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 /// The two services, shared by the gRPC server and the in-process gateway.
@@ -95,7 +98,6 @@ impl Application {
             keyring,
             trail,
             min_password_chars: args.min_password_length,
-            trusted_gateways: args.trusted_gateways.clone(),
             reset_lifetime: args.mail.reset_link_lifetime,
         });
         let (users, groups) = services(core);
@@ -113,6 +115,12 @@ impl Application {
         let http_listener = TcpListener::bind(args.http_addr).await?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
+        let admin_listener = match args.admin_addr.0 {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("--admin-addr {addr}"))?),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        let trusted = args.trusted_proxies();
 
         let limits = &args.limits;
         let mut grpc_server = tonic::transport::Server::builder();
@@ -125,6 +133,7 @@ impl Application {
                 .timeout(limits.request_timeout)
                 .concurrency_limit_per_connection(limits.grpc_concurrency_per_connection)
                 .http2_keepalive_interval(Some(GRPC_KEEPALIVE))
+                .layer(crate::edge::GrpcEdgeLayer(trusted.clone()))
                 .layer(crate::observe::GrpcObserveLayer)
                 .add_service(health.clone())
                 .add_service(reflection)
@@ -136,7 +145,18 @@ impl Application {
                 ),
         );
 
-        let gateway = Gateway::in_process(users, groups, Routes::new(health));
+        let gateway = Gateway::in_process(users, groups, Routes::new(health)).trusting(trusted);
+        // Outside the public port's request limits, so that a flood there
+        // never fails the probes or hides the metrics.
+        let admin = admin_listener.map(|listener| {
+            let router = gateway::admin_router(gateway.clone());
+            tokio::spawn(crate::net::serve_http(
+                listener,
+                router,
+                crate::net::ConnLimits::default(),
+                stopped(shutdown_rx.clone()),
+            ))
+        });
         let router = gateway::router(gateway, &args.gateway.cors_origins)
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -168,11 +188,13 @@ impl Application {
             Some(t) if t.mutual => "on (gRPC requires client certificates)",
             Some(_) => "on",
         };
-        tracing::info!(%grpc_addr, %http_addr, tls = tls_mode, "usersvc serving");
+        let admin_shown = admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        tracing::info!(%grpc_addr, %http_addr, admin_addr = %admin_shown, tls = tls_mode, "usersvc serving");
         let database_url = args.db.database_url.clone();
         Ok(Self {
             grpc_addr,
             http_addr,
+            admin_addr,
             store,
             pool,
             database_url,
@@ -185,6 +207,7 @@ impl Application {
             mrn_task,
             grpc,
             http,
+            admin,
         })
     }
 
@@ -201,6 +224,7 @@ impl Application {
             mrn_task,
             grpc,
             http,
+            admin,
             pool,
             ..
         } = self;
@@ -224,6 +248,10 @@ impl Application {
                 }
             }
         }
+        // The probes answer until the servers are gone.
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         let _ = monitor_task.await;
         // Safe to cut short: each user is indexed in a transaction of its
         // own, and the next start takes the rest.
@@ -244,6 +272,9 @@ impl Application {
     pub fn abort(&self) {
         self.grpc.abort();
         self.http.abort();
+        if let Some(admin) = &self.admin {
+            admin.abort();
+        }
         self.mail_task.abort();
         self.monitor_task.abort();
         self.mrn_task.abort();

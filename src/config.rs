@@ -123,11 +123,15 @@ pub struct ServeArgs {
     /// Password hashes computed at once (default: the number of cores).
     #[arg(long, env = "USERSVC_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,
-    /// Standalone gateways (`usersvc gateway`) whose forwarded client
-    /// address is believed, comma-separated IPs. Others are taken at the
-    /// address they connect from.
-    #[arg(long, env = "USERSVC_TRUSTED_GATEWAYS", value_delimiter = ',')]
-    pub trusted_gateways: Vec<std::net::IpAddr>,
+    /// Deprecated: standalone gateways whose forwarded client address is
+    /// believed; now entries of --trusted-proxies (and added to them).
+    #[arg(long, env = "USERSVC_TRUSTED_GATEWAYS", value_delimiter = ',', value_parser = crate::edge::parse_net, hide = true)]
+    pub trusted_gateways: Vec<ipnet::IpNet>,
+    /// The management port: `/metrics`, `/healthz` and `/readyz`, plain
+    /// HTTP, outside every request limit and without credentials (keep it
+    /// off the public network). `off` serves none.
+    #[arg(long, env = "USERSVC_ADMIN_ADDR", default_value = "127.0.0.1:9000", value_parser = parse_admin_addr)]
+    pub admin_addr: AdminAddr,
     /// Shortest password accepted.
     #[arg(long, env = "USERSVC_MIN_PASSWORD_LENGTH", default_value_t = 8)]
     pub min_password_length: usize,
@@ -236,6 +240,38 @@ pub struct GatewayArgs {
     /// (e.g. https://app.example.com); `*` allows any. Default: none.
     #[arg(long, env = "USERSVC_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Load balancers and proxies whose word on the client's address is
+    /// believed, comma-separated CIDR networks or addresses (e.g.
+    /// 10.0.0.0/8,192.0.2.7). From them the client is the rightmost
+    /// address of `Forwarded` (or, without one, `X-Forwarded-For`) that is
+    /// not itself theirs; standalone gateways among them are believed on
+    /// `x-client-addr` (gRPC). Anyone else is taken at the address they
+    /// connect from, whatever they send.
+    #[arg(long, env = "USERSVC_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::edge::parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl ServeArgs {
+    /// --trusted-proxies and the deprecated --trusted-gateways, as one.
+    pub fn trusted_proxies(&self) -> crate::edge::TrustedProxies {
+        crate::edge::TrustedProxies::new(self.gateway.trusted_proxies.iter().chain(&self.trusted_gateways).copied())
+    }
+}
+
+/// Where the management port listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminAddr(pub Option<SocketAddr>);
+
+impl AdminAddr {
+    pub const OFF: AdminAddr = AdminAddr(None);
+}
+
+/// `HOST:PORT`, or `off`.
+pub fn parse_admin_addr(s: &str) -> Result<AdminAddr, String> {
+    match s.trim() {
+        "off" | "none" | "" => Ok(AdminAddr(None)),
+        addr => addr.parse().map(|a| AdminAddr(Some(a))).map_err(|e| format!("--admin-addr {addr:?}: {e}")),
+    }
 }
 
 /// Bare bytes, or `512KiB`, `64MiB`, `1GiB` (powers of 1024: `MB` would
@@ -320,6 +356,13 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn admin_addresses() {
+        assert_eq!(parse_admin_addr("off"), Ok(AdminAddr::OFF));
+        assert_eq!(parse_admin_addr("127.0.0.1:9000"), Ok(AdminAddr(Some("127.0.0.1:9000".parse().unwrap()))));
+        assert!(parse_admin_addr("localhost").is_err());
     }
 
     #[test]

@@ -45,6 +45,9 @@ enum Command {
         upstream_tls: usersvc::tls::UpstreamTlsArgs,
         #[arg(long, env = "USERSVC_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         http_addr: std::net::SocketAddr,
+        /// The management port (`/metrics`, `/healthz`, `/readyz`), or `off`.
+        #[arg(long, env = "USERSVC_ADMIN_ADDR", default_value = "127.0.0.1:9000", value_parser = usersvc::config::parse_admin_addr)]
+        admin_addr: usersvc::config::AdminAddr,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -404,11 +407,25 @@ async fn import(
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => Application::start(&args).await?.wait().await?,
-        Command::Gateway { grpc_upstream, upstream_tls, http_addr, gateway: gw } => {
+        Command::Gateway { grpc_upstream, upstream_tls, http_addr, admin_addr, gateway: gw } => {
+            // Counting starts before the first request (as serve's does).
+            usersvc::observe::handle();
             let channel = usersvc::tls::upstream_channel(&grpc_upstream, &upstream_tls)?;
-            let router = gateway::router(Gateway::remote(channel), &gw.cors_origins);
+            let gw_state = Gateway::remote(channel).trusting(usersvc::edge::TrustedProxies::new(gw.trusted_proxies));
+            let router = gateway::router(gw_state.clone(), &gw.cors_origins);
             let listener = tokio::net::TcpListener::bind(http_addr).await?;
-            tracing::info!(http_addr = %listener.local_addr()?, "usersvc gateway serving");
+            let admin = match admin_addr.0 {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+                None => None,
+            };
+            let admin_shown = match &admin {
+                Some(l) => l.local_addr()?.to_string(),
+                None => "off".to_owned(),
+            };
+            tracing::info!(http_addr = %listener.local_addr()?, admin_addr = %admin_shown, "usersvc gateway serving");
+            if let Some(admin) = admin {
+                tokio::spawn(app::serve_http(admin, gateway::admin_router(gw_state), app::signal()));
+            }
             app::serve_http(listener, router, app::signal()).await?;
         }
         Command::App { command: AppCommand::Create { name, db, keys } } => {

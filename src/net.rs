@@ -118,8 +118,10 @@ where
             loop {
                 tokio::select! {
                     result = conn.as_mut() => {
+                        // No peer address: client addresses stay out of the
+                        // logs at every level.
                         if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "connection ended");
+                            tracing::debug!(error = %e, "connection ended");
                         }
                         break;
                     }

@@ -18,7 +18,7 @@ use metrics::SharedString;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing::Instrument;
 
-use crate::service::context::REQUEST_ID;
+use crate::edge::Edge;
 
 /// Latency buckets, in seconds: sub-millisecond reads to slow hashes.
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -99,7 +99,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let rpc = rpc_label(req.uri().path());
-        let span = rpc_span(&rpc, req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()));
+        let span = rpc_span(&rpc, req.extensions().get::<Edge>());
         let start = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(
@@ -119,10 +119,12 @@ where
     }
 }
 
-/// The span of one call, with the caller's request id (bounded).
-fn rpc_span(rpc: &str, request_id: Option<&str>) -> tracing::Span {
-    let request_id: String = request_id.map(|s| s.chars().take(128).collect()).unwrap_or_default();
-    tracing::info_span!("rpc", rpc = %rpc, request_id = %request_id)
+/// The span of one call, with its request ids (the client's only when it
+/// is a short printable token: see [`crate::edge`]).
+fn rpc_span(rpc: &str, edge: Option<&Edge>) -> tracing::Span {
+    let request_id = edge.map(Edge::reply_id).unwrap_or_default();
+    let server_request_id = edge.map(|e| e.server_request_id.to_string()).unwrap_or_default();
+    tracing::info_span!("rpc", rpc = %rpc, request_id = %request_id, server_request_id = %server_request_id)
 }
 
 fn count_rpc(rpc: impl Into<SharedString>, code: impl Into<SharedString>, start: Instant) {
@@ -143,7 +145,7 @@ pub async fn local_rpc<R, T, F>(
 where
     F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let span = rpc_span(rpc, request.metadata().get(REQUEST_ID).and_then(|v| v.to_str().ok()));
+    let span = rpc_span(rpc, request.extensions().get::<Edge>());
     let start = Instant::now();
     let res = call(request).instrument(span).await;
     // Static labels for the common case: no allocation per call.

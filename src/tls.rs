@@ -156,11 +156,11 @@ impl axum::serve::Listener for TlsListener {
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                                 Ok(Ok(tls)) => Some((tls, peer)),
                                 Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    tracing::debug!(error = %e, "TLS handshake failed");
                                     None
                                 }
                                 Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    tracing::debug!("TLS handshake timed out");
                                     None
                                 }
                             }

@@ -30,13 +30,14 @@ use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     limit::RequestBodyLimitLayer,
     normalize_path::NormalizePath,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
 };
 
+use crate::edge::{Edge, TrustedProxies};
 use crate::pb::{
     group_service_client::GroupServiceClient, group_service_server::GroupService,
     user_service_client::UserServiceClient, user_service_server::UserService,
 };
+use crate::service::context::{CLIENT_ADDR, REQUEST_ID};
 use error::ApiError;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -57,6 +58,8 @@ pub struct Gateway {
     // Behind an `Arc`: axum clones the state for every request, and a
     // client's boxed transport allocates when cloned.
     health: Arc<HealthClient<GrpcTransport>>,
+    /// Whose `Forwarded` / `X-Forwarded-For` is believed.
+    trusted_proxies: TrustedProxies,
 }
 
 impl Gateway {
@@ -73,6 +76,7 @@ impl Gateway {
             users: Arc::new(upstream::Local(users)),
             groups: Arc::new(upstream::Local(groups)),
             health: Arc::new(HealthClient::new(BoxCloneSyncService::new(svc))),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 
@@ -83,27 +87,49 @@ impl Gateway {
             users: Arc::new(upstream::Remote(UserServiceClient::new(transport.clone()))),
             groups: Arc::new(upstream::Remote(GroupServiceClient::new(transport.clone()))),
             health: Arc::new(HealthClient::new(transport)),
+            trusted_proxies: TrustedProxies::default(),
         }
+    }
+
+    /// Believes what these proxies say of their client's address.
+    pub fn trusting(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = proxies;
+        self
     }
 }
 
-/// The metadata a call carries: the caller's key and token, the request id,
-/// and the client's address (for throttling and the audit trail).
-pub struct CallMeta(MetadataMap);
+/// The metadata a call carries: the caller's key and token, the request
+/// ids, and the client's address (for throttling and the audit trail), as
+/// the [`Edge`] of the request settled them.
+pub struct CallMeta(MetadataMap, Edge);
 
-const FORWARDED: &[&str] = &["x-api-key", "authorization", "x-request-id"];
+const FORWARDED: &[&str] = &["x-api-key", "authorization"];
 
 impl<S: Send + Sync> FromRequestParts<S> for CallMeta {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let client = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
-        Ok(CallMeta(call_metadata(&parts.headers, client)))
+        // Settled by the router's edge middleware; without it (a router
+        // built otherwise), the peer, believing no one.
+        let edge = parts.extensions.get::<Edge>().cloned().unwrap_or_else(|| {
+            let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
+            Edge::of_http(&TrustedProxies::default(), peer, &parts.headers)
+        });
+        let mut md = call_metadata(&parts.headers, edge.client);
+        // For a standalone gateway's upstream, which believes them from a
+        // trusted peer only.
+        if let Some(id) = edge.request_id.as_deref().and_then(|id| AsciiMetadataValue::try_from(id).ok()) {
+            md.insert(REQUEST_ID, id);
+        }
+        if let Ok(id) = AsciiMetadataValue::try_from(edge.server_request_id.to_string()) {
+            md.insert(crate::edge::SERVER_REQUEST_ID, id);
+        }
+        Ok(CallMeta(md, edge))
     }
 }
 
-/// The gRPC metadata of an HTTP request: the forwarded headers and the
-/// client's address.
+/// The gRPC metadata of an HTTP request: the caller's key and token, and
+/// the client's address.
 pub fn call_metadata(headers: &header::HeaderMap, client: Option<std::net::IpAddr>) -> MetadataMap {
     let mut md = MetadataMap::new();
     for name in FORWARDED {
@@ -118,7 +144,7 @@ pub fn call_metadata(headers: &header::HeaderMap, client: Option<std::net::IpAdd
     if let Some(ip) = client
         && let Ok(v) = AsciiMetadataValue::try_from(ip.to_string())
     {
-        md.insert("x-client-addr", v);
+        md.insert(CLIENT_ADDR, v);
     }
     md
 }
@@ -127,6 +153,8 @@ impl CallMeta {
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
         *req.metadata_mut() = self.0.clone();
+        // The services of this process read it as it is.
+        req.extensions_mut().insert(self.1.clone());
         req
     }
 }
@@ -138,22 +166,22 @@ pub fn reply<T: serde::Serialize>(message: &T) -> Response {
 
 pub type ApiResult = Result<Response, ApiError>;
 
-/// The `/v2` router with its layers: body limit, JSON errors, request ids,
-/// CORS when origins are given.
+/// The `/v2` router with its layers: body limit, JSON errors, the request's
+/// [`Edge`] (client address and request ids), CORS when origins are given.
+/// `/healthz` and `/readyz` stay here for load balancers; `/metrics` is on
+/// the management port only ([`admin_router`]).
 pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
     let v2 = routes::router().route_layer(axum::middleware::from_fn(crate::observe::http_metrics));
 
-    let x_request_id = HeaderName::from_static("x-request-id");
+    let trusted = gateway.trusted_proxies.clone();
     let mut app = v2
         .route("/healthz", get(probes::alive))
         .route("/readyz", get(probes::ready))
-        .route("/metrics", get(crate::observe::render))
         .with_state(gateway)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(error::json_errors))
-        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid));
+        .layer(axum::middleware::from_fn_with_state(trusted, crate::edge::http));
     if let Some(cors) = cors_layer(cors_origins) {
         app = app.layer(cors);
     }
@@ -161,6 +189,17 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
     // slash names the same route. It is trimmed before routing, so it is
     // outside the router it changes.
     Router::new().fallback_service(NormalizePath::trim_trailing_slash(app))
+}
+
+/// The management port's router: `/metrics`, `/healthz` and `/readyz`, plain,
+/// with no request limits and no credentials (bind it where only the
+/// operator's tools reach).
+pub fn admin_router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/healthz", get(probes::alive))
+        .route("/readyz", get(probes::ready))
+        .route("/metrics", get(crate::observe::render))
+        .with_state(gateway)
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
@@ -184,8 +223,13 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::ACCEPT,
                 HeaderName::from_static("x-request-id"),
             ])
-            // A browser's script may read where the next page is.
-            .expose_headers([HeaderName::from_static("x-request-id"), header::LINK])
+            // A browser's script may read where the next page is, and the
+            // ids to quote to support.
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static(crate::edge::SERVER_REQUEST_ID),
+                header::LINK,
+            ])
             .max_age(Duration::from_secs(600)),
     )
 }

@@ -131,9 +131,15 @@ fn build() -> Value {
             },
             "headers": {
                 "RequestId": {
-                    "description": "The request's id (the client's `X-Request-Id`, or a new UUID); logs and \
-                                    the audit trail carry it.",
-                    "schema": { "type": "string" },
+                    "description": "The request's id: the client's `X-Request-Id` when it is 1 to 64 of \
+                                    `A-Z a-z 0-9 . _ : -` (any other is dropped), else the server's own \
+                                    (`X-Server-Request-Id`); logs and the audit trail carry it.",
+                    "schema": { "type": "string", "maxLength": 64 },
+                },
+                "ServerRequestId": {
+                    "description": "The server's own id of the request, made for every request whatever \
+                                    the client sent; logs and the audit trail carry it too.",
+                    "schema": { "type": "string", "format": "uuid" },
                 },
                 "RetryAfter": {
                     "description": "Seconds to wait before trying again.",
@@ -222,7 +228,10 @@ fn operation(route: &Route, op: &Op, params: &[Value]) -> Value {
     };
     let mut ok = json!({
         "description": ok_description,
-        "headers": { "X-Request-Id": { "$ref": "#/components/headers/RequestId" } },
+        "headers": {
+            "X-Request-Id": { "$ref": "#/components/headers/RequestId" },
+            "X-Server-Request-Id": { "$ref": "#/components/headers/ServerRequestId" },
+        },
         "content": { ok_type: { "schema": ok_schema } },
     });
     if op.next_link {
@@ -244,6 +253,7 @@ fn operation(route: &Route, op: &Op, params: &[Value]) -> Value {
         }
         let mut headers = Map::new();
         headers.insert("X-Request-Id".into(), json!({ "$ref": "#/components/headers/RequestId" }));
+        headers.insert("X-Server-Request-Id".into(), json!({ "$ref": "#/components/headers/ServerRequestId" }));
         if *status == 429 {
             headers.insert("Retry-After".into(), json!({ "$ref": "#/components/headers/RetryAfter" }));
         }

@@ -1,13 +1,14 @@
 //! What a call brings besides its message: metadata and the peer, and the
 //! trail record built from them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use tonic::{Request, metadata::MetadataMap};
 use uuid::Uuid;
 
 use crate::audit::AuditRecord;
 use crate::auth::Caller;
+use crate::edge::{Edge, TrustedProxies};
 
 /// Metadata the gateway sets with the address of its own client.
 pub const CLIENT_ADDR: &str = "x-client-addr";
@@ -15,30 +16,32 @@ pub const REQUEST_ID: &str = "x-request-id";
 
 pub struct Ctx {
     pub md: MetadataMap,
-    remote: Option<SocketAddr>,
+    edge: Edge,
 }
 
 impl Ctx {
+    /// The call's metadata and message, and its [`Edge`]: settled by the
+    /// door it came in by (the gRPC port's layer, or the gateway of this
+    /// process); a call that came by neither is taken at its peer's address.
     pub fn split<T>(request: Request<T>) -> (Ctx, T) {
         let remote = request.remote_addr();
-        let (md, _, message) = request.into_parts();
-        (Ctx { md, remote }, message)
+        let (md, extensions, message) = request.into_parts();
+        let edge = match extensions.get::<Edge>() {
+            Some(edge) => edge.clone(),
+            None => Edge::of_grpc(&TrustedProxies::default(), remote.map(|r| r.ip()), md.as_ref()),
+        };
+        (Ctx { md, edge }, message)
     }
 
-    pub fn request_id(&self) -> Option<String> {
-        self.md.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(128).collect())
+    /// The id the reply names the call by (the client's, when it chose a
+    /// good one).
+    pub fn request_id(&self) -> String {
+        self.edge.reply_id()
     }
 
-    /// The client's address. The gateway in this process (no peer) and the
-    /// gateways the operator trusts forward their client's; anyone else is
-    /// taken at the address they connect from, whatever they claim.
-    pub fn client_ip(&self, trusted_gateways: &[IpAddr]) -> Option<IpAddr> {
-        let forwarded = || self.md.get(CLIENT_ADDR).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
-        match self.remote {
-            None => forwarded(),
-            Some(peer) if trusted_gateways.contains(&peer.ip()) => forwarded().or(Some(peer.ip())),
-            Some(peer) => Some(peer.ip()),
-        }
+    /// The client's address, as far as trusted proxies tell.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.edge.client
     }
 
     /// A trail record of this call by this caller: a user ("user" or
@@ -46,7 +49,8 @@ impl Ctx {
     /// token's id).
     pub fn record(&self, action: &str, caller: Option<&Caller>, app_id: Uuid) -> AuditRecord {
         let mut r = AuditRecord::new(action, Some(app_id));
-        r.request_id = self.request_id();
+        r.request_id = Some(self.request_id());
+        r.server_request_id = Some(self.edge.server_request_id);
         if let Some(user) = caller.and_then(|c| c.user) {
             r.actor = if user.is_service() {
                 "service"

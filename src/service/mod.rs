@@ -41,8 +41,6 @@ pub struct Core {
     /// Where read records go (written in batches).
     pub trail: AuditSink,
     pub min_password_chars: usize,
-    /// Peers whose `x-client-addr` is believed (standalone gateways).
-    pub trusted_gateways: Vec<std::net::IpAddr>,
     /// How long a mailed reset link works.
     pub reset_lifetime: std::time::Duration,
 }
@@ -61,7 +59,7 @@ impl Core {
     }
 
     pub fn client_ip(&self, ctx: &Ctx) -> Option<std::net::IpAddr> {
-        ctx.client_ip(&self.trusted_gateways)
+        ctx.client_ip()
     }
 
     /// Opens a stored user into the message a reply carries.

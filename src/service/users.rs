@@ -72,9 +72,13 @@ impl UserSvc {
         Err(ServiceError::Hidden { exists })
     }
 
-    /// The throttle key of a client address within an application.
+    /// The throttle key of a client address within an application: an
+    /// IPv6 client counts by its /64 (see [`crate::edge::throttle_scope`]).
     fn address_key(&self, kind: &str, app_id: Uuid, ip: Option<IpAddr>) -> Option<Vec<u8>> {
-        ip.map(|ip| [app_id.as_bytes().as_slice(), &self.core.keyring.global_index(kind, &ip.to_string())].concat())
+        ip.map(|ip| {
+            let scope = crate::edge::throttle_scope(ip);
+            [app_id.as_bytes().as_slice(), &self.core.keyring.global_index(kind, &scope)].concat()
+        })
     }
 
     /// Records a refused read or change, so attempts show in the trail too.
@@ -113,8 +117,14 @@ impl UserSvc {
         let profile_pt = profile::to_profile(&user)?;
         let mut record = core.record(ctx, "user.create", Some(&caller), caller.app_id).await;
         record.subject_id = Some(id);
+        // The profile's names may already hold `username` (the message
+        // carries it): each name once.
         record.fields = profile::field_names(&user);
-        record.fields.extend(["username".to_owned(), "password".to_owned()]);
+        for name in ["username", "password"] {
+            if !record.fields.iter().any(|f| f == name) {
+                record.fields.push(name.to_owned());
+            }
+        }
         let mut records = vec![record];
         if session.is_some() {
             let mut r = core.record(ctx, "session.sign_in", Some(&caller), caller.app_id).await;

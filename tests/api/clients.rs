@@ -60,6 +60,7 @@ impl Served {
         let child = usersvc()
             .arg("serve")
             .args(["--database-url", &db, "--http-addr", &http.to_string(), "--grpc-addr", &grpc.to_string()])
+            .args(["--admin-addr", "127.0.0.1:0"])
             .args(["--mail-dir", &tmp.join("mail").display().to_string(), "--hash-concurrency", "2"])
             .args(["--cors-origins", WEB_APP])
             .args(extra)

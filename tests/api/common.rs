@@ -148,7 +148,7 @@ pub fn serve_args(database_url: String) -> ServeArgs {
             session_idle_timeout: Duration::from_secs(1800),
             session_max_age: Duration::from_secs(12 * 3600),
         },
-        gateway: GatewayArgs { cors_origins: vec![] },
+        gateway: GatewayArgs { cors_origins: vec![], trusted_proxies: vec![] },
         mail: MailArgs {
             smtp_url: None,
             mail_from: "usersvc tests <no-reply@usersvc.test>".into(),
@@ -172,6 +172,8 @@ pub fn serve_args(database_url: String) -> ServeArgs {
             max_connections: 4096,
         },
         trusted_gateways: vec![],
+        // Port 0: servers of one run never meet on the default 9000.
+        admin_addr: usersvc::config::AdminAddr(Some("127.0.0.1:0".parse().unwrap())),
         tls: usersvc::config::TlsArgs::default(),
     }
 }
@@ -248,6 +250,11 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.app.http_addr, path)
+    }
+
+    /// A URL on the management port.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.app.admin_addr.expect("a management port"), path)
     }
 
     pub async fn channel(&self) -> Channel {

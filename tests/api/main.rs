@@ -7,6 +7,7 @@ mod common;
 mod browser;
 mod clients;
 mod concurrency;
+mod edge;
 mod grpc_groups;
 mod grpc_users;
 mod http_gateway;

@@ -36,7 +36,17 @@ async fn probes_and_metrics() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let text = t.http.get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    // The management port: the probes and the metrics, none on the public port.
+    let res = t.http.get(t.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND, "no /metrics on the public port");
+    assert_eq!(res.json::<Value>().await.unwrap()["errors"][0]["reason"], "not_found");
+    for probe in ["/healthz", "/readyz"] {
+        let res = t.http.get(t.admin_url(probe)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{probe} on the management port");
+    }
+    let res = t.http.get(t.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let text = res.text().await.unwrap();
     for name in [
         "usersvc_http_requests_total{",
         "usersvc_http_request_duration_seconds_bucket{",
@@ -111,6 +121,9 @@ fn logs_carry_no_pii_passwords_or_tokens_at_any_level() {
         .args(["serve", "--log-format", "json", "--database-url", &db])
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}"), "--http-addr", &format!("127.0.0.1:{http}")])
         .args(["--mail-dir", &dir.join("mail").display().to_string()])
+        // The client's address comes from a trusted proxy's header: it must
+        // not reach the logs either.
+        .args(["--admin-addr", "127.0.0.1:0", "--trusted-proxies", "127.0.0.1"])
         .env("RUST_LOG", "trace")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -119,7 +132,11 @@ fn logs_carry_no_pii_passwords_or_tokens_at_any_level() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let secrets: Vec<String> = rt.block_on(async {
         let base = format!("http://127.0.0.1:{http}");
-        let c = reqwest::Client::new();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.77".parse().unwrap());
+        // Too long to keep: neither in the trail nor in the logs.
+        headers.insert("x-request-id", "Overlong".repeat(10).parse().unwrap());
+        let c = reqwest::Client::builder().default_headers(headers).build().unwrap();
         for _ in 0..100 {
             if c.get(format!("{base}/healthz")).send().await.is_ok() {
                 break;
@@ -171,8 +188,20 @@ fn logs_carry_no_pii_passwords_or_tokens_at_any_level() {
             .send()
             .await
             .unwrap();
+        // A connection whose own address (with its port) is known.
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", http)).await.unwrap();
+        let peer = raw.local_addr().unwrap().to_string();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut raw,
+            b"POST /v2/auth/signin HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+        let mut reply = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut reply).await.unwrap();
+        assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 "));
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        vec![token, key.clone()]
+        vec![token, key.clone(), "203.0.113.77".into(), "Overlong".into(), peer]
     });
     let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
     let mut logs = String::new();

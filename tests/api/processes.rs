@@ -43,10 +43,8 @@ async fn cli_creates_applications_and_supervisors() {
 both_stores! {
 async fn standalone_gateway_talks_to_the_service_over_tcp() {
     let t = spawn().await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, admin) = (free(), free());
     let _gateway = Child(
         usersvc()
             .args([
@@ -55,6 +53,8 @@ async fn standalone_gateway_talks_to_the_service_over_tcp() {
                 &format!("http://{}", t.grpc_addr()),
                 "--http-addr",
                 &format!("127.0.0.1:{port}"),
+                "--admin-addr",
+                &format!("127.0.0.1:{admin}"),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -95,5 +95,12 @@ async fn standalone_gateway_talks_to_the_service_over_tcp() {
     assert_eq!(res.status(), 401);
     let err = res.json::<Value>().await.unwrap();
     assert_eq!((&err["errors"][0]["code"], &err["errors"][0]["reason"]), (&json!(401), &json!("missing_session")));
+    // Its metrics and probes are on its management port, not the public one.
+    assert_eq!(client.get(format!("{base}/metrics")).send().await.unwrap().status(), 404);
+    let metrics = client.get(format!("http://127.0.0.1:{admin}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.unwrap().contains("usersvc_http_requests_total"));
+    let ready = client.get(format!("http://127.0.0.1:{admin}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
 }
 }

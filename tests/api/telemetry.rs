@@ -111,6 +111,7 @@ fn exported_spans(schedule_delay_ms: &str, periodic: bool) {
     let mut server = Command::new(bin)
         .args(["serve", "--database-url", &db])
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}"), "--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--admin-addr", "127.0.0.1:0"])
         .args(["--mail-dir", &dir.join("mail").display().to_string()])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{sink_port}"))
         .env("OTEL_BSP_SCHEDULE_DELAY", schedule_delay_ms)

@@ -360,6 +360,8 @@ async fn the_binary_explains_a_half_configuration() {
             "127.0.0.1:0",
             "--http-addr",
             "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
         ])
         .env("USERSVC_MASTER_KEY", common::master_key())
         .env("USERSVC_TLS_CERT", pki.path("server.pem"))

@@ -78,6 +78,7 @@ impl Serve {
             .arg("serve")
             .args(["--database-url", &self.db])
             .args(["--http-addr", &self.http.to_string(), "--grpc-addr", &self.grpc.to_string()])
+            .args(["--admin-addr", "127.0.0.1:0"])
             .args(["--mail-dir", &mail.display().to_string(), "--hash-concurrency", "2"])
             .args(&self.args)
             .env("RUST_LOG", "info")

@@ -91,7 +91,7 @@ EOF
 GRPC_ADDR=127.0.0.1:$GRPC_PORT
 
 RUST_LOG=${RUST_LOG:-info} "$BIN" serve \
-  --grpc-addr "$GRPC_ADDR" --http-addr "127.0.0.1:$HTTP_PORT" >"$LOG" 2>&1 &
+  --grpc-addr "$GRPC_ADDR" --http-addr "127.0.0.1:$HTTP_PORT" --admin-addr 127.0.0.1:0 >"$LOG" 2>&1 &
 SERVER_PID=$!
 
 ready=0

@@ -85,7 +85,7 @@ BASE=http://127.0.0.1:$HTTP_PORT
 # The master key is made beside the SQLite file; mail goes to a folder.
 RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --database-url "$DB_URL" \
   --grpc-addr "127.0.0.1:$GRPC_PORT" --http-addr "127.0.0.1:$HTTP_PORT" \
-  --mail-dir "$TMP/mail" >"$TMP/server.log" 2>&1 &
+  --mail-dir "$TMP/mail" --admin-addr 127.0.0.1:0 >"$TMP/server.log" 2>&1 &
 SERVER_PID=$!
 
 "$PY" - "$BASE" "$SERVER_PID" <<'PYEOF'

@@ -245,6 +245,33 @@ pub async fn throttles_block_after_the_free_attempts(u: &Under) {
     assert!(wait > 1_000_000 && wait <= 1_500_000, "capped: {wait}");
 }
 
+/// The server's own request id is kept beside the client's, alone and in
+/// batches; a record without one hashes as records from before it did.
+pub async fn server_request_ids_are_kept(u: &Under) {
+    let s = u.store.as_ref();
+    let app = Some(Uuid::now_v7());
+    let mut old = AuditRecord::new("user.read", app);
+    old.request_id = Some("client-chosen".into());
+    let mut one = AuditRecord::new("user.read", app);
+    one.server_request_id = Some(Uuid::new_v4());
+    let batch: Vec<AuditRecord> = (0..3)
+        .map(|i| {
+            let mut r = AuditRecord::new("user.update", app);
+            r.server_request_id = (i != 1).then(Uuid::new_v4);
+            r
+        })
+        .collect();
+    s.append_audit(std::slice::from_ref(&old)).await.unwrap();
+    s.append_audit(std::slice::from_ref(&one)).await.unwrap();
+    s.append_audit(&batch).await.unwrap();
+    let all = chain_is_whole(s).await;
+    let expected: Vec<&AuditRecord> = [&old, &one].into_iter().chain(&batch).collect();
+    assert_eq!(all.iter().map(|r| &r.record).collect::<Vec<_>>(), expected);
+    let text = String::from_utf8(crate::audit::canonical(&old)).unwrap();
+    assert!(!text.contains("server_request_id"), "{text}");
+    assert!(String::from_utf8(crate::audit::canonical(&one)).unwrap().contains("server_request_id"));
+}
+
 pub async fn the_trail_chains_and_is_append_only(u: &Under) {
     let s = u.store.as_ref();
     let (app_a, app_b) = (Uuid::now_v7(), Uuid::now_v7());

@@ -286,6 +286,7 @@ contract!(
     sessions_and_groups,
     throttles_block_after_the_free_attempts,
     the_trail_chains_and_is_append_only,
+    server_request_ids_are_kept,
     outbox_and_password_reset,
     sweep_deletes_what_ran_out,
     sweep_goes_on_past_a_batch,

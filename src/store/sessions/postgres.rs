@@ -29,8 +29,8 @@ impl SessionStore for PgStore {
             format!(
                 "WITH s AS (INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
                             VALUES ($1, $2, $3, $4, $5)),
-                      rehash AS (UPDATE users SET password_hash = $21
-                                 WHERE $21::text IS NOT NULL AND id = $3 AND password_hash = $20),
+                      rehash AS (UPDATE users SET password_hash = $22
+                                 WHERE $22::text IS NOT NULL AND id = $3 AND password_hash = $21),
                       {},
                       {}
                  SELECT 1",

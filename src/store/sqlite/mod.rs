@@ -186,8 +186,8 @@ pub(in crate::store) async fn append_in(conn: &mut SqliteConnection, records: &[
         let fields = serde_json::to_string(&r.fields).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
             "INSERT INTO audit_events (id, at, app_id, actor, actor_id, subject_id, object_id, action, fields,
-                                       outcome, request_id, client_addr, prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                       outcome, request_id, client_addr, prev_hash, hash, server_request_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )
         .bind(r.id)
         .bind(us(r.at))
@@ -203,6 +203,7 @@ pub(in crate::store) async fn append_in(conn: &mut SqliteConnection, records: &[
         .bind(&r.client_addr)
         .bind(&prev)
         .bind(&hash)
+        .bind(r.server_request_id)
         .execute(&mut *conn)
         .await?;
         prev = hash;
@@ -244,6 +245,7 @@ pub(in crate::store) fn audit_from_row(r: &SqliteRow) -> Result<StoredAudit> {
             outcome: r.try_get("outcome")?,
             request_id: r.try_get("request_id")?,
             client_addr: r.try_get("client_addr")?,
+            server_request_id: r.try_get("server_request_id")?,
         },
     })
 }

@@ -32,13 +32,13 @@ type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
 /// sealer that dies frees it, and any replica takes over).
 const SEAL_LOCK: i64 = 0x7573_6572_7376_6332;
 
-const COLUMNS: &str =
-    "id, at, app_id, actor, actor_id, subject_id, object_id, action, fields, outcome, request_id, client_addr";
+const COLUMNS: &str = "id, at, app_id, actor, actor_id, subject_id, object_id, action, fields, outcome, request_id, client_addr, \
+     server_request_id";
 
 /// A common table expression `trail` over parameters `$first` to
-/// `$first + 11` ([`OneRecord`]) that appends one record.
+/// `$first + 12` ([`OneRecord`]) that appends one record.
 pub(in crate::store) fn one_record(first: usize) -> String {
-    let p: Vec<String> = (first..first + 12).map(|n| format!("${n}")).collect();
+    let p: Vec<String> = (first..first + 13).map(|n| format!("${n}")).collect();
     format!("trail AS (INSERT INTO audit_events ({COLUMNS}) VALUES ({}))", p.join(", "))
 }
 
@@ -69,22 +69,37 @@ impl<'a> OneRecord<'a> {
             .bind(&r.outcome)
             .bind(r.request_id.as_deref())
             .bind(r.client_addr.as_deref())
+            .bind(r.server_request_id)
     }
 }
 
 /// A common table expression `trail` that appends a batch of records from
-/// the twelve arrays from `$first` on ([`AuditColumns`]), when `condition`
+/// the thirteen arrays from `$first` on ([`AuditColumns`]), when `condition`
 /// (SQL) holds.
 pub(in crate::store) fn many_records(first: usize, condition: &str) -> String {
     /// The arrays' element types, in [`COLUMNS`] order (`fields` as JSON text).
-    const TYPES: [&str; 12] =
-        ["uuid", "timestamptz", "uuid", "text", "uuid", "uuid", "uuid", "text", "text", "text", "text", "bytea"];
+    const TYPES: [&str; 13] = [
+        "uuid",
+        "timestamptz",
+        "uuid",
+        "text",
+        "uuid",
+        "uuid",
+        "uuid",
+        "text",
+        "text",
+        "text",
+        "text",
+        "bytea",
+        "uuid",
+    ];
     let arrays: Vec<String> = (first..).zip(TYPES).map(|(n, t)| format!("${n}::{t}[]")).collect();
     format!(
         "trail AS (
              INSERT INTO audit_events ({COLUMNS})
              SELECT id, at, app_id, actor, actor_id, subject_id, object_id, action,
-                    ARRAY(SELECT jsonb_array_elements_text(fields::jsonb)), outcome, request_id, client_addr
+                    ARRAY(SELECT jsonb_array_elements_text(fields::jsonb)), outcome, request_id, client_addr,
+                    server_request_id
              FROM unnest({}) AS r ({COLUMNS})
              WHERE {condition}
          )",
@@ -108,6 +123,7 @@ pub(in crate::store) struct AuditColumns {
     outcome: Vec<String>,
     request_id: Vec<Option<String>>,
     client_addr: Vec<Option<Vec<u8>>>,
+    server_request_id: Vec<Option<Uuid>>,
 }
 
 impl AuditColumns {
@@ -125,10 +141,11 @@ impl AuditColumns {
             outcome: records.iter().map(|r| r.outcome.clone()).collect(),
             request_id: records.iter().map(|r| r.request_id.clone()).collect(),
             client_addr: records.iter().map(|r| r.client_addr.clone()).collect(),
+            server_request_id: records.iter().map(|r| r.server_request_id).collect(),
         }
     }
 
-    /// Binds the twelve arrays of [`many_records`].
+    /// Binds the thirteen arrays of [`many_records`].
     pub(in crate::store) fn bind(self, q: Query<'_>) -> Query<'_> {
         q.bind(self.id)
             .bind(self.at)
@@ -142,6 +159,7 @@ impl AuditColumns {
             .bind(self.outcome)
             .bind(self.request_id)
             .bind(self.client_addr)
+            .bind(self.server_request_id)
     }
 }
 
@@ -198,6 +216,7 @@ fn stored_of(r: &PgRow) -> Result<StoredAudit> {
             outcome: r.try_get("outcome")?,
             request_id: r.try_get("request_id")?,
             client_addr: r.try_get("client_addr")?,
+            server_request_id: r.try_get("server_request_id")?,
         },
     })
 }

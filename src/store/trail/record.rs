@@ -31,9 +31,14 @@ pub struct AuditRecord {
     pub fields: Vec<String>,
     /// "ok", "denied", "not_found", "failed", "throttled".
     pub outcome: String,
+    /// The id the reply named the request by: the client's own
+    /// `x-request-id` when it sent a good one, else the server's.
     pub request_id: Option<String>,
     /// The client address, encrypted under the application's data key.
     pub client_addr: Option<Vec<u8>>,
+    /// The server's own id of the request (records from before it was kept
+    /// have none).
+    pub server_request_id: Option<Uuid>,
 }
 
 impl AuditRecord {
@@ -51,6 +56,7 @@ impl AuditRecord {
             outcome: "ok".into(),
             request_id: None,
             client_addr: None,
+            server_request_id: None,
         }
     }
 }
@@ -69,6 +75,10 @@ struct Canonical<'a> {
     outcome: &'a str,
     request_id: Option<&'a str>,
     client_addr: Option<String>,
+    /// Left out when absent, so that records written before it existed
+    /// hash as they did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_request_id: Option<Uuid>,
 }
 
 /// SHA-256 of the previous hash and the record's canonical content.
@@ -96,6 +106,7 @@ pub fn canonical(r: &AuditRecord) -> Vec<u8> {
         outcome: &r.outcome,
         request_id: r.request_id.as_deref(),
         client_addr: r.client_addr.as_ref().map(|c| STANDARD.encode(c)),
+        server_request_id: r.server_request_id,
     };
     serde_json::to_vec(&canonical).unwrap_or_default()
 }
