@@ -89,6 +89,7 @@ fn build() -> Value {
         paths.insert(route.path.to_owned(), Value::Object(item));
     }
     let mut schemas = local_schemas();
+    // UserUpdate is made from User's schema once that is built.
     roots.retain(|r| !schemas.contains_key(*r) && *r != USER_UPDATE);
     roots.push("User");
     proto_schemas(&roots, &mut schemas);
