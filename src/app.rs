@@ -63,8 +63,11 @@ impl Application {
         let checkpoint_key = crate::audit::checkpoint::CheckpointKey::from_master(&master)?;
         let keyring = Arc::new(Keyring::new(master, store.clone()));
         let (trail, trail_writer) = AuditSink::start(store.clone(), args.read_trail);
-        let policy =
-            SessionPolicy { idle_timeout: args.sessions.session_idle_timeout, max_age: args.sessions.session_max_age };
+        let policy = SessionPolicy {
+            idle_timeout: args.sessions.session_idle_timeout,
+            max_age: args.sessions.session_max_age,
+            privileged_max_age: args.sessions.privileged_session_max_age,
+        };
         let cores =
             args.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
         let mail = &args.mail;

@@ -232,6 +232,11 @@ pub struct SessionArgs {
     /// A session ends this long after sign-in, however much it is used.
     #[arg(long, env = "USERSVC_SESSION_MAX_AGE", default_value = "12h", value_parser = parse_duration)]
     pub session_max_age: Duration,
+    /// Changing one's own password, username or primary email needs a
+    /// session signed in within this long (or the current password in the
+    /// same request), so that a stolen token cannot take the account over.
+    #[arg(long, env = "USERSVC_PRIVILEGED_SESSION_MAX_AGE", default_value = "15m", value_parser = parse_duration)]
+    pub privileged_session_max_age: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

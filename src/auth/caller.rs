@@ -60,12 +60,25 @@ pub struct SessionUser {
     pub session_id: Uuid,
     pub supervisor: bool,
     pub kind: Principal,
+    /// When a user's session signed in (proved the password); none for a
+    /// service.
+    pub signed_in_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl SessionUser {
     /// A call made with a service token.
     pub fn is_service(&self) -> bool {
         self.kind == Principal::Service
+    }
+
+    /// Whether the session proved its password recently enough to change
+    /// what takes over an account (password, username, primary email): a
+    /// token stolen later is not enough.
+    pub fn privileged(&self, max_age: Duration) -> bool {
+        let Some(at) = self.signed_in_at else { return false };
+        let age = chrono::Utc::now().signed_duration_since(at);
+        // A sign-in time a little ahead (clocks of replicas) is fresh.
+        age.to_std().map_or(true, |age| age <= max_age)
     }
 }
 
@@ -87,6 +100,9 @@ impl Caller {
 pub struct SessionPolicy {
     pub idle_timeout: Duration,
     pub max_age: Duration,
+    /// How long after sign-in a session may change the owner's password,
+    /// username or primary email without the current password.
+    pub privileged_max_age: Duration,
 }
 
 impl SessionPolicy {
@@ -168,6 +184,7 @@ impl Authenticator {
                 session_id: s.session_id,
                 supervisor: s.supervisor,
                 kind: Principal::User,
+                signed_in_at: Some(s.signed_in_at),
             }),
             SessionLookup::Expired => Err(AuthError::ExpiredToken),
             SessionLookup::Unknown => self.service(app_id, &hash).await,
@@ -182,6 +199,7 @@ impl Authenticator {
                 session_id: t.token_id,
                 supervisor: t.role == "supervisor",
                 kind: Principal::Service,
+                signed_in_at: None,
             }),
             _ => Err(AuthError::InvalidToken),
         }

@@ -14,6 +14,10 @@ pub const USERNAME_FIELD: &str = "username";
 /// A reset link's token, sealed to its outbox row until the mail is sent.
 pub const RESET_TOKEN_FIELD: &str = "reset_token";
 
+/// The address a change notice goes to (the one the user had before), sealed
+/// to its outbox row.
+pub const NOTICE_TO_FIELD: &str = "notice_to";
+
 /// A reset token sealed to the outbox row of the mail that carries it.
 pub fn seal_reset_token(sealer: &Sealer, outbox_id: Uuid, token: &str) -> Vec<u8> {
     sealer.seal(outbox_id, RESET_TOKEN_FIELD, token.as_bytes())

@@ -21,6 +21,8 @@ pub enum Mode {
 pub struct Parsed<T> {
     pub message: T,
     pub paths: Vec<String>,
+    /// The string member taken out beside the message (see [`parse_taking`]).
+    pub taken: Option<String>,
 }
 
 fn bad(field: &str, message: impl Into<String>) -> ApiError {
@@ -35,6 +37,21 @@ pub fn parse<T: DeserializeOwned>(
     message_name: &str,
     output_only: &[&str],
     mode: Mode,
+) -> Result<Parsed<T>, ApiError> {
+    parse_taking(headers, body, message_name, output_only, mode, None)
+}
+
+/// [`parse`], with one top-level string member that belongs to the request
+/// rather than to the message (`currentPassword` beside a user's members)
+/// taken out first, so that it is neither refused as unknown nor put in the
+/// message.
+pub fn parse_taking<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+    message_name: &str,
+    output_only: &[&str],
+    mode: Mode,
+    take: Option<&str>,
 ) -> Result<Parsed<T>, ApiError> {
     let declared = headers.get(header::CONTENT_TYPE).map(|ct| ct.to_str().unwrap_or("").to_ascii_lowercase());
     if let Some(ct) = &declared
@@ -73,13 +90,18 @@ pub fn parse<T: DeserializeOwned>(
         obj.remove(*name);
         obj.remove(&schema::camel_to_snake(name));
     }
+    let taken = match take.map(|name| (name, obj.remove(name))) {
+        None | Some((_, None | Some(Value::Null))) => None,
+        Some((_, Some(Value::String(s)))) => Some(s),
+        Some((name, Some(_))) => return Err(bad(name, format!("{name}: must be a string"))),
+    };
     let mut paths = Vec::new();
     check_message(obj, &desc, "", (mode == Mode::MergePatch).then_some(("", &mut paths)))?;
     let message = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         bad(&path, format!("{path}: {}", e.inner()))
     })?;
-    Ok(Parsed { message, paths })
+    Ok(Parsed { message, paths, taken })
 }
 
 /// The media type of a `Content-Type` value, without its parameters.

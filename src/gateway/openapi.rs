@@ -35,7 +35,12 @@ fn error_description(status: u16) -> &'static str {
             "The API key, or the session token where one is needed, is missing or not valid, or the session \
                 has expired (or, for sign-in, the username or password is wrong)."
         }
-        403 => "The caller may not do this: another user's record, or a group route without a supervisor's session.",
+        403 => {
+            "The caller may not do this: a group route without a supervisor's session (`forbidden`); or a change \
+                of one's own password, username or primary email from a session signed in longer ago than \
+                `--privileged-session-max-age` (15 min) without `currentPassword` (`reauthentication_required`), \
+                or with a wrong one (`invalid_current_password`)."
+        }
         404 => "No such resource in the caller's application.",
         409 => "The username is taken in this application, or the user was changed concurrently too often.",
         413 => "The body is larger than 1 MiB.",
@@ -84,8 +89,13 @@ fn build() -> Value {
         paths.insert(route.path.to_owned(), Value::Object(item));
     }
     let mut schemas = local_schemas();
-    roots.retain(|r| !schemas.contains_key(*r));
+    // UserUpdate is made from User's schema once that is built.
+    roots.retain(|r| !schemas.contains_key(*r) && *r != USER_UPDATE);
+    roots.push("User");
     proto_schemas(&roots, &mut schemas);
+    if let Some(update) = user_update(&schemas) {
+        schemas.insert(USER_UPDATE.into(), update);
+    }
 
     json!({
         "openapi": "3.1.0",
@@ -345,6 +355,9 @@ fn local_schemas() -> Map<String, Value> {
                     "description": "A stable machine word: `invalid_field`, `unknown_field`, `invalid_json`, \
                                     `invalid_body`, `invalid_api_key`, `missing_api_key`, `missing_session`, \
                                     `invalid_session`, `session_expired`, `invalid_credentials`, `forbidden`, \
+                                    `reauthentication_required` (403: a change of one's own password, username \
+                                    or primary email needs a recent sign-in or `currentPassword`), \
+                                    `invalid_current_password` (403: the `currentPassword` sent is wrong), \
                                     `not_found`, `username_taken`, `throttled`, `unavailable`, ... (the gRPC \
                                     `ErrorInfo` reason, lower case).",
                 },
@@ -378,6 +391,31 @@ fn local_schemas() -> Map<String, Value> {
         }),
     );
     m
+}
+
+/// The body of an update: a `User`'s members and `currentPassword` beside
+/// them (one object: `User` refuses members it does not have, so an `allOf`
+/// could not add one).
+const USER_UPDATE: &str = "UserUpdate";
+
+fn user_update(schemas: &Map<String, Value>) -> Option<Value> {
+    let mut update = schemas.get("User")?.clone();
+    update["description"] = json!(
+        "A merge patch of a `User`, and beside its members the caller's current password when the change needs it."
+    );
+    update["properties"].as_object_mut()?.insert(
+        "currentPassword".into(),
+        json!({
+            "type": "string",
+            "writeOnly": true,
+            "description": "The caller's current password. Needed to change one's own `password`, `username` or \
+                            `email.primary` from a session signed in longer ago than `--privileged-session-max-age` \
+                            (default 15 min): without it 403 `reauthentication_required`, wrong 403 \
+                            `invalid_current_password`. Checked and throttled as a sign-in; never stored or \
+                            echoed; ignored when not needed.",
+        }),
+    );
+    Some(update)
 }
 
 /// Output-only (readOnly) and input-only (writeOnly) members, by message.

@@ -279,9 +279,13 @@ pub const ROUTES: &[Route] = &[
                 description: "A JSON merge patch (RFC 7396): the members present replace the stored ones, nested \
                               objects (and `extras`) merge member by member, and `null` removes a member. \
                               `password` sets a new password and ends the user's other sessions; `username` \
-                              renames the user; `active` is a supervisor's to change. Server-managed members are \
-                              ignored. The user themselves or a supervisor.",
-                body: Body::Json { schema: "User", example: Some(UPDATE_USER_EXAMPLE) },
+                              renames the user; `active` is a supervisor's to change (false ends the user's \
+                              sessions and voids their reset links). Server-managed members are ignored. The user \
+                              themselves or a supervisor. A user's own `password`, `username` or `email.primary` \
+                              needs a session signed in within `--privileged-session-max-age` (15 min) or \
+                              `currentPassword` (403 `reauthentication_required`, `invalid_current_password`); \
+                              after a password or address change a notice is mailed to the old address.",
+                body: Body::Json { schema: "UserUpdate", example: Some(UPDATE_USER_EXAMPLE) },
                 reply: Reply::Message("User"),
                 errors: &[400, 401, 403, 404, 409, 413, 415, 503],
                 ..op(Method::Put, "updateUser", "Update a user", |m| on(m, users::update))

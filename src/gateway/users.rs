@@ -26,6 +26,10 @@ pub async fn get(State(gw): State<Gateway>, meta: CallMeta, Path(users_id): Path
     Ok(reply_user(out.get_ref()))
 }
 
+/// The body member of an update that proves an old session (see
+/// `UpdateUserRequest.current_password`); not a member of the user.
+pub const CURRENT_PASSWORD: &str = "currentPassword";
+
 /// PUT is a JSON merge patch: the members present become the field mask.
 pub async fn update(
     State(gw): State<Gateway>,
@@ -34,11 +38,19 @@ pub async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let parsed = json::parse::<pb::User>(&headers, &body, "User", schema::USER_OUTPUT_ONLY, Mode::MergePatch)?;
+    let parsed = json::parse_taking::<pb::User>(
+        &headers,
+        &body,
+        "User",
+        schema::USER_OUTPUT_ONLY,
+        Mode::MergePatch,
+        Some(CURRENT_PASSWORD),
+    )?;
     let req = pb::UpdateUserRequest {
         users_id,
         user: Some(parsed.message),
         update_mask: Some(FieldMask { paths: parsed.paths }),
+        current_password: parsed.taken.unwrap_or_default(),
     };
     let out = gw.users.update_user(meta.request(req)).await?;
     Ok(reply_user(out.get_ref()))

@@ -19,9 +19,9 @@ use lettre::{
 use tokio::sync::watch;
 
 use crate::crypto::Keyring;
-use crate::crypto::fields::{PROFILE_FIELD, RESET_TOKEN_FIELD, USERNAME_FIELD};
+use crate::crypto::fields::{NOTICE_TO_FIELD, PROFILE_FIELD, RESET_TOKEN_FIELD, USERNAME_FIELD};
 use crate::pb;
-use crate::store::{AuditRecord, MailRequest, OutboxMessage, RecipientLimit, Store};
+use crate::store::{AuditRecord, EMAIL_CHANGED, MailRequest, OutboxMessage, PASSWORD_CHANGED, RecipientLimit, Store};
 pub use templates::Templates;
 
 /// The kinds of mail, as requests and the outbox name them.
@@ -215,9 +215,19 @@ impl Mailer {
         };
         let username = self.keyring.open(m.app_id, m.user_id, USERNAME_FIELD, &r.username_ct).await?;
         let username = String::from_utf8(username)?;
-        let profile_pt = self.keyring.open(m.app_id, m.user_id, PROFILE_FIELD, &r.profile_ct).await?;
-        let user: pb::User = serde_json::from_slice(&profile_pt)?;
-        let Some(to) = user.email.map(|e| e.primary).filter(|e| !e.is_empty()) else {
+        let to = if m.kind == PASSWORD_CHANGED || m.kind == EMAIL_CHANGED {
+            // To the address the user had when it changed: after an email
+            // change it is no longer in the profile, and it is the owner's.
+            let Some(ct) = &m.payload_ct else {
+                return Ok(None);
+            };
+            Some(String::from_utf8(self.keyring.open(m.app_id, m.id, NOTICE_TO_FIELD, ct).await?)?)
+        } else {
+            let profile_pt = self.keyring.open(m.app_id, m.user_id, PROFILE_FIELD, &r.profile_ct).await?;
+            let user: pb::User = serde_json::from_slice(&profile_pt)?;
+            user.email.map(|e| e.primary)
+        };
+        let Some(to) = to.filter(|e| !e.is_empty()) else {
             return Ok(None);
         };
         let Ok(to) = to.parse::<lettre::Address>() else {

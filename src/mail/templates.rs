@@ -1,6 +1,8 @@
 //! Message texts: built-in defaults, replaceable per application by files
 //! in a folder (`DIR/{appId}/NAME` before `DIR/NAME` before the default),
-//! where NAME is `{kind}.subject`, `{kind}.txt` or `{kind}.html` and
+//! where NAME is `{kind}.subject`, `{kind}.txt` or `{kind}.html` (kinds:
+//! `username_reminder`, `password_reset`, `password_changed`,
+//! `email_changed`) and
 //! `{{app_name}}`, `{{username}}`, `{{reset_link}}`, `{{expires_minutes}}`
 //! are filled in (HTML-escaped in `.html`).
 
@@ -15,6 +17,12 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("password_reset.subject", include_str!("../../templates/mail/password_reset.subject")),
     ("password_reset.txt", include_str!("../../templates/mail/password_reset.txt")),
     ("password_reset.html", include_str!("../../templates/mail/password_reset.html")),
+    ("password_changed.subject", include_str!("../../templates/mail/password_changed.subject")),
+    ("password_changed.txt", include_str!("../../templates/mail/password_changed.txt")),
+    ("password_changed.html", include_str!("../../templates/mail/password_changed.html")),
+    ("email_changed.subject", include_str!("../../templates/mail/email_changed.subject")),
+    ("email_changed.txt", include_str!("../../templates/mail/email_changed.txt")),
+    ("email_changed.html", include_str!("../../templates/mail/email_changed.html")),
 ];
 
 #[derive(Debug, Clone, Default)]
@@ -81,6 +89,21 @@ pub fn html_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn change_notices_say_what_changed_and_what_to_do() {
+        let t = Templates::default();
+        let values = [("app_name", "Clinic"), ("username", "ada")];
+        let p = t.render(Uuid::nil(), crate::store::PASSWORD_CHANGED, &values).await;
+        assert_eq!(p.subject, "Your Clinic password was changed");
+        assert!(p.text.contains("If this was not you") && p.html.contains("If this was not you"), "{}", p.text);
+        let e = t.render(Uuid::nil(), crate::store::EMAIL_CHANGED, &values).await;
+        assert_eq!(e.subject, "The email address of your Clinic account was changed");
+        assert!(e.text.contains("If this was not you") && e.html.contains("If this was not you"), "{}", e.text);
+        for r in [&p, &e] {
+            assert!(!r.text.contains("{{") && !r.html.contains("{{"), "every placeholder filled");
+        }
+    }
 
     #[tokio::test]
     async fn defaults_fill_and_escape() {

@@ -18,6 +18,16 @@ pub enum ServiceError {
     BadCredentials,
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A change that would take the account over (the caller's own
+    /// password, username or primary email) from a session that signed in
+    /// too long ago, without the current password.
+    #[error(
+        "changing your password, username or email needs a recent sign-in: sign in again, or send your current password with the change"
+    )]
+    ReauthenticationRequired,
+    /// The current password sent to prove an old session is not right.
+    #[error("the current password is not right")]
+    WrongCurrentPassword,
     #[error("{0} not found")]
     NotFound(&'static str),
     /// Another user's record, or no record: a plain user is told the same
@@ -78,6 +88,8 @@ impl From<ServiceError> for Status {
             },
             ServiceError::BadCredentials => (Code::Unauthenticated, "INVALID_CREDENTIALS"),
             ServiceError::Forbidden(_) => (Code::PermissionDenied, "FORBIDDEN"),
+            ServiceError::ReauthenticationRequired => (Code::PermissionDenied, "REAUTHENTICATION_REQUIRED"),
+            ServiceError::WrongCurrentPassword => (Code::PermissionDenied, "INVALID_CURRENT_PASSWORD"),
             ServiceError::NotFound(_) | ServiceError::Hidden { .. } => (Code::NotFound, "NOT_FOUND"),
             ServiceError::Invalid { .. } => (Code::InvalidArgument, "INVALID_FIELD"),
             ServiceError::UsernameTaken => (Code::AlreadyExists, "USERNAME_TAKEN"),

@@ -12,11 +12,13 @@ use super::error::{ServiceError, ServiceResult};
 use super::paging::{self, Tokens};
 use super::{Core, field_mask, profile, validate};
 use crate::auth::{Caller, SessionUser};
+use crate::crypto::{fields::NOTICE_TO_FIELD, keyring::Sealer};
 use crate::mail;
 use crate::pb::{self, user_service_server::UserService};
 use crate::schema;
 use crate::store::{
-    EndSessions, NewMailRequest, NewReset, NewUser, Rehash, Relief, ResetCheck, SignInAttempt, ThrottleRule, UserChange,
+    EMAIL_CHANGED, EndSessions, NewMailRequest, NewReset, NewUser, PASSWORD_CHANGED, QueuedMail, Rehash, Relief,
+    ResetCheck, SignInAttempt, ThrottleRule, UserChange,
 };
 
 /// How often an update re-reads and retries when another update of the same
@@ -84,7 +86,10 @@ impl UserSvc {
     /// Records a refused read or change, so attempts show in the trail too.
     async fn refused(&self, ctx: &Ctx, action: &str, caller: &Caller, subject: Uuid, e: &ServiceError) {
         let outcome = match e {
-            ServiceError::Forbidden(_) | ServiceError::Hidden { exists: true } => "denied",
+            ServiceError::Forbidden(_)
+            | ServiceError::Hidden { exists: true }
+            | ServiceError::ReauthenticationRequired
+            | ServiceError::WrongCurrentPassword => "denied",
             ServiceError::NotFound(_) | ServiceError::Hidden { exists: false } => "not_found",
             _ => return,
         };
@@ -92,6 +97,54 @@ impl UserSvc {
         r.subject_id = Some(subject);
         r.outcome = outcome.into();
         let _ = self.core.trail.record(r).await;
+    }
+
+    /// Lets the caller change what would take their account over (their own
+    /// password, username or primary email): a session that signed in
+    /// within the privileged age may; an older one must send the current
+    /// password. That is checked as a sign-in's is, counted against the same
+    /// throttles (the username's and the address's), so that a stolen token
+    /// is no way round them to guess it.
+    async fn reauthenticate(
+        &self,
+        ctx: &Ctx,
+        app_id: Uuid,
+        me: &SessionUser,
+        current_password: &SecretString,
+    ) -> ServiceResult<()> {
+        let core = &self.core;
+        if me.privileged(core.auth.policy().privileged_max_age) {
+            return Ok(());
+        }
+        if current_password.expose_secret().is_empty() {
+            return Err(ServiceError::ReauthenticationRequired);
+        }
+        let secrets = core.store.user_secrets(app_id, &[me.user_id]).await?;
+        let secrets = secrets.into_iter().next().ok_or(ServiceError::NotFound("user"))?;
+        let username = core
+            .keyring
+            .open(app_id, me.user_id, profile::USERNAME_FIELD, &secrets.username_ct)
+            .await
+            .map_err(ServiceError::Crypto)?;
+        let username =
+            String::from_utf8(username).map_err(|_| ServiceError::Internal("a stored username is not UTF-8".into()))?;
+        let user_key =
+            [b"signin-user:".as_slice(), app_id.as_bytes(), &core.username_index(app_id, &username).await?].concat();
+        let addr_key = self.address_key("signin-addr", app_id, core.client_ip(ctx));
+        let mut keys = vec![(user_key.clone(), USERNAME_RULE)];
+        keys.extend(addr_key.clone().map(|k| (k, ADDRESS_RULE)));
+        if let Some(wait) = core.store.throttle_attempt(&keys).await? {
+            metrics::counter!("usersvc_throttled_total", "kind" => "reauthentication").increment(1);
+            return Err(ServiceError::Throttled(wait));
+        }
+        if !core.hasher.verify(current_password.clone(), Some(secrets.password_hash)).await? {
+            metrics::counter!("usersvc_signin_failures_total").increment(1);
+            core.store.throttle_failed(&keys).await?;
+            tracing::info!(%app_id, users_id = %me.user_id, "current password refused");
+            return Err(ServiceError::WrongCurrentPassword);
+        }
+        core.store.throttle_relieved(&user_key, addr_key.as_deref()).await?;
+        Ok(())
     }
 
     async fn create(&self, ctx: &Ctx, req: pb::CreateUserRequest) -> ServiceResult<pb::User> {
@@ -245,6 +298,21 @@ impl UserSvc {
         if set_username {
             validate::username(&patch.username)?;
         }
+        // A supervisor changing another user (or a service) needs no proof;
+        // a user changing what takes their own account over does, before
+        // any work is done for the change. An address change is known only
+        // once the stored one is read (below): clients send back the
+        // address they hold, unchanged.
+        let own = me.user_id == id;
+        let current_password = SecretString::from(req.current_password);
+        let mut proved = false;
+        if own && (set_username || set_password) {
+            if let Err(e) = self.reauthenticate(ctx, caller.app_id, &me, &current_password).await {
+                self.refused(ctx, "user.update", &caller, id, &e).await;
+                return Err(e);
+            }
+            proved = true;
+        }
         let username_bidx =
             if set_username { Some(core.username_index(caller.app_id, &patch.username).await?) } else { None };
         let password_hash = if set_password {
@@ -266,6 +334,15 @@ impl UserSvc {
                 .map_err(ServiceError::Crypto)?;
             let merged = profile::merge(&plain, &patch_json, &profile_paths)?;
             validate::profile(&merged)?;
+            let before = profile::to_user(&rec, &plain)?;
+            let email_changed = profile::email_key(&before) != profile::email_key(&merged);
+            if own && email_changed && !proved {
+                if let Err(e) = self.reauthenticate(ctx, caller.app_id, &me, &current_password).await {
+                    self.refused(ctx, "user.update", &caller, id, &e).await;
+                    return Err(e);
+                }
+                proved = true;
+            }
             // A retry may be for a key rotated away.
             let sealer = core.keyring.guarded_sealer(caller.app_id, attempt).await.map_err(ServiceError::Crypto)?;
             let email_bidx = match profile::email_key(&merged) {
@@ -290,6 +367,11 @@ impl UserSvc {
                 // sessions (all of them when deactivated).
                 end_sessions: (set_password || !active)
                     .then(|| EndSessions { keep: (me.user_id == id && active).then_some(me.session_id) }),
+                // A deactivated user's mailed links must not bring them back.
+                void_resets: !active,
+                // The owner hears of it at the address they had, whoever made
+                // the change: if it was not them, they can act.
+                mail: notices(&sealer, before.email.as_ref().map(|e| e.primary.trim()), set_password, email_changed),
             };
             let mut record = core.record(ctx, "user.update", Some(&caller), caller.app_id).await;
             record.subject_id = Some(id);
@@ -549,6 +631,22 @@ impl UserSvc {
             ResetCheck::Unknown => Err(invalid()),
         }
     }
+}
+
+/// The notices of a change, to the address the user had (none without
+/// one), each sealed to its outbox row.
+fn notices(sealer: &Sealer, to: Option<&str>, password: bool, email: bool) -> Vec<QueuedMail> {
+    let Some(to) = to.filter(|to| !to.is_empty()) else {
+        return Vec::new();
+    };
+    [(password, PASSWORD_CHANGED), (email, EMAIL_CHANGED)]
+        .into_iter()
+        .filter(|(changed, _)| *changed)
+        .map(|(_, kind)| {
+            let id = Uuid::now_v7();
+            QueuedMail { id, kind, payload_ct: sealer.seal(id, NOTICE_TO_FIELD, to.as_bytes()) }
+        })
+        .collect()
 }
 
 #[tonic::async_trait]

@@ -288,7 +288,12 @@ mod tests {
     use super::*;
 
     fn info() -> SessionInfo {
-        SessionInfo { session_id: Uuid::now_v7(), user_id: Uuid::now_v7(), supervisor: false }
+        SessionInfo {
+            session_id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            supervisor: false,
+            signed_in_at: chrono::Utc::now(),
+        }
     }
 
     fn user(app_id: Uuid, profile_bytes: usize) -> UserRecord {

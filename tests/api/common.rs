@@ -147,6 +147,7 @@ pub fn serve_args(database_url: String) -> ServeArgs {
         sessions: SessionArgs {
             session_idle_timeout: Duration::from_secs(1800),
             session_max_age: Duration::from_secs(12 * 3600),
+            privileged_session_max_age: Duration::from_secs(15 * 60),
         },
         gateway: GatewayArgs { cors_origins: vec![], trusted_proxies: vec![] },
         mail: MailArgs {

@@ -22,7 +22,7 @@ async fn set_extra(
 ) -> Result<(), tonic::Status> {
     let user: pb::User = serde_json::from_value(json!({"extras": {name: value}})).expect("a user");
     let mask = FieldMask { paths: vec![format!("extras.{name}")] };
-    let req = pb::UpdateUserRequest { users_id, user: Some(user), update_mask: Some(mask) };
+    let req = pb::UpdateUserRequest { users_id, user: Some(user), update_mask: Some(mask), ..Default::default() };
     users.update_user(crate::common::with_auth(req, Some(key), Some(token))).await.map(|_| ())
 }
 

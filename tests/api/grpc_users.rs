@@ -70,6 +70,7 @@ async fn lifecycle_create_read_update_sign_out_in_delete() {
         users_id: id.clone(),
         user: Some(patch),
         update_mask: Some(FieldMask { paths: vec!["name.last_name".into(), "ssn".into()] }),
+        ..Default::default()
     };
     let updated = users.update_user(t.req(req, Some(&token))).await.unwrap().into_inner();
     let name = updated.name.unwrap();
@@ -133,7 +134,7 @@ async fn authorisation_matrix() {
     assert_eq!(e.code(), Code::NotFound);
     let e = users
         .update_user(t.req(
-            pb::UpdateUserRequest { users_id: bob.clone(), user: Some(pb::User::default()), update_mask: None },
+            pb::UpdateUserRequest { users_id: bob.clone(), user: Some(pb::User::default()), update_mask: None, ..Default::default() },
             Some(&alice_token),
         ))
         .await
@@ -182,6 +183,7 @@ async fn field_mask_updates_nested_extras_and_clearing() {
         users_id: created.users_id.clone(),
         user: Some(user),
         update_mask: Some(FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() }),
+        ..Default::default()
     };
     let extras = serde_json::from_value(serde_json::json!({"extra1": "changed", "new": {"deep": true}})).unwrap();
     let out = users
@@ -239,6 +241,7 @@ async fn password_change_revokes_other_sessions() {
         users_id: id.clone(),
         user: Some(pb::User { password: "a whole new password".into(), ..Default::default() }),
         update_mask: Some(FieldMask { paths: vec!["password".into()] }),
+        ..Default::default()
     };
     users.update_user(t.req(change, Some(&first))).await.unwrap();
     // The session that changed it lives on; the other one is gone.
@@ -255,6 +258,7 @@ async fn password_change_revokes_other_sessions() {
         users_id: id,
         user: Some(pb::User { password: "short".into(), ..Default::default() }),
         update_mask: Some(FieldMask { paths: vec!["password".into()] }),
+        ..Default::default()
     };
     let e = users.update_user(t.req(change, Some(&first))).await.unwrap_err();
     assert_eq!(common::violation_field(&e).as_deref(), Some("password"));
@@ -363,6 +367,7 @@ async fn sign_in_failures_look_alike() {
         users_id: inactive,
         user: Some(pb::User { active: Some(false), ..Default::default() }),
         update_mask: Some(FieldMask { paths: vec!["active".into()] }),
+        ..Default::default()
     };
     let out = users.update_user(t.req(deactivate, Some(&sup))).await.unwrap().into_inner();
     assert_eq!(out.active, Some(false));

@@ -20,6 +20,7 @@ mod openapi;
 mod operations;
 mod paging;
 mod processes;
+mod reauth;
 mod replicas;
 mod rfc7396;
 mod safeguards;

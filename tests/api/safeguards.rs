@@ -52,6 +52,7 @@ async fn no_pii_in_any_table_or_dump() {
                 users_id: created.users_id.clone(),
                 user: Some(patch),
                 update_mask: Some(FieldMask { paths: vec!["gender".into()] }),
+                ..Default::default()
             },
             Some(&token),
         ))
@@ -123,6 +124,7 @@ async fn application_key_rotation_under_load_loses_nothing() {
                     users_id: id.clone(),
                     user: Some(pb::User { race: value.clone(), ..Default::default() }),
                     update_mask: Some(FieldMask { paths: vec!["race".into()] }),
+                    ..Default::default()
                 };
                 users
                     .update_user(common::with_auth(req, Some(&req_key), Some(&token)))
@@ -332,6 +334,7 @@ async fn the_trail_records_each_access_by_field_name_only() {
                 users_id: id.clone(),
                 user: Some(patch),
                 update_mask: Some(FieldMask { paths: vec!["name.last_name".into()] }),
+                ..Default::default()
             },
             Some(&created.session_token),
         ))
@@ -599,7 +602,7 @@ async fn every_disclosure_is_recorded_with_the_fields_it_carries() {
     // An update's reply carries the whole profile, not only the change.
     let patch = pb::User { dob: "1990-01-02".into(), ..Default::default() };
     let mask = FieldMask { paths: vec!["dob".into()] };
-    let req = pb::UpdateUserRequest { users_id: id.clone(), user: Some(patch), update_mask: Some(mask) };
+    let req = pb::UpdateUserRequest { users_id: id.clone(), user: Some(patch), update_mask: Some(mask), ..Default::default() };
     users.update_user(t.req(req, Some(&token))).await.unwrap();
     // Memberships and sessions.
     users.list_user_groups(t.req(pb::ListUserGroupsRequest { users_id: id.clone(), ..Default::default() }, Some(&token))).await.unwrap();

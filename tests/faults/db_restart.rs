@@ -107,6 +107,7 @@ async fn worker(
                             users_id: id.clone(),
                             user: Some(user),
                             update_mask: Some(FieldMask { paths: vec![format!("extras.{k}")] }),
+                            ..Default::default()
                         },
                         &key,
                         Some(&token),

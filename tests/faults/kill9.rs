@@ -110,7 +110,12 @@ async fn run_worker(n: usize, c: Arc<Ctx>) -> Worker {
                 let mask = FieldMask { paths: vec![format!("extras.{k}")] };
                 users
                     .update_user(req(
-                        pb::UpdateUserRequest { users_id: id(*u), user: Some(user), update_mask: Some(mask) },
+                        pb::UpdateUserRequest {
+                            users_id: id(*u),
+                            user: Some(user),
+                            update_mask: Some(mask),
+                            ..Default::default()
+                        },
                         &c.key,
                         boss,
                     ))

@@ -160,6 +160,7 @@ impl Target {
                         ..Default::default()
                     }),
                     update_mask: Some(FieldMask { paths: vec!["name.last_name".into()] }),
+                    ..Default::default()
                 };
                 let read = scenario == Scenario::Get || (scenario == Scenario::Mixed && !n.is_multiple_of(10));
                 let ok = match scenario {

@@ -1332,3 +1332,69 @@ pub async fn usernames_are_rekeyed_once(u: &Under) {
     assert_eq!(left.len(), 2, "zed and dan are left");
     assert!(left.contains(&zed.id) && left.contains(&dan.id));
 }
+
+/// A change to a user carries its notices and, for a deactivation, voids
+/// the user's reset links, in its own transaction: nothing of either when
+/// the compare-and-set loses. A success outside sign-in relieves the
+/// throttles as a sign-in does.
+pub async fn user_changes_void_resets_and_queue_notices(u: &Under) {
+    let s = u.store.as_ref();
+    let f = new_app(s, "notices").await;
+    let nu = new_user(&f, "nora");
+    s.create_user(nu.clone(), Some(session("tok-n")), &[]).await.unwrap();
+    // A reset link, issued as the mail sender issues one.
+    let request = reset_request(f.app.id, b"nora", "r1");
+    s.queue_mail_request(&request, &request_audit(&request)).await.unwrap();
+    let audit = AuditRecord::new("user.password_reset_request", Some(f.app.id));
+    for c in s.claim_mail_requests(10, HOUR).await.unwrap() {
+        assert_eq!(s.resolve_mail_request(&c, THREE_AN_HOUR, &audit).await.unwrap(), resolved(1, 0));
+    }
+    let outbox = |kind: &'static str| async move {
+        u.db.count(&format!("SELECT count(*) FROM outbox WHERE kind = '{kind}'")).await
+    };
+    let notice = |kind: &'static str| QueuedMail { id: Uuid::now_v7(), kind, payload_ct: b"to".to_vec() };
+
+    // A lost compare-and-set writes neither the mail nor the voiding.
+    let mut stale = change(99, f.data_key.id);
+    stale.mail = vec![notice(PASSWORD_CHANGED)];
+    stale.void_resets = true;
+    assert!(s.update_user(f.app.id, nu.id, stale, &[]).await.unwrap().is_none());
+    assert_eq!(outbox(PASSWORD_CHANGED).await, 0);
+    let live = ResetCheck::Live { app_id: f.app.id, user_id: nu.id };
+    assert_eq!(s.reset_password(b"r1", None).await.unwrap(), live);
+
+    // A change with both notices queues both, sealed payload kept; the reset
+    // link lives on while the user stays active.
+    let mut c = change(1, f.data_key.id);
+    c.mail = vec![notice(PASSWORD_CHANGED), notice(EMAIL_CHANGED)];
+    s.update_user(f.app.id, nu.id, c, &[]).await.unwrap().unwrap();
+    let mut claimed = s.claim_outbox(10, HOUR).await.unwrap();
+    claimed.retain(|m| m.kind != "password_reset");
+    let mut kinds: Vec<&str> = claimed.iter().map(|m| m.kind.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, [EMAIL_CHANGED, PASSWORD_CHANGED]);
+    assert!(claimed.iter().all(|m| m.user_id == nu.id && m.payload_ct.as_deref() == Some(b"to")));
+    assert_eq!(s.reset_password(b"r1", None).await.unwrap(), live);
+
+    // A deactivation voids the links (and ends the sessions).
+    let mut off = change(2, f.data_key.id);
+    off.active = false;
+    off.void_resets = true;
+    off.end_sessions = Some(EndSessions { keep: None });
+    s.update_user(f.app.id, nu.id, off, &[]).await.unwrap().unwrap();
+    assert_eq!(s.reset_password(b"r1", None).await.unwrap(), ResetCheck::Unknown);
+    assert_eq!(u.db.count("SELECT count(*) FROM password_resets").await, 0);
+    assert!(s.list_sessions(f.app.id, nu.id, HOUR, None, 100).await.unwrap().is_empty());
+
+    // Relief: one key forgotten, one attempt off the other.
+    let rule = ThrottleRule { free: 5, max_wait: Duration::from_secs(60), window: HOUR };
+    let keys = vec![(b"re-user".to_vec(), rule), (b"re-addr".to_vec(), rule)];
+    for _ in 0..3 {
+        assert_eq!(s.throttle_attempt(&keys).await.unwrap(), None);
+    }
+    s.throttle_relieved(b"re-user", Some(b"re-addr")).await.unwrap();
+    assert_eq!((u.db.failures(b"re-user").await, u.db.failures(b"re-addr").await), (0, 2));
+    s.throttle_relieved(b"re-user", None).await.unwrap();
+    assert_eq!(u.db.failures(b"re-addr").await, 2);
+    chain_is_whole(s).await;
+}

@@ -246,6 +246,8 @@ pub(super) fn change(expected_version: i64, key_id: Uuid) -> UserChange {
         active: true,
         mrn_bidx: Vec::new(),
         end_sessions: None,
+        void_resets: false,
+        mail: vec![],
     }
 }
 
@@ -305,4 +307,5 @@ contract!(
     sessions_page_in_id_order,
     mrn_indexes_follow_the_user_row,
     usernames_are_rekeyed_once,
+    user_changes_void_resets_and_queue_notices,
 );

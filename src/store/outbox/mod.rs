@@ -27,6 +27,22 @@ pub struct OutboxMessage {
     pub created_at: DateTime<Utc>,
 }
 
+/// Kinds of mail: what the outbox's `kind` holds, and the name of the
+/// message's templates.
+pub const PASSWORD_CHANGED: &str = "password_changed";
+pub const EMAIL_CHANGED: &str = "email_changed";
+
+/// A message to queue for a user with a change to them.
+#[derive(Debug, Clone)]
+pub struct QueuedMail {
+    pub id: Uuid,
+    /// [`PASSWORD_CHANGED`], [`EMAIL_CHANGED`].
+    pub kind: &'static str,
+    /// What the message needs beyond the user's row, sealed to `id` (a
+    /// notice: the address it goes to, which may no longer be the user's).
+    pub payload_ct: Vec<u8>,
+}
+
 /// What a message to a user is made from (sealed).
 #[derive(Debug, Clone)]
 pub struct MailRecipient {

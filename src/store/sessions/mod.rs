@@ -25,6 +25,8 @@ pub struct SessionInfo {
     pub session_id: Uuid,
     pub user_id: Uuid,
     pub supervisor: bool,
+    /// When the session began: its password was last proved then.
+    pub signed_in_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone)]

@@ -63,7 +63,7 @@ impl SessionStore for PgStore {
         }
         let seen = self.auth.generation();
         let row = sqlx::query(
-            "SELECT s.id, s.user_id, u.supervisor,
+            "SELECT s.id, s.user_id, u.supervisor, s.created_at,
                     (u.active AND s.expires_at > now() AND s.last_seen_at > now() - make_interval(secs => $3)) AS live,
                     s.last_seen_at < now() - make_interval(secs => $4) AS stale,
                     extract(epoch FROM s.expires_at - now())::float8 AS remaining
@@ -90,7 +90,12 @@ impl SessionStore for PgStore {
                 .execute(&self.pool)
                 .await?;
         }
-        let info = SessionInfo { session_id, user_id: row.try_get("user_id")?, supervisor: row.try_get("supervisor")? };
+        let info = SessionInfo {
+            session_id,
+            user_id: row.try_get("user_id")?,
+            supervisor: row.try_get("supervisor")?,
+            signed_in_at: row.try_get("created_at")?,
+        };
         // Remembered no longer than a touch may wait (so idle expiry stays
         // as accurate as without), nor past the session's end.
         let remaining = Duration::try_from_secs_f64(row.try_get("remaining")?).unwrap_or_default();

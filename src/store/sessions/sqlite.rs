@@ -49,7 +49,7 @@ impl SessionStore for SqliteStore {
     ) -> Result<SessionLookup> {
         let now = now_us();
         let row = sqlx::query(
-            "SELECT s.id, s.user_id, u.supervisor,
+            "SELECT s.id, s.user_id, u.supervisor, s.created_at,
                     (u.active AND s.expires_at > ?3 AND s.last_seen_at > ?4) AS live,
                     s.last_seen_at < ?5 AS stale
              FROM sessions s JOIN users u ON u.app_id = s.app_id AND u.id = s.user_id
@@ -81,6 +81,7 @@ impl SessionStore for SqliteStore {
             session_id,
             user_id: row.try_get("user_id")?,
             supervisor: row.try_get("supervisor")?,
+            signed_in_at: time_of(&row, "created_at")?,
         }))
     }
 

@@ -51,4 +51,8 @@ pub trait ThrottleStore: Send + Sync {
     /// (the wait counts from the refusal the caller saw, not from the start
     /// of the attempt, however long the password check took).
     async fn throttle_failed(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<()>;
+
+    /// After a success that starts no session (a current password proved
+    /// with a change): what a sign-in's [`Relief`] does, alone.
+    async fn throttle_relieved(&self, clear: &[u8], forgive: Option<&[u8]>) -> Result<()>;
 }

@@ -134,6 +134,14 @@ impl ThrottleStore for PgStore {
         counted_wait(&row)
     }
 
+    async fn throttle_relieved(&self, clear: &[u8], forgive: Option<&[u8]>) -> Result<()> {
+        // The sign-in's relief, numbered for a statement of its own.
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("WITH {} SELECT 1", RELIEF.replace("$6", "$1").replace("$7", "$2")));
+        sqlx::query(&SQL).bind(clear).bind(forgive).execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn throttle_failed(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<()> {
         for (key, rule) in keys {
             sqlx::query(

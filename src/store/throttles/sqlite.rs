@@ -61,6 +61,17 @@ impl ThrottleStore for SqliteStore {
         Ok(None)
     }
 
+    async fn throttle_relieved(&self, clear: &[u8], forgive: Option<&[u8]>) -> Result<()> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        sqlx::query("DELETE FROM throttles WHERE key = ?1").bind(clear).execute(&mut *tx).await?;
+        sqlx::query("UPDATE throttles SET failures = MAX(failures - 1, 0) WHERE key = ?1")
+            .bind(forgive)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn throttle_failed(&self, keys: &[(Vec<u8>, ThrottleRule)]) -> Result<()> {
         let mut tx = self.pool.begin_with(BEGIN).await?;
         let now = now_us();

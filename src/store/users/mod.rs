@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::store::trail::record::AuditRecord;
-use crate::store::{NewSession, Result, ThrottleRule};
+use crate::store::{NewSession, QueuedMail, Result, ThrottleRule};
 
 /// A user row as the services see it: the profile is still sealed.
 #[derive(Debug, Clone)]
@@ -107,6 +107,12 @@ pub struct UserChange {
     /// Which of the user's sessions end with the change, in its transaction
     /// (the service decides: a new password or a deactivation ends them).
     pub end_sessions: Option<EndSessions>,
+    /// The user's outstanding reset links are voided with the change, in its
+    /// transaction (the service decides: a deactivation voids them).
+    pub void_resets: bool,
+    /// Mail queued with the change, in its transaction (the notices of a
+    /// new password or address): none is sent for a change not made.
+    pub mail: Vec<QueuedMail>,
 }
 
 /// Every session of a user but `keep` ends.

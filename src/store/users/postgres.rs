@@ -236,10 +236,11 @@ impl UserStore for PgStore {
     ) -> Result<Option<UserRecord>> {
         // One statement, so one round trip and one transaction: the row's
         // compare-and-set, its MRN indexes replaced by the new set, the
-        // sessions a password change ends and the trail records (nothing but
-        // the row when the compare-and-set fails). A key rotated away since the caller sealed makes this a
-        // conflict too: the caller re-reads and seals again under the
-        // current key.
+        // sessions a password change ends, the reset links a deactivation
+        // voids, the notices queued and the trail records (nothing but the
+        // row when the compare-and-set fails). A key rotated away since the
+        // caller sealed makes this a conflict too: the caller re-reads and
+        // seals again under the current key.
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
                 "WITH u AS (
@@ -271,9 +272,16 @@ impl UserStore for PgStore {
                      WHERE $12 AND app_id = $1 AND user_id = $2 AND id IS DISTINCT FROM $13
                        AND EXISTS (SELECT 1 FROM u)
                      RETURNING token_hash
+                 ), voided AS (
+                     DELETE FROM password_resets
+                     WHERE $15 AND app_id = $1 AND user_id = $2 AND EXISTS (SELECT 1 FROM u)
+                 ), mail AS (
+                     INSERT INTO outbox (id, app_id, user_id, kind, payload_ct)
+                     SELECT m.id, u.app_id, u.id, m.kind, m.payload_ct
+                     FROM u, unnest($16::uuid[], $17::text[], $18::bytea[]) AS m (id, kind, payload_ct)
                  ), {}
                  SELECT u.*, ARRAY(SELECT token_hash FROM ended) AS ended FROM u",
-                many_records(15, "EXISTS (SELECT 1 FROM u)")
+                many_records(19, "EXISTS (SELECT 1 FROM u)")
             )
         });
         let (username_ct, username_bidx) = change.username.clone().unzip();
@@ -291,7 +299,12 @@ impl UserStore for PgStore {
             .bind(now_seconds())
             .bind(change.end_sessions.is_some())
             .bind(change.end_sessions.and_then(|e| e.keep))
-            .bind(&change.mrn_bidx);
+            .bind(&change.mrn_bidx)
+            .bind(change.void_resets)
+            .bind(change.mail.iter().map(|m| m.id).collect::<Vec<_>>())
+            .bind(change.mail.iter().map(|m| m.kind).collect::<Vec<_>>())
+            .bind(change.mail.iter().map(|m| m.payload_ct.clone()).collect::<Vec<_>>());
+        // The records' arrays come last: however many columns a record has.
         let row = AuditColumns::of(audit).bind(q).fetch_optional(&self.pool).await?;
         let Some(row) = row else {
             // Lost the compare-and-set: what this replica remembers of the

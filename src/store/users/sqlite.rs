@@ -268,6 +268,27 @@ impl UserStore for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        if change.void_resets {
+            sqlx::query("DELETE FROM password_resets WHERE app_id = ?1 AND user_id = ?2")
+                .bind(app_id)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for m in &change.mail {
+            sqlx::query(
+                "INSERT INTO outbox (id, app_id, user_id, kind, payload_ct, created_at, next_attempt_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            )
+            .bind(m.id)
+            .bind(app_id)
+            .bind(user_id)
+            .bind(m.kind)
+            .bind(&m.payload_ct)
+            .bind(now_us())
+            .execute(&mut *tx)
+            .await?;
+        }
         append_in(&mut tx, audit).await?;
         tx.commit().await?;
         user_from_row(&row).map(Some)
