@@ -196,7 +196,9 @@ pub struct LimitArgs {
     #[arg(long, env = "USERSVC_HASH_QUEUE")]
     pub hash_queue: Option<usize>,
     /// A password hash is also refused at once when the hashes ahead of it
-    /// would take longer than this, at the speed hashes ran lately.
+    /// would take longer than this, at the speed hashes ran lately; and one
+    /// let in that still waits this long for a hashing thread (hashes slowed
+    /// down since) gives up then, with the same answer.
     #[arg(long, env = "USERSVC_HASH_MAX_WAIT", default_value = "2s", value_parser = parse_duration)]
     pub hash_max_wait: Duration,
     /// Anonymous sign-ups per hour from one client address to one

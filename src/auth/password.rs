@@ -231,31 +231,48 @@ impl PasswordHasher {
         let ahead = self.inside.fetch_add(1, Ordering::AcqRel);
         let inside = Inside(self.inside.clone());
         let Some(bound) = self.bound else { return Ok(inside) };
-        let hash_time = self.pool.hash_time();
         // The calls that would wait for a thread, this one included; each
         // thread takes the next of them every `hash_time`.
         let waiting = (ahead + 1).saturating_sub(self.threads);
-        let wait = hash_time.mul_f64(waiting as f64 / self.threads as f64);
-        if waiting <= bound.waiting && wait <= bound.max_wait {
-            return Ok(inside);
+        let wait = self.pool.hash_time().mul_f64(waiting as f64 / self.threads as f64);
+        if waiting > bound.waiting {
+            return Err(self.shed("queue_full"));
         }
-        drop(inside);
-        metrics::counter!("usersvc_password_hash_shed_total").increment(1);
-        // When the hashes now inside are done: whole seconds, rounded up.
-        let drained = hash_time.mul_f64(ahead as f64 / self.threads as f64);
-        let secs = drained.as_secs() + u64::from(drained.subsec_nanos() > 0);
-        Err(HashError::Overloaded { retry_after: Duration::from_secs(secs.max(1)) })
+        if wait > bound.max_wait {
+            return Err(self.shed("too_slow"));
+        }
+        Ok(inside)
     }
 
-    /// A place in the hash pool; the queue and the wait are measured.
+    /// A refusal: counted by why, and told when the hashes now inside will
+    /// be done (whole seconds, rounded up, at least 1).
+    fn shed(&self, why: &'static str) -> HashError {
+        metrics::counter!("usersvc_password_hash_shed_total", "reason" => why).increment(1);
+        let inside = self.inside.load(Ordering::Acquire);
+        let drained = self.pool.hash_time().mul_f64(inside as f64 / self.threads as f64);
+        let secs = drained.as_secs() + u64::from(drained.subsec_nanos() > 0);
+        HashError::Overloaded { retry_after: Duration::from_secs(secs.max(1)) }
+    }
+
+    /// A place in the hash pool; the queue and the wait are measured. A
+    /// bounded hasher gives up on a wait past `max_wait`: hashes that slowed
+    /// down after a call was let in (the cores taken by something else)
+    /// must not make it wait longer than any call may.
     async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, HashError> {
         let queued = metrics::gauge!("usersvc_password_hash_queue_depth");
         queued.increment(1.0);
         let start = Instant::now();
-        let permit = self.permits.acquire().await;
+        let acquire = self.permits.acquire();
+        let permit = match self.bound {
+            Some(bound) => tokio::time::timeout(bound.max_wait, acquire).await.ok(),
+            None => Some(acquire.await),
+        };
         queued.decrement(1.0);
         metrics::histogram!("usersvc_password_hash_wait_seconds").record(start.elapsed().as_secs_f64());
-        permit.map_err(|_| HashError::Closed)
+        match permit {
+            Some(permit) => permit.map_err(|_| HashError::Closed),
+            None => Err(self.shed("waited_too_long")),
+        }
     }
 
     /// Checks a password against a PHC string, or against the dummy hash
@@ -472,6 +489,20 @@ mod tests {
         assert_eq!(flood(&hasher, 3).await, (3, vec![]));
         // Without a bound, everyone waits their turn.
         assert_eq!(flood(&PasswordHasher::new(1).unwrap(), 10).await, (10, vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_call_that_waits_past_max_wait_gives_up() {
+        // Hashes taken to cost 1 ms: all 16 are let in at once (15 ms of
+        // waiting at most, by that reckoning). A hash takes longer than that
+        // (at least 5 ms: 38 MiB of memory passes), so those that wait past
+        // 70 ms for the thread give up then.
+        let bound = QueueBound { waiting: 100, max_wait: Duration::from_millis(70) };
+        let hasher = PasswordHasher::bounded(1, bound).unwrap();
+        hasher.pool.hash_nanos.store(1_000_000, Ordering::Relaxed);
+        let (made, refused) = flood(&hasher, 16).await;
+        assert!(made >= 2 && !refused.is_empty(), "{made} made, {refused:?}");
+        assert_eq!(made + refused.len(), 16);
     }
 
     #[tokio::test]
