@@ -201,8 +201,8 @@ pub struct LimitArgs {
     /// down since) gives up then, with the same answer.
     #[arg(long, env = "USERSVC_HASH_MAX_WAIT", default_value = "2s", value_parser = parse_duration)]
     pub hash_max_wait: Duration,
-    /// Anonymous sign-ups per hour from one client address to one
-    /// application (a supervisor's or a service token's creations are not
+    /// Anonymous sign-ups per hour from one client address (an IPv6 client
+    /// by its /64) to one application (a supervisor's or a service token's creations are not
     /// counted); past them, 429 with Retry-After until the hour that began
     /// with the first is over. Counted in the database, so every replica
     /// shares the count. 0 turns the limit off.

@@ -157,7 +157,7 @@ async fn past_the_hash_queue_sign_ins_are_refused_at_once() {
         }
     }
     assert!(shed >= 1, "some gRPC sign-ins shed");
-    let metrics = t.http.get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = t.http.get(t.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("usersvc_password_hash_shed_total"), "the sheds are counted");
 }
 }
