@@ -8,7 +8,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::service::Routes;
 
 use crate::audit::{AuditSink, AuditWriter};
-use crate::auth::{Authenticator, PasswordHasher, caller::SessionPolicy};
+use crate::auth::{Authenticator, PasswordHasher, caller::SessionPolicy, password::QueueBound};
 use crate::config::ServeArgs;
 use crate::crypto::Keyring;
 use crate::gateway::{self, Gateway};
@@ -97,11 +97,18 @@ impl Application {
         let core = Arc::new(Core {
             store: store.clone(),
             auth: Authenticator::new(store.clone(), policy),
-            hasher: PasswordHasher::new(cores)?,
+            hasher: PasswordHasher::bounded(
+                cores,
+                QueueBound {
+                    waiting: args.limits.hash_queue.unwrap_or(cores.max(1) * QueueBound::WAITING_PER_THREAD),
+                    max_wait: args.limits.hash_max_wait,
+                },
+            )?,
             keyring,
             trail,
             min_password_chars: args.min_password_length,
             reset_lifetime: args.mail.reset_link_lifetime,
+            signup_per_hour: args.limits.signup_per_address,
         });
         let (users, groups) = services(core);
 
@@ -160,12 +167,15 @@ impl Application {
                 stopped(shutdown_rx.clone()),
             ))
         });
-        let router = gateway::router(gateway, &args.gateway.cors_origins)
+        let limited = gateway::router(gateway.clone(), &args.gateway.cors_origins)
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
                 limits.request_timeout,
             ))
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests));
+        // Load balancers probe the public port: there too the probes are
+        // answered before the limits, everything else behind them.
+        let router = gateway::probes(gateway).fallback_service(limited);
         let monitor_task = tokio::spawn(monitor::run(pool.clone(), health_reporter, shutdown_rx.clone()));
         let mailer = crate::mail::Mailer {
             public_url: mail.public_url.clone().unwrap_or_else(|| {

@@ -185,6 +185,29 @@ pub struct LimitArgs {
     /// accepted.
     #[arg(long, env = "USERSVC_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Password hashes (sign-in, sign-up, password change and reset) that
+    /// may wait for a hashing thread; past them a call is answered at once
+    /// with 503 / UNAVAILABLE (`overloaded`) and a Retry-After. Default: 32
+    /// per hashing thread. A hash takes 15 to 20 ms on one core (105
+    /// hashes/s on 2 threads measured here), so that is 0.5 to 0.65 s of
+    /// waiting, within the 2 s a sign-in may wait even when hashes run three
+    /// times slower (they run at the lowest priority, and slow down when the
+    /// cores are busy with anything else).
+    #[arg(long, env = "USERSVC_HASH_QUEUE")]
+    pub hash_queue: Option<usize>,
+    /// A password hash is also refused at once when the hashes ahead of it
+    /// would take longer than this, at the speed hashes ran lately; and one
+    /// let in that still waits this long for a hashing thread (hashes slowed
+    /// down since) gives up then, with the same answer.
+    #[arg(long, env = "USERSVC_HASH_MAX_WAIT", default_value = "2s", value_parser = parse_duration)]
+    pub hash_max_wait: Duration,
+    /// Anonymous sign-ups per hour from one client address (an IPv6 client
+    /// by its /64) to one application (a supervisor's or a service token's creations are not
+    /// counted); past them, 429 with Retry-After until the hour that began
+    /// with the first is over. Counted in the database, so every replica
+    /// shares the count. 0 turns the limit off.
+    #[arg(long, env = "USERSVC_SIGNUP_PER_ADDRESS", default_value_t = 20)]
+    pub signup_per_address: u32,
 }
 
 /// Mail delivery.

@@ -3,8 +3,20 @@
 //! storm of sign-ins queues instead of starving every other request. The
 //! async reactor, the database and every read keep their latency while
 //! hashes saturate the cores; with nothing else to do, hashes get it all.
+//!
+//! The service's hasher is bounded ([`PasswordHasher::bounded`]): past a
+//! number of waiting hashes, or when the wait would be too long at the
+//! current speed of a hash, a call is refused at once
+//! ([`HashError::Overloaded`]) instead of queueing behind a flood it cannot
+//! get through in time. A client told to come back later does better than
+//! one that times out after holding a place in the queue.
 
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, AtomicUsize, Ordering},
+    mpsc,
+};
+use std::time::{Duration, Instant};
 
 use std::cell::RefCell;
 
@@ -31,6 +43,9 @@ pub enum HashError {
     Hash(String),
     #[error("password hasher closed")]
     Closed,
+    /// Too many hashes waiting: this one was not queued.
+    #[error("the service is overloaded; try again in {} s", .retry_after.as_secs())]
+    Overloaded { retry_after: Duration },
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -38,6 +53,9 @@ type Job = Box<dyn FnOnce() + Send>;
 /// The hashing threads; they end when the last handle is dropped.
 struct HashPool {
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// How long a hash takes lately, in nanoseconds (a moving average of
+    /// the jobs' own times, waits excluded): what a place in the queue costs.
+    hash_nanos: Arc<AtomicU64>,
 }
 
 impl HashPool {
@@ -68,18 +86,38 @@ impl HashPool {
                 })
                 .map_err(|e| HashError::Hash(format!("starting a hashing thread: {e}")))?;
         }
-        Ok(Self { jobs: Mutex::new(tx) })
+        Ok(Self { jobs: Mutex::new(tx), hash_nanos: Arc::new(AtomicU64::new(PRIOR_HASH_TIME.as_nanos() as u64)) })
     }
 
     async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, HashError> {
         let (tx, rx) = oneshot::channel();
+        let hash_nanos = self.hash_nanos.clone();
         let job: Job = Box::new(move || {
-            let _ = tx.send(f());
+            let start = Instant::now();
+            let out = f();
+            // An eighth of each new time: a few hashes follow a change of
+            // speed (the cores taken by something else), one odd hash does
+            // not. Updates racing on another thread may be lost; either is
+            // as good an estimate.
+            let took = start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+            let was = hash_nanos.load(Ordering::Relaxed);
+            hash_nanos.store(was - was / 8 + took / 8, Ordering::Relaxed);
+            let _ = tx.send(out);
         });
         self.jobs.lock().map_err(|_| HashError::Closed)?.send(job).map_err(|_| HashError::Closed)?;
         rx.await.map_err(|_| HashError::Closed)
     }
+
+    /// What a hash takes lately.
+    fn hash_time(&self) -> Duration {
+        Duration::from_nanos(self.hash_nanos.load(Ordering::Relaxed))
+    }
 }
+
+/// What a hash is taken to cost before one is timed: about what one
+/// takes on one core of a current server (15 to 20 ms on the 2-core machine
+/// of bench/results.md).
+const PRIOR_HASH_TIME: Duration = Duration::from_millis(20);
 
 /// Makes the calling thread (only it: on Linux, niceness is per thread) the
 /// last to get a core when others want one.
@@ -95,20 +133,60 @@ fn lower_priority() {
     }
 }
 
+/// How much waiting the service's hasher takes on.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueBound {
+    /// Hashes that may wait for a hashing thread, beyond those running.
+    pub waiting: usize,
+    /// Longest wait for a thread a call is let in for, reckoned from the
+    /// recent time of a hash: when hashes slow down (the cores busy with
+    /// other work), fewer may wait.
+    pub max_wait: Duration,
+}
+
+impl QueueBound {
+    /// Waiting hashes per hashing thread by default. One hash takes 15 to
+    /// 20 ms on a core (bench/results.md: 105 hashes/s on 2 threads; 69/s
+    /// on one), so 32 waiting per thread is 0.5 to 0.65 s of waiting: within
+    /// the 2 s a sign-in may wait even when hashes run three times slower,
+    /// as they do at the lowest priority on cores that are busy with
+    /// something else. (Where they are slower still, `max_wait` lets
+    /// fewer in.)
+    pub const WAITING_PER_THREAD: usize = 32;
+    /// The default of `max_wait`.
+    pub const MAX_WAIT: Duration = Duration::from_secs(2);
+}
+
 #[derive(Clone)]
 pub struct PasswordHasher {
     permits: Arc<Semaphore>,
     pool: Arc<HashPool>,
     params: Params,
+    threads: usize,
+    /// None: every call waits its turn (the import paces itself).
+    bound: Option<QueueBound>,
+    /// Calls between admission and their hash's end: running and waiting.
+    inside: Arc<AtomicUsize>,
     /// Verified against when a username is unknown, so that both failures
     /// cost one verification. Made on first need, not at start.
     dummy_hash: Arc<OnceCell<Arc<str>>>,
 }
 
+/// A call's place among those [`PasswordHasher::inside`], given up when
+/// dropped.
+struct Inside(Arc<AtomicUsize>);
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl PasswordHasher {
     /// `concurrency` hashes run at once at most, each on its own thread (the
     /// number of cores is right: each hash keeps one core busy), and as many
-    /// more wait ready in the pool's queue.
+    /// more wait ready in the pool's queue. Every other call waits its turn,
+    /// however many there are.
     pub fn new(concurrency: usize) -> Result<Self, HashError> {
         let params = params()?;
         let threads = concurrency.max(1);
@@ -119,48 +197,132 @@ impl PasswordHasher {
             permits: Arc::new(Semaphore::new(threads * 2)),
             pool: Arc::new(HashPool::start(threads)?),
             params,
+            threads,
+            bound: None,
+            inside: Arc::default(),
             dummy_hash: Arc::default(),
         })
     }
 
-    pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
-        let _permit = self.permit().await?;
-        let params = self.params.clone();
-        self.pool.run(move || hash_blocking(&params, password.expose_secret())).await?
+    /// The same, refusing calls past `bound` with [`HashError::Overloaded`].
+    pub fn bounded(concurrency: usize, bound: QueueBound) -> Result<Self, HashError> {
+        Ok(Self { bound: Some(bound), ..Self::new(concurrency)? })
     }
 
-    /// A place in the hash pool; the queue and the wait are measured.
+    /// Hashing threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
+        self.reserve()?.hash(password).await
+    }
+
+    /// A place for one hash or verification, taken before the work that
+    /// leads to it (a sign-in's throttle count, a sign-up's quota): a call
+    /// refused for want of one has changed nothing.
+    pub fn reserve(&self) -> Result<Reserved<'_>, HashError> {
+        Ok(Reserved { hasher: self, _inside: self.admit()? })
+    }
+
+    /// Lets a call in, or refuses it at once when it would wait past the
+    /// bound: by count, or by the time the hashes ahead of it take now.
+    fn admit(&self) -> Result<Inside, HashError> {
+        let ahead = self.inside.fetch_add(1, Ordering::AcqRel);
+        let inside = Inside(self.inside.clone());
+        let Some(bound) = self.bound else { return Ok(inside) };
+        // The calls that would wait for a thread, this one included; each
+        // thread takes the next of them every `hash_time`.
+        let waiting = (ahead + 1).saturating_sub(self.threads);
+        let wait = self.pool.hash_time().mul_f64(waiting as f64 / self.threads as f64);
+        if waiting > bound.waiting {
+            return Err(self.shed("queue_full"));
+        }
+        if wait > bound.max_wait {
+            return Err(self.shed("too_slow"));
+        }
+        Ok(inside)
+    }
+
+    /// A refusal: counted by why, and told when the hashes now inside will
+    /// be done (whole seconds, rounded up, at least 1).
+    fn shed(&self, why: &'static str) -> HashError {
+        metrics::counter!("usersvc_password_hash_shed_total", "reason" => why).increment(1);
+        let inside = self.inside.load(Ordering::Acquire);
+        let drained = self.pool.hash_time().mul_f64(inside as f64 / self.threads as f64);
+        let secs = drained.as_secs() + u64::from(drained.subsec_nanos() > 0);
+        HashError::Overloaded { retry_after: Duration::from_secs(secs.max(1)) }
+    }
+
+    /// A place in the hash pool; the queue and the wait are measured. A
+    /// bounded hasher gives up on a wait past `max_wait`: hashes that slowed
+    /// down after a call was let in (the cores taken by something else)
+    /// must not make it wait longer than any call may.
     async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, HashError> {
         let queued = metrics::gauge!("usersvc_password_hash_queue_depth");
         queued.increment(1.0);
-        let start = std::time::Instant::now();
-        let permit = self.permits.acquire().await;
+        let start = Instant::now();
+        let acquire = self.permits.acquire();
+        let permit = match self.bound {
+            Some(bound) => tokio::time::timeout(bound.max_wait, acquire).await.ok(),
+            None => Some(acquire.await),
+        };
         queued.decrement(1.0);
         metrics::histogram!("usersvc_password_hash_wait_seconds").record(start.elapsed().as_secs_f64());
-        permit.map_err(|_| HashError::Closed)
+        match permit {
+            Some(permit) => permit.map_err(|_| HashError::Closed),
+            None => Err(self.shed("waited_too_long")),
+        }
     }
 
     /// Checks a password against a PHC string, or against the dummy hash
     /// when there is none (the answer is then always false).
     pub async fn verify(&self, password: SecretString, phc: Option<String>) -> Result<bool, HashError> {
-        let known = phc.is_some();
-        let phc = match phc {
-            Some(phc) => phc,
-            None => self.dummy().await?.to_string(),
-        };
-        let _permit = self.permit().await?;
-        let ok = self.pool.run(move || verify_blocking(&phc, password.expose_secret())).await?;
-        Ok(ok && known)
+        self.reserve()?.verify(password, phc).await
     }
 
+    /// A hash by a call that has its place (in the pool's own order).
+    async fn hash_in_place(&self, password: SecretString) -> Result<String, HashError> {
+        let _permit = self.permit().await?;
+        let params = self.params.clone();
+        self.pool.run(move || hash_blocking(&params, password.expose_secret())).await?
+    }
+
+    /// Made by the first verification that needs it, in that call's place.
     async fn dummy(&self) -> Result<Arc<str>, HashError> {
         self.dummy_hash
             .get_or_try_init(|| async {
                 let dummy = crate::auth::secret::generate();
-                self.hash(dummy).await.map(Arc::from)
+                self.hash_in_place(dummy).await.map(Arc::from)
             })
             .await
             .cloned()
+    }
+}
+
+/// A place among the hasher's calls ([`PasswordHasher::reserve`]), used
+/// by one hash or verification.
+pub struct Reserved<'a> {
+    hasher: &'a PasswordHasher,
+    _inside: Inside,
+}
+
+impl Reserved<'_> {
+    pub async fn hash(self, password: SecretString) -> Result<String, HashError> {
+        self.hasher.hash_in_place(password).await
+    }
+
+    /// Checks a password against a PHC string, or against the dummy hash
+    /// when there is none (the answer is then always false).
+    pub async fn verify(self, password: SecretString, phc: Option<String>) -> Result<bool, HashError> {
+        let known = phc.is_some();
+        let phc = match phc {
+            Some(phc) => phc,
+            None => self.hasher.dummy().await?.to_string(),
+        };
+        let _permit = self.hasher.permit().await?;
+        let ok = self.hasher.pool.run(move || verify_blocking(&phc, password.expose_secret())).await?;
+        Ok(ok && known)
     }
 }
 
@@ -191,7 +353,7 @@ thread_local! {
 }
 
 /// How long a hashing thread keeps its memory with nothing to hash.
-const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+const IDLE: Duration = Duration::from_secs(1);
 
 fn release_blocks() {
     BLOCKS.with(|blocks| {
@@ -293,5 +455,72 @@ mod tests {
         assert!(Argon2::default().verify_password(b"correct horse", &parsed).is_ok());
         assert!(!verify_blocking("$argon2id$v=19$m=999999999,t=2,p=1$c2FsdHNhbHQ$aGFzaA", "x"), "absurd cost refused");
         assert!(!verify_blocking("not a hash", "x"));
+    }
+
+    /// Runs `n` hashes at once; returns how many were made and the
+    /// Retry-After of each refused one.
+    async fn flood(hasher: &PasswordHasher, n: usize) -> (usize, Vec<Duration>) {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let hasher = hasher.clone();
+            calls.spawn(async move { hasher.hash(SecretString::from("correct horse")).await });
+        }
+        let mut made = 0;
+        let mut refused = Vec::new();
+        while let Some(r) = calls.join_next().await {
+            match r.unwrap() {
+                Ok(_) => made += 1,
+                Err(HashError::Overloaded { retry_after }) => refused.push(retry_after),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        (made, refused)
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_calls_are_refused_at_once() {
+        let bound = QueueBound { waiting: 2, max_wait: Duration::from_secs(60) };
+        let hasher = PasswordHasher::bounded(1, bound).unwrap();
+        // One running and two waiting are let in, whatever the time.
+        let (made, refused) = flood(&hasher, 10).await;
+        assert_eq!((made, refused.len()), (3, 7));
+        assert!(refused.iter().all(|r| *r >= Duration::from_secs(1)), "{refused:?}");
+        // Once they are done, the next ones are let in again.
+        assert_eq!(flood(&hasher, 3).await, (3, vec![]));
+        // Without a bound, everyone waits their turn.
+        assert_eq!(flood(&PasswordHasher::new(1).unwrap(), 10).await, (10, vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_call_that_waits_past_max_wait_gives_up() {
+        // Hashes taken to cost 1 ms: all 16 are let in at once (15 ms of
+        // waiting at most, by that reckoning). A hash takes longer than that
+        // (at least 5 ms: 38 MiB of memory passes), so those that wait past
+        // 70 ms for the thread give up then.
+        let bound = QueueBound { waiting: 100, max_wait: Duration::from_millis(70) };
+        let hasher = PasswordHasher::bounded(1, bound).unwrap();
+        hasher.pool.hash_nanos.store(1_000_000, Ordering::Relaxed);
+        let (made, refused) = flood(&hasher, 16).await;
+        assert!(made >= 2 && !refused.is_empty(), "{made} made, {refused:?}");
+        assert_eq!(made + refused.len(), 16);
+    }
+
+    #[tokio::test]
+    async fn a_wait_longer_than_max_wait_is_refused() {
+        // A hash takes milliseconds: no wait behind one is within 1 µs.
+        let bound = QueueBound { waiting: 100, max_wait: Duration::from_micros(1) };
+        let hasher = PasswordHasher::bounded(2, bound).unwrap();
+        let (made, refused) = flood(&hasher, 6).await;
+        assert_eq!((made, refused.len()), (2, 4), "only the two that run at once");
+        // A verification takes a place like a hash.
+        let phc = hasher.hash(SecretString::from("correct horse")).await.unwrap();
+        let mut checks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (hasher, phc) = (hasher.clone(), phc.clone());
+            checks.spawn(async move { hasher.verify(SecretString::from("correct horse"), Some(phc)).await });
+        }
+        let results: Vec<_> = checks.join_all().await;
+        assert_eq!(results.iter().filter(|r| matches!(r, Ok(true))).count(), 2);
+        assert_eq!(results.iter().filter(|r| matches!(r, Err(HashError::Overloaded { .. }))).count(), 2);
     }
 }

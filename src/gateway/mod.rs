@@ -202,6 +202,14 @@ pub fn admin_router(gateway: Gateway) -> Router {
         .with_state(gateway)
 }
 
+/// `/healthz` and `/readyz` alone, for a server to answer before its
+/// request limits (`usersvc serve` puts the limited router behind them):
+/// a flood that fills every slot must not fail the load balancer's probes
+/// and get the process restarted.
+pub fn probes(gateway: Gateway) -> Router {
+    Router::new().route("/healthz", get(probes::alive)).route("/readyz", get(probes::ready)).with_state(gateway)
+}
+
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     let origins: Vec<&str> = origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()).collect();
     if origins.is_empty() {

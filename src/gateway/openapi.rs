@@ -47,7 +47,11 @@ fn error_description(status: u16) -> &'static str {
         415 => "The body's declared type can never carry JSON (`multipart/*`, images, ...).",
         422 => "The form body cannot be read.",
         429 => "Too many attempts: wait `Retry-After` seconds.",
-        503 => "The service is temporarily unavailable: try again.",
+        503 => {
+            "The service is temporarily unavailable: try again. `overloaded`: too many password hashes are \
+                waiting (a flood of sign-ins or sign-ups); the call was refused at once, and `Retry-After` \
+                says when to try again."
+        }
         _ => "An error.",
     }
 }
@@ -264,7 +268,7 @@ fn operation(route: &Route, op: &Op, params: &[Value]) -> Value {
         let mut headers = Map::new();
         headers.insert("X-Request-Id".into(), json!({ "$ref": "#/components/headers/RequestId" }));
         headers.insert("X-Server-Request-Id".into(), json!({ "$ref": "#/components/headers/ServerRequestId" }));
-        if *status == 429 {
+        if *status == 429 || *status == 503 {
             headers.insert("Retry-After".into(), json!({ "$ref": "#/components/headers/RetryAfter" }));
         }
         responses.insert(
@@ -358,7 +362,7 @@ fn local_schemas() -> Map<String, Value> {
                                     `reauthentication_required` (403: a change of one's own password, username \
                                     or primary email needs a recent sign-in or `currentPassword`), \
                                     `invalid_current_password` (403: the `currentPassword` sent is wrong), \
-                                    `not_found`, `username_taken`, `throttled`, `unavailable`, ... (the gRPC \
+                                    `not_found`, `username_taken`, `throttled`, `unavailable`, `overloaded`, ... (the gRPC \
                                     `ErrorInfo` reason, lower case).",
                 },
                 "message": { "type": "string", "description": "For people; may change." },

@@ -218,11 +218,13 @@ pub const ROUTES: &[Route] = &[
                           `sessionToken` for the new user. A supervisor's session may create users too (no token \
                           is issued then, and `active` is honoured). `username` and `password` are required; \
                           server-managed members sent back by old clients (`usersId`, `createdAt`, `updatedAt`, \
-                          `sessionToken`) are ignored. The new user joins every default group.",
+                          `sessionToken`) are ignored. The new user joins every default group. Sign-ups without \
+                          a supervisor's session are limited per client address (`--signup-per-address` an hour, \
+                          default 20): past it, 429 with `Retry-After`.",
                 auth: Auth::KeyMaybeSession,
                 body: Body::Json { schema: "NewUser", example: Some(CREATE_USER_EXAMPLE) },
                 reply: Reply::Message("User"),
-                errors: &[400, 401, 409, 413, 415, 503],
+                errors: &[400, 401, 409, 413, 415, 429, 503],
                 ..op(Method::Post, "createUser", "Create a user", |m| on(m, users::create))
             },
             Op {

@@ -94,6 +94,7 @@ impl From<ServiceError> for Status {
             ServiceError::Invalid { .. } => (Code::InvalidArgument, "INVALID_FIELD"),
             ServiceError::UsernameTaken => (Code::AlreadyExists, "USERNAME_TAKEN"),
             ServiceError::Contention => (Code::Aborted, "CONTENTION"),
+            ServiceError::Hash(HashError::Overloaded { .. }) => (Code::Unavailable, "OVERLOADED"),
             ServiceError::Hash(_) | ServiceError::Internal(_) => (Code::Internal, "INTERNAL"),
             ServiceError::Crypto(crate::crypto::CryptoError::Store(s)) => store_code(s),
             ServiceError::Crypto(_) => (Code::Internal, "INTERNAL"),
@@ -101,13 +102,16 @@ impl From<ServiceError> for Status {
             ServiceError::Store(s) => store_code(s),
             ServiceError::Trail(_) => (Code::Unavailable, "TRAIL_UNAVAILABLE"),
         };
-        let message = match code {
+        let message = match (code, &e) {
+            // Counted (usersvc_password_hash_shed_total), not logged: a
+            // flood would flood the log too.
+            (_, ServiceError::Hash(HashError::Overloaded { .. })) => e.to_string(),
             // Internal detail (SQL, driver text) stays in the log.
-            Code::Internal => {
+            (Code::Internal, _) => {
                 tracing::error!(error = %e, "request failed");
                 "internal error".to_owned()
             }
-            Code::Unavailable => {
+            (Code::Unavailable, _) => {
                 tracing::warn!(error = %e, "database unavailable");
                 "the service is temporarily unavailable; try again".to_owned()
             }
@@ -124,6 +128,9 @@ impl From<ServiceError> for Status {
         }
         if let ServiceError::Trail(_) = &e {
             details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+        }
+        if let ServiceError::Hash(HashError::Overloaded { retry_after }) = &e {
+            details.set_retry_info(Some(*retry_after));
         }
         Status::with_error_details(code, message, details)
     }

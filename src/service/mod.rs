@@ -43,6 +43,9 @@ pub struct Core {
     pub min_password_chars: usize,
     /// How long a mailed reset link works.
     pub reset_lifetime: std::time::Duration,
+    /// Anonymous sign-ups per hour per client address and application (0:
+    /// no limit).
+    pub signup_per_hour: u32,
 }
 
 impl Core {

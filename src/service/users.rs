@@ -11,13 +11,13 @@ use super::context::Ctx;
 use super::error::{ServiceError, ServiceResult};
 use super::paging::{self, Tokens};
 use super::{Core, field_mask, profile, validate};
-use crate::auth::{Caller, SessionUser};
+use crate::auth::{Caller, SessionUser, password::HashError};
 use crate::crypto::{fields::NOTICE_TO_FIELD, keyring::Sealer};
 use crate::mail;
 use crate::pb::{self, user_service_server::UserService};
 use crate::schema;
 use crate::store::{
-    EMAIL_CHANGED, EndSessions, NewMailRequest, NewReset, NewUser, PASSWORD_CHANGED, QueuedMail, Rehash, Relief,
+    EMAIL_CHANGED, EndSessions, NewMailRequest, NewReset, NewUser, PASSWORD_CHANGED, QueuedMail, Quota, Rehash, Relief,
     ResetCheck, SignInAttempt, ThrottleRule, UserChange,
 };
 
@@ -50,6 +50,9 @@ pub const ADDRESS_RULE: ThrottleRule =
 pub const REMINDER_RULE: ThrottleRule =
     ThrottleRule { free: 20, max_wait: Duration::from_secs(15 * 60), window: Duration::from_secs(15 * 60) };
 
+/// The window of the sign-up quota (`--signup-per-address` per hour).
+const SIGN_UP_WINDOW: Duration = Duration::from_secs(60 * 60);
+
 #[derive(Clone)]
 pub struct UserSvc {
     pub(super) core: Arc<Core>,
@@ -81,6 +84,25 @@ impl UserSvc {
             let scope = crate::edge::throttle_scope(ip);
             [app_id.as_bytes().as_slice(), &self.core.keyring.global_index(kind, &scope)].concat()
         })
+    }
+
+    /// Counts an anonymous sign-up against its address's hourly quota in
+    /// the application (in the database, so replicas share the count).
+    /// Bots that sign up by the thousand are why: each sign-up costs a hash
+    /// and leaves a user behind.
+    async fn count_sign_up(&self, ctx: &Ctx, app_id: Uuid) -> ServiceResult<()> {
+        let per_window = self.core.signup_per_hour;
+        if per_window == 0 {
+            return Ok(());
+        }
+        let Some(key) = self.address_key("signup-addr", app_id, self.core.client_ip(ctx)) else { return Ok(()) };
+        let quota = Quota { per_window, window: SIGN_UP_WINDOW };
+        if let Some(wait) = self.core.store.quota_attempt(&key, quota).await? {
+            metrics::counter!("usersvc_throttled_total", "kind" => "sign_up").increment(1);
+            tracing::info!(%app_id, "sign-up refused: the address's hourly quota is used up");
+            return Err(ServiceError::Throttled(wait));
+        }
+        Ok(())
     }
 
     /// Records a refused read or change, so attempts show in the trail too.
@@ -154,9 +176,17 @@ impl UserSvc {
         validate::username(&user.username)?;
         validate::password(&user.password, core.min_password_chars)?;
         validate::profile(&user)?;
+        // The hash's place first: a sign-up shed for want of one has not
+        // used up any of the address's quota.
+        let place = core.hasher.reserve()?;
+        // A supervisor or a service token creates users on purpose, as many
+        // as it needs; only sign-up as nobody (or as a plain user) is counted.
+        if !caller.is_supervisor() {
+            self.count_sign_up(ctx, caller.app_id).await?;
+        }
         let active = if caller.is_supervisor() { user.active.unwrap_or(true) } else { true };
         let password = SecretString::from(std::mem::take(&mut user.password));
-        let password_hash = core.hasher.hash(password).await?;
+        let password_hash = place.hash(password).await?;
         // Self sign-up signs the new user in; a supervisor creating a user
         // stays themselves.
         let session = (!caller.is_supervisor()).then(|| core.auth.new_session());
@@ -488,6 +518,9 @@ impl UserSvc {
         let mut keys = vec![(user_key.clone(), USERNAME_RULE)];
         keys.extend(addr_key.clone().map(|k| (k, ADDRESS_RULE)));
         let possible = req.username.chars().count() <= validate::MAX_USERNAME_CHARS;
+        // The check's place is taken before the attempt is counted: an
+        // attempt shed for want of one is neither counted nor checked.
+        let place = core.hasher.reserve()?;
         let creds = match core.store.sign_in_attempt(&keys, app_id, possible.then_some(bidx.as_slice())).await? {
             SignInAttempt::Go(creds) => creds,
             SignInAttempt::Wait(wait) => {
@@ -504,7 +537,7 @@ impl UserSvc {
             None => (None, false, None),
         };
         let password = SecretString::from(req.password);
-        let ok = core.hasher.verify(password.clone(), phc.clone()).await?;
+        let ok = place.verify(password.clone(), phc.clone()).await?;
         let user_id = match user_id {
             Some(id) if ok && active => id,
             _ => {
@@ -532,7 +565,12 @@ impl UserSvc {
         // parameters is replaced now, while the password is at hand.
         let old = phc.filter(|h| crate::auth::schemes::outdated(h));
         let new = match &old {
-            Some(_) => Some(core.hasher.hash(password).await?),
+            // Not now when the hasher is overloaded: the next sign-in will.
+            Some(_) => match core.hasher.hash(password).await {
+                Ok(h) => Some(h),
+                Err(HashError::Overloaded { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
             None => None,
         };
         let rehash = old.as_deref().zip(new.as_deref()).map(|(old, new)| Rehash { old, new });

@@ -8,6 +8,7 @@ mod browser;
 mod clients;
 mod concurrency;
 mod edge;
+mod floods;
 mod grpc_groups;
 mod grpc_users;
 mod http_gateway;

@@ -1,10 +1,11 @@
 //! Fault tests: the real binary while things break around it. PostgreSQL
 //! stopped and started under load, `kill -9` mid-write, the mail server
 //! away, slow and idle clients by the thousand, every database connection
-//! busy, the auth cache's notification channel cut. Tests that stop or
-//! starve PostgreSQL run their own private cluster (initdb + pg_ctl on a
-//! free port), never the shared server; they skip, saying so, only where
-//! PostgreSQL's server binaries are not installed.
+//! busy, the auth cache's notification channel cut, a flood of sign-ins
+//! from 400 addresses. Tests that stop or starve PostgreSQL run their own
+//! private cluster (initdb + pg_ctl on a free port), never the shared
+//! server; they skip, saying so, only where PostgreSQL's server binaries are
+//! not installed.
 //!
 //! `cargo test` runs the short form (a few seconds of outage each);
 //! `FAULTS_LONG=1 cargo test --test faults -- --nocapture` the long form
@@ -14,6 +15,7 @@
 mod channel;
 mod cluster;
 mod db_restart;
+mod floods;
 mod kill9;
 mod mail_outage;
 mod pool_exhaustion;

@@ -187,8 +187,10 @@ run_st() {
 
 # Every operation but the two that end sessions, as the supervisor: those
 # two would end the supervisor's session for the operations after them.
-# Then they run on their own, each as a user of its own (sign-up is not
-# throttled; sign-in may be by then, after the fuzzing of signIn).
+# Then they run on their own, each as a user of its own (signed up as
+# nobody: three of the address's 20 sign-ups an hour, as the fuzzing's carry
+# the supervisor's token and are not counted; sign-in may be throttled by
+# then, after the fuzzing of signIn).
 say "schemathesis: every operation but signOut and revokeSession"
 run_st --exclude-operation-id-regex '^(signOut|revokeSession)$'
 TOKEN=$(sign_up st-sessions)

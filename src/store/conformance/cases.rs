@@ -179,6 +179,58 @@ pub async fn sessions_and_groups(u: &Under) {
     chain_is_whole(s).await;
 }
 
+pub async fn quotas_refuse_past_the_window_s_attempts(u: &Under) {
+    let s = u.store.as_ref();
+    let quota = Quota { per_window: 3, window: HOUR };
+    for _ in 0..3 {
+        assert_eq!(s.quota_attempt(b"signup", quota).await.unwrap(), None);
+    }
+    // The fourth waits for the end of the hour that began with the first.
+    let wait = s.quota_attempt(b"signup", quota).await.unwrap().expect("past the quota");
+    assert!(wait > HOUR - Duration::from_secs(60) && wait <= HOUR, "{wait:?}");
+    assert!(s.quota_attempt(b"signup", quota).await.unwrap().is_some());
+    assert_eq!(u.db.failures(b"signup").await, 3, "refused attempts are not counted");
+    // Another key has a count of its own.
+    assert_eq!(s.quota_attempt(b"other", quota).await.unwrap(), None);
+    assert_eq!(u.db.failures(b"other").await, 1);
+
+    // 50 minutes into the window, 10 are left.
+    u.db.run(&format!("UPDATE throttles SET last_failure = {}", u.db.ago(50 * 60 * 1_000_000))).await.unwrap();
+    let wait = s.quota_attempt(b"signup", quota).await.unwrap().expect("still past the quota");
+    assert!(wait > Duration::from_secs(9 * 60) && wait <= Duration::from_secs(10 * 60), "{wait:?}");
+    // Room left in a window is used in it: the window does not move.
+    assert_eq!(s.quota_attempt(b"other", quota).await.unwrap(), None);
+    assert_eq!(u.db.failures(b"other").await, 2);
+    assert!(s.quota_attempt(b"other", quota).await.unwrap().is_none());
+    let wait = s.quota_attempt(b"other", quota).await.unwrap().expect("the window's three");
+    assert!(wait <= Duration::from_secs(10 * 60), "{wait:?}");
+
+    // Once the window is over, a new one begins with the next attempt.
+    u.db.run(&format!("UPDATE throttles SET last_failure = {}", u.db.ago(61 * 60 * 1_000_000))).await.unwrap();
+    assert_eq!(s.quota_attempt(b"signup", quota).await.unwrap(), None);
+    assert_eq!(u.db.failures(b"signup").await, 1);
+    for _ in 0..2 {
+        assert_eq!(s.quota_attempt(b"signup", quota).await.unwrap(), None);
+    }
+    let wait = s.quota_attempt(b"signup", quota).await.unwrap().expect("past the new window's quota");
+    assert!(wait > HOUR - Duration::from_secs(60), "{wait:?}");
+
+    // Parallel attempts are each counted once: no more than the quota get in.
+    let quota = Quota { per_window: 5, window: HOUR };
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let s = u.store.clone();
+            tokio::spawn(async move { s.quota_attempt(b"parallel", quota).await.unwrap() })
+        })
+        .collect();
+    let mut let_in = 0;
+    for t in tasks {
+        let_in += usize::from(t.await.unwrap().is_none());
+    }
+    assert_eq!(let_in, 5);
+    assert_eq!(u.db.failures(b"parallel").await, 5);
+}
+
 pub async fn throttles_block_after_the_free_attempts(u: &Under) {
     let s = u.store.as_ref();
     let rule = ThrottleRule { free: 3, max_wait: Duration::from_secs(60), window: HOUR };

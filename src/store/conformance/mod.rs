@@ -287,6 +287,7 @@ contract!(
     apps_keys_and_users,
     sessions_and_groups,
     throttles_block_after_the_free_attempts,
+    quotas_refuse_past_the_window_s_attempts,
     the_trail_chains_and_is_append_only,
     server_request_ids_are_kept,
     outbox_and_password_reset,

@@ -1,5 +1,7 @@
-//! Throttles: counted failures per key (a username, a client address) with exponentially growing waits. The trait, and its PostgreSQL and SQLite
-//! implementations beside it.
+//! Throttles: counted failures per key (a username, a client address) with
+//! exponentially growing waits, and quotas (so many attempts per window,
+//! such as sign-ups per address per hour). The trait, and its PostgreSQL and
+//! SQLite implementations beside it.
 
 pub(in crate::store) mod postgres;
 mod sqlite;
@@ -16,6 +18,16 @@ pub struct ThrottleRule {
     /// Longest wait.
     pub max_wait: std::time::Duration,
     /// Failures older than this are forgotten.
+    pub window: std::time::Duration,
+}
+
+/// So many attempts per window, for what is fine in moderation but not in
+/// bulk (anonymous sign-ups from one address). A window begins with the
+/// first attempt after the last one ended; windows of up to a day (the
+/// sweep forgets a count a day after its window began).
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub per_window: u32,
     pub window: std::time::Duration,
 }
 
@@ -55,4 +67,10 @@ pub trait ThrottleStore: Send + Sync {
     /// After a success that starts no session (a current password proved
     /// with a change): what a sign-in's [`Relief`] does, alone.
     async fn throttle_relieved(&self, clear: &[u8], forgive: Option<&[u8]>) -> Result<()>;
+
+    /// Counts an attempt against `key`'s quota if its window has room (a
+    /// window over, a new one begins with this attempt); else returns how
+    /// long until the window ends, counting nothing: refused attempts do
+    /// not push the end back.
+    async fn quota_attempt(&self, key: &[u8], quota: Quota) -> Result<Option<std::time::Duration>>;
 }

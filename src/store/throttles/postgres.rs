@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use sqlx::{Row, postgres::PgRow};
 
 use crate::store::postgres::PgStore;
-use crate::store::{Result, ThrottleRule, ThrottleStore};
+use crate::store::{Quota, Result, ThrottleRule, ThrottleStore};
 
 /// The keys sorted and distinct (one lock order for every caller: no
 /// deadlock between two attempts), and their rules, column by column.
@@ -156,5 +156,39 @@ impl ThrottleStore for PgStore {
             .await?;
         }
         Ok(())
+    }
+
+    async fn quota_attempt(&self, key: &[u8], quota: Quota) -> Result<Option<Duration>> {
+        // A quota's row: `failures` counts the window's attempts and
+        // `last_failure` is when the window began. The row is locked by the
+        // upsert, so parallel attempts are counted one after another; the
+        // wait is read from the statement's snapshot, as the row was before.
+        let row = sqlx::query(
+            "WITH counted AS (
+                 INSERT INTO throttles AS t (key, failures, last_failure) VALUES ($1, 1, now())
+                 ON CONFLICT (key) DO UPDATE SET
+                     failures = CASE WHEN t.last_failure <= now() - make_interval(secs => $3) THEN 1
+                                     ELSE t.failures + 1 END,
+                     last_failure = CASE WHEN t.last_failure <= now() - make_interval(secs => $3) THEN now()
+                                         ELSE t.last_failure END
+                 WHERE t.last_failure <= now() - make_interval(secs => $3) OR t.failures < $2
+                 RETURNING 1
+             )
+             SELECT EXISTS (SELECT 1 FROM counted) AS counted,
+                    (SELECT extract(epoch FROM last_failure + make_interval(secs => $3) - now())::float8
+                     FROM throttles WHERE key = $1) AS wait",
+        )
+        .bind(key)
+        .bind(i32::try_from(quota.per_window).unwrap_or(i32::MAX))
+        .bind(quota.window.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?;
+        if row.try_get::<bool, _>("counted")? {
+            return Ok(None);
+        }
+        // A window begun by another attempt since the snapshot has no wait
+        // this statement can see: the shortest there is, then.
+        let wait = row.try_get::<Option<f64>, _>("wait")?.unwrap_or(0.0);
+        Ok(Some(Duration::from_secs_f64(wait.max(1.0))))
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::store::sqlite::{BEGIN, SqliteStore, earlier, later, now_us};
-use crate::store::{Result, ThrottleRule, ThrottleStore};
+use crate::store::{Quota, Result, ThrottleRule, ThrottleStore};
 
 #[async_trait]
 impl ThrottleStore for SqliteStore {
@@ -90,5 +90,38 @@ impl ThrottleStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn quota_attempt(&self, key: &[u8], quota: Quota) -> Result<Option<Duration>> {
+        // As on PostgreSQL: `failures` counts the window's attempts,
+        // `last_failure` is when it began.
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let now = now_us();
+        let row: Option<(i64, i64)> = sqlx::query_as("SELECT failures, last_failure FROM throttles WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (count, began) = match row {
+            Some((n, began)) if began > earlier(now, quota.window) => {
+                if n >= i64::from(quota.per_window) {
+                    tx.commit().await?;
+                    let ends = later(began, quota.window);
+                    return Ok(Some(Duration::from_micros(ends.saturating_sub(now).unsigned_abs())));
+                }
+                (n + 1, began)
+            }
+            _ => (1, now),
+        };
+        sqlx::query(
+            "INSERT INTO throttles (key, failures, last_failure) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET failures = ?2, last_failure = ?3",
+        )
+        .bind(key)
+        .bind(count)
+        .bind(began)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(None)
     }
 }
