@@ -75,7 +75,7 @@ pub async fn submit(
 fn failure(status: &tonic::Status) -> Response {
     let details = status.get_error_details();
     let violation = details.bad_request().and_then(|b| b.field_violations.first()).cloned();
-    match (status.code(), violation) {
+    let mut res = match (status.code(), violation) {
         (Code::InvalidArgument, Some(v)) if v.field == "new_password" => {
             page(StatusCode::BAD_REQUEST, form_body(Some(&format!("The new password {}.", v.description))))
         }
@@ -96,7 +96,13 @@ fn failure(status: &tonic::Status) -> Response {
             "<h1>Something went wrong</h1><p role=\"alert\">Your password was not changed. Please try again later.</p>"
                 .to_owned(),
         ),
+    };
+    // A throttled or overloaded form says when to come back, as the JSON
+    // routes do.
+    if let Some(delay) = details.retry_info().and_then(|r| r.retry_delay) {
+        res.headers_mut().insert(header::RETRY_AFTER, delay.as_secs().max(1).into());
     }
+    res
 }
 
 fn capitalise(s: &str) -> String {

@@ -248,3 +248,48 @@ async fn two_senders_never_send_a_message_twice() {
     second.abort();
 }
 }
+
+both_stores! {
+async fn an_overloaded_reset_form_says_when_to_come_back() {
+    let sink = SmtpSink::start().await;
+    let url = sink.url();
+    // One hashing thread and nothing waiting behind it.
+    let t = spawn_alone(|a| {
+        a.mail.smtp_url = Some(url);
+        a.hash_concurrency = Some(1);
+        a.limits.hash_queue = Some(0);
+    })
+    .await;
+    sign_up(&t, "crowded", "crowded@example.org").await;
+    let res =
+        t.http.get(t.url(&format!("/v2/{}/reset/user/crowded", t.app_id))).header("X-Api-Key", &t.api_key).send();
+    assert_eq!(res.await.unwrap().status(), StatusCode::OK);
+    let link = reset_link(&sink.wait_for(1, 10).await[0].data);
+    let mut posts = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (http, link) = (t.http.clone(), link.clone());
+        posts.spawn(async move {
+            let res = http.post(&link).form(&[("password", "a new password"), ("confirm", "a new password")]);
+            let res = res.send().await.unwrap();
+            let retry_after = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            (res.status(), retry_after, res.text().await.unwrap())
+        });
+    }
+    let mut refused = 0;
+    while let Some(done) = posts.join_next().await {
+        let (status, retry_after, page) = done.unwrap();
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused += 1;
+                let secs: u64 = retry_after.expect("Retry-After on the busy page").parse().unwrap();
+                assert!(secs >= 1);
+                assert!(page.contains("Your password was not changed"), "{page}");
+            }
+            // The one that got the hasher, and those after it found the link used.
+            StatusCode::OK | StatusCode::BAD_REQUEST => assert!(retry_after.is_none()),
+            other => panic!("{other}: {page}"),
+        }
+    }
+    assert!(refused >= 1, "twelve hashes at once on a hasher that holds one");
+}
+}

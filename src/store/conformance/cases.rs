@@ -1436,6 +1436,8 @@ pub async fn user_changes_void_resets_and_queue_notices(u: &Under) {
     s.update_user(f.app.id, nu.id, off, &[]).await.unwrap().unwrap();
     assert_eq!(s.reset_password(b"r1", None).await.unwrap(), ResetCheck::Unknown);
     assert_eq!(u.db.count("SELECT count(*) FROM password_resets").await, 0);
+    assert_eq!(outbox("password_reset").await, 0, "the link's mail not yet sent goes with it");
+    assert_eq!(outbox(EMAIL_CHANGED).await, 1, "other mail stays");
     assert!(s.list_sessions(f.app.id, nu.id, HOUR, None, 100).await.unwrap().is_empty());
 
     // Relief: one key forgotten, one attempt off the other.

@@ -108,7 +108,8 @@ pub struct UserChange {
     /// (the service decides: a new password or a deactivation ends them).
     pub end_sessions: Option<EndSessions>,
     /// The user's outstanding reset links are voided with the change, in its
-    /// transaction (the service decides: a deactivation voids them).
+    /// transaction, and their mail not yet sent is dropped (it would carry a
+    /// dead link) (the service decides: a deactivation voids them).
     pub void_resets: bool,
     /// Mail queued with the change, in its transaction (the notices of a
     /// new password or address): none is sent for a change not made.

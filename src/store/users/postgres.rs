@@ -275,6 +275,10 @@ impl UserStore for PgStore {
                  ), voided AS (
                      DELETE FROM password_resets
                      WHERE $15 AND app_id = $1 AND user_id = $2 AND EXISTS (SELECT 1 FROM u)
+                 ), unsent AS (
+                     DELETE FROM outbox
+                     WHERE $15 AND app_id = $1 AND user_id = $2 AND kind = 'password_reset'
+                       AND EXISTS (SELECT 1 FROM u)
                  ), mail AS (
                      INSERT INTO outbox (id, app_id, user_id, kind, payload_ct)
                      SELECT m.id, u.app_id, u.id, m.kind, m.payload_ct

@@ -269,11 +269,12 @@ impl UserStore for SqliteStore {
                 .await?;
         }
         if change.void_resets {
-            sqlx::query("DELETE FROM password_resets WHERE app_id = ?1 AND user_id = ?2")
-                .bind(app_id)
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await?;
+            for void in [
+                "DELETE FROM password_resets WHERE app_id = ?1 AND user_id = ?2",
+                "DELETE FROM outbox WHERE app_id = ?1 AND user_id = ?2 AND kind = 'password_reset'",
+            ] {
+                sqlx::query(void).bind(app_id).bind(user_id).execute(&mut *tx).await?;
+            }
         }
         for m in &change.mail {
             sqlx::query(
