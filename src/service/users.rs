@@ -141,6 +141,9 @@ impl UserSvc {
         if current_password.expose_secret().is_empty() {
             return Err(ServiceError::ReauthenticationRequired);
         }
+        // A place at the hasher first, as sign-in takes it: a check refused
+        // for overload is not counted as a guess.
+        let place = core.hasher.reserve()?;
         let secrets = core.store.user_secrets(app_id, &[me.user_id]).await?;
         let secrets = secrets.into_iter().next().ok_or(ServiceError::NotFound("user"))?;
         let username = core
@@ -159,7 +162,7 @@ impl UserSvc {
             metrics::counter!("usersvc_throttled_total", "kind" => "reauthentication").increment(1);
             return Err(ServiceError::Throttled(wait));
         }
-        if !core.hasher.verify(current_password.clone(), Some(secrets.password_hash)).await? {
+        if !place.verify(current_password.clone(), Some(secrets.password_hash)).await? {
             metrics::counter!("usersvc_signin_failures_total").increment(1);
             core.store.throttle_failed(&keys).await?;
             tracing::info!(%app_id, users_id = %me.user_id, "current password refused");
