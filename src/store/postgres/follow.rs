@@ -303,4 +303,22 @@ mod tests {
         let err = PgStore::connect(&url, 2).await.err().expect("no standby there");
         assert!(matches!(err, crate::store::StoreError::Unavailable(_)), "{err}");
     }
+
+    #[tokio::test]
+    async fn a_write_refused_as_read_only_is_unavailable_not_an_error() {
+        let Some((host, port, user)) = server() else {
+            eprintln!("PostgreSQL run not made: set TEST_DATABASE_URL to a postgres:// server");
+            return;
+        };
+        let db = format!("usersvc_test_{}", uuid::Uuid::new_v4().simple());
+        let writable = PgStore::connect(&format!("postgres://{user}@{host}:{port}/{db}"), 2).await.unwrap();
+        writable.migrate().await.unwrap();
+        writable.pool().close().await;
+        // A session as a standby's would be: every write refused with 25006.
+        let url = format!("postgres://{user}@{host}:{port}/{db}?options=-c%20default_transaction_read_only%3Don");
+        let store = PgStore::connect(&url, 2).await.unwrap();
+        let err = store.sweep().await.expect_err("a write on a read-only session");
+        assert!(matches!(err, crate::store::StoreError::Unavailable(_)), "{err}");
+        store.pool().close().await;
+    }
 }
