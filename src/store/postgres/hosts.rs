@@ -197,6 +197,12 @@ fn parse_key_value(s: &str) -> Result<Targets, HostsError> {
     if ports.len() > 1 && ports.len() != hosts.len() {
         return Err(HostsError::Ports { hosts: hosts.len(), ports: ports.len() });
     }
+    // For a socket folder everything goes in the query, as sqlx reads it:
+    // a URL has no user or port without a host.
+    let socket_params: String = [("user", &user), ("password", &password)]
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("&{k}={}", enc(v))))
+        .collect();
     let userinfo = match (user, password) {
         (Some(u), Some(p)) => format!("{}:{}@", enc(&u), enc(&p)),
         (Some(u), None) => format!("{}@", enc(&u)),
@@ -213,12 +219,12 @@ fn parse_key_value(s: &str) -> Result<Targets, HostsError> {
             if port.is_some_and(|p| p.parse::<u16>().is_err()) {
                 return Err(HostsError::Ports { hosts: hosts.len(), ports: ports.len() });
             }
-            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
-            // A socket folder as host goes in the query, as sqlx reads it.
             if h.starts_with('/') {
                 let sep = if query.is_empty() { '?' } else { '&' };
-                return Ok(format!("postgres://{userinfo}{port}{path}{query}{sep}host={}", enc(h)));
+                let port = port.map(|p| format!("&port={p}")).unwrap_or_default();
+                return Ok(format!("postgres://{path}{query}{sep}host={}{port}{socket_params}", enc(h)));
             }
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
             let h = if h.contains(':') { format!("[{h}]") } else { h.clone() };
             Ok(format!("postgres://{userinfo}{h}{port}{path}{query}"))
         })
@@ -315,5 +321,12 @@ mod tests {
         assert_eq!(t.urls, ["postgres://a:6000/d", "postgres://[::1]:6000/d"]);
         assert_eq!(parse("host=a,b,c port=1,2 dbname=d"), Err(HostsError::Ports { hosts: 3, ports: 2 }));
         assert!(matches!(parse("host=a dbname"), Err(HostsError::KeyValue(_))));
+        // A socket folder.
+        let t = parse("host=/run/postgresql port=5433 user=me dbname=d").unwrap();
+        let o = opts(&t.urls[0]);
+        assert_eq!(
+            (o.get_socket(), o.get_port(), o.get_database(), o.get_username()),
+            (Some(&"/run/postgresql".into()), 5433, Some("d"), "me")
+        );
     }
 }
