@@ -141,6 +141,23 @@ async fn primary_lost_and_standby_promoted_under_load() {
     checked += created.len();
     found += present as usize;
 
+    // The cache's notification channel and its heartbeat followed: their
+    // connections are on the new primary.
+    let followed = |name: &'static str| {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(name)
+            .fetch_one(&new_primary)
+    };
+    let started = Instant::now();
+    while followed("usersvc-listener").await.unwrap() == 0 || followed("usersvc-heartbeat").await.unwrap() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the LISTEN connection or its heartbeat is not on the new primary\n{}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // The sealer took its lease again there, and the trail verifies.
     let sealed_after = checkpoints().await - checkpoints_at_promotion;
     assert!(sealed_after > 0, "no checkpoint was sealed on the new primary\n{}", s.log_text());
