@@ -292,6 +292,8 @@ mod tests {
             format!("postgres://{user}@{host}:{dead},{host}:{port}/{db}?target_session_attrs=read-write"),
             format!("host={host},{host} port={dead},{port} user={user} dbname={db} target_session_attrs=primary"),
         ] {
+            // --migrate-database-url takes the same forms.
+            PgStore::migrate_as_owner(&url, &url).await.unwrap();
             let store = PgStore::connect(&url, 2).await.unwrap();
             store.migrate().await.unwrap();
             let port_used: i32 = sqlx::query_scalar("SELECT inet_server_port()").fetch_one(store.pool()).await.unwrap();
