@@ -16,6 +16,12 @@ impl Backend {
             Some(Backend::Postgres)
         } else if url.starts_with("sqlite:") {
             Some(Backend::Sqlite)
+        } else if url.trim_start().starts_with("host=")
+            || url.contains(" host=")
+            || url.trim_start().starts_with("dbname=")
+        {
+            // libpq's key/value form (`host=a,b port=5432 dbname=usersvc`).
+            Some(Backend::Postgres)
         } else {
             None
         }

@@ -60,6 +60,8 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        // A server gone away or turned read-only: look for the primary.
+        postgres::suspect(&e);
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 if let Some(name) = db.constraint() {
@@ -108,11 +110,14 @@ impl From<sqlx::Error> for StoreError {
             }
             // PostgreSQL going away or not taking connections: shutting down
             // (57P01, 57P02), starting up (57P03), out of connection slots
-            // (53300), or the connection itself failing (class 08).
+            // (53300), the connection itself failing (class 08), or a
+            // server that is a standby now (25006, a write refused as
+            // read-only: the old primary back after a failover). The
+            // request may be retried; the pool finds the primary meanwhile.
             sqlx::Error::Database(db)
                 if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some()
                     && db.code().is_some_and(|c| {
-                        c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                        c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300" | "25006")
                     }) =>
             {
                 StoreError::Unavailable(e)

@@ -51,12 +51,27 @@ impl PgCluster {
     /// A new cluster, running; None (after saying why) when PostgreSQL's
     /// server binaries are not installed.
     pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// A new cluster with `settings` added to its postgresql.conf, running.
+    pub fn start_with(settings: &[&str]) -> Option<Self> {
         let Some(bin) = bin_dir() else {
             eprintln!(
                 "SKIPPED: PostgreSQL server binaries (initdb, pg_ctl) not found; install postgresql or set PG_BIN"
             );
             return None;
         };
+        let cluster = Self::folder(bin);
+        let data = cluster.data();
+        cluster.run("initdb", &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]);
+        cluster.configure(settings);
+        cluster.start_again();
+        Some(cluster)
+    }
+
+    /// A folder of its own (the `postgres` user's when root), nothing in it yet.
+    fn folder(bin: PathBuf) -> Self {
         let dir = std::env::temp_dir().join(format!("usersvc-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let cluster = Self { bin, dir, port: free_port() };
@@ -64,10 +79,49 @@ impl PgCluster {
             let status = Command::new("chown").args(["-R", "postgres:"]).arg(&cluster.dir).status().unwrap();
             assert!(status.success(), "chown of the cluster folder to postgres");
         }
-        let data = cluster.data();
-        cluster.run("initdb", &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]);
-        cluster.start_again();
-        Some(cluster)
+        cluster
+    }
+
+    /// Appends settings to postgresql.conf (the file keeps its owner).
+    fn configure(&self, settings: &[&str]) {
+        use std::io::Write;
+        let mut conf = std::fs::OpenOptions::new().append(true).open(self.dir.join("data/postgresql.conf")).unwrap();
+        for s in settings {
+            writeln!(conf, "{s}").unwrap();
+        }
+    }
+
+    /// A streaming standby of this cluster (which must allow replication:
+    /// `wal_level = replica`), made with `pg_basebackup -R` and running on
+    /// a port of its own. `settings` are added to its postgresql.conf.
+    pub fn standby(&self, settings: &[&str]) -> Self {
+        let standby = Self::folder(self.bin.clone());
+        let port = self.port.to_string();
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                &standby.data(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        );
+        standby.configure(settings);
+        standby.start_again();
+        standby
+    }
+
+    /// Makes a standby the primary (`pg_ctl promote`, waiting until it is).
+    pub fn promote(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-w", "-t", "60", "promote"]);
     }
 
     fn data(&self) -> String {

@@ -22,23 +22,23 @@ use crate::server::{Outcome, Serve, create_app, long, req};
 const ACQUIRE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
-struct Sample {
-    start: Instant,
-    end: Instant,
-    write: bool,
-    grpc: bool,
-    outcome: Outcome,
+pub struct Sample {
+    pub start: Instant,
+    pub end: Instant,
+    pub write: bool,
+    pub grpc: bool,
+    pub outcome: Outcome,
 }
 
 /// What one worker saw acknowledged.
 #[derive(Default)]
-struct Acked {
+pub struct Acked {
     /// The worker's own user: id, token, and extras keys written.
-    user: (String, String),
-    extras: BTreeMap<String, i64>,
+    pub user: (String, String),
+    pub extras: BTreeMap<String, i64>,
     /// Users created during the run.
-    created: Vec<String>,
-    samples: Vec<Sample>,
+    pub created: Vec<String>,
+    pub samples: Vec<Sample>,
 }
 
 async fn sign_up_http(http: &reqwest::Client, s: &Serve, key: &str, name: &str) -> (Outcome, Option<(String, String)>) {
@@ -68,8 +68,8 @@ async fn sign_up_grpc(s: &Serve, key: &str, name: &str) -> (Outcome, Option<(Str
 }
 
 /// One client: reads and writes of its own user, and now and then a new
-/// user, until told to stop.
-async fn worker(
+/// user, until told to stop (the failover test's load too).
+pub async fn worker(
     n: usize,
     grpc: bool,
     s: Arc<Serve>,

@@ -15,6 +15,7 @@
 mod channel;
 mod cluster;
 mod db_restart;
+mod failover;
 mod floods;
 mod kill9;
 mod mail_outage;

@@ -10,7 +10,11 @@ use sqlx::{PgConnection, PgPool, Row, migrate::MigrateDatabase, postgres::PgPool
 use crate::store::auth_cache::AuthCache;
 use crate::store::{NewSession, Result, SWEEP_BATCH, Store, StoredKey, UserRecord};
 
+mod follow;
+pub mod hosts;
 mod notify;
+
+pub use follow::suspect;
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -19,6 +23,43 @@ pub struct PgStore {
     pub(in crate::store) auth: Arc<AuthCache>,
     /// Tells every replica which users changed, after commit.
     notifier: notify::Notifier,
+}
+
+/// The servers of a connection string, and the one of them to use now:
+/// the first that fits its `target_session_attrs` (a plain single-host URL
+/// is used as it is, unprobed).
+struct Resolved {
+    targets: hosts::Targets,
+    options: Vec<sqlx::postgres::PgConnectOptions>,
+    chosen: usize,
+}
+
+/// `writes`: a list of servers with no condition is read as `read-write`.
+async fn resolve(url: &str, writes: bool) -> Result<Resolved> {
+    let mut targets = parse_targets(url)?;
+    if writes && targets.urls.len() > 1 && targets.attrs == hosts::SessionAttrs::Any {
+        targets.attrs = hosts::SessionAttrs::ReadWrite;
+    }
+    let options = host_options(&targets)?;
+    let chosen = if targets.is_plain() {
+        0
+    } else {
+        follow::pick(&options, targets.attrs).await.ok_or_else(|| {
+            crate::store::StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!("no server of the database URL answers as {}", targets.attrs.as_str()),
+            )))
+        })?
+    };
+    Ok(Resolved { targets, options, chosen })
+}
+
+fn parse_targets(url: &str) -> Result<hosts::Targets> {
+    Ok(hosts::parse(url).map_err(|e| sqlx::Error::Configuration(Box::new(e)))?)
+}
+
+fn host_options(targets: &hosts::Targets) -> Result<Vec<sqlx::postgres::PgConnectOptions>> {
+    Ok(targets.urls.iter().map(|u| u.parse()).collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
 impl PgStore {
@@ -43,22 +84,26 @@ impl PgStore {
         acquire_timeout: Duration,
         cache_bytes: u64,
     ) -> Result<Self> {
-        ensure_database(url).await?;
+        let Resolved { targets, options, chosen } = resolve(url, false).await?;
+        ensure_database(&targets.urls[chosen]).await?;
         // This version sends its updates' evictions after commit itself
         // (migration `user_notify_after_commit`).
-        let options = url.parse::<sqlx::postgres::PgConnectOptions>()?.options([("usersvc.notify", "after_commit")]);
-        let pool = PgPoolOptions::new()
+        let options: Vec<_> = options.into_iter().map(|o| o.options([("usersvc.notify", "after_commit")])).collect();
+        let follower = follow::Follower::new(options.clone(), targets.attrs, chosen);
+        let pool = follower
+            .pool_options(PgPoolOptions::new())
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
             // No ping before each use: it doubled the round trips of a read.
             // A connection that broke fails its query, which answers 503
             // and is dropped from the pool.
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options[chosen].clone())
             .await?;
         let auth = Arc::new(AuthCache::new(cache_bytes));
-        tokio::spawn(notify::listen(pool.clone(), auth.clone()));
-        let notifier = notify::Notifier::start(&pool);
+        tokio::spawn(notify::listen(pool.clone(), auth.clone(), follower.clone()));
+        let notifier = notify::Notifier::start(&pool, &follower);
+        tokio::spawn(follower.run(pool.clone()));
         Ok(Self { pool, auth, notifier })
     }
 
@@ -76,13 +121,14 @@ impl PgStore {
     /// their triggers either. Run at each start, so tables a migration adds
     /// are granted too.
     pub async fn migrate_as_owner(owner_url: &str, runtime_url: &str) -> Result<()> {
-        use sqlx::{Connection, postgres::PgConnectOptions};
-        use std::str::FromStr;
-        ensure_database(owner_url).await?;
-        let mut conn = PgConnection::connect(owner_url).await?;
+        use sqlx::Connection;
+        // Migrations write: on a list of servers, the one that takes writes.
+        let owner = resolve(owner_url, true).await?;
+        ensure_database(&owner.targets.urls[owner.chosen]).await?;
+        let mut conn = PgConnection::connect_with(&owner.options[owner.chosen]).await?;
         sqlx::migrate!("./migrations/postgres").run(&mut conn).await?;
         sqlx::query(crate::store::trail::postgres::PARTITIONS_AHEAD).execute(&mut conn).await?;
-        let runtime = PgConnectOptions::from_str(runtime_url)?.get_username().to_owned();
+        let runtime = host_options(&parse_targets(runtime_url)?)?[0].get_username().to_owned();
         let owner: String = sqlx::query_scalar("SELECT current_user").fetch_one(&mut conn).await?;
         if runtime != owner {
             let role: String = sqlx::query_scalar("SELECT quote_ident($1)").bind(&runtime).fetch_one(&mut conn).await?;

@@ -18,6 +18,7 @@ use sqlx::{
 };
 use tokio::{sync::mpsc, time::Instant};
 
+use super::follow::Follower;
 use crate::store::auth_cache::AuthCache;
 
 pub const CHANNEL: &str = "usersvc_auth";
@@ -34,11 +35,13 @@ pub const LISTENER_NAME: &str = "usersvc-listener";
 /// How long making the listening connection and its LISTEN may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs until the pool closes.
-pub async fn listen(pool: PgPool, cache: Arc<AuthCache>) {
+/// Runs until the pool closes. Each new listening connection is made with
+/// the main pool's options of the moment: after a failover, on the new
+/// primary.
+pub async fn listen(pool: PgPool, cache: Arc<AuthCache>, follower: Arc<Follower>) {
     let closed = pool.close_event();
     tokio::pin!(closed);
-    let beat = Heartbeat::new(&pool);
+    let beat = Heartbeat::new(&pool, &follower);
     loop {
         let lost = tokio::select! {
             () = &mut closed => break,
@@ -95,14 +98,12 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn new(pool: &PgPool) -> Self {
-        let options = (*pool.connect_options())
-            .clone()
-            .options([("synchronous_commit", "off")])
-            .application_name("usersvc-heartbeat");
+    fn new(pool: &PgPool, follower: &Follower) -> Self {
         Self {
             channel: format!("usersvc_hb_{}", uuid::Uuid::new_v4().simple()),
-            pool: PgPoolOptions::new().max_connections(1).acquire_timeout(HEARTBEAT).connect_lazy_with(options),
+            pool: follower.satellite(pool, PgPoolOptions::new().max_connections(1).acquire_timeout(HEARTBEAT), |o| {
+                o.options([("synchronous_commit", "off")]).application_name("usersvc-heartbeat")
+            }),
         }
     }
 
@@ -306,11 +307,12 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    pub fn start(pool: &PgPool) -> Self {
-        let own = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with((*pool.connect_options()).clone().options([("synchronous_commit", "off")]));
+    pub fn start(pool: &PgPool, follower: &Follower) -> Self {
+        let own = follower.satellite(
+            pool,
+            PgPoolOptions::new().max_connections(2).acquire_timeout(Duration::from_secs(5)),
+            |o| o.options([("synchronous_commit", "off")]),
+        );
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let closed = pool.close_event();
         tokio::spawn(async move {
