@@ -20,6 +20,7 @@ mod floods;
 mod kill9;
 mod mail_outage;
 mod pool_exhaustion;
+mod restore_drill;
 mod server;
 mod slow_clients;
 #[allow(dead_code)]
