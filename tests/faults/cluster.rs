@@ -39,7 +39,7 @@ fn bin_dir() -> Option<PathBuf> {
     Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())).filter(|d| usable(d))
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
@@ -68,6 +68,42 @@ impl PgCluster {
         cluster.configure(settings);
         cluster.start_again();
         Some(cluster)
+    }
+
+    /// A cluster of the same PostgreSQL not made yet: an empty folder of
+    /// its own and a free port, for a data folder restored by hand.
+    pub fn empty(&self) -> Self {
+        Self::folder(self.bin.clone())
+    }
+
+    /// The cluster's folder (the data folder is `data` in it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs a shell script in the cluster's folder as the cluster's owner,
+    /// PostgreSQL's programs first on PATH, and insists that it succeeds:
+    /// the commands an operator types.
+    pub fn shell(&self, script: &str) -> Output {
+        let path = format!("{}:{}", self.bin.display(), std::env::var("PATH").unwrap_or_default());
+        let mut c = if running_as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "sh", "-c", script]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", script]);
+            c
+        };
+        let out = c.env("PATH", path).current_dir(&self.dir).output().unwrap_or_else(|e| panic!("sh: {e}"));
+        assert!(
+            out.status.success(),
+            "{script} failed: {}{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+        );
+        out
     }
 
     /// A folder of its own (the `postgres` user's when root), nothing in it yet.
