@@ -144,6 +144,35 @@ pub async fn worker(
 
 /// (when, /readyz status, gRPC health status)
 type Probe = (Instant, u16, i32);
+/// Of the writes `acked` were answered 2xx for, how many there are and how
+/// many are found: each extra read back through the API (by its user's own
+/// session), each created user counted in `db`.
+pub async fn acknowledged_writes_found(s: &Serve, key: &str, acked: &[Acked], db: &sqlx::PgPool) -> (usize, usize) {
+    let http = reqwest::Client::new();
+    let (mut checked, mut found) = (0, 0);
+    for a in acked {
+        let (id, token) = &a.user;
+        let user: Value = http
+            .get(s.url(&format!("/v2/users/{id}")))
+            .header("X-Api-Key", key)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for (k, v) in &a.extras {
+            checked += 1;
+            found += usize::from(user["extras"][k] == json!(v));
+        }
+    }
+    let created: Vec<uuid::Uuid> =
+        acked.iter().flat_map(|a| &a.created).map(|id| uuid::Uuid::parse_str(id).unwrap()).collect();
+    let present: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE id = ANY($1)").bind(&created).fetch_one(db).await.unwrap();
+    (checked + created.len(), found + present as usize)
+}
 
 async fn probe(s: Arc<Serve>, stop: Arc<AtomicBool>) -> Vec<Probe> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
@@ -256,37 +285,7 @@ async fn database_restart_under_load() {
 
     // Every acknowledged write is there: extras through the API, created
     // users in the database.
-    let http = reqwest::Client::new();
-    let (mut writes_checked, mut writes_found) = (0, 0);
-    for a in &all {
-        let (id, token) = &a.user;
-        let user: Value = http
-            .get(s.url(&format!("/v2/users/{id}")))
-            .header("X-Api-Key", &key)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for (k, v) in &a.extras {
-            writes_checked += 1;
-            if user["extras"][k] == json!(v) {
-                writes_found += 1;
-            }
-        }
-    }
-    let pool = pg.connect("usersvc").await;
-    let created: Vec<uuid::Uuid> =
-        all.iter().flat_map(|a| &a.created).map(|id| uuid::Uuid::parse_str(id).unwrap()).collect();
-    let present: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE id = ANY($1)")
-        .bind(&created)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    writes_checked += created.len();
-    writes_found += present as usize;
+    let (writes_checked, writes_found) = acknowledged_writes_found(&s, &key, &all, &pg.connect("usersvc").await).await;
     s.assert_no_panic();
 
     let count = |f: &dyn Fn(&Sample) -> bool| samples.iter().filter(|x| f(x)).count();

@@ -12,10 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
-
 use crate::cluster::PgCluster;
-use crate::db_restart::{Sample, worker};
+use crate::db_restart::{Sample, acknowledged_writes_found, worker};
 use crate::server::{Outcome, Serve, create_app, long, usersvc};
 
 /// A primary and its synchronous standby, replicating.
@@ -118,34 +116,7 @@ async fn primary_lost_and_standby_promoted_under_load() {
 
     // Every acknowledged write is on the new primary: extras through the
     // API (served from there now), created users in its database.
-    let http = reqwest::Client::new();
-    let (mut checked, mut found) = (0, 0);
-    for a in &all {
-        let (id, token) = &a.user;
-        let user: Value = http
-            .get(s.url(&format!("/v2/users/{id}")))
-            .header("X-Api-Key", &key)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for (k, v) in &a.extras {
-            checked += 1;
-            found += usize::from(user["extras"][k] == json!(v));
-        }
-    }
-    let created: Vec<uuid::Uuid> =
-        all.iter().flat_map(|a| &a.created).map(|id| uuid::Uuid::parse_str(id).unwrap()).collect();
-    let present: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE id = ANY($1)")
-        .bind(&created)
-        .fetch_one(&new_primary)
-        .await
-        .unwrap();
-    checked += created.len();
-    found += present as usize;
+    let (checked, found) = acknowledged_writes_found(&s, &key, &all, &new_primary).await;
 
     // The cache's notification channel and its heartbeat followed: their
     // connections are on the new primary.
