@@ -160,7 +160,7 @@ async fn patient(t: &TestApp, boss: &str, username: &str, mrns: &[(&str, &str)])
 }
 
 /// The ids a listing's page holds.
-async fn ids(t: &TestApp, token: &str, query: &str) -> BTreeSet<String> {
+pub async fn ids(t: &TestApp, token: &str, query: &str) -> BTreeSet<String> {
     let (status, page) = list(t, token, query).await;
     assert_eq!(status, 200, "{query}: {page}");
     page["users"]
