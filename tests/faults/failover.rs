@@ -13,7 +13,7 @@ use std::{
 };
 
 use crate::cluster::PgCluster;
-use crate::db_restart::{Sample, acknowledged_writes_found, worker};
+use crate::db_restart::{Acked, Sample, acknowledged_writes_found, worker};
 use crate::server::{Outcome, Serve, create_app, long, usersvc};
 
 /// A primary and its synchronous standby, replicating.
@@ -50,6 +50,28 @@ fn multi_host_url(primary: &PgCluster, standby: &PgCluster) -> String {
     )
 }
 
+/// `usersvc serve` on the pair's multi-host URL, with `n` writers (HTTP and
+/// gRPC in turn) under way when it returns.
+async fn serve_under_load(
+    primary: &PgCluster,
+    standby: &PgCluster,
+    n: usize,
+) -> (Arc<Serve>, String, Arc<AtomicBool>, Vec<tokio::task::JoinHandle<Acked>>) {
+    let url = multi_host_url(primary, standby);
+    let s = Arc::new(
+        Serve::start(&url, &["--db-acquire-timeout", "2s", "--request-timeout", "10s", "--db-max-connections", "8"])
+            .await,
+    );
+    let (_, key) = create_app(&url);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(tokio::sync::Barrier::new(n + 1));
+    let workers = (0..n)
+        .map(|n| tokio::spawn(worker(n, n % 2 == 1, s.clone(), key.clone(), stop.clone(), ready.clone())))
+        .collect();
+    ready.wait().await;
+    (s, key, stop, workers)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn primary_lost_and_standby_promoted_under_load() {
     let Some((primary, standby)) = pair().await else { return };
@@ -59,19 +81,7 @@ async fn primary_lost_and_standby_promoted_under_load() {
         (Duration::from_secs(2), Duration::from_secs(1), Duration::from_secs(9))
     };
 
-    let url = multi_host_url(&primary, &standby);
-    let s = Arc::new(
-        Serve::start(&url, &["--db-acquire-timeout", "2s", "--request-timeout", "10s", "--db-max-connections", "8"])
-            .await,
-    );
-    let (_, key) = create_app(&url);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(tokio::sync::Barrier::new(7));
-    let workers: Vec<_> = (0..6)
-        .map(|n| tokio::spawn(worker(n, n % 2 == 1, s.clone(), key.clone(), stop.clone(), ready.clone())))
-        .collect();
-    ready.wait().await;
+    let (s, key, stop, workers) = serve_under_load(&primary, &standby, 6).await;
     tokio::time::sleep(warmup).await;
 
     primary.stop("immediate");
@@ -170,18 +180,7 @@ async fn primary_lost_and_standby_promoted_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_primary_turned_read_only_is_left_for_the_promoted_standby() {
     let Some((primary, standby)) = pair().await else { return };
-    let url = multi_host_url(&primary, &standby);
-    let s = Arc::new(
-        Serve::start(&url, &["--db-acquire-timeout", "2s", "--request-timeout", "10s", "--db-max-connections", "8"])
-            .await,
-    );
-    let (_, key) = create_app(&url);
-    let stop = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(tokio::sync::Barrier::new(5));
-    let workers: Vec<_> = (0..4)
-        .map(|n| tokio::spawn(worker(n, n % 2 == 1, s.clone(), key.clone(), stop.clone(), ready.clone())))
-        .collect();
-    ready.wait().await;
+    let (s, key, stop, workers) = serve_under_load(&primary, &standby, 4).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Every session of the old primary, open ones included, turns
@@ -223,6 +222,8 @@ async fn a_primary_turned_read_only_is_left_for_the_promoted_standby() {
         .await
         .unwrap();
     assert_eq!(present as usize, created.len(), "every acknowledged sign-up is on the new primary");
+    let (checked, found) = acknowledged_writes_found(&s, &key, &all, &new_primary).await;
+    assert_eq!(found, checked, "every acknowledged update is on the new primary too");
     s.assert_no_panic();
     let failed = samples.iter().filter(|x| x.outcome == Outcome::Unavailable).count();
     eprintln!(
