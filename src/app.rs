@@ -140,10 +140,10 @@ impl Application {
         let conn_limits = crate::net::ConnLimits::from(limits);
         let grpc = tokio::spawn(
             grpc_server
-                .timeout(limits.request_timeout)
                 .concurrency_limit_per_connection(limits.grpc_concurrency_per_connection)
                 .http2_keepalive_interval(Some(GRPC_KEEPALIVE))
                 .layer(crate::edge::GrpcEdgeLayer(trusted.clone()))
+                .layer(crate::deadline::GrpcDeadlineLayer(limits.request_timeout))
                 .layer(crate::observe::GrpcObserveLayer)
                 .add_service(health.clone())
                 .add_service(reflection)
@@ -168,10 +168,7 @@ impl Application {
             ))
         });
         let limited = gateway::router(gateway.clone(), &args.gateway.cors_origins)
-            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                axum::http::StatusCode::REQUEST_TIMEOUT,
-                limits.request_timeout,
-            ))
+            .layer(axum::middleware::from_fn_with_state(limits.request_timeout, crate::deadline::http))
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests));
         // Load balancers probe the public port: there too the probes are
         // answered before the limits, everything else behind them.

@@ -162,8 +162,8 @@ pub struct TlsArgs {
 /// Bounds on what requests may take.
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
-    /// A request not answered by then is cut off (HTTP 408, gRPC
-    /// DEADLINE_EXCEEDED).
+    /// A request not answered by then is cut off: HTTP 503 `timeout` with
+    /// `Retry-After`, gRPC UNAVAILABLE with a retry hint.
     #[arg(long, env = "USERSVC_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
     /// HTTP requests served at once; more wait their turn.

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod deadline;
 pub mod edge;
 pub mod gateway;
 pub mod import;

@@ -50,7 +50,9 @@ fn error_description(status: u16) -> &'static str {
         503 => {
             "The service is temporarily unavailable: try again. `overloaded`: too many password hashes are \
                 waiting (a flood of sign-ins or sign-ups); the call was refused at once, and `Retry-After` \
-                says when to try again."
+                says when to try again. `timeout`: the request was not finished within the server's limit \
+                (`--request-timeout`), most often because the database stopped answering, as during a \
+                failover."
         }
         _ => "An error.",
     }
@@ -362,7 +364,7 @@ fn local_schemas() -> Map<String, Value> {
                                     `reauthentication_required` (403: a change of one's own password, username \
                                     or primary email needs a recent sign-in or `currentPassword`), \
                                     `invalid_current_password` (403: the `currentPassword` sent is wrong), \
-                                    `not_found`, `username_taken`, `throttled`, `unavailable`, `overloaded`, ... (the gRPC \
+                                    `not_found`, `username_taken`, `throttled`, `unavailable`, `overloaded`, `timeout`, ... (the gRPC \
                                     `ErrorInfo` reason, lower case).",
                 },
                 "message": { "type": "string", "description": "For people; may change." },

@@ -56,6 +56,10 @@ pub enum ServiceError {
     /// A reply that could not be put together (a bug, not the caller's).
     #[error("internal error: {0}")]
     Internal(String),
+    /// Cut off by the server's own limit (`--request-timeout`): most often
+    /// a database that stopped answering, as one does while it fails over.
+    #[error("the request was not finished in time; try again")]
+    TimedOut,
 }
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
@@ -101,6 +105,7 @@ impl From<ServiceError> for Status {
             ServiceError::Throttled(_) => (Code::ResourceExhausted, "THROTTLED"),
             ServiceError::Store(s) => store_code(s),
             ServiceError::Trail(_) => (Code::Unavailable, "TRAIL_UNAVAILABLE"),
+            ServiceError::TimedOut => (Code::Unavailable, "TIMEOUT"),
         };
         let message = match (code, &e) {
             // Counted (usersvc_password_hash_shed_total), not logged: a
@@ -110,6 +115,10 @@ impl From<ServiceError> for Status {
             (Code::Internal, _) => {
                 tracing::error!(error = %e, "request failed");
                 "internal error".to_owned()
+            }
+            (_, ServiceError::TimedOut) => {
+                tracing::warn!("request cut off by the server's time limit");
+                e.to_string()
             }
             (Code::Unavailable, _) => {
                 tracing::warn!(error = %e, "database unavailable");
@@ -126,7 +135,7 @@ impl From<ServiceError> for Status {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             details.set_retry_info(Some(std::time::Duration::from_secs(secs.max(1))));
         }
-        if let ServiceError::Trail(_) = &e {
+        if let ServiceError::Trail(_) | ServiceError::TimedOut = &e {
             details.set_retry_info(Some(std::time::Duration::from_secs(1)));
         }
         if let ServiceError::Hash(HashError::Overloaded { retry_after }) = &e {

@@ -194,3 +194,69 @@ async fn probes_answer_while_every_request_slot_is_taken() {
     assert_eq!(res.status(), StatusCode::OK);
 }
 }
+
+/// The server's own time limit, reached while the database holds a write
+/// back (here a row lock; in a failover, a commit waiting for a standby that
+/// was promoted away): 503 `timeout` with `Retry-After` over HTTP,
+/// UNAVAILABLE with a retry hint over gRPC, never 408 or CANCELLED, which
+/// clients do not retry. On PostgreSQL, whose row locks a test can hold.
+#[tokio::test]
+async fn a_request_past_the_time_limit_is_unavailable_and_retried() {
+    if crate::common::postgres_server().is_none() {
+        eprintln!("PostgreSQL run not made: set TEST_DATABASE_URL (or DATABASE_URL) to a postgres:// server");
+        return;
+    }
+    crate::common::BACKEND
+        .scope(crate::common::Backend::Postgres, async {
+            let t = spawn_with(|a| a.limits.request_timeout = Duration::from_secs(1)).await;
+            let (id, token) = t.sign_up("held-back").await;
+            let usersvc::store::backend::Pool::Postgres(pool) = &t.app.pool else { unreachable!("a PostgreSQL run") };
+            let mut holder = pool.begin().await.unwrap();
+            sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+                .bind(uuid::Uuid::parse_str(&id).unwrap())
+                .execute(&mut *holder)
+                .await
+                .unwrap();
+
+            let put = || {
+                t.http
+                    .put(t.url(&format!("/v2/users/{id}")))
+                    .header("X-Api-Key", &t.api_key)
+                    .bearer_auth(&token)
+                    .json(&json!({ "name": { "lastName": "Late" } }))
+                    .send()
+            };
+            let started = std::time::Instant::now();
+            let res = put().await.unwrap();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(res.headers().contains_key("retry-after"), "{:?}", res.headers());
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["errors"][0]["code"], 503, "{body}");
+            assert_eq!(body["errors"][0]["reason"], "timeout", "{body}");
+            assert!(started.elapsed() < Duration::from_secs(5), "cut off at the limit: {:?}", started.elapsed());
+
+            let mut users = t.users().await;
+            let update = pb::UpdateUserRequest {
+                users_id: id.clone(),
+                user: Some(pb::User {
+                    name: Some(pb::Name { last_name: "Later".into(), ..Default::default() }),
+                    ..Default::default()
+                }),
+                update_mask: Some(pbjson_types::FieldMask { paths: vec!["name.last_name".into()] }),
+                ..Default::default()
+            };
+            let e = users.update_user(t.req(update.clone(), Some(&token))).await.unwrap_err();
+            assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+            assert_eq!(e.get_error_details().error_info().unwrap().reason, "TIMEOUT");
+            assert!(e.get_error_details().retry_info().and_then(|r| r.retry_delay).is_some(), "{e:?}");
+
+            // Once the database answers again, so does the service: the
+            // retry the replies asked for goes through.
+            holder.rollback().await.unwrap();
+            let res = put().await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{:?}", res.text().await);
+            let done = users.update_user(t.req(update, Some(&token))).await.unwrap().into_inner();
+            assert_eq!(done.name.unwrap().last_name, "Later");
+        })
+        .await
+}
