@@ -546,10 +546,9 @@ async fn passkey_registered_and_signed_in_with_chromiums_virtual_authenticator()
     let listed = t
         .users()
         .await
-        .list_passkeys(t.req(
-            pb::ListPasskeysRequest { users_id: id.clone() },
-            out["signIn"]["body"]["sessionToken"].as_str(),
-        ))
+        .list_passkeys(
+            t.req(pb::ListPasskeysRequest { users_id: id.clone() }, out["signIn"]["body"]["sessionToken"].as_str()),
+        )
         .await
         .unwrap()
         .into_inner();
