@@ -29,7 +29,8 @@ fn error_description(status: u16) -> &'static str {
     match status {
         400 => {
             "The request is malformed: a member of the wrong type or value, or one the model does not have \
-                (named by `field`), a body that is not a JSON object, or a path parameter that is no valid id."
+                (named by `field`), a body that is not a JSON object, or a path parameter that is no valid id. On the \
+                passkey routes also `passkeys_not_configured`: the application has no WebAuthn relying party."
         }
         401 => {
             "The API key, or the session token where one is needed, is missing or not valid, or the session \
@@ -42,7 +43,11 @@ fn error_description(status: u16) -> &'static str {
                 or with a wrong one (`invalid_current_password`)."
         }
         404 => "No such resource in the caller's application.",
-        409 => "The username is taken in this application, or the user was changed concurrently too often.",
+        409 => {
+            "The username is taken in this application, or the user was changed concurrently too often; on the \
+                passkey routes, the passkey is registered already (`passkey_taken`), or another sign-in with it \
+                came first (`contention`)."
+        }
         413 => "The body is larger than 1 MiB.",
         415 => "The body's declared type can never carry JSON (`multipart/*`, images, ...).",
         422 => "The form body cannot be read.",
