@@ -586,8 +586,9 @@ pub const ROUTES: &[Route] = &[
         ops: &[Op {
             description: "Starts a sign-in with a passkey: the options for `navigator.credentials.get()` and the \
                           `ceremonyId` of the finish. Without a `username` (or with an empty body) any discoverable \
-                          credential of the application may answer; with one, only that user's (an unknown \
-                          username gets options all the same, that no credential can answer).",
+                          credential of the application may answer; with one, only that user's (a username \
+                          without passkeys, known or not, gets options naming a decoy credential made from it: \
+                          the options do not tell who is registered).",
             auth: Auth::Key,
             body: Body::Json { schema: "StartPasskeySignInRequest", example: None },
             reply: Reply::Message("PasskeyOptions"),

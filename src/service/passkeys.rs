@@ -350,7 +350,15 @@ impl UserSvc {
 
     /// Options for a sign-in with the passkeys of `user` (None: any
     /// discoverable credential of the application), and the ceremony's id.
-    async fn start_authentication(&self, app_id: Uuid, user: Option<Uuid>) -> ServiceResult<pb::PasskeyCeremony> {
+    /// With a `decoy` (the username asked for), a user without passkeys,
+    /// or no user, is offered a credential id made from it, the same at
+    /// every ask: the options do not tell who is registered.
+    async fn start_authentication(
+        &self,
+        app_id: Uuid,
+        user: Option<Uuid>,
+        decoy: Option<&str>,
+    ) -> ServiceResult<pb::PasskeyCeremony> {
         let webauthn = self.webauthn(app_id).await?;
         let (rcr, state): (RequestChallengeResponse, DiscoverableAuthentication) = webauthn
             .start_discoverable_authentication()
@@ -366,6 +374,12 @@ impl UserSvc {
                 let passkey = self.open_passkey(app_id, &row).await?.passkey;
                 allow.push(serde_json::json!({ "type": "public-key", "id": to_json(passkey.cred_id())? }));
             }
+            if let (true, Some(seed)) = (allow.is_empty(), decoy) {
+                use base64::Engine;
+                let id = self.core.keyring.blind(app_id, "passkey-decoy", seed).await.map_err(ServiceError::Crypto)?;
+                let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+                allow.push(serde_json::json!({ "type": "public-key", "id": id }));
+            }
             if let Some(o) = options.pointer_mut("/publicKey").and_then(Value::as_object_mut) {
                 o.insert("allowCredentials".into(), Value::Array(allow));
             }
@@ -377,7 +391,7 @@ impl UserSvc {
     /// The first half of an authentication limited to one user's passkeys
     /// (as a second factor): options whose `allowCredentials` are theirs.
     pub async fn start_user_authentication(&self, app_id: Uuid, user_id: Uuid) -> ServiceResult<pb::PasskeyCeremony> {
-        self.start_authentication(app_id, Some(user_id)).await
+        self.start_authentication(app_id, Some(user_id), None).await
     }
 
     /// The second half: checks the assertion against the ceremony (which
@@ -485,7 +499,7 @@ impl UserSvc {
         let app_id = self.core.auth.app(&ctx.md).await?;
         self.webauthn(app_id).await?;
         if req.username.trim().is_empty() {
-            return self.start_authentication(app_id, None).await;
+            return self.start_authentication(app_id, None, None).await;
         }
         // An unknown username gets options all the same, bound to a user
         // that does not exist: nobody can finish them.
@@ -493,7 +507,7 @@ impl UserSvc {
         let possible = req.username.chars().count() <= validate::MAX_USERNAME_CHARS;
         let found = if possible { self.core.store.credentials(app_id, &bidx).await? } else { None };
         let user = found.map_or_else(Uuid::now_v7, |c| c.user_id);
-        self.start_authentication(app_id, Some(user)).await
+        self.start_authentication(app_id, Some(user), Some(&profile::username_key(&req.username))).await
     }
 
     pub(super) async fn finish_passkey_sign_in(

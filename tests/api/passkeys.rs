@@ -197,10 +197,21 @@ both_stores!(
         assert_eq!(list["passkeys"].as_array().map(Vec::len).unwrap_or(0), 0);
         assert!(t.trail_of().await.iter().any(|r| r["action"] == "passkey.removed"));
 
-        // Removed: the authenticator no longer signs in.
+        // Removed: the options offer a decoy, the same as for a username
+        // nobody has, and always the same for one username.
+        let allowed = |options: Value| options["publicKey"]["allowCredentials"].clone();
         let (status, options) = t.post("/v2/auth/passkey/options", None, Some(json!({ "username": "pkuser" }))).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(options["publicKey"]["allowCredentials"], json!([]));
+        let decoy = allowed(options);
+        assert_eq!(decoy.as_array().map(Vec::len), Some(1), "{decoy}");
+        let (_, again) = t.post("/v2/auth/passkey/options", None, Some(json!({ "username": "pkuser" }))).await;
+        assert_eq!(allowed(again), decoy);
+        let (_, nobody) = t.post("/v2/auth/passkey/options", None, Some(json!({ "username": "nobody" }))).await;
+        let nobody = allowed(nobody);
+        assert_eq!(nobody.as_array().map(Vec::len), Some(1));
+        assert_ne!(nobody, decoy);
+        let (_, again) = t.post("/v2/auth/passkey/options", None, Some(json!({ "username": "nobody" }))).await;
+        assert_eq!(allowed(again), nobody);
     }
 );
 
