@@ -414,3 +414,91 @@ both_stores!(
         assert_eq!((status, reason(&body)), (StatusCode::BAD_REQUEST, "passkeys_not_configured"));
     }
 );
+
+both_stores!(
+    async fn the_grpc_door_carries_options_and_credentials_as_json() {
+        let t = spawn().await;
+        configure(&t).await;
+        let (id, token) = t.sign_up("pkgrpc").await;
+        let mut users = t.users().await;
+        let mut auth = authenticator();
+        let started = users
+            .start_passkey_registration(
+                t.req(pb::StartPasskeyRegistrationRequest { users_id: id.clone() }, Some(&token)),
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        let mut options: Value = serde_json::from_str(&started.options_json).unwrap();
+        options["publicKey"]["authenticatorSelection"]["requireResidentKey"] = json!(false);
+        let ccr: CreationChallengeResponse = serde_json::from_value(options).unwrap();
+        let credential = auth.do_registration(Url::parse(ORIGIN).unwrap(), ccr).unwrap();
+        let req = pb::FinishPasskeyRegistrationRequest {
+            users_id: id.clone(),
+            ceremony_id: started.ceremony_id,
+            credential_json: serde_json::to_string(&credential).unwrap(),
+            name: String::new(),
+        };
+        let made = users.finish_passkey_registration(t.req(req, Some(&token))).await.unwrap().into_inner();
+        assert_eq!(made.name, "Passkey");
+
+        let req = pb::StartPasskeySignInRequest { username: "pkgrpc".into() };
+        let started = users.start_passkey_sign_in(t.req(req, None)).await.unwrap().into_inner();
+        let rcr: RequestChallengeResponse = serde_json::from_str(&started.options_json).unwrap();
+        let assertion = auth.do_authentication(Url::parse(ORIGIN).unwrap(), rcr).unwrap();
+        let req = pb::FinishPasskeySignInRequest {
+            ceremony_id: started.ceremony_id.clone(),
+            credential_json: serde_json::to_string(&assertion).unwrap(),
+        };
+        let user = users.finish_passkey_sign_in(t.req(req.clone(), None)).await.unwrap().into_inner();
+        assert_eq!(user.users_id, id);
+        assert!(!user.session_token.is_empty());
+        // Used up; garbage is INVALID_ARGUMENT naming the field.
+        let e = users.finish_passkey_sign_in(t.req(req, None)).await.unwrap_err();
+        assert_eq!(
+            (e.code(), common::violation_field(&e).as_deref()),
+            (tonic::Code::InvalidArgument, Some("ceremony_id"))
+        );
+        let req = pb::FinishPasskeySignInRequest { ceremony_id: started.ceremony_id, credential_json: "[]".into() };
+        let e = users.finish_passkey_sign_in(t.req(req, None)).await.unwrap_err();
+        assert_eq!(
+            (e.code(), common::violation_field(&e).as_deref()),
+            (tonic::Code::InvalidArgument, Some("credential_json"))
+        );
+        let e = users
+            .remove_passkey(t.req(pb::RemovePasskeyRequest { users_id: id, passkey_id: made.passkey_id }, None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    }
+);
+
+both_stores!(
+    async fn failed_passkey_sign_ins_are_throttled_with_the_password_ones() {
+        let t = spawn().await;
+        configure(&t).await;
+        let (id, token) = t.sign_up("pkthrottle").await;
+        let mut auth = authenticator();
+        register(&t, &mut auth, &id, &token).await;
+        // An assertion of one ceremony sent with another's id: its
+        // challenge is not that ceremony's, so it fails, counted against
+        // the user it names.
+        let mut statuses = Vec::new();
+        for _ in 0..7 {
+            let stale = assertion(&t, &mut auth, "pkthrottle").await;
+            let (status, _) = t.post("/v2/auth/passkey/options", None, Some(json!({ "username": "pkthrottle" }))).await;
+            assert_eq!(status, StatusCode::OK);
+            let (_, fresh) = t.post("/v2/auth/passkey/options", None, Some(json!({ "username": "pkthrottle" }))).await;
+            let body = json!({ "ceremonyId": fresh["ceremonyId"], "credential": stale["credential"] });
+            let (status, out) = t.post("/v2/auth/passkey", None, Some(body)).await;
+            assert!(status == StatusCode::UNAUTHORIZED || status == StatusCode::TOO_MANY_REQUESTS, "{status} {out}");
+            statuses.push(status);
+        }
+        assert_eq!(&statuses[..5], [StatusCode::UNAUTHORIZED; 5], "5 free failures");
+        assert_eq!(statuses[5], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+        // The same count as the password's: its sign-in waits too.
+        let body = json!({ "username": "pkthrottle", "password": "correct horse battery" });
+        let (status, _) = t.post("/v2/auth/signin", None, Some(body)).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    }
+);
