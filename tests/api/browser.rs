@@ -554,4 +554,11 @@ async fn passkey_registered_and_signed_in_with_chromiums_virtual_authenticator()
         .into_inner();
     assert_eq!(listed.passkeys.len(), 1);
     assert!(!listed.passkeys[0].last_used_at.is_empty(), "its use is recorded");
+    // The trail has the registration and the sign-in by passkey.
+    let mut trail = Vec::new();
+    let filter = usersvc::store::AuditFilter { app_id: Some(t.app_id), ..Default::default() };
+    crate::common::admin(&t.app).list_trail(filter, &mut trail).await.unwrap();
+    let trail = String::from_utf8(trail).unwrap();
+    assert!(trail.contains("\"passkey.registered\""), "{trail}");
+    assert!(trail.lines().any(|l| l.contains("\"session.sign_in\"") && l.contains("method:passkey")), "{trail}");
 }
