@@ -35,10 +35,11 @@ RUN touch src/main.rs src/lib.rs \
     && install -m 0755 target/release/usersvc /usr/local/bin/usersvc
 
 # ---------------------------------------------------------------- runtime ---
+# libssl3: webauthn-rs (passkeys) links OpenSSL.
 FROM debian:bookworm-slim AS runtime
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 usersvc \
     && useradd --system --uid 10001 --gid usersvc --no-create-home \

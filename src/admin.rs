@@ -89,6 +89,26 @@ impl Admin {
         Ok(self.store.set_supervisor(app_id, &bidx, true, &record).await?)
     }
 
+    /// Sets an application's WebAuthn relying party (`usersvc app update
+    /// --webauthn-rp-id ... --webauthn-origin ...`); an empty rp id removes
+    /// it. Recorded as `app.update`.
+    pub async fn set_webauthn(&self, app_id: Uuid, rp_id: &str, origins: &[String]) -> anyhow::Result<()> {
+        let rp_id = rp_id.trim();
+        let config = (!rp_id.is_empty()).then(|| crate::store::WebauthnConfig {
+            rp_id: rp_id.to_owned(),
+            origins: origins.iter().map(|o| o.trim().trim_end_matches('/').to_owned()).collect(),
+        });
+        if let Some(c) = &config {
+            crate::service::passkeys::check_config(c).map_err(anyhow::Error::msg)?;
+        }
+        let mut record = cli_record("app.update", Some(app_id));
+        record.fields = vec!["webauthn_rp_id".into(), "webauthn_origins".into()];
+        if !self.store.set_webauthn_config(app_id, config.as_ref(), &record).await? {
+            anyhow::bail!("no application {app_id}");
+        }
+        Ok(())
+    }
+
     /// Fails unless the application exists.
     async fn known_app(&self, app_id: Uuid) -> anyhow::Result<()> {
         if self.store.current_app_key(app_id, keyring::DATA).await?.is_none() {

@@ -133,6 +133,26 @@ enum AppCommand {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Change an application's settings; only the flags given change.
+    Update {
+        #[arg(long)]
+        app: uuid::Uuid,
+        /// The WebAuthn relying party id of the application's passkeys: the
+        /// domain its pages are on (`example.org`). An empty value removes
+        /// the relying party (the passkey routes then answer 400
+        /// `passkeys_not_configured`).
+        #[arg(long)]
+        webauthn_rp_id: Option<String>,
+        /// An origin the application's pages are served from
+        /// (`https://app.example.org`), on the rp id's domain; repeatable.
+        /// Needed with --webauthn-rp-id.
+        #[arg(long)]
+        webauthn_origin: Vec<String>,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -437,6 +457,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "apiKeyHeader": format!("X-Api-Key: server usersvc {}", key.expose_secret()),
             });
             println!("{out}");
+        }
+        Command::App { command: AppCommand::Update { app, webauthn_rp_id, webauthn_origin, db, keys } } => {
+            let admin = admin(&db, &keys).await?;
+            match webauthn_rp_id {
+                Some(rp_id) => admin.set_webauthn(app, &rp_id, &webauthn_origin).await?,
+                None if !webauthn_origin.is_empty() => anyhow::bail!("--webauthn-origin needs --webauthn-rp-id"),
+                None => {}
+            }
+            eprintln!("usersvc: application {app} updated");
         }
         Command::Supervisor { command: SupervisorCommand::Add { app, username, db, keys } } => {
             if !admin(&db, &keys).await?.add_supervisor(app, &username).await? {

@@ -9,6 +9,7 @@ mod groups;
 pub mod json;
 pub mod openapi;
 mod paging;
+mod passkeys;
 mod probes;
 mod reset;
 pub mod routes;

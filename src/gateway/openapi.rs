@@ -29,7 +29,8 @@ fn error_description(status: u16) -> &'static str {
     match status {
         400 => {
             "The request is malformed: a member of the wrong type or value, or one the model does not have \
-                (named by `field`), a body that is not a JSON object, or a path parameter that is no valid id."
+                (named by `field`), a body that is not a JSON object, or a path parameter that is no valid id. On the \
+                passkey routes also `passkeys_not_configured`: the application has no WebAuthn relying party."
         }
         401 => {
             "The API key, or the session token where one is needed, is missing or not valid, or the session \
@@ -42,7 +43,11 @@ fn error_description(status: u16) -> &'static str {
                 or with a wrong one (`invalid_current_password`)."
         }
         404 => "No such resource in the caller's application.",
-        409 => "The username is taken in this application, or the user was changed concurrently too often.",
+        409 => {
+            "The username is taken in this application, or the user was changed concurrently too often; on the \
+                passkey routes, the passkey is registered already (`passkey_taken`), or another sign-in with it \
+                came first (`contention`)."
+        }
         413 => "The body is larger than 1 MiB.",
         415 => "The body's declared type can never carry JSON (`multipart/*`, images, ...).",
         422 => "The form body cannot be read.",
@@ -87,7 +92,7 @@ fn build() -> Value {
                 roots.push(schema);
             }
             match op.reply {
-                Reply::Message(name) | Reply::ListOf(name) => roots.push(name),
+                Reply::Message(name) | Reply::ListOf(name) | Reply::Created(name) => roots.push(name),
                 Reply::Export => roots.extend(["User", "Session", "Disclosure"]),
                 _ => {}
             }
@@ -126,6 +131,7 @@ fn build() -> Value {
             { "name": "auth", "description": "Sessions: sign-in, sign-out, listing and ending sessions." },
             { "name": "groups", "description": "Named sets of users; supervisors only." },
             { "name": "reset", "description": "Password reset by mailed link." },
+            { "name": "passkeys", "description": "Passkeys (WebAuthn): registration, listing, removal, sign-in." },
             { "name": "meta", "description": "This document." },
         ],
         "paths": paths,
@@ -235,6 +241,7 @@ fn operation(route: &Route, op: &Op, params: &[Value]) -> Value {
     let mut responses = Map::new();
     let (ok_type, ok_schema, ok_description) = match op.reply {
         Reply::Message(name) => ("application/json", reference(name), "Done."),
+        Reply::Created(name) => ("application/json", reference(name), "Created."),
         Reply::ListOf(name) => ("application/json", json!({ "type": "array", "items": reference(name) }), "Done."),
         Reply::Strings => ("application/json", json!({ "type": "array", "items": { "type": "string" } }), "Done."),
         Reply::Empty => ("application/json", reference("Empty"), "Done: `{}`."),
@@ -256,7 +263,8 @@ fn operation(route: &Route, op: &Op, params: &[Value]) -> Value {
     if let Some(links) = links(op) {
         ok["links"] = links;
     }
-    responses.insert("200".into(), ok);
+    let ok_status = if matches!(op.reply, Reply::Created(_)) { "201" } else { "200" };
+    responses.insert(ok_status.into(), ok);
     for status in op.errors {
         let mut content = Map::new();
         let html = op.reply == Reply::Html && HTML_ERRORS.contains(status);
@@ -333,7 +341,7 @@ fn links(op: &Op) -> Option<Value> {
 
 /// The schemas that are no protobuf message: the gateway's own shapes.
 fn local_schemas() -> Map<String, Value> {
-    let mut m = Map::new();
+    let mut m = super::passkeys::schemas();
     m.insert(
         "Errors".into(),
         json!({
@@ -364,7 +372,8 @@ fn local_schemas() -> Map<String, Value> {
                                     `reauthentication_required` (403: a change of one's own password, username \
                                     or primary email needs a recent sign-in or `currentPassword`), \
                                     `invalid_current_password` (403: the `currentPassword` sent is wrong), \
-                                    `not_found`, `username_taken`, `throttled`, `unavailable`, `overloaded`, `timeout`, ... (the gRPC \
+                                    `not_found`, `username_taken`, `passkeys_not_configured` (400: the application has no WebAuthn \
+                                    relying party), `passkey_taken`, `throttled`, `unavailable`, `overloaded`, `timeout`, ... (the gRPC \
                                     `ErrorInfo` reason, lower case).",
                 },
                 "message": { "type": "string", "description": "For people; may change." },

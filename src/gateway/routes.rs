@@ -9,7 +9,7 @@ use axum::{
     routing::{MethodFilter, MethodRouter, on},
 };
 
-use super::{Gateway, groups, openapi, reset, users};
+use super::{Gateway, groups, openapi, passkeys, reset, users};
 
 /// Who may call an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,8 @@ pub enum Body {
 pub enum Reply {
     /// One message, by component name.
     Message(&'static str),
+    /// One message, by component name, answered with 201 (a resource made).
+    Created(&'static str),
     /// A bare array of a component.
     ListOf(&'static str),
     /// A bare array of strings (ids).
@@ -143,6 +145,7 @@ pub const PARAMS: &[(&str, &str, bool)] = &[
     ("appId", "The application's ID: the application of the API key (any other answers 404).", true),
     ("username", "The username whose password is to be reset.", false),
     ("token", "The token of the mailed reset link.", false),
+    ("passkeyId", "The ID of a passkey, as listed by `GET /v2/users/{usersId}/passkeys`.", true),
 ];
 
 /// The documented request of `POST /users` (catalyze-users.md).
@@ -527,6 +530,87 @@ pub const ROUTES: &[Route] = &[
                 ..op(Method::Post, "resetPassword", "Set a new password", |m| on(m, reset::submit))
             },
         ],
+    },
+    Route {
+        path: "/v2/users/{usersId}/passkeys/options",
+        tag: "passkeys",
+        ops: &[Op {
+            description: "Starts registering a passkey for the caller's own record (a session signed in within \
+                          `--privileged-session-max-age`, else 403 `reauthentication_required`): the options for \
+                          `navigator.credentials.create()` (a discoverable credential with user verification) and \
+                          the `ceremonyId` of the finish. No body. An application without a relying party \
+                          (`usersvc app update --webauthn-rp-id`) answers 400 `passkeys_not_configured`.",
+            reply: Reply::Message("PasskeyOptions"),
+            errors: &[400, 401, 403, 404, 503],
+            ..op(Method::Post, "startPasskeyRegistration", "Start registering a passkey", |m| {
+                on(m, passkeys::registration_options)
+            })
+        }],
+    },
+    Route {
+        path: "/v2/users/{usersId}/passkeys",
+        tag: "passkeys",
+        ops: &[
+            Op {
+                description: "Finishes a registration with the browser's credential: 201 with the passkey (never \
+                              its key material), recorded as `passkey.registered`. An unknown, used, expired or \
+                              another user's `ceremonyId`, a credential that is not one or does not verify, and a \
+                              user at the limit of 10 passkeys answer 400 naming the member; a credential \
+                              registered already 409 `passkey_taken`.",
+                body: Body::Json { schema: "PasskeyRegistration", example: None },
+                reply: Reply::Created("Passkey"),
+                errors: &[400, 401, 403, 404, 409, 413, 415, 503],
+                ..op(Method::Post, "finishPasskeyRegistration", "Register a passkey", |m| on(m, passkeys::register))
+            },
+            Op {
+                description: "A user's passkeys, oldest first: ids, names and times. The user themself or a \
+                              supervisor.",
+                reply: Reply::Message("ListPasskeysResponse"),
+                errors: &[400, 401, 404, 503],
+                ..op(Method::Get, "listPasskeys", "List a user's passkeys", |m| on(m, passkeys::list))
+            },
+        ],
+    },
+    Route {
+        path: "/v2/users/{usersId}/passkeys/{passkeyId}",
+        tag: "passkeys",
+        ops: &[Op {
+            description: "Removes a passkey, recorded as `passkey.removed`. The user themself or a supervisor.",
+            errors: &[400, 401, 404, 503],
+            ..op(Method::Delete, "removePasskey", "Remove a passkey", |m| on(m, passkeys::remove))
+        }],
+    },
+    Route {
+        path: "/v2/auth/passkey/options",
+        tag: "passkeys",
+        ops: &[Op {
+            description: "Starts a sign-in with a passkey: the options for `navigator.credentials.get()` and the \
+                          `ceremonyId` of the finish. Without a `username` (or with an empty body) any discoverable \
+                          credential of the application may answer; with one, only that user's (a username \
+                          without passkeys, known or not, gets options naming a decoy credential made from it: \
+                          the options do not tell who is registered).",
+            auth: Auth::Key,
+            body: Body::Json { schema: "StartPasskeySignInRequest", example: None },
+            reply: Reply::Message("PasskeyOptions"),
+            errors: &[400, 401, 413, 415, 503],
+            ..op(Method::Post, "startPasskeySignIn", "Start a passkey sign-in", |m| on(m, passkeys::sign_in_options))
+        }],
+    },
+    Route {
+        path: "/v2/auth/passkey",
+        tag: "passkeys",
+        ops: &[Op {
+            description: "Finishes a passkey sign-in: the reply is sign-in's, the user with a new `sessionToken`. \
+                          An unknown credential, one that does not verify, one whose signature counter went \
+                          backwards (a cloned authenticator; recorded as `passkey.counter_regressed`) and an \
+                          inactive user all answer 401 `invalid_credentials`; throttled as a password sign-in \
+                          (429 with `Retry-After`). A bad `ceremonyId` or a malformed credential is a 400.",
+            auth: Auth::Key,
+            body: Body::Json { schema: "PasskeySignIn", example: None },
+            reply: Reply::Message("User"),
+            errors: &[400, 401, 409, 413, 415, 429, 503],
+            ..op(Method::Post, "finishPasskeySignIn", "Sign in with a passkey", |m| on(m, passkeys::sign_in))
+        }],
     },
     Route {
         path: "/v2/openapi.json",

@@ -68,6 +68,12 @@ upstream!(UserService, UserServiceClient, "usersvc.v1.UserService", {
     list_disclosures(pb::ListDisclosuresRequest) -> pb::ListDisclosuresResponse = "ListDisclosures";
     list_users(pb::ListUsersRequest) -> pb::ListUsersResponse = "ListUsers";
     export_user(pb::ExportUserRequest) -> pbjson_types::Struct = "ExportUser";
+    start_passkey_registration(pb::StartPasskeyRegistrationRequest) -> pb::PasskeyCeremony = "StartPasskeyRegistration";
+    finish_passkey_registration(pb::FinishPasskeyRegistrationRequest) -> pb::Passkey = "FinishPasskeyRegistration";
+    list_passkeys(pb::ListPasskeysRequest) -> pb::ListPasskeysResponse = "ListPasskeys";
+    remove_passkey(pb::RemovePasskeyRequest) -> Empty = "RemovePasskey";
+    start_passkey_sign_in(pb::StartPasskeySignInRequest) -> pb::PasskeyCeremony = "StartPasskeySignIn";
+    finish_passkey_sign_in(pb::FinishPasskeySignInRequest) -> pb::User = "FinishPasskeySignIn";
 });
 
 upstream!(GroupService, GroupServiceClient, "usersvc.v1.GroupService", {

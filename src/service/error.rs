@@ -60,6 +60,13 @@ pub enum ServiceError {
     /// a database that stopped answering, as one does while it fails over.
     #[error("the request was not finished in time; try again")]
     TimedOut,
+    /// A passkey call in an application without a relying party (`usersvc
+    /// app update --webauthn-rp-id`).
+    #[error("passkeys are not configured for this application")]
+    PasskeysNotConfigured,
+    /// A credential registered already (by this user or another).
+    #[error("this passkey is registered already")]
+    PasskeyTaken,
 }
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
@@ -106,6 +113,8 @@ impl From<ServiceError> for Status {
             ServiceError::Store(s) => store_code(s),
             ServiceError::Trail(_) => (Code::Unavailable, "TRAIL_UNAVAILABLE"),
             ServiceError::TimedOut => (Code::Unavailable, "TIMEOUT"),
+            ServiceError::PasskeysNotConfigured => (Code::FailedPrecondition, "PASSKEYS_NOT_CONFIGURED"),
+            ServiceError::PasskeyTaken => (Code::AlreadyExists, "PASSKEY_TAKEN"),
         };
         let message = match (code, &e) {
             // Counted (usersvc_password_hash_shed_total), not logged: a

@@ -10,6 +10,7 @@ mod groups;
 mod listing;
 pub mod mrns;
 mod paging;
+pub mod passkeys;
 mod present_fields;
 pub mod profile;
 mod sessions;

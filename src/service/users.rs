@@ -79,7 +79,7 @@ impl UserSvc {
 
     /// The throttle key of a client address within an application: an
     /// IPv6 client counts by its /64 (see [`crate::edge::throttle_scope`]).
-    fn address_key(&self, kind: &str, app_id: Uuid, ip: Option<IpAddr>) -> Option<Vec<u8>> {
+    pub(super) fn address_key(&self, kind: &str, app_id: Uuid, ip: Option<IpAddr>) -> Option<Vec<u8>> {
         ip.map(|ip| {
             let scope = crate::edge::throttle_scope(ip);
             [app_id.as_bytes().as_slice(), &self.core.keyring.global_index(kind, &scope)].concat()
@@ -106,7 +106,7 @@ impl UserSvc {
     }
 
     /// Records a refused read or change, so attempts show in the trail too.
-    async fn refused(&self, ctx: &Ctx, action: &str, caller: &Caller, subject: Uuid, e: &ServiceError) {
+    pub(super) async fn refused(&self, ctx: &Ctx, action: &str, caller: &Caller, subject: Uuid, e: &ServiceError) {
         let outcome = match e {
             ServiceError::Forbidden(_)
             | ServiceError::Hidden { exists: true }
@@ -797,5 +797,51 @@ impl UserService for UserSvc {
     ) -> Result<Response<pb::VerifySessionResponse>, Status> {
         let (ctx, _) = Ctx::split(request);
         Ok(Response::new(UserSvc::verify_session(self, &ctx).await?))
+    }
+
+    async fn start_passkey_registration(
+        &self,
+        request: Request<pb::StartPasskeyRegistrationRequest>,
+    ) -> Result<Response<pb::PasskeyCeremony>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::start_passkey_registration(self, &ctx, req).await?))
+    }
+
+    async fn finish_passkey_registration(
+        &self,
+        request: Request<pb::FinishPasskeyRegistrationRequest>,
+    ) -> Result<Response<pb::Passkey>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::finish_passkey_registration(self, &ctx, req).await?))
+    }
+
+    async fn list_passkeys(
+        &self,
+        request: Request<pb::ListPasskeysRequest>,
+    ) -> Result<Response<pb::ListPasskeysResponse>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::list_passkeys(self, &ctx, req).await?))
+    }
+
+    async fn remove_passkey(&self, request: Request<pb::RemovePasskeyRequest>) -> Result<Response<Empty>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        UserSvc::remove_passkey(self, &ctx, req).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn start_passkey_sign_in(
+        &self,
+        request: Request<pb::StartPasskeySignInRequest>,
+    ) -> Result<Response<pb::PasskeyCeremony>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::start_passkey_sign_in(self, &ctx, req).await?))
+    }
+
+    async fn finish_passkey_sign_in(
+        &self,
+        request: Request<pb::FinishPasskeySignInRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::finish_passkey_sign_in(self, &ctx, req).await?))
     }
 }

@@ -19,6 +19,7 @@ pub mod backend;
 mod conformance;
 pub mod groups;
 pub mod outbox;
+pub mod passkeys;
 mod postgres;
 pub mod resets;
 pub mod sessions;
@@ -33,6 +34,7 @@ use async_trait::async_trait;
 pub use apps::*;
 pub use groups::*;
 pub use outbox::*;
+pub use passkeys::*;
 pub use postgres::PgStore;
 pub use resets::*;
 pub use sessions::*;
@@ -150,6 +152,7 @@ pub trait Store:
     + OutboxStore
     + TokenStore
     + TrailStore
+    + PasskeyStore
     + Send
     + Sync
     + 'static

@@ -3,6 +3,8 @@
 //! - The mailed password-reset link, with JavaScript switched off.
 //! - A web app on another origin calling sign-up, sign-in and verify with
 //!   `fetch` and the Catalyze headers, through CORS preflights.
+//! - A passkey registered and used to sign in, with chromedriver's virtual
+//!   authenticator (the W3C WebAuthn WebDriver extension).
 //!
 //! Ignored by plain `cargo test`: it needs `chromium` and `chromedriver`.
 //! `.ci/run` installs them and runs `cargo test --test api browser -- --ignored`;
@@ -436,4 +438,127 @@ async fn web_app_on_another_origin_signs_up_and_in_through_cors() {
     let req = pb::SignInRequest { username: "web.intruder".into(), password: "correct horse battery".into() };
     let e = t.users().await.sign_in(t.req(req, None)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "the refused origin's preflight stopped its sign-up");
+}
+
+/// What the passkey page runs: sign-up, a passkey registered with
+/// `navigator.credentials.create`, sign-out, then a sign-in with
+/// `navigator.credentials.get` alone (no username), each reported.
+const PASSKEY_CALLS: &str = r#"
+const [base, key, name, done] = arguments;
+const dec = s => Uint8Array.from(atob(s.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((s.length + 3) % 4)), c => c.charCodeAt(0));
+const enc = b => btoa(String.fromCharCode(...new Uint8Array(b))).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+const call = async (method, path, token, body) => {
+  const headers = { 'X-Api-Key': 'browser clinic ' + key, 'Content-Type': 'application/json' };
+  if (token) headers['Authorization'] = 'Bearer ' + token;
+  const r = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  return { status: r.status, body: await r.json() };
+};
+(async () => {
+  const out = {};
+  const user = { username: name, password: 'correct horse battery', email: { primary: name + '@example.com' } };
+  out.signUp = await call('POST', '/v2/users', null, user);
+  const id = out.signUp.body.usersId, token = out.signUp.body.sessionToken;
+  out.regOptions = await call('POST', '/v2/users/' + id + '/passkeys/options', token);
+  const pk = out.regOptions.body.publicKey;
+  pk.challenge = dec(pk.challenge);
+  pk.user.id = dec(pk.user.id);
+  (pk.excludeCredentials || []).forEach(c => c.id = dec(c.id));
+  const created = await navigator.credentials.create({ publicKey: pk });
+  out.register = await call('POST', '/v2/users/' + id + '/passkeys', token, {
+    ceremonyId: out.regOptions.body.ceremonyId,
+    name: 'Virtual authenticator',
+    credential: {
+      id: created.id, rawId: enc(created.rawId), type: created.type,
+      response: { attestationObject: enc(created.response.attestationObject), clientDataJSON: enc(created.response.clientDataJSON) },
+    },
+  });
+  out.signOut = await call('GET', '/v2/auth/signout', token);
+  out.signInOptions = await call('POST', '/v2/auth/passkey/options', null, {});
+  const rq = out.signInOptions.body.publicKey;
+  rq.challenge = dec(rq.challenge);
+  (rq.allowCredentials || []).forEach(c => c.id = dec(c.id));
+  const got = await navigator.credentials.get({ publicKey: rq });
+  out.signIn = await call('POST', '/v2/auth/passkey', null, {
+    ceremonyId: out.signInOptions.body.ceremonyId,
+    credential: {
+      id: got.id, rawId: enc(got.rawId), type: got.type,
+      response: {
+        authenticatorData: enc(got.response.authenticatorData), clientDataJSON: enc(got.response.clientDataJSON),
+        signature: enc(got.response.signature), userHandle: got.response.userHandle ? enc(got.response.userHandle) : null,
+      },
+    },
+  });
+  out.verify = await call('GET', '/v2/auth/verify', out.signIn.body.sessionToken);
+  out.oldToken = await call('GET', '/v2/auth/verify', token);
+  done(out);
+})().catch(e => done({ failed: String(e) }));
+"#;
+
+#[tokio::test]
+#[ignore = "needs chromium and chromedriver; .ci/run installs them"]
+async fn passkey_registered_and_signed_in_with_chromiums_virtual_authenticator() {
+    let (page_port, page_task) = web_app_server().await;
+    // http://localhost is a secure context: WebAuthn works there, with
+    // the rp id `localhost`.
+    let origin = format!("http://localhost:{page_port}");
+    let t = spawn_alone(|a| a.gateway.cors_origins = vec![origin.clone()]).await;
+    crate::common::admin(&t.app).set_webauthn(t.app_id, "localhost", std::slice::from_ref(&origin)).await.unwrap();
+    let base = format!("http://{}", t.app.http_addr);
+
+    let http = reqwest::Client::new();
+    let driver = Chromedriver::start(&http).await;
+    let browser = Browser::open(&http, &driver, true).await;
+    browser.goto(&format!("{origin}/app.html")).await;
+    assert_eq!(browser.title().await, "Clinic");
+    // The W3C WebAuthn WebDriver extension: a platform authenticator that
+    // keeps discoverable credentials and verifies its user.
+    browser
+        .call(
+            Method::POST,
+            "/webauthn/authenticator",
+            Some(json!({
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": true,
+                "hasUserVerification": true,
+                "isUserVerified": true,
+            })),
+        )
+        .await;
+    let out = browser.run_async(PASSKEY_CALLS, json!([base, t.api_key, "passkey.patient"])).await;
+    assert!(out["failed"].is_null(), "the page's passkey calls failed: {out}");
+    assert_eq!(out["signUp"]["status"], 200, "{out}");
+    let id = out["signUp"]["body"]["usersId"].as_str().unwrap_or_else(|| panic!("{out}")).to_owned();
+    assert_eq!(out["regOptions"]["status"], 200, "{out}");
+    assert_eq!(out["register"]["status"], 201, "{out}");
+    assert_eq!(out["register"]["body"]["name"], "Virtual authenticator", "{out}");
+    assert_eq!(out["signOut"]["status"], 200, "{out}");
+    assert_eq!(out["signInOptions"]["status"], 200, "{out}");
+    assert_eq!(out["signIn"]["status"], 200, "{out}");
+    assert_eq!(out["signIn"]["body"]["usersId"], id.as_str(), "{out}");
+    assert_eq!(out["verify"]["status"], 200, "the passkey's session works: {out}");
+    assert_eq!(out["verify"]["body"]["userId"], id.as_str(), "{out}");
+    assert_eq!(out["oldToken"]["status"], 401, "signed out before: {out}");
+    browser.quit().await;
+    drop(driver);
+    page_task.abort();
+
+    let listed = t
+        .users()
+        .await
+        .list_passkeys(
+            t.req(pb::ListPasskeysRequest { users_id: id.clone() }, out["signIn"]["body"]["sessionToken"].as_str()),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.passkeys.len(), 1);
+    assert!(!listed.passkeys[0].last_used_at.is_empty(), "its use is recorded");
+    // The trail has the registration and the sign-in by passkey.
+    let mut trail = Vec::new();
+    let filter = usersvc::store::AuditFilter { app_id: Some(t.app_id), ..Default::default() };
+    crate::common::admin(&t.app).list_trail(filter, &mut trail).await.unwrap();
+    let trail = String::from_utf8(trail).unwrap();
+    assert!(trail.contains("\"passkey.registered\""), "{trail}");
+    assert!(trail.lines().any(|l| l.contains("\"session.sign_in\"") && l.contains("method:passkey")), "{trail}");
 }

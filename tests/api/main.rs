@@ -20,6 +20,7 @@ mod merge_patch;
 mod openapi;
 mod operations;
 mod paging;
+mod passkeys;
 mod processes;
 mod reauth;
 mod replicas;

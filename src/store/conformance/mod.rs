@@ -16,7 +16,9 @@ use crate::store::trail::record::{AuditRecord, GENESIS, StoredAudit, verify};
 use crate::store::*;
 
 mod cases;
+mod passkeys;
 use cases::*;
+use passkeys::*;
 
 /// The database under a store, for the tests' own reads and writes.
 pub enum Db {
@@ -309,4 +311,5 @@ contract!(
     mrn_indexes_follow_the_user_row,
     usernames_are_rekeyed_once,
     user_changes_void_resets_and_queue_notices,
+    passkeys_ceremonies_and_counters,
 );
