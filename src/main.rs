@@ -133,6 +133,23 @@ enum AppCommand {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Change an application's settings (only those given); recorded as
+    /// `app.update`. Prints the settings changed as JSON.
+    Update {
+        #[arg(long)]
+        app: uuid::Uuid,
+        /// Email verification: `optional` mails a link on sign-up and on a
+        /// change of the primary address; `required` also refuses sign-in
+        /// (403 `email_unverified`) and password-reset mail to the
+        /// unverified; `off` mails and shows nothing. Until set, as
+        /// `optional` but nothing is mailed by itself.
+        #[arg(long, value_parser = ["required", "optional", "off"])]
+        verify_email: Option<String>,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -436,6 +453,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "apiKey": key.expose_secret(),
                 "apiKeyHeader": format!("X-Api-Key: server usersvc {}", key.expose_secret()),
             });
+            println!("{out}");
+        }
+        Command::App { command: AppCommand::Update { app, verify_email, db, keys } } => {
+            let mut out = serde_json::json!({ "appId": app });
+            let Some(verify_email) = verify_email else {
+                anyhow::bail!("nothing to change: give a setting (--verify-email)");
+            };
+            let admin = admin(&db, &keys).await?;
+            if let Some(mode) = usersvc::store::VerifyMode::parse(Some(&verify_email)) {
+                admin.set_verify_email(app, mode).await?;
+                out["verifyEmail"] = verify_email.into();
+            }
             println!("{out}");
         }
         Command::Supervisor { command: SupervisorCommand::Add { app, username, db, keys } } => {

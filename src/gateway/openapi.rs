@@ -126,6 +126,7 @@ fn build() -> Value {
             { "name": "auth", "description": "Sessions: sign-in, sign-out, listing and ending sessions." },
             { "name": "groups", "description": "Named sets of users; supervisors only." },
             { "name": "reset", "description": "Password reset by mailed link." },
+            { "name": "verification", "description": "Email verification by mailed link." },
             { "name": "meta", "description": "This document." },
         ],
         "paths": paths,
@@ -364,6 +365,9 @@ fn local_schemas() -> Map<String, Value> {
                                     `reauthentication_required` (403: a change of one's own password, username \
                                     or primary email needs a recent sign-in or `currentPassword`), \
                                     `invalid_current_password` (403: the `currentPassword` sent is wrong), \
+                                    `email_unverified` (403, sign-in: the application requires a verified \
+                                    address and the user's is not; said only for the right password), \
+                                    `already_verified` (409: a verification link asked for a verified address), \
                                     `not_found`, `username_taken`, `throttled`, `unavailable`, `overloaded`, `timeout`, ... (the gRPC \
                                     `ErrorInfo` reason, lower case).",
                 },
@@ -429,6 +433,7 @@ fn flags(message: &str) -> (&'static [&'static str], &'static [&'static str]) {
     match message {
         "usersvc.v1.User" => (schema::USER_OUTPUT_ONLY, USER_INPUT_ONLY),
         "usersvc.v1.Group" => (schema::GROUP_OUTPUT_ONLY, &[]),
+        "usersvc.v1.Email" => (&["primary_verified"], &[]),
         _ => (&[], &[]),
     }
 }

@@ -68,6 +68,8 @@ upstream!(UserService, UserServiceClient, "usersvc.v1.UserService", {
     list_disclosures(pb::ListDisclosuresRequest) -> pb::ListDisclosuresResponse = "ListDisclosures";
     list_users(pb::ListUsersRequest) -> pb::ListUsersResponse = "ListUsers";
     export_user(pb::ExportUserRequest) -> pbjson_types::Struct = "ExportUser";
+    send_verification(pb::SendVerificationRequest) -> Empty = "SendVerification";
+    verify_email(pb::VerifyEmailRequest) -> Empty = "VerifyEmail";
 });
 
 upstream!(GroupService, GroupServiceClient, "usersvc.v1.GroupService", {

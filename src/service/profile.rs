@@ -36,6 +36,10 @@ pub fn to_profile(user: &pb::User) -> ServiceResult<Vec<u8>> {
     u.password.clear();
     u.session_token.clear();
     u.active = None;
+    // Output only: the store says whether the address is verified.
+    if let Some(e) = u.email.as_mut() {
+        e.primary_verified = false;
+    }
     // `extras` of JSON null is no extras (which is how it reads back); one
     // with no JSON form is refused rather than stored as something else.
     if u.extras.as_ref().is_some_and(|e| matches!(e.kind, None | Some(pbjson_types::value::Kind::NullValue(_)))) {

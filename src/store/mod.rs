@@ -27,6 +27,7 @@ pub mod throttles;
 pub mod tokens;
 pub mod trail;
 pub mod users;
+pub mod verifications;
 
 use async_trait::async_trait;
 
@@ -41,6 +42,7 @@ pub use throttles::*;
 pub use tokens::*;
 pub use trail::*;
 pub use users::*;
+pub use verifications::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -91,6 +93,7 @@ impl From<sqlx::Error> for StoreError {
                     ("memberships.group_id, memberships.user_id", "memberships_pkey"),
                     ("outbox.id", "outbox_pkey"),
                     ("password_resets.token_hash", "password_resets_pkey"),
+                    ("email_verifications.token_hash", "email_verifications_pkey"),
                     ("throttles.key", "throttles_pkey"),
                     ("service_tokens.id", "service_tokens_pkey"),
                     ("service_tokens.token_hash", "service_tokens_token_hash_key"),
@@ -150,6 +153,7 @@ pub trait Store:
     + OutboxStore
     + TokenStore
     + TrailStore
+    + VerificationStore
     + Send
     + Sync
     + 'static

@@ -16,7 +16,9 @@ use crate::store::trail::record::{AuditRecord, GENESIS, StoredAudit, verify};
 use crate::store::*;
 
 mod cases;
+mod verifications;
 use cases::*;
+use verifications::*;
 
 /// The database under a store, for the tests' own reads and writes.
 pub enum Db {
@@ -309,4 +311,6 @@ contract!(
     mrn_indexes_follow_the_user_row,
     usernames_are_rekeyed_once,
     user_changes_void_resets_and_queue_notices,
+    verification_links_are_bound_to_the_address,
+    resends_count_per_recipient_and_reset_mail_waits_for_verification,
 );

@@ -201,6 +201,18 @@ pub trait UserStore: Send + Sync {
         user: NewUser,
         session: Option<NewSession>,
         audit: &[AuditRecord],
+    ) -> Result<Option<UserRecord>> {
+        self.create_user_mailing(user, session, &[], audit).await
+    }
+
+    /// [`Self::create_user`], with mail queued in its transaction (the
+    /// verification link of a sign-up): none is sent for a user not made.
+    async fn create_user_mailing(
+        &self,
+        user: NewUser,
+        session: Option<NewSession>,
+        mail: &[QueuedMail],
+        audit: &[AuditRecord],
     ) -> Result<Option<UserRecord>>;
 
     /// Inserts the users whose username (blind index) the application does
