@@ -32,3 +32,4 @@ mod tls;
 mod trail;
 mod upgrades;
 mod usernames;
+mod verification;
