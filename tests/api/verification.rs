@@ -15,6 +15,7 @@ use tonic_types::StatusExt;
 use usersvc::{pb, store::VerifyMode};
 
 use crate::common::{self, Backend, TestApp, spawn_alone, usersvc};
+use crate::mail_routes::all_mail_out;
 use crate::smtp_sink::{SmtpSink, text_part};
 
 const PASSWORD: &str = "correct horse battery";
@@ -126,20 +127,6 @@ async fn wait_for_files(dir: &Path, n: usize) -> Vec<(String, String, String)> {
             return got;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until every request and mail of the application is out.
-async fn all_mail_out(t: &TestApp) {
-    let started = Instant::now();
-    loop {
-        let waiting = t.count_app("SELECT count(*) FROM mail_requests WHERE app_id = $1").await
-            + t.count_app("SELECT count(*) FROM outbox WHERE app_id = $1 AND failed_at IS NULL").await;
-        if waiting == 0 {
-            return;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "{waiting} requests and mails still waiting");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
