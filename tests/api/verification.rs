@@ -444,3 +444,18 @@ async fn an_application_that_never_chose_sees_no_change() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 }
+
+#[tokio::test]
+async fn the_document_describes_the_routes_and_the_read_only_flag() {
+    let t = common::spawn().await;
+    let doc: Value = t.http.get(t.url("/v2/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let flag = &doc["components"]["schemas"]["Email"]["properties"]["primaryVerified"];
+    assert_eq!((flag["type"].as_str(), flag["readOnly"].as_bool()), (Some("boolean"), Some(true)), "{flag}");
+    let paths = &doc["paths"];
+    assert_eq!(paths["/v2/users/{usersId}/verification"]["post"]["operationId"], "sendVerification");
+    assert_eq!(paths["/v2/verify/{token}"]["get"]["operationId"], "verifyEmailForm");
+    assert_eq!(paths["/v2/verify/{token}"]["post"]["operationId"], "verifyEmail");
+    assert!(paths["/v2/auth/signin"]["post"]["responses"].get("403").is_some());
+    let reasons = doc["components"]["schemas"]["ErrorItem"]["properties"]["reason"]["description"].as_str().unwrap();
+    assert!(reasons.contains("`email_unverified`") && reasons.contains("`already_verified`"), "{reasons}");
+}
