@@ -14,13 +14,7 @@ CREATE TABLE email_verifications (
 CREATE INDEX email_verifications_user ON email_verifications (user_id);
 CREATE INDEX email_verifications_expiry ON email_verifications (expires_at);
 
-CREATE TABLE verified_emails (
-    user_id     BLOB PRIMARY KEY NOT NULL,
-    app_id      BLOB NOT NULL,
-    email_bidx  BLOB NOT NULL,
-    verified_at INTEGER NOT NULL,
-    FOREIGN KEY (app_id, user_id) REFERENCES users (app_id, id) ON DELETE CASCADE
-) STRICT;
+ALTER TABLE users ADD COLUMN email_verified_bidx BLOB;
 
 -- SQLite cannot change a CHECK in place: the outbox is made again with the
 -- wider one, rows and index kept.

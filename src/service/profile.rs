@@ -77,6 +77,10 @@ pub fn to_user(rec: &UserRecord, profile: &[u8]) -> ServiceResult<pb::User> {
     user.created_at = format_time(rec.created_at);
     user.updated_at = format_time(rec.updated_at);
     user.active = Some(rec.active);
+    // Output only, from the row: never what a profile was given.
+    if let Some(e) = user.email.as_mut() {
+        e.primary_verified = rec.email_verified && !e.primary.trim().is_empty();
+    }
     Ok(user)
 }
 
@@ -194,6 +198,7 @@ mod tests {
             version: 1,
             created_at: Utc.with_ymd_and_hms(2013, 11, 7, 12, 0, 0).unwrap(),
             updated_at: Utc.with_ymd_and_hms(2013, 11, 7, 12, 0, 0).unwrap(),
+            email_verified: false,
         }
     }
 

@@ -284,8 +284,7 @@ impl UserSvc {
                 return Err(e);
             }
         };
-        let mut user = self.core.open_user(&rec).await?;
-        self.core.show_verified(caller.app_id, &mut user).await?;
+        let user = self.core.open_user(&rec).await?;
         let mut r = self.core.record(ctx, "user.read", Some(&caller), caller.app_id).await;
         r.subject_id = Some(id);
         r.fields = profile::field_names(&user);
@@ -452,9 +451,7 @@ impl UserSvc {
             records.extend(sent);
             if let Some(updated) = core.store.update_user(caller.app_id, id, change, &records).await? {
                 tracing::info!(app_id = %caller.app_id, users_id = %id, paths = paths.len(), "user updated");
-                let mut out = core.open_user(&updated).await?;
-                core.show_verified(caller.app_id, &mut out).await?;
-                return Ok(out);
+                return core.open_user(&updated).await;
             }
         }
         Err(ServiceError::Contention)
@@ -586,13 +583,12 @@ impl UserSvc {
                 return Err(ServiceError::BadCredentials);
             }
         };
+        let rec = core.store.get_user(app_id, user_id).await?.ok_or(ServiceError::BadCredentials)?;
         // Only now that the password checked out (no oracle for a wrong one).
-        let verification = self.check_verified_sign_in(ctx, app_id, user_id).await?;
+        self.check_verified_sign_in(ctx, &rec).await?;
         // The reply discloses the profile: it is opened first, so that the
         // session's record names the fields it carries.
-        let rec = core.store.get_user(app_id, user_id).await?.ok_or(ServiceError::BadCredentials)?;
         let mut out = core.open_user(&rec).await?;
-        super::verification::set_verified(&mut out, verification);
         let (token, session) = core.auth.new_session();
         let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
         r.actor = "user".into();

@@ -1,7 +1,8 @@
 //! Email verification (`--verify-email`): the link mailed on sign-up, on a
 //! change of the primary address and on request (`SendVerification`), its
-//! use (`VerifyEmail`), the `email.primary_verified` a reply shows, and the
-//! sign-in an application that requires it refuses to the unverified.
+//! use (`VerifyEmail`), and the sign-in an application that requires it
+//! refuses to the unverified. Replies show `email.primary_verified` from the
+//! user's row (`profile::to_user`).
 
 use secrecy::ExposeSecret;
 use uuid::Uuid;
@@ -14,7 +15,7 @@ use crate::auth::{Caller, SessionUser};
 use crate::crypto::{fields::VERIFY_MAIL_FIELD, keyring::Sealer};
 use crate::pb;
 use crate::store::{
-    AuditRecord, QueuedMail, Resend, VERIFY_EMAIL, VerificationStatus, VerifyCheck, VerifyMailPayload, VerifyMode,
+    AuditRecord, QueuedMail, Resend, UserRecord, VERIFY_EMAIL, VerifyCheck, VerifyMailPayload, VerifyMode,
 };
 
 /// The trail actions.
@@ -66,59 +67,23 @@ impl Core {
         r.fields = vec!["email".into()];
         Ok(Some((mail, r)))
     }
-
-    /// Fills in `email.primary_verified` of a reply from the store (what a
-    /// request or a stored profile said of it counts for nothing).
-    pub(super) async fn show_verified(&self, app_id: Uuid, user: &mut pb::User) -> ServiceResult<()> {
-        let id = validate::id(&user.users_id, "users_id")?;
-        let status = self.store.verification_status(app_id, id).await?;
-        set_verified(user, status);
-        Ok(())
-    }
-
-    /// The same for a page of users, in one statement.
-    pub(super) async fn show_verified_all(&self, app_id: Uuid, users: &mut [pb::User]) -> ServiceResult<()> {
-        let mode = self.verify_mode(app_id).await?;
-        let ids: Vec<Uuid> = users.iter().filter_map(|u| Uuid::try_parse(&u.users_id).ok()).collect();
-        let verified = if mode.on() { self.store.verified_users(app_id, &ids).await? } else { Vec::new() };
-        for u in users {
-            let yes = Uuid::try_parse(&u.users_id).is_ok_and(|id| verified.contains(&id));
-            set_verified(u, VerificationStatus { mode, verified: yes });
-        }
-        Ok(())
-    }
-}
-
-/// `email.primary_verified` as the status says: never where verification
-/// is off, never without an address.
-pub(super) fn set_verified(user: &mut pb::User, status: VerificationStatus) {
-    if let Some(e) = user.email.as_mut() {
-        e.primary_verified = status.mode.on() && status.verified && !e.primary.trim().is_empty();
-    }
 }
 
 impl UserSvc {
     /// After the password checked out: under `--verify-email required`, an
     /// unverified user is refused (recorded as a sign-in, outcome
-    /// `unverified`), and told nothing else. Returns the status for the
-    /// reply.
-    pub(super) async fn check_verified_sign_in(
-        &self,
-        ctx: &Ctx,
-        app_id: Uuid,
-        user_id: Uuid,
-    ) -> ServiceResult<VerificationStatus> {
+    /// `unverified`), and told nothing else.
+    pub(super) async fn check_verified_sign_in(&self, ctx: &Ctx, rec: &UserRecord) -> ServiceResult<()> {
         let core = &self.core;
-        let status = core.store.verification_status(app_id, user_id).await?;
-        if status.mode == VerifyMode::Required && !status.verified {
-            let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
-            r.subject_id = Some(user_id);
-            r.outcome = "unverified".into();
-            core.store.append_audit(&[r]).await?;
-            tracing::info!(%app_id, users_id = %user_id, "sign-in refused: email not verified");
-            return Err(ServiceError::EmailUnverified);
+        if rec.email_verified || core.verify_mode(rec.app_id).await? != VerifyMode::Required {
+            return Ok(());
         }
-        Ok(status)
+        let mut r = core.record(ctx, "session.sign_in", None, rec.app_id).await;
+        r.subject_id = Some(rec.id);
+        r.outcome = "unverified".into();
+        core.store.append_audit(&[r]).await?;
+        tracing::info!(app_id = %rec.app_id, users_id = %rec.id, "sign-in refused: email not verified");
+        Err(ServiceError::EmailUnverified)
     }
 
     pub(super) async fn send_verification(&self, ctx: &Ctx, req: pb::SendVerificationRequest) -> ServiceResult<()> {

@@ -49,8 +49,9 @@ pub async fn verification_links_are_bound_to_the_address(u: &Under) {
     let queued = s.claim_outbox(10, HOUR).await.unwrap();
     assert_eq!(queued.iter().map(|m| (m.kind.as_str(), m.user_id)).collect::<Vec<_>>(), [(VERIFY_EMAIL, nu.id)]);
     assert_eq!(queued[0].payload_ct.as_deref(), Some(b"sealed".as_slice()));
-    let status = |id| async move { s.verification_status(f.app.id, id).await.unwrap() };
-    assert_eq!(status(nu.id).await, VerificationStatus { mode: VerifyMode::Optional, verified: false });
+    // Whether the row says its primary is verified (none: no such row).
+    let verified = |id| async move { s.get_user(f.app.id, id).await.unwrap().map(|r| r.email_verified) };
+    assert_eq!(verified(nu.id).await, Some(false));
 
     // An unknown link does nothing, and is not recorded.
     assert_eq!(s.verify_email(b"nope", &link_audit()).await.unwrap(), VerifyCheck::Unknown);
@@ -61,26 +62,28 @@ pub async fn verification_links_are_bound_to_the_address(u: &Under) {
     issue(s, &nu, b"t1", &bidx, later).await;
     issue(s, &nu, b"t1", &bidx, later).await;
     issue(s, &nu, b"t2", &bidx, later).await;
-    let verified = VerifyCheck::Verified { app_id: f.app.id, user_id: nu.id };
-    assert_eq!(s.verify_email(b"t1", &link_audit()).await.unwrap(), verified);
-    assert_eq!(status(nu.id).await, VerificationStatus { mode: VerifyMode::Optional, verified: true });
-    assert_eq!(s.verified_users(f.app.id, &[nu.id, nobody]).await.unwrap(), [nu.id]);
+    let ok = VerifyCheck::Verified { app_id: f.app.id, user_id: nu.id };
+    let version = s.get_user(f.app.id, nu.id).await.unwrap().unwrap().version;
+    assert_eq!(s.verify_email(b"t1", &link_audit()).await.unwrap(), ok);
+    let row = s.get_user(f.app.id, nu.id).await.unwrap().unwrap();
+    assert!(row.email_verified);
+    assert_eq!(row.version, version + 1, "a change of the row: a concurrent update re-reads");
     assert_eq!(s.verify_email(b"t1", &link_audit()).await.unwrap(), VerifyCheck::Unknown, "single use");
     assert_eq!(s.verify_email(b"t2", &link_audit()).await.unwrap(), VerifyCheck::Unknown, "used up with it");
 
     // A new primary is not verified; a link for the old one verifies nothing.
     issue(s, &nu, b"old", &bidx, later).await;
-    let mut c = change(1, f.data_key.id);
+    let mut c = change(version + 1, f.data_key.id);
     c.email_bidx = Some(b"mail:new".to_vec());
-    s.update_user(f.app.id, nu.id, c, &[]).await.unwrap().unwrap();
-    assert!(!status(nu.id).await.verified);
-    assert!(s.verified_users(f.app.id, &[nu.id]).await.unwrap().is_empty());
+    let changed = s.update_user(f.app.id, nu.id, c, &[]).await.unwrap().unwrap();
+    assert!(!changed.email_verified, "the row the change returns says so");
+    assert_eq!(verified(nu.id).await, Some(false));
     assert_eq!(
         s.verify_email(b"old", &link_audit()).await.unwrap(),
         VerifyCheck::Stale { app_id: f.app.id, user_id: nu.id }
     );
     assert_eq!(s.verify_email(b"old", &link_audit()).await.unwrap(), VerifyCheck::Unknown, "voided");
-    assert!(!status(nu.id).await.verified);
+    assert_eq!(verified(nu.id).await, Some(false));
 
     // An expired link is refused and goes; the sweep takes the others.
     issue(s, &nu, b"late", b"mail:new", chrono::Utc::now() - chrono::Duration::seconds(1)).await;
@@ -91,15 +94,18 @@ pub async fn verification_links_are_bound_to_the_address(u: &Under) {
     issue(s, &nu, b"late2", b"mail:new", chrono::Utc::now() - chrono::Duration::seconds(1)).await;
     issue(s, &nu, b"live", b"mail:new", later).await;
     assert_eq!(s.sweep_verifications().await.unwrap(), 1);
-    assert_eq!(s.verify_email(b"live", &link_audit()).await.unwrap(), verified);
-    assert!(status(nu.id).await.verified);
+    assert_eq!(s.verify_email(b"live", &link_audit()).await.unwrap(), ok);
+    assert_eq!(verified(nu.id).await, Some(true));
+    // Listings read the same rows.
+    let listed = s.list_users(f.app.id, &UserListFilter::default(), None, 10).await.unwrap();
+    assert!(listed.iter().any(|r| r.id == nu.id && r.email_verified));
 
     // A deleted user takes their links and verification along.
     issue(s, &nu, b"gone", b"mail:new", later).await;
     assert!(s.delete_user(f.app.id, nu.id, &AuditRecord::new("user.delete", Some(f.app.id))).await.unwrap());
     assert_eq!(s.verify_email(b"gone", &link_audit()).await.unwrap(), VerifyCheck::Unknown);
-    assert!(!status(nu.id).await.verified);
-    assert_eq!(u.db.count("SELECT count(*) FROM verified_emails").await, 0);
+    assert_eq!(verified(nu.id).await, None);
+    assert_eq!(u.db.count("SELECT count(*) FROM email_verifications").await, 0);
 
     // The used links were recorded with their outcomes, naming the user.
     let all = chain_is_whole(s).await;

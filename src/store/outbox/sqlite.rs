@@ -106,8 +106,7 @@ impl OutboxStore for SqliteStore {
         let users: Vec<(Uuid, Option<Vec<u8>>, bool)> = if is_reset {
             sqlx::query_as(
                 "SELECT id, email_bidx, COALESCE((SELECT verify_email FROM applications WHERE id = ?1), '') <> 'required'
-                                        OR EXISTS (SELECT 1 FROM verified_emails v
-                                                   WHERE v.user_id = users.id AND v.email_bidx = users.email_bidx)
+                                        OR COALESCE(email_verified_bidx = email_bidx, FALSE)
                  FROM users WHERE app_id = ?1 AND username_bidx = ?2 AND active",
             )
         } else {

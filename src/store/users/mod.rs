@@ -22,6 +22,9 @@ pub struct UserRecord {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The primary address is the one the user proved by a mailed link
+    /// (see `store::verifications`): false again once it changes.
+    pub email_verified: bool,
 }
 
 /// What sign-in needs of a user.

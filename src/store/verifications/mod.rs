@@ -1,8 +1,9 @@
 //! Email verification: the application's setting, the mailed links (only
 //! their digests, each bound to the blind index of the address it was
-//! mailed to) and the address each user proved. A user's primary address
-//! is verified while `users.email_bidx` is the one proved: a new primary is
-//! not, without anything to reset. The trait, and its PostgreSQL and SQLite
+//! mailed to) and the address each user proved (`users.email_verified_bidx`).
+//! A user's primary address is verified while `users.email_bidx` is the one
+//! proved: a new primary is not, without anything to reset. Rows read as
+//! [`UserRecord`](crate::store::UserRecord)s carry it (`email_verified`). The trait, and its PostgreSQL and SQLite
 //! implementations beside it.
 
 mod postgres;
@@ -69,14 +70,6 @@ impl VerifyMode {
     }
 }
 
-/// Where a user stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct VerificationStatus {
-    pub mode: VerifyMode,
-    /// The user's primary address is the one they proved.
-    pub verified: bool,
-}
-
 /// What a verification link did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyCheck {
@@ -121,13 +114,6 @@ pub trait VerificationStore: Send + Sync {
     /// there is no such application.
     async fn set_verify_email_mode(&self, app_id: Uuid, mode: VerifyMode, audit: &AuditRecord) -> Result<bool>;
 
-    /// The application's setting and whether the user's primary address is
-    /// verified (false for no such user), in one statement.
-    async fn verification_status(&self, app_id: Uuid, user_id: Uuid) -> Result<VerificationStatus>;
-
-    /// Of these users, those whose primary address is verified.
-    async fn verified_users(&self, app_id: Uuid, ids: &[Uuid]) -> Result<Vec<Uuid>>;
-
     /// Stores a mailed link's digest, bound to the address it goes to (the
     /// mail sender, as it sends; a retry of the same mail stores nothing
     /// new).
@@ -156,7 +142,8 @@ pub trait VerificationStore: Send + Sync {
     ) -> Result<Resend>;
 
     /// Uses a link: a live one for the user's current primary address marks
-    /// it verified and voids every link of the user. `audit` (filled in with
+    /// it verified (on the user's row: a change to it, as far as caches go)
+    /// and voids every link of the user. `audit` (filled in with
     /// the application and user) is recorded with the outcome, for every
     /// link but an unknown one.
     async fn verify_email(&self, token_hash: &[u8], audit: &AuditRecord) -> Result<VerifyCheck>;

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Resend, VerificationStatus, VerificationStore, VerifyCheck, VerifyMode, outcome_record};
+use super::{Resend, VerificationStore, VerifyCheck, VerifyMode, outcome_record};
 use crate::store::outbox::postgres::count_mail;
 use crate::store::postgres::PgStore;
 use crate::store::trail::postgres::{self as pg_audit};
@@ -19,8 +19,7 @@ pub(super) fn mode_of(column: Option<String>) -> Result<VerifyMode> {
 
 /// Whether the user's primary address is the one they proved (SQL on a
 /// `users` row named `u`; the same on both stores).
-pub(super) const VERIFIED: &str = "EXISTS (SELECT 1 FROM verified_emails v
-                                            WHERE v.user_id = u.id AND v.email_bidx = u.email_bidx)";
+pub(super) const VERIFIED: &str = "COALESCE(u.email_verified_bidx = u.email_bidx, FALSE)";
 
 #[async_trait]
 impl VerificationStore for PgStore {
@@ -45,32 +44,6 @@ impl VerificationStore for PgStore {
         pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(true)
-    }
-
-    async fn verification_status(&self, app_id: Uuid, user_id: Uuid) -> Result<VerificationStatus> {
-        let row = sqlx::query(&format!(
-            "SELECT a.verify_email, COALESCE((SELECT {VERIFIED} FROM users u WHERE u.app_id = a.id AND u.id = $2), false)
-                 AS verified
-             FROM applications a WHERE a.id = $1"
-        ))
-        .bind(app_id)
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(VerificationStatus::default());
-        };
-        Ok(VerificationStatus { mode: mode_of(row.try_get("verify_email")?)?, verified: row.try_get("verified")? })
-    }
-
-    async fn verified_users(&self, app_id: Uuid, ids: &[Uuid]) -> Result<Vec<Uuid>> {
-        Ok(sqlx::query_scalar(&format!(
-            "SELECT u.id FROM users u WHERE u.app_id = $1 AND u.id = ANY($2) AND {VERIFIED}"
-        ))
-        .bind(app_id)
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await?)
     }
 
     async fn issue_verification(
@@ -169,9 +142,8 @@ impl VerificationStore for PgStore {
         };
         if outcome == "ok" {
             sqlx::query(
-                "INSERT INTO verified_emails (user_id, app_id, email_bidx)
-                 SELECT id, app_id, email_bidx FROM users WHERE app_id = $1 AND id = $2
-                 ON CONFLICT (user_id) DO UPDATE SET email_bidx = EXCLUDED.email_bidx, verified_at = now()",
+                "UPDATE users SET email_verified_bidx = email_bidx, version = version + 1
+                 WHERE app_id = $1 AND id = $2",
             )
             .bind(app_id)
             .bind(user_id)
@@ -187,6 +159,10 @@ impl VerificationStore for PgStore {
         }
         pg_audit::append(&mut *tx, &[outcome_record(audit, app_id, user_id, outcome)]).await?;
         tx.commit().await?;
+        if outcome == "ok" {
+            // Every replica's copy of the row is out of date now.
+            self.users_changed(&[user_id]);
+        }
         Ok(check)
     }
 

@@ -6,7 +6,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::postgres::{VERIFIED, mode_of};
-use super::{Resend, VerificationStatus, VerificationStore, VerifyCheck, outcome_record};
+use super::{Resend, VerificationStore, VerifyCheck, outcome_record};
 use crate::store::outbox::sqlite::count_mail;
 use crate::store::sqlite::{BEGIN, SqliteStore, append_in, now_us, us};
 use crate::store::trail::record::AuditRecord;
@@ -35,32 +35,6 @@ impl VerificationStore for SqliteStore {
         append_in(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(true)
-    }
-
-    async fn verification_status(&self, app_id: Uuid, user_id: Uuid) -> Result<VerificationStatus> {
-        let row = sqlx::query(&format!(
-            "SELECT a.verify_email, COALESCE((SELECT {VERIFIED} FROM users u WHERE u.app_id = a.id AND u.id = ?2), 0)
-                 AS verified
-             FROM applications a WHERE a.id = ?1"
-        ))
-        .bind(app_id)
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(VerificationStatus::default());
-        };
-        Ok(VerificationStatus { mode: mode_of(row.try_get("verify_email")?)?, verified: row.try_get("verified")? })
-    }
-
-    async fn verified_users(&self, app_id: Uuid, ids: &[Uuid]) -> Result<Vec<Uuid>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let list = (0..ids.len()).map(|i| format!("?{}", i + 2)).collect::<Vec<_>>().join(", ");
-        let sql = format!("SELECT u.id FROM users u WHERE u.app_id = ?1 AND u.id IN ({list}) AND {VERIFIED}");
-        let q = ids.iter().fold(sqlx::query_scalar(&sql).bind(app_id), |q, id| q.bind(*id));
-        Ok(q.fetch_all(&self.pool).await?)
     }
 
     async fn issue_verification(
@@ -163,13 +137,11 @@ impl VerificationStore for SqliteStore {
         };
         if outcome == "ok" {
             sqlx::query(
-                "INSERT INTO verified_emails (user_id, app_id, email_bidx, verified_at)
-                 SELECT id, app_id, email_bidx, ?3 FROM users WHERE app_id = ?1 AND id = ?2
-                 ON CONFLICT (user_id) DO UPDATE SET email_bidx = excluded.email_bidx, verified_at = excluded.verified_at",
+                "UPDATE users SET email_verified_bidx = email_bidx, version = version + 1
+                 WHERE app_id = ?1 AND id = ?2",
             )
             .bind(app_id)
             .bind(user_id)
-            .bind(now_us())
             .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM email_verifications WHERE user_id = ?1").bind(user_id).execute(&mut *tx).await?;
