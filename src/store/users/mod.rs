@@ -2,7 +2,7 @@
 //! implementations beside it.
 
 mod postgres;
-mod sqlite;
+pub(in crate::store) mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -411,7 +411,12 @@ async fn insert_mrns(
 }
 
 /// Queues mail for a user in the transaction of a change to them.
-async fn queue_mail(tx: &mut sqlx::SqliteConnection, app_id: Uuid, user_id: Uuid, mail: &[QueuedMail]) -> Result<()> {
+pub(in crate::store) async fn queue_mail(
+    tx: &mut sqlx::SqliteConnection,
+    app_id: Uuid,
+    user_id: Uuid,
+    mail: &[QueuedMail],
+) -> Result<()> {
     for m in mail {
         sqlx::query(
             "INSERT INTO outbox (id, app_id, user_id, kind, payload_ct, created_at, next_attempt_at)

@@ -10,6 +10,7 @@ use super::{Resend, VerificationStore, VerifyCheck, outcome_record};
 use crate::store::outbox::sqlite::count_mail;
 use crate::store::sqlite::{BEGIN, SqliteStore, append_in, now_us, us};
 use crate::store::trail::record::AuditRecord;
+use crate::store::users::sqlite::queue_mail;
 use crate::store::{QueuedMail, RecipientLimit, Result, VerifyMode};
 
 #[async_trait]
@@ -94,19 +95,7 @@ impl VerificationStore for SqliteStore {
             audit.outcome = "throttled".into();
             Resend::Limited
         } else {
-            let now = now_us();
-            sqlx::query(
-                "INSERT INTO outbox (id, app_id, user_id, kind, payload_ct, created_at, next_attempt_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            )
-            .bind(mail.id)
-            .bind(app_id)
-            .bind(user_id)
-            .bind(mail.kind)
-            .bind(&mail.payload_ct)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            queue_mail(&mut tx, app_id, user_id, std::slice::from_ref(mail)).await?;
             Resend::Queued
         };
         append_in(&mut tx, std::slice::from_ref(&audit)).await?;
