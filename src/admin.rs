@@ -17,7 +17,7 @@ use crate::audit::{
 use crate::auth::{caller::SERVICE_ROLES, secret};
 use crate::crypto::{Keyring, MasterKey, keyring};
 use crate::service::{export::Exporter, profile};
-use crate::store::{App, AuditFilter, NewServiceToken, SealedUser, Store, TokenRevocation, UserListFilter};
+use crate::store::{App, AuditFilter, NewServiceToken, SealedUser, Store, TokenRevocation, UserListFilter, VerifyMode};
 
 pub struct Admin {
     pub store: Arc<dyn Store>,
@@ -104,6 +104,17 @@ impl Admin {
         let mut record = cli_record("app.update", Some(app_id));
         record.fields = vec!["webauthn_rp_id".into(), "webauthn_origins".into()];
         if !self.store.set_webauthn_config(app_id, config.as_ref(), &record).await? {
+            anyhow::bail!("no application {app_id}");
+        }
+        Ok(())
+    }
+
+    /// Sets an application's `--verify-email`; recorded as `app.update`.
+    /// Fails when there is no such application.
+    pub async fn set_verify_email(&self, app_id: Uuid, mode: VerifyMode) -> anyhow::Result<()> {
+        let mut record = cli_record("app.update", Some(app_id));
+        record.fields = vec!["verify_email".into()];
+        if !self.store.set_verify_email_mode(app_id, mode, &record).await? {
             anyhow::bail!("no application {app_id}");
         }
         Ok(())

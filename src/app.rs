@@ -109,6 +109,7 @@ impl Application {
             min_password_chars: args.min_password_length,
             reset_lifetime: args.mail.reset_link_lifetime,
             signup_per_hour: args.limits.signup_per_address,
+            mail_per_recipient: args.mail.mail_per_recipient,
         });
         let (users, groups) = services(core);
 

@@ -133,10 +133,19 @@ enum AppCommand {
         #[command(flatten)]
         keys: KeyArgs,
     },
-    /// Change an application's settings; only the flags given change.
+    /// Change an application's settings: only the flags given change. Each
+    /// change is recorded as `app.update`; prints the settings changed as
+    /// JSON.
     Update {
         #[arg(long)]
         app: uuid::Uuid,
+        /// Email verification: `optional` mails a link on sign-up and on a
+        /// change of the primary address; `required` also refuses sign-in
+        /// (403 `email_unverified`) and password-reset mail to the
+        /// unverified; `off` mails and shows nothing. Until set, as
+        /// `optional` but nothing is mailed by itself.
+        #[arg(long, value_parser = ["required", "optional", "off"])]
+        verify_email: Option<String>,
         /// The WebAuthn relying party id of the application's passkeys: the
         /// domain its pages are on (`example.org`). An empty value removes
         /// the relying party (the passkey routes then answer 400
@@ -458,14 +467,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             println!("{out}");
         }
-        Command::App { command: AppCommand::Update { app, webauthn_rp_id, webauthn_origin, db, keys } } => {
-            let admin = admin(&db, &keys).await?;
-            match webauthn_rp_id {
-                Some(rp_id) => admin.set_webauthn(app, &rp_id, &webauthn_origin).await?,
-                None if !webauthn_origin.is_empty() => anyhow::bail!("--webauthn-origin needs --webauthn-rp-id"),
-                None => {}
+        Command::App {
+            command: AppCommand::Update { app, verify_email, webauthn_rp_id, webauthn_origin, db, keys },
+        } => {
+            if verify_email.is_none() && webauthn_rp_id.is_none() {
+                anyhow::bail!("nothing to change: give a setting (--verify-email, --webauthn-rp-id)");
             }
-            eprintln!("usersvc: application {app} updated");
+            if webauthn_rp_id.is_none() && !webauthn_origin.is_empty() {
+                anyhow::bail!("--webauthn-origin needs --webauthn-rp-id");
+            }
+            let mut out = serde_json::json!({ "appId": app });
+            let admin = admin(&db, &keys).await?;
+            if let Some(mode) = verify_email.as_deref().and_then(|m| usersvc::store::VerifyMode::parse(Some(m))) {
+                admin.set_verify_email(app, mode).await?;
+                out["verifyEmail"] = verify_email.into();
+            }
+            if let Some(rp_id) = webauthn_rp_id {
+                admin.set_webauthn(app, &rp_id, &webauthn_origin).await?;
+                out["webauthnRpId"] = rp_id.into();
+                out["webauthnOrigins"] = webauthn_origin.into();
+            }
+            println!("{out}");
         }
         Command::Supervisor { command: SupervisorCommand::Add { app, username, db, keys } } => {
             if !admin(&db, &keys).await?.add_supervisor(app, &username).await? {

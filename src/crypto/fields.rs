@@ -18,6 +18,10 @@ pub const RESET_TOKEN_FIELD: &str = "reset_token";
 /// to its outbox row.
 pub const NOTICE_TO_FIELD: &str = "notice_to";
 
+/// A verification mail's address, token and the address's blind index,
+/// sealed to its outbox row until the mail is sent.
+pub const VERIFY_MAIL_FIELD: &str = "verify_mail";
+
 /// A reset token sealed to the outbox row of the mail that carries it.
 pub fn seal_reset_token(sealer: &Sealer, outbox_id: Uuid, token: &str) -> Vec<u8> {
     sealer.seal(outbox_id, RESET_TOKEN_FIELD, token.as_bytes())

@@ -15,6 +15,7 @@ mod reset;
 pub mod routes;
 pub mod upstream;
 mod users;
+mod verification;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 

@@ -132,6 +132,7 @@ fn build() -> Value {
             { "name": "groups", "description": "Named sets of users; supervisors only." },
             { "name": "reset", "description": "Password reset by mailed link." },
             { "name": "passkeys", "description": "Passkeys (WebAuthn): registration, listing, removal, sign-in." },
+            { "name": "verification", "description": "Email verification by mailed link." },
             { "name": "meta", "description": "This document." },
         ],
         "paths": paths,
@@ -373,7 +374,11 @@ fn local_schemas() -> Map<String, Value> {
                                     or primary email needs a recent sign-in or `currentPassword`), \
                                     `invalid_current_password` (403: the `currentPassword` sent is wrong), \
                                     `not_found`, `username_taken`, `passkeys_not_configured` (400: the application has no WebAuthn \
-                                    relying party), `passkey_taken`, `throttled`, `unavailable`, `overloaded`, `timeout`, ... (the gRPC \
+                                    relying party), `passkey_taken`, \
+                                    `email_unverified` (403, sign-in: the application requires a verified \
+                                    address and the user's is not; said only for the right password), \
+                                    `already_verified` (409: a verification link asked for a verified address), \
+                                    `not_found`, `username_taken`, `throttled`, `unavailable`, `overloaded`, `timeout`, ... (the gRPC \
                                     `ErrorInfo` reason, lower case).",
                 },
                 "message": { "type": "string", "description": "For people; may change." },
@@ -438,6 +443,7 @@ fn flags(message: &str) -> (&'static [&'static str], &'static [&'static str]) {
     match message {
         "usersvc.v1.User" => (schema::USER_OUTPUT_ONLY, USER_INPUT_ONLY),
         "usersvc.v1.Group" => (schema::GROUP_OUTPUT_ONLY, &[]),
+        "usersvc.v1.Email" => (&["primary_verified"], &[]),
         _ => (&[], &[]),
     }
 }

@@ -105,7 +105,7 @@ fn failure(status: &tonic::Status) -> Response {
     res
 }
 
-fn capitalise(s: &str) -> String {
+pub(super) fn capitalise(s: &str) -> String {
     let mut c = s.chars();
     c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
@@ -131,10 +131,17 @@ fn form_body(error: Option<&str>) -> String {
 }
 
 fn page(status: StatusCode, body: String) -> Response {
+    titled_page(status, "Password reset", &body)
+}
+
+/// A page of the mailed links (reset, verification): no script, kept out of
+/// caches, referrers and frames.
+pub(super) fn titled_page(status: StatusCode, title: &str, body: &str) -> Response {
+    let title = html_escape(title);
     let html = format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>Password reset</title>\
+         <title>{title}</title>\
          <style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem;line-height:1.5;color:#1a1a1a}}\
          label{{display:block;font-weight:600}}input{{font-size:1rem;padding:.5rem;width:100%;box-sizing:border-box}}\
          button{{font-size:1rem;padding:.6rem 1.2rem}}.error{{color:#a00000;font-weight:600}}</style>\

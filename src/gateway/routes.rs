@@ -9,7 +9,7 @@ use axum::{
     routing::{MethodFilter, MethodRouter, on},
 };
 
-use super::{Gateway, groups, openapi, passkeys, reset, users};
+use super::{Gateway, groups, openapi, passkeys, reset, users, verification};
 
 /// Who may call an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +144,7 @@ pub const PARAMS: &[(&str, &str, bool)] = &[
     ("sessionId", "The ID of a session, as listed by `GET /v2/auth/sessions`.", true),
     ("appId", "The application's ID: the application of the API key (any other answers 404).", true),
     ("username", "The username whose password is to be reset.", false),
-    ("token", "The token of the mailed reset link.", false),
+    ("token", "The token of the mailed link (password reset or email verification).", false),
     ("passkeyId", "The ID of a passkey, as listed by `GET /v2/users/{usersId}/passkeys`.", true),
 ];
 
@@ -350,11 +350,13 @@ pub const ROUTES: &[Route] = &[
         ops: &[Op {
             description: "The reply is the user with a new `sessionToken`. An unknown username, a wrong password \
                           and an inactive account all answer 401 alike. After 5 failures for one username each \
-                          further attempt waits longer (1 s, 2 s, 4 s ... up to 15 min): 429 with `Retry-After`.",
+                          further attempt waits longer (1 s, 2 s, 4 s ... up to 15 min): 429 with `Retry-After`. \
+                          Where the application's `--verify-email` is `required`, the right password of a user \
+                          whose primary address is not verified answers 403 `email_unverified`, and nothing else.",
             auth: Auth::Key,
             body: Body::Json { schema: "SignInRequest", example: Some(SIGN_IN_EXAMPLE) },
             reply: Reply::Message("User"),
-            errors: &[400, 401, 413, 415, 429, 503],
+            errors: &[400, 401, 403, 413, 415, 429, 503],
             ..op(Method::Post, "signIn", "Sign in", |m| on(m, users::sign_in))
         }],
     },
@@ -568,6 +570,44 @@ pub const ROUTES: &[Route] = &[
                 reply: Reply::Message("ListPasskeysResponse"),
                 errors: &[400, 401, 404, 503],
                 ..op(Method::Get, "listPasskeys", "List a user's passkeys", |m| on(m, passkeys::list))
+            },
+        ],
+    },
+    Route {
+        path: "/v2/users/{usersId}/verification",
+        tag: "verification",
+        ops: &[Op {
+            description: "Mails the user a new single-use link (valid 24 hours) that verifies their primary email \
+                          address (`email.primaryVerified`), as sign-up and a change of address do where the \
+                          application's `--verify-email` is `optional` or `required`. The user themselves or a \
+                          supervisor. An address gets at most 3 mails an hour (with reminders and reset links; \
+                          `--mail-per-recipient`): past that the request is answered alike and no mail goes. \
+                          403 `forbidden` where verification is `off`; 400 `invalid_field` (`email.primary`) for \
+                          a user without an address; 409 `already_verified` when it is verified already.",
+            errors: &[400, 401, 403, 404, 409, 503],
+            ..op(Method::Post, "sendVerification", "Send an email verification link", |m| on(m, verification::send))
+        }],
+    },
+    Route {
+        path: "/v2/verify/{token}",
+        tag: "verification",
+        ops: &[
+            Op {
+                description: "The page the mailed verification link opens: a button that confirms the address. \
+                              Opening it changes nothing (mail scanners fetch links).",
+                auth: Auth::Public,
+                reply: Reply::Html,
+                errors: &[],
+                ..op(Method::Get, "verifyEmailForm", "Open the email verification page", |m| on(m, verification::form))
+            },
+            Op {
+                description: "The page's button: marks the address the link was mailed to verified while it is \
+                              still the user's primary, and voids the user's other links. A link used, replaced, \
+                              expired or for an address the user no longer has gets a page that says so (400).",
+                auth: Auth::Public,
+                reply: Reply::Html,
+                errors: &[400, 413, 503],
+                ..op(Method::Post, "verifyEmail", "Verify an email address", |m| on(m, verification::submit))
             },
         ],
     },

@@ -74,6 +74,8 @@ upstream!(UserService, UserServiceClient, "usersvc.v1.UserService", {
     remove_passkey(pb::RemovePasskeyRequest) -> Empty = "RemovePasskey";
     start_passkey_sign_in(pb::StartPasskeySignInRequest) -> pb::PasskeyCeremony = "StartPasskeySignIn";
     finish_passkey_sign_in(pb::FinishPasskeySignInRequest) -> pb::User = "FinishPasskeySignIn";
+    send_verification(pb::SendVerificationRequest) -> Empty = "SendVerification";
+    verify_email(pb::VerifyEmailRequest) -> Empty = "VerifyEmail";
 });
 
 upstream!(GroupService, GroupServiceClient, "usersvc.v1.GroupService", {

@@ -19,9 +19,12 @@ use lettre::{
 use tokio::sync::watch;
 
 use crate::crypto::Keyring;
-use crate::crypto::fields::{NOTICE_TO_FIELD, PROFILE_FIELD, RESET_TOKEN_FIELD, USERNAME_FIELD};
+use crate::crypto::fields::{NOTICE_TO_FIELD, PROFILE_FIELD, RESET_TOKEN_FIELD, USERNAME_FIELD, VERIFY_MAIL_FIELD};
 use crate::pb;
-use crate::store::{AuditRecord, EMAIL_CHANGED, MailRequest, OutboxMessage, PASSWORD_CHANGED, RecipientLimit, Store};
+use crate::store::{
+    AuditRecord, EMAIL_CHANGED, MailRequest, OutboxMessage, PASSWORD_CHANGED, RecipientLimit, Store, VERIFY_EMAIL,
+    VERIFY_LIFETIME, VerifyMailPayload,
+};
 pub use templates::Templates;
 
 /// The kinds of mail, as requests and the outbox name them.
@@ -112,6 +115,9 @@ impl Mailer {
                     Ok(n) if n > 0 => tracing::debug!(rows = n, "expired rows swept"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "sweep failed"),
+                }
+                if let Err(e) = self.store.sweep_verifications().await {
+                    tracing::warn!(error = %e, "sweep of verification links failed");
                 }
             }
             if *stop.borrow() {
@@ -215,7 +221,18 @@ impl Mailer {
         };
         let username = self.keyring.open(m.app_id, m.user_id, USERNAME_FIELD, &r.username_ct).await?;
         let username = String::from_utf8(username)?;
-        let to = if m.kind == PASSWORD_CHANGED || m.kind == EMAIL_CHANGED {
+        let mut verify = None;
+        let to = if m.kind == VERIFY_EMAIL {
+            // To the address it verifies, which the profile may no longer hold.
+            let Some(ct) = &m.payload_ct else {
+                return Ok(None);
+            };
+            let payload: VerifyMailPayload =
+                serde_json::from_slice(&self.keyring.open(m.app_id, m.id, VERIFY_MAIL_FIELD, ct).await?)?;
+            let to = payload.to.clone();
+            verify = Some(payload);
+            Some(to)
+        } else if m.kind == PASSWORD_CHANGED || m.kind == EMAIL_CHANGED {
             // To the address the user had when it changed: after an email
             // change it is no longer in the profile, and it is the owner's.
             let Some(ct) = &m.payload_ct else {
@@ -234,7 +251,9 @@ impl Mailer {
             return Ok(None);
         };
         let link;
+        let verify_link;
         let minutes = self.reset_minutes.to_string();
+        let hours = (VERIFY_LIFETIME.as_secs() / 3600).to_string();
         let mut values = vec![("app_name", r.app_name.as_str()), ("username", username.as_str())];
         if m.kind == "password_reset" {
             let Some(ct) = &m.payload_ct else {
@@ -244,6 +263,16 @@ impl Mailer {
             link = format!("{}/v2/reset/{}", self.public_url.trim_end_matches('/'), String::from_utf8(token)?);
             values.push(("reset_link", &link));
             values.push(("expires_minutes", &minutes));
+        }
+        if let Some(p) = &verify {
+            // The link's digest, bound to the address, is stored as it goes
+            // (a retry of this message stores the same one again: nothing).
+            let expires = m.created_at + VERIFY_LIFETIME;
+            let hash = crate::auth::secret::digest(&p.token);
+            self.store.issue_verification(m.app_id, m.user_id, &hash, &p.email_bidx, expires).await?;
+            verify_link = format!("{}/v2/verify/{}", self.public_url.trim_end_matches('/'), p.token);
+            values.push(("verify_link", &verify_link));
+            values.push(("expires_hours", &hours));
         }
         let rendered = self.templates.render(m.app_id, &m.kind, &values).await;
         let message = Message::builder()

@@ -2,9 +2,10 @@
 //! in a folder (`DIR/{appId}/NAME` before `DIR/NAME` before the default),
 //! where NAME is `{kind}.subject`, `{kind}.txt` or `{kind}.html` (kinds:
 //! `username_reminder`, `password_reset`, `password_changed`,
-//! `email_changed`) and
-//! `{{app_name}}`, `{{username}}`, `{{reset_link}}`, `{{expires_minutes}}`
-//! are filled in (HTML-escaped in `.html`).
+//! `email_changed`, `verify_email`) and
+//! `{{app_name}}`, `{{username}}`, `{{reset_link}}`, `{{expires_minutes}}`,
+//! `{{verify_link}}`, `{{expires_hours}}` are filled in (HTML-escaped in
+//! `.html`).
 
 use std::path::PathBuf;
 
@@ -23,6 +24,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("email_changed.subject", include_str!("../../templates/mail/email_changed.subject")),
     ("email_changed.txt", include_str!("../../templates/mail/email_changed.txt")),
     ("email_changed.html", include_str!("../../templates/mail/email_changed.html")),
+    ("verify_email.subject", include_str!("../../templates/mail/verify_email.subject")),
+    ("verify_email.txt", include_str!("../../templates/mail/verify_email.txt")),
+    ("verify_email.html", include_str!("../../templates/mail/verify_email.html")),
 ];
 
 #[derive(Debug, Clone, Default)]

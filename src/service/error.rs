@@ -25,6 +25,14 @@ pub enum ServiceError {
         "changing your password, username or email needs a recent sign-in: sign in again, or send your current password with the change"
     )]
     ReauthenticationRequired,
+    /// Sign-in of a user whose primary address is not verified, where the
+    /// application requires it (`--verify-email required`); said only after
+    /// the password checked out.
+    #[error("this account's email address is not verified yet: use the link mailed to it")]
+    EmailUnverified,
+    /// A verification link asked for an address that is verified already.
+    #[error("the email address is verified already")]
+    AlreadyVerified,
     /// The current password sent to prove an old session is not right.
     #[error("the current password is not right")]
     WrongCurrentPassword,
@@ -101,6 +109,8 @@ impl From<ServiceError> for Status {
             ServiceError::Forbidden(_) => (Code::PermissionDenied, "FORBIDDEN"),
             ServiceError::ReauthenticationRequired => (Code::PermissionDenied, "REAUTHENTICATION_REQUIRED"),
             ServiceError::WrongCurrentPassword => (Code::PermissionDenied, "INVALID_CURRENT_PASSWORD"),
+            ServiceError::EmailUnverified => (Code::PermissionDenied, "EMAIL_UNVERIFIED"),
+            ServiceError::AlreadyVerified => (Code::AlreadyExists, "ALREADY_VERIFIED"),
             ServiceError::NotFound(_) | ServiceError::Hidden { .. } => (Code::NotFound, "NOT_FOUND"),
             ServiceError::Invalid { .. } => (Code::InvalidArgument, "INVALID_FIELD"),
             ServiceError::UsernameTaken => (Code::AlreadyExists, "USERNAME_TAKEN"),

@@ -17,6 +17,7 @@ mod sessions;
 pub mod usernames;
 mod users;
 pub mod validate;
+mod verification;
 
 use std::sync::Arc;
 
@@ -47,6 +48,9 @@ pub struct Core {
     /// Anonymous sign-ups per hour per client address and application (0:
     /// no limit).
     pub signup_per_hour: u32,
+    /// Mails to one address, at most (`--mail-per-recipient`): resent
+    /// verification links count with reminders and reset links.
+    pub mail_per_recipient: crate::store::RecipientLimit,
 }
 
 impl Core {

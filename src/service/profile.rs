@@ -36,6 +36,10 @@ pub fn to_profile(user: &pb::User) -> ServiceResult<Vec<u8>> {
     u.password.clear();
     u.session_token.clear();
     u.active = None;
+    // Output only: the store says whether the address is verified.
+    if let Some(e) = u.email.as_mut() {
+        e.primary_verified = false;
+    }
     // `extras` of JSON null is no extras (which is how it reads back); one
     // with no JSON form is refused rather than stored as something else.
     if u.extras.as_ref().is_some_and(|e| matches!(e.kind, None | Some(pbjson_types::value::Kind::NullValue(_)))) {
@@ -73,6 +77,10 @@ pub fn to_user(rec: &UserRecord, profile: &[u8]) -> ServiceResult<pb::User> {
     user.created_at = format_time(rec.created_at);
     user.updated_at = format_time(rec.updated_at);
     user.active = Some(rec.active);
+    // Output only, from the row: never what a profile was given.
+    if let Some(e) = user.email.as_mut() {
+        e.primary_verified = rec.email_verified && !e.primary.trim().is_empty();
+    }
     Ok(user)
 }
 
@@ -190,6 +198,7 @@ mod tests {
             version: 1,
             created_at: Utc.with_ymd_and_hms(2013, 11, 7, 12, 0, 0).unwrap(),
             updated_at: Utc.with_ymd_and_hms(2013, 11, 7, 12, 0, 0).unwrap(),
+            email_verified: false,
         }
     }
 

@@ -18,7 +18,7 @@ use crate::pb::{self, user_service_server::UserService};
 use crate::schema;
 use crate::store::{
     EMAIL_CHANGED, EndSessions, NewMailRequest, NewReset, NewUser, PASSWORD_CHANGED, QueuedMail, Quota, Rehash, Relief,
-    ResetCheck, SignInAttempt, ThrottleRule, UserChange,
+    ResetCheck, SignInAttempt, ThrottleRule, UserChange, VerifyMode,
 };
 
 /// How often an update re-reads and retries when another update of the same
@@ -220,11 +220,26 @@ impl UserSvc {
             records.push(r);
         }
         let (token, session) = session.unzip();
+        // A new address is verified by a mailed link, where the application
+        // mails one.
+        let mode = if email_bidx.is_some() { core.verify_mode(caller.app_id).await? } else { VerifyMode::Off };
+        let to = user.email.as_ref().map(|e| e.primary.clone()).unwrap_or_default();
         // A write under a key rotated away since is refused whole, and the
         // user is sealed again.
         let mut attempt = 0;
         let rec = loop {
             let sealer = core.keyring.guarded_sealer(caller.app_id, attempt).await.map_err(ServiceError::Crypto)?;
+            let verification = core
+                .verification_on_change(
+                    ctx,
+                    &caller,
+                    mode,
+                    &sealer,
+                    id,
+                    email_bidx.as_deref().map(|b| (to.as_str(), b)),
+                )
+                .await?;
+            let (mail, sent): (Vec<_>, Vec<_>) = verification.into_iter().unzip();
             let new = NewUser {
                 id,
                 app_id: caller.app_id,
@@ -237,7 +252,8 @@ impl UserSvc {
                 active,
                 mrn_bidx: mrn_bidx.clone(),
             };
-            if let Some(rec) = core.store.create_user(new, session.clone(), &records).await? {
+            let records = [records.clone(), sent].concat();
+            if let Some(rec) = core.store.create_user_mailing(new, session.clone(), &mail, &records).await? {
                 break rec;
             }
             attempt += 1;
@@ -383,6 +399,14 @@ impl UserSvc {
                 None => None,
             };
             let active = if set_active { patch.active.unwrap_or(true) } else { rec.active };
+            // A new primary address is verified by a mailed link, where the
+            // application mails one.
+            let mode = if email_changed { core.verify_mode(caller.app_id).await? } else { VerifyMode::Off };
+            let to = merged.email.as_ref().map(|e| e.primary.as_str()).unwrap_or_default();
+            let verification = core
+                .verification_on_change(ctx, &caller, mode, &sealer, id, email_bidx.as_deref().map(|b| (to, b)))
+                .await?;
+            let (verify_mail, sent): (Vec<_>, Vec<_>) = verification.into_iter().unzip();
             // The whole set, whether or not `mrns` changed (see UserChange).
             let mrn_bidx = core.mrn_indexes(caller.app_id, &merged).await?;
             let change = UserChange {
@@ -404,7 +428,11 @@ impl UserSvc {
                 void_resets: !active,
                 // The owner hears of it at the address they had, whoever made
                 // the change: if it was not them, they can act.
-                mail: notices(&sealer, before.email.as_ref().map(|e| e.primary.trim()), set_password, email_changed),
+                mail: [
+                    notices(&sealer, before.email.as_ref().map(|e| e.primary.trim()), set_password, email_changed),
+                    verify_mail,
+                ]
+                .concat(),
             };
             let mut record = core.record(ctx, "user.update", Some(&caller), caller.app_id).await;
             record.subject_id = Some(id);
@@ -420,6 +448,7 @@ impl UserSvc {
                 r.fields = vec!["password".into()];
                 records.push(r);
             }
+            records.extend(sent);
             if let Some(updated) = core.store.update_user(caller.app_id, id, change, &records).await? {
                 tracing::info!(app_id = %caller.app_id, users_id = %id, paths = paths.len(), "user updated");
                 return core.open_user(&updated).await;
@@ -554,9 +583,11 @@ impl UserSvc {
                 return Err(ServiceError::BadCredentials);
             }
         };
+        let rec = core.store.get_user(app_id, user_id).await?.ok_or(ServiceError::BadCredentials)?;
+        // Only now that the password checked out (no oracle for a wrong one).
+        self.check_verified_sign_in(ctx, &rec).await?;
         // The reply discloses the profile: it is opened first, so that the
         // session's record names the fields it carries.
-        let rec = core.store.get_user(app_id, user_id).await?.ok_or(ServiceError::BadCredentials)?;
         let mut out = core.open_user(&rec).await?;
         let (token, session) = core.auth.new_session();
         let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
@@ -843,5 +874,20 @@ impl UserService for UserSvc {
     ) -> Result<Response<pb::User>, Status> {
         let (ctx, req) = Ctx::split(request);
         Ok(Response::new(UserSvc::finish_passkey_sign_in(self, &ctx, req).await?))
+    }
+
+    async fn send_verification(
+        &self,
+        request: Request<pb::SendVerificationRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        UserSvc::send_verification(self, &ctx, req).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn verify_email(&self, request: Request<pb::VerifyEmailRequest>) -> Result<Response<Empty>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        UserSvc::verify_email(self, &ctx, req).await?;
+        Ok(Response::new(Empty {}))
     }
 }

@@ -28,6 +28,7 @@ pub mod throttles;
 pub mod tokens;
 pub mod trail;
 pub mod users;
+pub mod verifications;
 
 use async_trait::async_trait;
 
@@ -43,6 +44,7 @@ pub use throttles::*;
 pub use tokens::*;
 pub use trail::*;
 pub use users::*;
+pub use verifications::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -93,6 +95,7 @@ impl From<sqlx::Error> for StoreError {
                     ("memberships.group_id, memberships.user_id", "memberships_pkey"),
                     ("outbox.id", "outbox_pkey"),
                     ("password_resets.token_hash", "password_resets_pkey"),
+                    ("email_verifications.token_hash", "email_verifications_pkey"),
                     ("throttles.key", "throttles_pkey"),
                     ("service_tokens.id", "service_tokens_pkey"),
                     ("service_tokens.token_hash", "service_tokens_token_hash_key"),
@@ -153,6 +156,7 @@ pub trait Store:
     + TokenStore
     + TrailStore
     + PasskeyStore
+    + VerificationStore
     + Send
     + Sync
     + 'static

@@ -1,6 +1,7 @@
 //! Real browsers: headless Chromium, driven over the W3C WebDriver protocol
 //! (plain HTTP JSON to a chromedriver each test starts).
 //! - The mailed password-reset link, with JavaScript switched off.
+//! - The mailed email-verification link, the same way.
 //! - A web app on another origin calling sign-up, sign-in and verify with
 //!   `fetch` and the Catalyze headers, through CORS preflights.
 //! - A passkey registered and used to sign in, with chromedriver's virtual
@@ -348,6 +349,53 @@ async fn reset_form_works_in_headless_chromium() {
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     let signed_in = sign_in(&t, "a new password").await.expect("the new password works");
     assert!(!signed_in.session_token.is_empty());
+}
+
+#[tokio::test]
+#[ignore = "needs chromium and chromedriver; .ci/run installs them"]
+async fn verification_page_works_in_headless_chromium() {
+    let sink = SmtpSink::start().await;
+    let url = sink.url();
+    let t = spawn_alone(|a| a.mail.smtp_url = Some(url)).await;
+    crate::common::admin(&t.app)
+        .set_verify_email(t.app_id, usersvc::store::VerifyMode::Required)
+        .await
+        .expect("app update");
+    t.sign_up("browsing").await;
+    let e = sign_in(&t, "correct horse battery").await.expect_err("unverified under required");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let got = sink.wait_for(1, 10).await;
+    assert_eq!(got.len(), 1, "one verification mail");
+    let link = reset_link(&got[0].data);
+    assert!(link.starts_with(&format!("http://{}/v2/verify/", t.app.http_addr)), "{link}");
+
+    let http = reqwest::Client::new();
+    let driver = Chromedriver::start(&http).await;
+    let browser = Browser::open(&http, &driver, false).await;
+    browser.goto("data:text/html,<title>script off</title><script>document.title='script on'</script>").await;
+    assert_eq!(browser.title().await, "script off");
+
+    // Opening the page verifies nothing.
+    browser.goto(&link).await;
+    assert_eq!(browser.title().await, "Email verification");
+    let page = browser.source().await;
+    assert!(!page.to_ascii_lowercase().contains("<script"), "the page has no script:\n{page}");
+    assert!(page.contains("Confirm your email address"), "{page}");
+    sign_in(&t, "correct horse battery").await.expect_err("still unverified after opening the page");
+
+    // The button does.
+    browser.click("button[type=submit]").await;
+    let status = browser.wait_for("[role=status]", 15).await;
+    assert!(browser.text(&status).await.contains("Thank you"), "{}", browser.source().await);
+    let signed_in = sign_in(&t, "correct horse battery").await.expect("verified: signs in");
+    assert!(signed_in.email.unwrap().primary_verified);
+
+    // The link works once: the page says so.
+    browser.goto(&link).await;
+    browser.click("button[type=submit]").await;
+    let alert = browser.wait_for("[role=alert]", 15).await;
+    assert!(browser.text(&alert).await.contains("used, replaced or never issued"), "{}", browser.source().await);
+    browser.quit().await;
 }
 
 /// Serves one small HTML page at every path, on a port of its own: the web

@@ -17,6 +17,7 @@ fn full_user(username: &str) -> pb::User {
             secondary: "secondary@email.com".into(),
             work: "work@email.com".into(),
             other: "other@email.com".into(),
+            ..Default::default()
         }),
         name: Some(pb::Name {
             prefix: "Dr.".into(),

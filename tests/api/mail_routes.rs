@@ -263,7 +263,7 @@ async fn match_and_no_match_take_the_same_time() {
 
 /// Waits until every request of the application is resolved and every mail
 /// it made is sent (the outbox keeps a row until then).
-async fn all_mail_out(t: &TestApp) {
+pub(crate) async fn all_mail_out(t: &TestApp) {
     let started = Instant::now();
     loop {
         let waiting = t.count_app("SELECT count(*) FROM mail_requests WHERE app_id = $1").await

@@ -33,3 +33,4 @@ mod tls;
 mod trail;
 mod upgrades;
 mod usernames;
+mod verification;

@@ -374,7 +374,7 @@ pub async fn the_trail_chains_and_is_append_only(u: &Under) {
 }
 
 /// At most 3 mails per address an hour, as by default.
-const THREE_AN_HOUR: RecipientLimit = RecipientLimit { max: 3, window: HOUR };
+pub(super) const THREE_AN_HOUR: RecipientLimit = RecipientLimit { max: 3, window: HOUR };
 
 fn reminder_request(app_id: Uuid, email_bidx: &[u8]) -> NewMailRequest {
     NewMailRequest {
@@ -387,7 +387,7 @@ fn reminder_request(app_id: Uuid, email_bidx: &[u8]) -> NewMailRequest {
     }
 }
 
-fn reset_request(app_id: Uuid, username_bidx: &[u8], token: &str) -> NewMailRequest {
+pub(super) fn reset_request(app_id: Uuid, username_bidx: &[u8], token: &str) -> NewMailRequest {
     NewMailRequest {
         id: Uuid::now_v7(),
         app_id,
@@ -404,7 +404,7 @@ fn request_audit(r: &NewMailRequest) -> AuditRecord {
 
 /// Stores a request, then claims and resolves every request due, as the
 /// mail sender does; what they did, together.
-async fn ask(s: &dyn Store, r: NewMailRequest) -> Resolved {
+pub(super) async fn ask(s: &dyn Store, r: NewMailRequest) -> Resolved {
     s.queue_mail_request(&r, &request_audit(&r)).await.unwrap();
     resolve_all(s).await
 }
@@ -421,7 +421,7 @@ async fn resolve_all(s: &dyn Store) -> Resolved {
     all
 }
 
-const fn resolved(queued: u32, limited: u32) -> Resolved {
+pub(super) const fn resolved(queued: u32, limited: u32) -> Resolved {
     Resolved { queued, limited }
 }
 

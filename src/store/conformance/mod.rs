@@ -17,8 +17,10 @@ use crate::store::*;
 
 mod cases;
 mod passkeys;
+mod verifications;
 use cases::*;
 use passkeys::*;
+use verifications::*;
 
 /// The database under a store, for the tests' own reads and writes.
 pub enum Db {
@@ -312,4 +314,6 @@ contract!(
     usernames_are_rekeyed_once,
     user_changes_void_resets_and_queue_notices,
     passkeys_ceremonies_and_counters,
+    verification_links_are_bound_to_the_address,
+    resends_count_per_recipient_and_reset_mail_waits_for_verification,
 );

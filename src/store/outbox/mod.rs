@@ -4,8 +4,8 @@
 //! message and retried. The trait, and its PostgreSQL and SQLite
 //! implementations beside it.
 
-mod postgres;
-mod sqlite;
+pub(in crate::store) mod postgres;
+pub(in crate::store) mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -96,13 +96,17 @@ impl OutboxStore for PgStore {
         }
         // The users' rows are locked against a concurrent delete (and, for a
         // reset, against another reset of the same user) until the end.
-        let users: Vec<(Uuid, Option<Vec<u8>>)> = if is_reset {
+        let users: Vec<(Uuid, Option<Vec<u8>>, bool)> = if is_reset {
             sqlx::query_as(
-                "SELECT id, email_bidx FROM users WHERE app_id = $1 AND username_bidx = $2 AND active
+                "SELECT id, email_bidx, COALESCE((SELECT verify_email FROM applications WHERE id = $1), '') <> 'required'
+                                        OR COALESCE(email_verified_bidx = email_bidx, FALSE)
+                 FROM users WHERE app_id = $1 AND username_bidx = $2 AND active
                  FOR NO KEY UPDATE",
             )
         } else {
-            sqlx::query_as("SELECT id, email_bidx FROM users WHERE app_id = $1 AND email_bidx = $2 FOR KEY SHARE")
+            sqlx::query_as(
+                "SELECT id, email_bidx, true FROM users WHERE app_id = $1 AND email_bidx = $2 FOR KEY SHARE",
+            )
         }
         .bind(app_id)
         .bind(&request.lookup_bidx)
@@ -110,7 +114,7 @@ impl OutboxStore for PgStore {
         .await?;
         let mut out = Resolved::default();
         let mut records = Vec::new();
-        for (user_id, email_bidx) in users {
+        for (user_id, email_bidx, may_mail) in users {
             if let Some((_, _, expires)) = reset {
                 let stale: bool = sqlx::query_scalar(
                     "SELECT $3 <= now() OR EXISTS
@@ -125,20 +129,15 @@ impl OutboxStore for PgStore {
                     continue;
                 }
             }
-            let sent: i32 = sqlx::query_scalar(
-                "INSERT INTO mail_quotas AS q (app_id, recipient, window_start, sent) VALUES ($1, $2, now(), 1)
-                 ON CONFLICT (app_id, recipient) DO UPDATE SET
-                     window_start = CASE WHEN q.window_start <= now() - make_interval(secs => $3)
-                                         THEN now() ELSE q.window_start END,
-                     sent = CASE WHEN q.window_start <= now() - make_interval(secs => $3) THEN 1 ELSE q.sent + 1 END
-                 RETURNING sent",
-            )
-            .bind(app_id)
-            .bind(super::recipient_key(user_id, email_bidx))
-            .bind(limit.window.as_secs_f64())
-            .fetch_one(&mut *tx)
-            .await?;
-            let limited = i64::from(sent) > i64::from(limit.max);
+            if !may_mail {
+                // Under `--verify-email required`, no reset link to an
+                // address nobody proved: silently, as for no match.
+                let mut r = super::resolution_record(audit, user_id, false);
+                r.outcome = "unverified".into();
+                records.push(r);
+                continue;
+            }
+            let limited = count_mail(&mut tx, app_id, &super::recipient_key(user_id, email_bidx), limit).await?;
             records.push(super::resolution_record(audit, user_id, limited));
             if limited {
                 out.limited += 1;
@@ -252,4 +251,29 @@ impl OutboxStore for PgStore {
             .await?;
         Ok(())
     }
+}
+
+/// Counts a mail to `recipient` against `limit` (`mail_quotas`, a fixed
+/// window from the first mail counted): true when it is past the limit and
+/// must not go.
+pub(in crate::store) async fn count_mail(
+    tx: &mut sqlx::PgConnection,
+    app_id: Uuid,
+    recipient: &[u8],
+    limit: RecipientLimit,
+) -> Result<bool> {
+    let sent: i32 = sqlx::query_scalar(
+        "INSERT INTO mail_quotas AS q (app_id, recipient, window_start, sent) VALUES ($1, $2, now(), 1)
+         ON CONFLICT (app_id, recipient) DO UPDATE SET
+             window_start = CASE WHEN q.window_start <= now() - make_interval(secs => $3)
+                                 THEN now() ELSE q.window_start END,
+             sent = CASE WHEN q.window_start <= now() - make_interval(secs => $3) THEN 1 ELSE q.sent + 1 END
+         RETURNING sent",
+    )
+    .bind(app_id)
+    .bind(recipient)
+    .bind(limit.window.as_secs_f64())
+    .fetch_one(tx)
+    .await?;
+    Ok(i64::from(sent) > i64::from(limit.max))
 }

@@ -103,19 +103,22 @@ impl OutboxStore for SqliteStore {
             tx.commit().await?;
             return Ok(Resolved::default());
         }
-        let users: Vec<(Uuid, Option<Vec<u8>>)> = if is_reset {
-            sqlx::query_as("SELECT id, email_bidx FROM users WHERE app_id = ?1 AND username_bidx = ?2 AND active")
+        let users: Vec<(Uuid, Option<Vec<u8>>, bool)> = if is_reset {
+            sqlx::query_as(
+                "SELECT id, email_bidx, COALESCE((SELECT verify_email FROM applications WHERE id = ?1), '') <> 'required'
+                                        OR COALESCE(email_verified_bidx = email_bidx, FALSE)
+                 FROM users WHERE app_id = ?1 AND username_bidx = ?2 AND active",
+            )
         } else {
-            sqlx::query_as("SELECT id, email_bidx FROM users WHERE app_id = ?1 AND email_bidx = ?2")
+            sqlx::query_as("SELECT id, email_bidx, 1 FROM users WHERE app_id = ?1 AND email_bidx = ?2")
         }
         .bind(app_id)
         .bind(&request.lookup_bidx)
         .fetch_all(&mut *tx)
         .await?;
-        let window_start = earlier(now, limit.window);
         let mut out = Resolved::default();
         let mut records = Vec::new();
-        for (user_id, email_bidx) in users {
+        for (user_id, email_bidx, may_mail) in users {
             if let Some((_, _, expires)) = reset {
                 let newer: bool = sqlx::query_scalar(
                     "SELECT EXISTS (SELECT 1 FROM password_resets WHERE app_id = ?1 AND user_id = ?2 AND expires_at > ?3)",
@@ -129,20 +132,15 @@ impl OutboxStore for SqliteStore {
                     continue;
                 }
             }
-            let sent: i64 = sqlx::query_scalar(
-                "INSERT INTO mail_quotas AS q (app_id, recipient, window_start, sent) VALUES (?1, ?2, ?3, 1)
-                 ON CONFLICT (app_id, recipient) DO UPDATE SET
-                     window_start = CASE WHEN q.window_start <= ?4 THEN ?3 ELSE q.window_start END,
-                     sent = CASE WHEN q.window_start <= ?4 THEN 1 ELSE q.sent + 1 END
-                 RETURNING sent",
-            )
-            .bind(app_id)
-            .bind(super::recipient_key(user_id, email_bidx))
-            .bind(now)
-            .bind(window_start)
-            .fetch_one(&mut *tx)
-            .await?;
-            let limited = sent > i64::from(limit.max);
+            if !may_mail {
+                // Under `--verify-email required`, no reset link to an
+                // address nobody proved: silently, as for no match.
+                let mut r = super::resolution_record(audit, user_id, false);
+                r.outcome = "unverified".into();
+                records.push(r);
+                continue;
+            }
+            let limited = count_mail(&mut tx, app_id, &super::recipient_key(user_id, email_bidx), limit).await?;
             records.push(super::resolution_record(audit, user_id, limited));
             if limited {
                 out.limited += 1;
@@ -269,4 +267,30 @@ impl OutboxStore for SqliteStore {
             .await?;
         Ok(())
     }
+}
+
+/// Counts a mail to `recipient` against `limit` (`mail_quotas`, a fixed
+/// window from the first mail counted): true when it is past the limit and
+/// must not go.
+pub(in crate::store) async fn count_mail(
+    tx: &mut sqlx::SqliteConnection,
+    app_id: Uuid,
+    recipient: &[u8],
+    limit: RecipientLimit,
+) -> Result<bool> {
+    let now = now_us();
+    let sent: i64 = sqlx::query_scalar(
+        "INSERT INTO mail_quotas AS q (app_id, recipient, window_start, sent) VALUES (?1, ?2, ?3, 1)
+         ON CONFLICT (app_id, recipient) DO UPDATE SET
+             window_start = CASE WHEN q.window_start <= ?4 THEN ?3 ELSE q.window_start END,
+             sent = CASE WHEN q.window_start <= ?4 THEN 1 ELSE q.sent + 1 END
+         RETURNING sent",
+    )
+    .bind(app_id)
+    .bind(recipient)
+    .bind(now)
+    .bind(earlier(now, limit.window))
+    .fetch_one(tx)
+    .await?;
+    Ok(sent > i64::from(limit.max))
 }

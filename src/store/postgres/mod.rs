@@ -181,7 +181,8 @@ async fn ensure_database(url: &str) -> Result<()> {
 }
 
 pub(in crate::store) const USER_COLUMNS: &str =
-    "id, app_id, profile_ct, active, supervisor, version, created_at, updated_at";
+    "id, app_id, profile_ct, active, supervisor, version, created_at, updated_at,
+     COALESCE(email_verified_bidx = email_bidx, FALSE) AS email_verified";
 
 pub(in crate::store) fn user_from_row(row: &PgRow) -> Result<UserRecord> {
     Ok(UserRecord {
@@ -193,6 +194,7 @@ pub(in crate::store) fn user_from_row(row: &PgRow) -> Result<UserRecord> {
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        email_verified: row.try_get("email_verified")?,
     })
 }
 

@@ -72,7 +72,8 @@ fn in_memory(url: &str) -> bool {
 }
 
 pub(in crate::store) const USER_COLUMNS: &str =
-    "id, app_id, profile_ct, active, supervisor, version, created_at, updated_at";
+    "id, app_id, profile_ct, active, supervisor, version, created_at, updated_at,
+     COALESCE(email_verified_bidx = email_bidx, FALSE) AS email_verified";
 
 /// A time as stored: microseconds since the epoch.
 pub(in crate::store) fn us(t: DateTime<Utc>) -> i64 {
@@ -125,6 +126,7 @@ pub(in crate::store) fn user_from_row(row: &SqliteRow) -> Result<UserRecord> {
         version: row.try_get("version")?,
         created_at: time_of(row, "created_at")?,
         updated_at: time_of(row, "updated_at")?,
+        email_verified: row.try_get("email_verified")?,
     })
 }
 

@@ -2,7 +2,7 @@
 //! implementations beside it.
 
 mod postgres;
-mod sqlite;
+pub(in crate::store) mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -22,6 +22,9 @@ pub struct UserRecord {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The primary address is the one the user proved by a mailed link
+    /// (see `store::verifications`): false again once it changes.
+    pub email_verified: bool,
 }
 
 /// What sign-in needs of a user.
@@ -200,6 +203,18 @@ pub trait UserStore: Send + Sync {
         &self,
         user: NewUser,
         session: Option<NewSession>,
+        audit: &[AuditRecord],
+    ) -> Result<Option<UserRecord>> {
+        self.create_user_mailing(user, session, &[], audit).await
+    }
+
+    /// [`Self::create_user`], with mail queued in its transaction (the
+    /// verification link of a sign-up): none is sent for a user not made.
+    async fn create_user_mailing(
+        &self,
+        user: NewUser,
+        session: Option<NewSession>,
+        mail: &[QueuedMail],
         audit: &[AuditRecord],
     ) -> Result<Option<UserRecord>>;
 

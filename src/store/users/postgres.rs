@@ -12,8 +12,8 @@ use crate::store::throttles::postgres::{self as pg_throttle, ThrottleArgs};
 use crate::store::trail::postgres::{self as pg_audit, AuditColumns, many_records};
 use crate::store::trail::record::AuditRecord;
 use crate::store::{
-    Credentials, ImportedUser, NewSession, NewUser, Rekeyed, Result, SignInAttempt, StoreError, StoredUsername,
-    ThrottleRule, UserChange, UserListFilter, UserRecord, UserSecrets, UserStore, from_row,
+    Credentials, ImportedUser, NewSession, NewUser, QueuedMail, Rekeyed, Result, SignInAttempt, StoreError,
+    StoredUsername, ThrottleRule, UserChange, UserListFilter, UserRecord, UserSecrets, UserStore, from_row,
 };
 
 #[async_trait]
@@ -63,10 +63,11 @@ impl UserStore for PgStore {
         Ok(true)
     }
 
-    async fn create_user(
+    async fn create_user_mailing(
         &self,
         user: NewUser,
         session: Option<NewSession>,
+        mail: &[QueuedMail],
         audit: &[AuditRecord],
     ) -> Result<Option<UserRecord>> {
         // The user, their MRN indexes, their default groups, their first
@@ -93,9 +94,13 @@ impl UserStore for PgStore {
                  ), s AS (
                      INSERT INTO sessions (id, app_id, user_id, token_hash, expires_at)
                      SELECT $11, $2, u.id, $12, $13 FROM u WHERE $11::uuid IS NOT NULL
+                 ), mail AS (
+                     INSERT INTO outbox (id, app_id, user_id, kind, payload_ct)
+                     SELECT m.id, u.app_id, u.id, m.kind, m.payload_ct
+                     FROM u, unnest($15::uuid[], $16::text[], $17::bytea[]) AS m (id, kind, payload_ct)
                  ), {}
                  SELECT u.* FROM u",
-                many_records(15, "EXISTS (SELECT 1 FROM u)")
+                many_records(18, "EXISTS (SELECT 1 FROM u)")
             )
         });
         let q = sqlx::query(&SQL)
@@ -112,7 +117,10 @@ impl UserStore for PgStore {
             .bind(session.as_ref().map(|s| s.id))
             .bind(session.as_ref().map(|s| s.token_hash.as_slice()))
             .bind(session.as_ref().map(|s| expiry(s, Utc::now())))
-            .bind(&user.mrn_bidx);
+            .bind(&user.mrn_bidx)
+            .bind(mail.iter().map(|m| m.id).collect::<Vec<_>>())
+            .bind(mail.iter().map(|m| m.kind).collect::<Vec<_>>())
+            .bind(mail.iter().map(|m| m.payload_ct.clone()).collect::<Vec<_>>());
         let row = AuditColumns::of(audit).bind(q).fetch_optional(&self.pool).await?;
         row.as_ref().map(user_from_row).transpose()
     }

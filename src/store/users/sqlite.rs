@@ -8,8 +8,9 @@ use crate::store::sqlite::{
 };
 use crate::store::trail::record::AuditRecord;
 use crate::store::{
-    Credentials, ImportedUser, NewSession, NewUser, Rekeyed, Result, SignInAttempt, StoreError, StoredUsername,
-    ThrottleRule, ThrottleStore, UserChange, UserListFilter, UserRecord, UserSecrets, UserStore, from_row,
+    Credentials, ImportedUser, NewSession, NewUser, QueuedMail, Rekeyed, Result, SignInAttempt, StoreError,
+    StoredUsername, ThrottleRule, ThrottleStore, UserChange, UserListFilter, UserRecord, UserSecrets, UserStore,
+    from_row,
 };
 
 #[async_trait]
@@ -56,10 +57,11 @@ impl UserStore for SqliteStore {
         Ok(true)
     }
 
-    async fn create_user(
+    async fn create_user_mailing(
         &self,
         user: NewUser,
         session: Option<NewSession>,
+        mail: &[QueuedMail],
         audit: &[AuditRecord],
     ) -> Result<Option<UserRecord>> {
         let mut tx = self.pool.begin_with(BEGIN).await?;
@@ -99,6 +101,7 @@ impl UserStore for SqliteStore {
         if let Some(s) = &session {
             insert_session(&mut tx, user.app_id, user.id, s).await?;
         }
+        queue_mail(&mut tx, user.app_id, user.id, mail).await?;
         append_in(&mut tx, audit).await?;
         tx.commit().await?;
         user_from_row(&row).map(Some)
@@ -276,20 +279,7 @@ impl UserStore for SqliteStore {
                 sqlx::query(void).bind(app_id).bind(user_id).execute(&mut *tx).await?;
             }
         }
-        for m in &change.mail {
-            sqlx::query(
-                "INSERT INTO outbox (id, app_id, user_id, kind, payload_ct, created_at, next_attempt_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            )
-            .bind(m.id)
-            .bind(app_id)
-            .bind(user_id)
-            .bind(m.kind)
-            .bind(&m.payload_ct)
-            .bind(now_us())
-            .execute(&mut *tx)
-            .await?;
-        }
+        queue_mail(&mut tx, app_id, user_id, &change.mail).await?;
         append_in(&mut tx, audit).await?;
         tx.commit().await?;
         user_from_row(&row).map(Some)
@@ -416,6 +406,30 @@ async fn insert_mrns(
             .bind(b)
             .execute(&mut *conn)
             .await?;
+    }
+    Ok(())
+}
+
+/// Queues mail for a user in the transaction of a change to them.
+pub(in crate::store) async fn queue_mail(
+    tx: &mut sqlx::SqliteConnection,
+    app_id: Uuid,
+    user_id: Uuid,
+    mail: &[QueuedMail],
+) -> Result<()> {
+    for m in mail {
+        sqlx::query(
+            "INSERT INTO outbox (id, app_id, user_id, kind, payload_ct, created_at, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        )
+        .bind(m.id)
+        .bind(app_id)
+        .bind(user_id)
+        .bind(m.kind)
+        .bind(&m.payload_ct)
+        .bind(now_us())
+        .execute(&mut *tx)
+        .await?;
     }
     Ok(())
 }
