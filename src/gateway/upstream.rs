@@ -68,6 +68,10 @@ upstream!(UserService, UserServiceClient, "usersvc.v1.UserService", {
     list_disclosures(pb::ListDisclosuresRequest) -> pb::ListDisclosuresResponse = "ListDisclosures";
     list_users(pb::ListUsersRequest) -> pb::ListUsersResponse = "ListUsers";
     export_user(pb::ExportUserRequest) -> pbjson_types::Struct = "ExportUser";
+    enrol_totp(pb::EnrolTotpRequest) -> pb::EnrolTotpResponse = "EnrolTotp";
+    confirm_totp(pb::ConfirmTotpRequest) -> pb::ConfirmTotpResponse = "ConfirmTotp";
+    remove_totp(pb::RemoveTotpRequest) -> Empty = "RemoveTotp";
+    sign_in_mfa(pb::SignInMfaRequest) -> pb::User = "SignInMfa";
 });
 
 upstream!(GroupService, GroupServiceClient, "usersvc.v1.GroupService", {

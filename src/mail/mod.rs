@@ -21,7 +21,9 @@ use tokio::sync::watch;
 use crate::crypto::Keyring;
 use crate::crypto::fields::{NOTICE_TO_FIELD, PROFILE_FIELD, RESET_TOKEN_FIELD, USERNAME_FIELD};
 use crate::pb;
-use crate::store::{AuditRecord, EMAIL_CHANGED, MailRequest, OutboxMessage, PASSWORD_CHANGED, RecipientLimit, Store};
+use crate::store::{
+    AuditRecord, EMAIL_CHANGED, MFA_REMOVED, MailRequest, OutboxMessage, PASSWORD_CHANGED, RecipientLimit, Store,
+};
 pub use templates::Templates;
 
 /// The kinds of mail, as requests and the outbox name them.
@@ -215,7 +217,7 @@ impl Mailer {
         };
         let username = self.keyring.open(m.app_id, m.user_id, USERNAME_FIELD, &r.username_ct).await?;
         let username = String::from_utf8(username)?;
-        let to = if m.kind == PASSWORD_CHANGED || m.kind == EMAIL_CHANGED {
+        let to = if m.kind == PASSWORD_CHANGED || m.kind == EMAIL_CHANGED || m.kind == MFA_REMOVED {
             // To the address the user had when it changed: after an email
             // change it is no longer in the profile, and it is the owner's.
             let Some(ct) = &m.payload_ct else {

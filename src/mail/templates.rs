@@ -2,7 +2,7 @@
 //! in a folder (`DIR/{appId}/NAME` before `DIR/NAME` before the default),
 //! where NAME is `{kind}.subject`, `{kind}.txt` or `{kind}.html` (kinds:
 //! `username_reminder`, `password_reset`, `password_changed`,
-//! `email_changed`) and
+//! `email_changed`, `mfa_removed`) and
 //! `{{app_name}}`, `{{username}}`, `{{reset_link}}`, `{{expires_minutes}}`
 //! are filled in (HTML-escaped in `.html`).
 
@@ -23,6 +23,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("email_changed.subject", include_str!("../../templates/mail/email_changed.subject")),
     ("email_changed.txt", include_str!("../../templates/mail/email_changed.txt")),
     ("email_changed.html", include_str!("../../templates/mail/email_changed.html")),
+    ("mfa_removed.subject", include_str!("../../templates/mail/mfa_removed.subject")),
+    ("mfa_removed.txt", include_str!("../../templates/mail/mfa_removed.txt")),
+    ("mfa_removed.html", include_str!("../../templates/mail/mfa_removed.html")),
 ];
 
 #[derive(Debug, Clone, Default)]

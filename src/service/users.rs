@@ -73,13 +73,16 @@ impl UserSvc {
         if me.user_id == target || me.supervisor {
             return Ok(());
         }
+        if me.mfa_pending {
+            return Err(ServiceError::MfaRequired);
+        }
         let exists = self.core.store.get_user(app_id, target).await?.is_some();
         Err(ServiceError::Hidden { exists })
     }
 
     /// The throttle key of a client address within an application: an
     /// IPv6 client counts by its /64 (see [`crate::edge::throttle_scope`]).
-    fn address_key(&self, kind: &str, app_id: Uuid, ip: Option<IpAddr>) -> Option<Vec<u8>> {
+    pub(super) fn address_key(&self, kind: &str, app_id: Uuid, ip: Option<IpAddr>) -> Option<Vec<u8>> {
         ip.map(|ip| {
             let scope = crate::edge::throttle_scope(ip);
             [app_id.as_bytes().as_slice(), &self.core.keyring.global_index(kind, &scope)].concat()
@@ -106,11 +109,12 @@ impl UserSvc {
     }
 
     /// Records a refused read or change, so attempts show in the trail too.
-    async fn refused(&self, ctx: &Ctx, action: &str, caller: &Caller, subject: Uuid, e: &ServiceError) {
+    pub(super) async fn refused(&self, ctx: &Ctx, action: &str, caller: &Caller, subject: Uuid, e: &ServiceError) {
         let outcome = match e {
             ServiceError::Forbidden(_)
             | ServiceError::Hidden { exists: true }
             | ServiceError::ReauthenticationRequired
+            | ServiceError::MfaRequired
             | ServiceError::WrongCurrentPassword => "denied",
             ServiceError::NotFound(_) | ServiceError::Hidden { exists: false } => "not_found",
             _ => return,
@@ -127,7 +131,7 @@ impl UserSvc {
     /// password. That is checked as a sign-in's is, counted against the same
     /// throttles (the username's and the address's), so that a stolen token
     /// is no way round them to guess it.
-    async fn reauthenticate(
+    pub(super) async fn reauthenticate(
         &self,
         ctx: &Ctx,
         app_id: Uuid,
@@ -175,6 +179,9 @@ impl UserSvc {
     async fn create(&self, ctx: &Ctx, req: pb::CreateUserRequest) -> ServiceResult<pb::User> {
         let core = &self.core;
         let caller = core.auth.maybe_signed_in(&ctx.md).await?;
+        if caller.user.is_some_and(|u| u.mfa_pending) {
+            return Err(ServiceError::MfaRequired);
+        }
         let mut user = req.user.unwrap_or_default();
         validate::username(&user.username)?;
         validate::password(&user.password, core.min_password_chars)?;
@@ -554,6 +561,10 @@ impl UserSvc {
                 return Err(ServiceError::BadCredentials);
             }
         };
+        // A user with a second factor gets an mfaToken and nothing else.
+        if core.store.has_second_factor(app_id, user_id).await? {
+            return self.mfa_challenge(ctx, app_id, user_id, &user_key, addr_key.as_deref()).await;
+        }
         // The reply discloses the profile: it is opened first, so that the
         // session's record names the fields it carries.
         let rec = core.store.get_user(app_id, user_id).await?.ok_or(ServiceError::BadCredentials)?;
@@ -797,5 +808,32 @@ impl UserService for UserSvc {
     ) -> Result<Response<pb::VerifySessionResponse>, Status> {
         let (ctx, _) = Ctx::split(request);
         Ok(Response::new(UserSvc::verify_session(self, &ctx).await?))
+    }
+
+    async fn enrol_totp(
+        &self,
+        request: Request<pb::EnrolTotpRequest>,
+    ) -> Result<Response<pb::EnrolTotpResponse>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::enrol_totp(self, &ctx, req).await?))
+    }
+
+    async fn confirm_totp(
+        &self,
+        request: Request<pb::ConfirmTotpRequest>,
+    ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::confirm_totp(self, &ctx, req).await?))
+    }
+
+    async fn remove_totp(&self, request: Request<pb::RemoveTotpRequest>) -> Result<Response<Empty>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        UserSvc::remove_totp(self, &ctx, req).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn sign_in_mfa(&self, request: Request<pb::SignInMfaRequest>) -> Result<Response<pb::User>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::sign_in_mfa(self, &ctx, req).await?))
     }
 }

@@ -17,6 +17,7 @@ pub mod auth_cache;
 pub mod backend;
 #[cfg(test)]
 mod conformance;
+pub mod factors;
 pub mod groups;
 pub mod outbox;
 mod postgres;
@@ -31,6 +32,7 @@ pub mod users;
 use async_trait::async_trait;
 
 pub use apps::*;
+pub use factors::*;
 pub use groups::*;
 pub use outbox::*;
 pub use postgres::PgStore;
@@ -150,6 +152,7 @@ pub trait Store:
     + OutboxStore
     + TokenStore
     + TrailStore
+    + FactorStore
     + Send
     + Sync
     + 'static
