@@ -17,7 +17,7 @@ use crate::audit::{
 use crate::auth::{caller::SERVICE_ROLES, secret};
 use crate::crypto::{Keyring, MasterKey, keyring};
 use crate::service::{export::Exporter, profile};
-use crate::store::{App, AuditFilter, NewServiceToken, SealedUser, Store, TokenRevocation, UserListFilter};
+use crate::store::{App, AuditFilter, MfaPolicy, NewServiceToken, SealedUser, Store, TokenRevocation, UserListFilter};
 
 pub struct Admin {
     pub store: Arc<dyn Store>,
@@ -87,6 +87,18 @@ impl Admin {
         let mut record = cli_record("user.supervisor_add", Some(app_id));
         record.fields = vec!["supervisor".into()];
         Ok(self.store.set_supervisor(app_id, &bidx, true, &record).await?)
+    }
+
+    /// Sets whether the application's supervisors must have a second factor
+    /// (recorded as `app.update`, field `mfa`); fails when there is no such
+    /// application.
+    pub async fn set_mfa_policy(&self, app_id: Uuid, policy: MfaPolicy) -> anyhow::Result<()> {
+        let mut record = cli_record("app.update", Some(app_id));
+        record.fields = vec!["mfa".into()];
+        if !self.store.set_mfa_policy(app_id, policy, &record).await? {
+            anyhow::bail!("no application {app_id}");
+        }
+        Ok(())
     }
 
     /// Fails unless the application exists.

@@ -133,6 +133,20 @@ enum AppCommand {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Change an application's settings (only those given).
+    Update {
+        #[arg(long)]
+        app: uuid::Uuid,
+        /// Whether supervisors must have a second factor (TOTP) to act as
+        /// supervisors: `required-for-supervisors` or `optional` (the default
+        /// of a new application).
+        #[arg(long, value_parser = ["required-for-supervisors", "optional"])]
+        mfa: Option<String>,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -437,6 +451,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "apiKeyHeader": format!("X-Api-Key: server usersvc {}", key.expose_secret()),
             });
             println!("{out}");
+        }
+        Command::App { command: AppCommand::Update { app, mfa, db, keys } } => {
+            let Some(mfa) = mfa else {
+                anyhow::bail!("nothing to change: give a setting (--mfa)");
+            };
+            let policy = usersvc::store::MfaPolicy::parse(&mfa).ok_or_else(|| anyhow::anyhow!("--mfa {mfa}?"))?;
+            admin(&db, &keys).await?.set_mfa_policy(app, policy).await?;
+            eprintln!("usersvc: application {app}: mfa {}", policy.as_str());
         }
         Command::Supervisor { command: SupervisorCommand::Add { app, username, db, keys } } => {
             if !admin(&db, &keys).await?.add_supervisor(app, &username).await? {

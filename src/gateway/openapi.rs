@@ -364,7 +364,11 @@ fn local_schemas() -> Map<String, Value> {
                                     `reauthentication_required` (403: a change of one's own password, username \
                                     or primary email needs a recent sign-in or `currentPassword`), \
                                     `invalid_current_password` (403: the `currentPassword` sent is wrong), \
-                                    `not_found`, `username_taken`, `throttled`, `unavailable`, `overloaded`, `timeout`, ... (the gRPC \
+                                    `not_found`, `username_taken`, `throttled`, `unavailable`, `overloaded`, `timeout`, \
+                                    `invalid_code` (401: a wrong or used second-factor code), `invalid_mfa_token` \
+                                    (401: the sign-in's `mfaToken` is unknown, used or expired), \
+                                    `mfa_already_enrolled` (409), `mfa_required` (403: a supervisor of an application \
+                                    that requires a second factor of supervisors has none yet), ... (the gRPC \
                                     `ErrorInfo` reason, lower case).",
                 },
                 "message": { "type": "string", "description": "For people; may change." },

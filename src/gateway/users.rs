@@ -99,7 +99,7 @@ pub async fn sign_out(State(gw): State<Gateway>, meta: CallMeta) -> ApiResult {
 /// the client sent it (`3`, not `3.0`), so typed clients read it back as an
 /// integer. Only a user whose extras hold one goes through a
 /// `serde_json::Value` to be rewritten.
-fn reply_user(user: &pb::User) -> axum::response::Response {
+pub(super) fn reply_user(user: &pb::User) -> axum::response::Response {
     if !user.extras.as_ref().is_some_and(holds_whole_number) {
         return reply(user);
     }

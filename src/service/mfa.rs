@@ -114,8 +114,8 @@ fn recovery_code() -> Zeroizing<String> {
 
 /// The QR code of an otpauth URI, as an SVG data URI.
 fn qr_svg(uri: &str) -> ServiceResult<String> {
-    let code = qrcode::QrCode::new(uri.as_bytes())
-        .map_err(|e| ServiceError::Internal(format!("QR code not made: {e}")))?;
+    let code =
+        qrcode::QrCode::new(uri.as_bytes()).map_err(|e| ServiceError::Internal(format!("QR code not made: {e}")))?;
     let svg = code.render::<qrcode::render::svg::Color>().min_dimensions(200, 200).build();
     Ok(format!("data:image/svg+xml;base64,{}", STANDARD.encode(svg)))
 }
@@ -149,7 +149,11 @@ impl UserSvc {
         plain.map(Zeroizing::new).map_err(ServiceError::Crypto)
     }
 
-    pub(super) async fn enrol_totp(&self, ctx: &Ctx, req: pb::EnrolTotpRequest) -> ServiceResult<pb::EnrolTotpResponse> {
+    pub(super) async fn enrol_totp(
+        &self,
+        ctx: &Ctx,
+        req: pb::EnrolTotpRequest,
+    ) -> ServiceResult<pb::EnrolTotpResponse> {
         let core = &self.core;
         let (caller, me) = core.auth.signed_in(&ctx.md).await?;
         let app_id = caller.app_id;

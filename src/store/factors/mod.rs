@@ -72,8 +72,13 @@ pub trait FactorStore: Send + Sync {
 
     /// Stores a new pending TOTP factor, replacing a pending one; false (and
     /// nothing stored) when a confirmed one is there.
-    async fn put_pending_totp(&self, app_id: Uuid, user_id: Uuid, secret_ct: &[u8], audit: &AuditRecord)
-    -> Result<bool>;
+    async fn put_pending_totp(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        secret_ct: &[u8],
+        audit: &AuditRecord,
+    ) -> Result<bool>;
 
     async fn totp_factor(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<TotpFactor>>;
 
