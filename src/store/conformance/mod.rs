@@ -17,6 +17,8 @@ use crate::store::*;
 
 mod cases;
 use cases::*;
+mod factors;
+use factors::*;
 
 /// The database under a store, for the tests' own reads and writes.
 pub enum Db {
@@ -309,4 +311,5 @@ contract!(
     mrn_indexes_follow_the_user_row,
     usernames_are_rekeyed_once,
     user_changes_void_resets_and_queue_notices,
+    second_factors_are_pending_then_confirmed_and_used_once,
 );
