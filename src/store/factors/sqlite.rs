@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::store::sqlite::{BEGIN, SqliteStore, append_in, later, now_us};
+use crate::store::sqlite::{BEGIN, SqliteStore, append_in, later, now_us, queue_mail_in};
 use crate::store::trail::record::AuditRecord;
 use crate::store::{ChallengeCheck, FactorStore, MfaPolicy, QueuedMail, Result, TotpFactor};
 
@@ -165,18 +165,7 @@ impl FactorStore for SqliteStore {
             sqlx::query(sql).bind(app_id).bind(user_id).execute(&mut *tx).await?;
         }
         if let Some(m) = notice {
-            sqlx::query(
-                "INSERT INTO outbox (id, app_id, user_id, kind, payload_ct, created_at, next_attempt_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            )
-            .bind(m.id)
-            .bind(app_id)
-            .bind(user_id)
-            .bind(m.kind)
-            .bind(&m.payload_ct)
-            .bind(now_us())
-            .execute(&mut *tx)
-            .await?;
+            queue_mail_in(&mut tx, app_id, user_id, m).await?;
         }
         append_in(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;

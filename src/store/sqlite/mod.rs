@@ -24,7 +24,9 @@ use sqlx::{
 use uuid::Uuid;
 
 use crate::store::trail::record::{self as audit, AuditRecord, StoredAudit};
-use crate::store::{NewSession, OutboxMessage, Result, SWEEP_BATCH, Store, StoreError, StoredKey, UserRecord};
+use crate::store::{
+    NewSession, OutboxMessage, QueuedMail, Result, SWEEP_BATCH, Store, StoreError, StoredKey, UserRecord,
+};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -164,6 +166,29 @@ pub(in crate::store) async fn insert_session(
     .bind(&s.token_hash)
     .bind(now)
     .bind(later(now, s.max_age))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Queues a message for a user inside the caller's transaction: it goes
+/// with the change it tells of, or not at all.
+pub(in crate::store) async fn queue_mail_in(
+    conn: &mut SqliteConnection,
+    app_id: Uuid,
+    user_id: Uuid,
+    m: &QueuedMail,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (id, app_id, user_id, kind, payload_ct, created_at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+    )
+    .bind(m.id)
+    .bind(app_id)
+    .bind(user_id)
+    .bind(m.kind)
+    .bind(&m.payload_ct)
+    .bind(now_us())
     .execute(conn)
     .await?;
     Ok(())

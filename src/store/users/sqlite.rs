@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::store::sqlite::{
-    BEGIN, SqliteStore, USER_COLUMNS, append_in, insert_session, now_seconds, now_us, us, user_from_row,
+    BEGIN, SqliteStore, USER_COLUMNS, append_in, insert_session, now_seconds, now_us, queue_mail_in, us, user_from_row,
 };
 use crate::store::trail::record::AuditRecord;
 use crate::store::{
@@ -277,18 +277,7 @@ impl UserStore for SqliteStore {
             }
         }
         for m in &change.mail {
-            sqlx::query(
-                "INSERT INTO outbox (id, app_id, user_id, kind, payload_ct, created_at, next_attempt_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            )
-            .bind(m.id)
-            .bind(app_id)
-            .bind(user_id)
-            .bind(m.kind)
-            .bind(&m.payload_ct)
-            .bind(now_us())
-            .execute(&mut *tx)
-            .await?;
+            queue_mail_in(&mut tx, app_id, user_id, m).await?;
         }
         append_in(&mut tx, audit).await?;
         tx.commit().await?;
