@@ -365,6 +365,9 @@ impl UserSvc {
         }
         let hash = secret::digest(token);
         let ChallengeCheck::Live(user_id) = core.store.mfa_challenge(app_id, &hash).await? else {
+            let mut r = core.record(ctx, "session.sign_in_mfa", None, app_id).await;
+            r.outcome = "failed".into();
+            core.store.append_audit(&[r]).await?;
             return Err(ServiceError::InvalidMfaToken);
         };
         let code = normalise(&req.code);

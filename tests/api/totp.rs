@@ -203,7 +203,8 @@ async fn enrol_confirm_sign_in_replay_and_recovery_codes() {
 
     // The trail: each step, by factor kind, never a code.
     assert_eq!(recorded(&t, "session.sign_in_mfa", "ok").await, 3);
-    assert_eq!(recorded(&t, "session.sign_in_mfa", "failed").await, 2);
+    // The used token, the replayed code, the used recovery code.
+    assert_eq!(recorded(&t, "session.sign_in_mfa", "failed").await, 3);
     assert_eq!(recorded(&t, "mfa.recovery_code_used", "ok").await, 2);
     let has_kind = match &t.app.pool {
         Pool::Postgres(_) => "'recovery_code' = ANY(fields)",
