@@ -363,6 +363,28 @@ async fn removal_by_self_needs_a_recent_sign_in_and_by_a_supervisor_mails_a_noti
 }
 }
 
+/// `usersvc app update --mfa POLICY` on the test's application, beside the
+/// running server. On SQLite the two processes share one file: a write of
+/// the server's that holds the lock past the CLI's 5 s busy timeout (a
+/// machine whose disk is busy with other builds) makes the CLI give up with
+/// "database is locked", so that, and only that, is tried again.
+async fn set_mfa(t: &TestApp, policy: &str) {
+    for _ in 0..3 {
+        let out = usersvc()
+            .args(["app", "update", "--app", &t.app_id.to_string(), "--mfa", policy])
+            .env("DATABASE_URL", &t.db_url)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            return;
+        }
+        assert!(stderr.contains("database is locked"), "{stderr}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("usersvc app update: the database stayed locked");
+}
+
 both_stores! {
 async fn a_supervisor_without_a_second_factor_is_refused_where_the_app_requires_one() {
     let t = spawn().await;
@@ -371,12 +393,7 @@ async fn a_supervisor_without_a_second_factor_is_refused_where_the_app_requires_
     let (status, _, _) = call(&t, Method::GET, "/v2/users", Some(&boss_token), None).await;
     assert_eq!(status, StatusCode::OK, "optional by default");
 
-    let out = usersvc()
-        .args(["app", "update", "--app", &t.app_id.to_string(), "--mfa", "required-for-supervisors"])
-        .env("DATABASE_URL", &t.db_url)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    set_mfa(&t, "required-for-supervisors").await;
     assert_eq!(t.count_app("SELECT count(*) FROM audit_events WHERE app_id = $1 AND action = 'app.update'").await, 1);
     let bad = usersvc().args(["app", "update", "--app", &t.app_id.to_string(), "--mfa", "always"]).env("DATABASE_URL", &t.db_url).output().unwrap();
     assert!(!bad.status.success());
@@ -416,12 +433,7 @@ async fn a_supervisor_without_a_second_factor_is_refused_where_the_app_requires_
     let (_, second_token) = t.supervisor("deputy").await;
     let (status, _, _) = call(&t, Method::GET, "/v2/users", Some(&second_token), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let out = usersvc()
-        .args(["app", "update", "--app", &t.app_id.to_string(), "--mfa", "optional"])
-        .env("DATABASE_URL", &t.db_url)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    set_mfa(&t, "optional").await;
     let (status, _, _) = call(&t, Method::GET, "/v2/users", Some(&second_token), None).await;
     assert_eq!(status, StatusCode::OK);
 }
