@@ -305,14 +305,14 @@ impl UserSvc {
 
     /// The answer to a right password of a user with a second factor: an
     /// mfaToken and nothing else (no session, no profile). The password's
-    /// throttles are relieved as for a sign-in.
+    /// throttles are relieved as for a sign-in, and an outdated hash is
+    /// replaced as a sign-in's is.
     pub(super) async fn mfa_challenge(
         &self,
         ctx: &Ctx,
         app_id: Uuid,
         user_id: Uuid,
-        user_key: &[u8],
-        addr_key: Option<&[u8]>,
+        relief: Relief<'_>,
     ) -> ServiceResult<pb::User> {
         let core = &self.core;
         let token = secret::generate();
@@ -321,9 +321,11 @@ impl UserSvc {
         r.actor_id = Some(user_id);
         r.subject_id = Some(user_id);
         r.outcome = "mfa_required".into();
-        core.store.throttle_relieved(user_key, addr_key).await?;
+        if let Some(clear) = relief.clear {
+            core.store.throttle_relieved(clear, relief.forgive).await?;
+        }
         let hash = secret::digest(token.expose_secret());
-        core.store.create_mfa_challenge(app_id, user_id, &hash, MFA_TOKEN_LIFETIME, &r).await?;
+        core.store.create_mfa_challenge(app_id, user_id, &hash, MFA_TOKEN_LIFETIME, relief.rehash, &r).await?;
         tracing::info!(%app_id, users_id = %user_id, "password right; second factor asked for");
         Ok(pb::User { mfa_required: true, mfa_token: token.expose_secret().to_owned(), ..Default::default() })
     }

@@ -561,20 +561,6 @@ impl UserSvc {
                 return Err(ServiceError::BadCredentials);
             }
         };
-        // A user with a second factor gets an mfaToken and nothing else.
-        if core.store.has_second_factor(app_id, user_id).await? {
-            return self.mfa_challenge(ctx, app_id, user_id, &user_key, addr_key.as_deref()).await;
-        }
-        // The reply discloses the profile: it is opened first, so that the
-        // session's record names the fields it carries.
-        let rec = core.store.get_user(app_id, user_id).await?.ok_or(ServiceError::BadCredentials)?;
-        let mut out = core.open_user(&rec).await?;
-        let (token, session) = core.auth.new_session();
-        let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
-        r.actor = "user".into();
-        r.actor_id = Some(user_id);
-        r.subject_id = Some(user_id);
-        r.fields = profile::field_names(&out);
         // An imported hash (bcrypt, PBKDF2...) or one made at older
         // parameters is replaced now, while the password is at hand.
         let old = phc.filter(|h| crate::auth::schemes::outdated(h));
@@ -588,6 +574,21 @@ impl UserSvc {
             None => None,
         };
         let rehash = old.as_deref().zip(new.as_deref()).map(|(old, new)| Rehash { old, new });
+        // A user with a second factor gets an mfaToken and nothing else.
+        if core.store.has_second_factor(app_id, user_id).await? {
+            let relief = Relief { clear: Some(&user_key), forgive: addr_key.as_deref(), rehash };
+            return self.mfa_challenge(ctx, app_id, user_id, relief).await;
+        }
+        // The reply discloses the profile: it is opened first, so that the
+        // session's record names the fields it carries.
+        let rec = core.store.get_user(app_id, user_id).await?.ok_or(ServiceError::BadCredentials)?;
+        let mut out = core.open_user(&rec).await?;
+        let (token, session) = core.auth.new_session();
+        let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
+        r.actor = "user".into();
+        r.actor_id = Some(user_id);
+        r.subject_id = Some(user_id);
+        r.fields = profile::field_names(&out);
         let relief = Relief { clear: Some(&user_key), forgive: addr_key.as_deref(), rehash };
         core.store.create_session(app_id, user_id, session, relief, &r).await?;
         tracing::info!(%app_id, users_id = %user_id, "signed in");

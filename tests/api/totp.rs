@@ -273,6 +273,15 @@ async fn wrong_codes_are_throttled_and_tokens_expire() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    // An imported hash (bcrypt) is replaced at the password step, as a
+    // sign-in without a second factor replaces it.
+    let imported = bcrypt::hash(PASSWORD, 4).unwrap();
+    let sql = format!("UPDATE users SET password_hash = '{imported}' WHERE app_id = $1 AND id = $2");
+    assert!(t.exec2(&sql, app, uuid::Uuid::parse_str(&id).unwrap()).await);
+    assert_eq!(sign_in(&t, "bo").await["mfaRequired"], true);
+    let argon = "SELECT count(*) FROM users WHERE id = $1 AND password_hash LIKE '$argon2id$%'";
+    assert_eq!(t.count(argon, &id).await, 1);
 }
 }
 

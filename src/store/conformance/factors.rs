@@ -53,19 +53,28 @@ pub async fn second_factors_are_pending_then_confirmed_and_used_once(u: &Under) 
     assert!(!s.use_recovery_code(other.app.id, user, &hashes[4]).await.unwrap());
     assert_eq!(s.recovery_codes_left(app, user).await.unwrap(), 9);
 
-    // mfaTokens: live, scoped, used once, expiring.
-    s.create_mfa_challenge(app, user, b"tok-1", Duration::from_secs(300), &audit("session.sign_in")).await.unwrap();
+    // mfaTokens: live, scoped, used once, expiring; an outdated hash the
+    // password step checked is replaced with the token's row, if unchanged.
+    let rehash = Rehash { old: "hash-1", new: "hash-new" };
+    let lifetime = Duration::from_secs(300);
+    s.create_mfa_challenge(app, user, b"tok-1", lifetime, Some(rehash), &audit("session.sign_in")).await.unwrap();
+    assert_eq!(s.credentials(app, b"ada").await.unwrap().unwrap().password_hash, "hash-new");
+    let stale = Rehash { old: "hash-1", new: "hash-other" };
+    s.create_mfa_challenge(app, user, b"tok-0", lifetime, Some(stale), &audit("session.sign_in")).await.unwrap();
+    assert_eq!(s.credentials(app, b"ada").await.unwrap().unwrap().password_hash, "hash-new", "changed meanwhile");
     assert_eq!(s.mfa_challenge(app, b"tok-1").await.unwrap(), ChallengeCheck::Live(user));
     assert_eq!(s.mfa_challenge(other.app.id, b"tok-1").await.unwrap(), ChallengeCheck::Gone);
     assert!(!s.consume_mfa_challenge(other.app.id, b"tok-1").await.unwrap());
     assert!(s.consume_mfa_challenge(app, b"tok-1").await.unwrap());
     assert!(!s.consume_mfa_challenge(app, b"tok-1").await.unwrap());
     assert_eq!(s.mfa_challenge(app, b"tok-1").await.unwrap(), ChallengeCheck::Gone);
-    s.create_mfa_challenge(app, user, b"tok-2", Duration::ZERO, &audit("session.sign_in")).await.unwrap();
+    s.create_mfa_challenge(app, user, b"tok-2", Duration::ZERO, None, &audit("session.sign_in")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(s.mfa_challenge(app, b"tok-2").await.unwrap(), ChallengeCheck::Gone, "expired");
     assert!(s.sweep().await.unwrap() >= 1, "the sweep takes expired tokens");
-    s.create_mfa_challenge(app, user, b"tok-3", Duration::from_secs(300), &audit("session.sign_in")).await.unwrap();
+    s.create_mfa_challenge(app, user, b"tok-3", Duration::from_secs(300), None, &audit("session.sign_in"))
+        .await
+        .unwrap();
 
     // Removal: the factor, its codes and open tokens go, the notice is queued.
     let notice = QueuedMail { id: Uuid::now_v7(), kind: MFA_REMOVED, payload_ct: b"to".to_vec() };
@@ -88,7 +97,9 @@ pub async fn second_factors_are_pending_then_confirmed_and_used_once(u: &Under) 
     assert!(!s.set_mfa_policy(Uuid::now_v7(), MfaPolicy::Optional, &audit("app.update")).await.unwrap());
 
     // Deleting the user takes everything of theirs.
-    s.create_mfa_challenge(app, user, b"tok-4", Duration::from_secs(300), &audit("session.sign_in")).await.unwrap();
+    s.create_mfa_challenge(app, user, b"tok-4", Duration::from_secs(300), None, &audit("session.sign_in"))
+        .await
+        .unwrap();
     assert!(s.delete_user(app, user, &audit("user.delete")).await.unwrap());
     assert!(s.totp_factor(app, user).await.unwrap().is_none());
     assert_eq!(s.mfa_challenge(app, b"tok-4").await.unwrap(), ChallengeCheck::Gone);

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::store::trail::record::AuditRecord;
-use crate::store::{QueuedMail, Result};
+use crate::store::{QueuedMail, Rehash, Result};
 
 /// The outbox kind (and template name) of the notice of a removed factor.
 pub const MFA_REMOVED: &str = "mfa_removed";
@@ -117,13 +117,16 @@ pub trait FactorStore: Send + Sync {
         audit: &AuditRecord,
     ) -> Result<bool>;
 
-    /// Stores an mfaToken's digest for `lifetime`, with the sign-in's record.
+    /// Stores an mfaToken's digest for `lifetime`, with the sign-in's record;
+    /// and replaces the password hash the sign-in checked, if outdated (as
+    /// starting a session does, see [`Rehash`]), in the same transaction.
     async fn create_mfa_challenge(
         &self,
         app_id: Uuid,
         user_id: Uuid,
         token_hash: &[u8],
         lifetime: std::time::Duration,
+        rehash: Option<Rehash<'_>>,
         audit: &AuditRecord,
     ) -> Result<()>;
 

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::store::postgres::PgStore;
 use crate::store::trail::postgres::{self as pg_audit};
 use crate::store::trail::record::AuditRecord;
-use crate::store::{ChallengeCheck, FactorStore, MfaPolicy, QueuedMail, Result, TotpFactor};
+use crate::store::{ChallengeCheck, FactorStore, MfaPolicy, QueuedMail, Rehash, Result, TotpFactor};
 
 #[async_trait]
 impl FactorStore for PgStore {
@@ -185,6 +185,7 @@ impl FactorStore for PgStore {
         user_id: Uuid,
         token_hash: &[u8],
         lifetime: std::time::Duration,
+        rehash: Option<Rehash<'_>>,
         audit: &AuditRecord,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
@@ -198,6 +199,15 @@ impl FactorStore for PgStore {
         .bind(lifetime.as_secs_f64())
         .execute(&mut *tx)
         .await?;
+        if let Some(r) = rehash {
+            sqlx::query("UPDATE users SET password_hash = $3 WHERE app_id = $1 AND id = $2 AND password_hash = $4")
+                .bind(app_id)
+                .bind(user_id)
+                .bind(r.new)
+                .bind(r.old)
+                .execute(&mut *tx)
+                .await?;
+        }
         pg_audit::append(&mut *tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(())

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::store::sqlite::{BEGIN, SqliteStore, append_in, later, now_us, queue_mail_in};
 use crate::store::trail::record::AuditRecord;
-use crate::store::{ChallengeCheck, FactorStore, MfaPolicy, QueuedMail, Result, TotpFactor};
+use crate::store::{ChallengeCheck, FactorStore, MfaPolicy, QueuedMail, Rehash, Result, TotpFactor};
 
 #[async_trait]
 impl FactorStore for SqliteStore {
@@ -178,6 +178,7 @@ impl FactorStore for SqliteStore {
         user_id: Uuid,
         token_hash: &[u8],
         lifetime: std::time::Duration,
+        rehash: Option<Rehash<'_>>,
         audit: &AuditRecord,
     ) -> Result<()> {
         let mut tx = self.pool.begin_with(BEGIN).await?;
@@ -191,6 +192,15 @@ impl FactorStore for SqliteStore {
         .bind(later(now_us(), lifetime))
         .execute(&mut *tx)
         .await?;
+        if let Some(r) = rehash {
+            sqlx::query("UPDATE users SET password_hash = ?3 WHERE app_id = ?1 AND id = ?2 AND password_hash = ?4")
+                .bind(app_id)
+                .bind(user_id)
+                .bind(r.new)
+                .bind(r.old)
+                .execute(&mut *tx)
+                .await?;
+        }
         append_in(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(())
