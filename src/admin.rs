@@ -17,7 +17,9 @@ use crate::audit::{
 use crate::auth::{caller::SERVICE_ROLES, secret};
 use crate::crypto::{Keyring, MasterKey, keyring};
 use crate::service::{export::Exporter, profile};
-use crate::store::{App, AuditFilter, NewServiceToken, SealedUser, Store, TokenRevocation, UserListFilter, VerifyMode};
+use crate::store::{
+    App, AuditFilter, MfaPolicy, NewServiceToken, SealedUser, Store, TokenRevocation, UserListFilter, VerifyMode,
+};
 
 pub struct Admin {
     pub store: Arc<dyn Store>,
@@ -115,6 +117,18 @@ impl Admin {
         let mut record = cli_record("app.update", Some(app_id));
         record.fields = vec!["verify_email".into()];
         if !self.store.set_verify_email_mode(app_id, mode, &record).await? {
+            anyhow::bail!("no application {app_id}");
+        }
+        Ok(())
+    }
+
+    /// Sets whether the application's supervisors must have a second factor
+    /// (recorded as `app.update`, field `mfa`); fails when there is no such
+    /// application.
+    pub async fn set_mfa_policy(&self, app_id: Uuid, policy: MfaPolicy) -> anyhow::Result<()> {
+        let mut record = cli_record("app.update", Some(app_id));
+        record.fields = vec!["mfa".into()];
+        if !self.store.set_mfa_policy(app_id, policy, &record).await? {
             anyhow::bail!("no application {app_id}");
         }
         Ok(())

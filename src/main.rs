@@ -157,6 +157,11 @@ enum AppCommand {
         /// Needed with --webauthn-rp-id.
         #[arg(long)]
         webauthn_origin: Vec<String>,
+        /// Whether supervisors must have a second factor (TOTP or a
+        /// passkey) to act as supervisors: `required-for-supervisors` or
+        /// `optional` (the default of a new application).
+        #[arg(long, value_parser = ["required-for-supervisors", "optional"])]
+        mfa: Option<String>,
         #[command(flatten)]
         db: DatabaseArgs,
         #[command(flatten)]
@@ -468,10 +473,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{out}");
         }
         Command::App {
-            command: AppCommand::Update { app, verify_email, webauthn_rp_id, webauthn_origin, db, keys },
+            command: AppCommand::Update { app, verify_email, webauthn_rp_id, webauthn_origin, mfa, db, keys },
         } => {
-            if verify_email.is_none() && webauthn_rp_id.is_none() {
-                anyhow::bail!("nothing to change: give a setting (--verify-email, --webauthn-rp-id)");
+            if verify_email.is_none() && webauthn_rp_id.is_none() && mfa.is_none() {
+                anyhow::bail!("nothing to change: give a setting (--verify-email, --mfa, --webauthn-rp-id)");
             }
             if webauthn_rp_id.is_none() && !webauthn_origin.is_empty() {
                 anyhow::bail!("--webauthn-origin needs --webauthn-rp-id");
@@ -486,6 +491,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 admin.set_webauthn(app, &rp_id, &webauthn_origin).await?;
                 out["webauthnRpId"] = rp_id.into();
                 out["webauthnOrigins"] = webauthn_origin.into();
+            }
+            if let Some(mfa) = mfa {
+                let policy = usersvc::store::MfaPolicy::parse(&mfa).ok_or_else(|| anyhow::anyhow!("--mfa {mfa}?"))?;
+                admin.set_mfa_policy(app, policy).await?;
+                out["mfa"] = policy.as_str().into();
             }
             println!("{out}");
         }

@@ -29,7 +29,8 @@ pub fn is_json_value(m: &MessageDescriptor) -> bool {
 
 /// Output-only fields of `User` (proto names): the server manages them, and
 /// a request that sends them back (as old clients do) has them ignored.
-pub const USER_OUTPUT_ONLY: &[&str] = &["users_id", "created_at", "updated_at", "session_token"];
+pub const USER_OUTPUT_ONLY: &[&str] =
+    &["users_id", "created_at", "updated_at", "session_token", "mfa_required", "mfa_token"];
 /// Members that deployed Catalyze clients send in request bodies and the
 /// server manages or does not use (the iOS SDK's `save` sends back every
 /// property it holds; its sign-up sends `inviteCode`): accepted and ignored

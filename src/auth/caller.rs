@@ -15,7 +15,7 @@ use tonic::metadata::MetadataMap;
 use uuid::Uuid;
 
 use super::secret;
-use crate::store::{NewSession, SessionLookup, Store, StoreError};
+use crate::store::{MfaPolicy, NewSession, SessionLookup, Store, StoreError};
 
 pub const API_KEY_HEADER: &str = "x-api-key";
 pub const AUTHORIZATION_HEADER: &str = "authorization";
@@ -63,6 +63,10 @@ pub struct SessionUser {
     /// When a user's session signed in (proved the password); none for a
     /// service.
     pub signed_in_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// A supervisor whose application requires supervisors to have a
+    /// second factor, and who has none: `supervisor` is false meanwhile,
+    /// and what only a supervisor may do is refused as `mfa_required`.
+    pub mfa_pending: bool,
 }
 
 impl SessionUser {
@@ -179,16 +183,32 @@ impl Authenticator {
         let found =
             self.store.lookup_session(app_id, &hash, self.policy.idle_timeout, self.policy.touch_after()).await?;
         match found {
-            SessionLookup::Live(s) => Ok(SessionUser {
-                user_id: s.user_id,
-                session_id: s.session_id,
-                supervisor: s.supervisor,
-                kind: Principal::User,
-                signed_in_at: Some(s.signed_in_at),
-            }),
+            SessionLookup::Live(s) => {
+                // The one place supervisor rights are granted to a user.
+                let mfa_pending = s.supervisor && self.supervisor_lacks_factor(app_id, s.user_id).await?;
+                Ok(SessionUser {
+                    user_id: s.user_id,
+                    session_id: s.session_id,
+                    supervisor: s.supervisor && !mfa_pending,
+                    kind: Principal::User,
+                    signed_in_at: Some(s.signed_in_at),
+                    mfa_pending,
+                })
+            }
             SessionLookup::Expired => Err(AuthError::ExpiredToken),
             SessionLookup::Unknown => self.service(app_id, &hash).await,
         }
+    }
+
+    /// Whether the application requires its supervisors to have a second
+    /// factor and this one has none: read from the database on each call
+    /// (of a supervisor only), so a policy set or a factor added on one
+    /// replica holds on every other at once.
+    async fn supervisor_lacks_factor(&self, app_id: Uuid, user_id: Uuid) -> Result<bool, AuthError> {
+        if self.store.mfa_policy(app_id).await? != MfaPolicy::RequiredForSupervisors {
+            return Ok(false);
+        }
+        Ok(!self.store.has_second_factor(app_id, user_id).await?)
     }
 
     async fn service(&self, app_id: Uuid, hash: &[u8]) -> Result<SessionUser, AuthError> {
@@ -200,6 +220,7 @@ impl Authenticator {
                 supervisor: t.role == "supervisor",
                 kind: Principal::Service,
                 signed_in_at: None,
+                mfa_pending: false,
             }),
             _ => Err(AuthError::InvalidToken),
         }

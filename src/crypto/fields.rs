@@ -26,3 +26,6 @@ pub const VERIFY_MAIL_FIELD: &str = "verify_mail";
 pub fn seal_reset_token(sealer: &Sealer, outbox_id: Uuid, token: &str) -> Vec<u8> {
     sealer.seal(outbox_id, RESET_TOKEN_FIELD, token.as_bytes())
 }
+
+/// A user's TOTP secret, sealed to the user's row.
+pub const TOTP_SECRET_FIELD: &str = "totp_secret";

@@ -7,6 +7,7 @@
 pub mod error;
 mod groups;
 pub mod json;
+mod mfa;
 pub mod openapi;
 mod paging;
 mod passkeys;

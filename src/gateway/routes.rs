@@ -9,7 +9,7 @@ use axum::{
     routing::{MethodFilter, MethodRouter, on},
 };
 
-use super::{Gateway, groups, openapi, passkeys, reset, users, verification};
+use super::{Gateway, groups, mfa, openapi, passkeys, reset, users, verification};
 
 /// Who may call an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +162,9 @@ const UPDATE_USER_EXAMPLE: &str = CREATE_USER_EXAMPLE;
 
 const FORGOT_USERNAME_EXAMPLE: &str = r#"{"email": "bobby@example.com"}"#;
 const SIGN_IN_EXAMPLE: &str = r#"{"username": "username", "password": "correct horse battery"}"#;
+const SIGN_IN_MFA_EXAMPLE: &str = r#"{"mfaToken": "mfa token of the sign-in", "code": "123456"}"#;
+const ENROL_TOTP_EXAMPLE: &str = r#"{}"#;
+const CONFIRM_TOTP_EXAMPLE: &str = r#"{"code": "123456"}"#;
 const GROUP_EXAMPLE: &str = r#"{"name": "A Really Cool Group", "default": false}"#;
 
 const fn op(method: Method, operation_id: &'static str, summary: &'static str, handler: Handler) -> Op {
@@ -352,12 +355,73 @@ pub const ROUTES: &[Route] = &[
                           and an inactive account all answer 401 alike. After 5 failures for one username each \
                           further attempt waits longer (1 s, 2 s, 4 s ... up to 15 min): 429 with `Retry-After`. \
                           Where the application's `--verify-email` is `required`, the right password of a user \
-                          whose primary address is not verified answers 403 `email_unverified`, and nothing else.",
+                          whose primary address is not verified answers 403 `email_unverified`, and nothing else. \
+                          A user with a second factor (TOTP) gets, for the right password, only \
+                          `{\"mfaRequired\": true, \"mfaToken\": \"...\"}` (no `sessionToken`, no profile): the \
+                          sign-in is finished by `POST /v2/auth/signin/mfa`.",
             auth: Auth::Key,
             body: Body::Json { schema: "SignInRequest", example: Some(SIGN_IN_EXAMPLE) },
             reply: Reply::Message("User"),
             errors: &[400, 401, 403, 413, 415, 429, 503],
             ..op(Method::Post, "signIn", "Sign in", |m| on(m, users::sign_in))
+        }],
+    },
+    Route {
+        path: "/v2/auth/signin/mfa",
+        tag: "auth",
+        ops: &[Op {
+            description: "The second step of a sign-in that answered `{\"mfaRequired\": true, \"mfaToken\": \"...\"}` \
+                          (a user with a second factor): the `mfaToken` (5 minutes, once) and a `code`: the six \
+                          digits of the authenticator app (each usable once) or one of the recovery codes (each \
+                          once). The reply is a sign-in's: the user with a new `sessionToken`. An unknown, used or \
+                          expired token answers 401 `invalid_mfa_token` (sign in again); a wrong code 401 \
+                          `invalid_code`, and wrong codes are throttled as passwords are (429 `throttled` with \
+                          `Retry-After`).",
+            auth: Auth::Key,
+            body: Body::Json { schema: "SignInMfaRequest", example: Some(SIGN_IN_MFA_EXAMPLE) },
+            reply: Reply::Message("User"),
+            errors: &[400, 401, 413, 415, 429, 503],
+            ..op(Method::Post, "signInMfa", "Finish a sign-in with a second factor", |m| on(m, mfa::sign_in))
+        }],
+    },
+    Route {
+        path: "/v2/users/{usersId}/mfa/totp",
+        tag: "users",
+        ops: &[
+            Op {
+                description: "Starts a TOTP (RFC 6238) enrolment of the caller's own record: the reply's \
+                              `otpauthUri` (SHA-1, 6 digits, 30 s) and `qrCode` (an SVG data URI of it) go to an \
+                              authenticator app; nothing changes at sign-in until it is confirmed. A new enrolment \
+                              replaces one still pending; while one is active, 409 `mfa_already_enrolled` (remove \
+                              it first). Needs a session signed in within `--privileged-session-max-age` or \
+                              `currentPassword` (403 `reauthentication_required`, `invalid_current_password`).",
+                body: Body::Json { schema: "EnrolTotpRequest", example: Some(ENROL_TOTP_EXAMPLE) },
+                reply: Reply::Message("EnrolTotpResponse"),
+                errors: &[400, 401, 403, 404, 409, 413, 415, 429, 503],
+                ..op(Method::Post, "enrolTotp", "Enrol an authenticator app (TOTP)", |m| on(m, mfa::enrol))
+            },
+            Op {
+                description: "Removes the user's TOTP factor (active or pending) and recovery codes; a notice is \
+                              mailed to their primary address. The user themselves with a session signed in within \
+                              `--privileged-session-max-age` (else 403 `reauthentication_required`: sign in \
+                              again), or a supervisor. 404 when there is none.",
+                errors: &[400, 401, 403, 404, 503],
+                ..op(Method::Delete, "removeTotp", "Remove the authenticator app (TOTP)", |m| on(m, mfa::remove))
+            },
+        ],
+    },
+    Route {
+        path: "/v2/users/{usersId}/mfa/totp/confirm",
+        tag: "users",
+        ops: &[Op {
+            description: "Activates the pending enrolment with a `code` of the authenticator app and answers ten \
+                          single-use `recoveryCodes`, shown only here. From then on a sign-in asks for a code. The \
+                          caller's own record. A wrong code: 401 `invalid_code` (throttled as passwords are); \
+                          no pending enrolment: 404.",
+            body: Body::Json { schema: "ConfirmTotpRequest", example: Some(CONFIRM_TOTP_EXAMPLE) },
+            reply: Reply::Message("ConfirmTotpResponse"),
+            errors: &[400, 401, 403, 404, 413, 415, 429, 503],
+            ..op(Method::Post, "confirmTotp", "Confirm the authenticator app (TOTP)", |m| on(m, mfa::confirm))
         }],
     },
     Route {

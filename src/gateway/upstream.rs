@@ -76,6 +76,10 @@ upstream!(UserService, UserServiceClient, "usersvc.v1.UserService", {
     finish_passkey_sign_in(pb::FinishPasskeySignInRequest) -> pb::User = "FinishPasskeySignIn";
     send_verification(pb::SendVerificationRequest) -> Empty = "SendVerification";
     verify_email(pb::VerifyEmailRequest) -> Empty = "VerifyEmail";
+    enrol_totp(pb::EnrolTotpRequest) -> pb::EnrolTotpResponse = "EnrolTotp";
+    confirm_totp(pb::ConfirmTotpRequest) -> pb::ConfirmTotpResponse = "ConfirmTotp";
+    remove_totp(pb::RemoveTotpRequest) -> Empty = "RemoveTotp";
+    sign_in_mfa(pb::SignInMfaRequest) -> pb::User = "SignInMfa";
 });
 
 upstream!(GroupService, GroupServiceClient, "usersvc.v1.GroupService", {

@@ -22,8 +22,8 @@ use crate::crypto::Keyring;
 use crate::crypto::fields::{NOTICE_TO_FIELD, PROFILE_FIELD, RESET_TOKEN_FIELD, USERNAME_FIELD, VERIFY_MAIL_FIELD};
 use crate::pb;
 use crate::store::{
-    AuditRecord, EMAIL_CHANGED, MailRequest, OutboxMessage, PASSWORD_CHANGED, RecipientLimit, Store, VERIFY_EMAIL,
-    VERIFY_LIFETIME, VerifyMailPayload,
+    AuditRecord, EMAIL_CHANGED, MFA_REMOVED, MailRequest, OutboxMessage, PASSWORD_CHANGED, RecipientLimit, Store,
+    VERIFY_EMAIL, VERIFY_LIFETIME, VerifyMailPayload,
 };
 pub use templates::Templates;
 
@@ -232,7 +232,7 @@ impl Mailer {
             let to = payload.to.clone();
             verify = Some(payload);
             Some(to)
-        } else if m.kind == PASSWORD_CHANGED || m.kind == EMAIL_CHANGED {
+        } else if m.kind == PASSWORD_CHANGED || m.kind == EMAIL_CHANGED || m.kind == MFA_REMOVED {
             // To the address the user had when it changed: after an email
             // change it is no longer in the profile, and it is the owner's.
             let Some(ct) = &m.payload_ct else {

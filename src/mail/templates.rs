@@ -2,7 +2,7 @@
 //! in a folder (`DIR/{appId}/NAME` before `DIR/NAME` before the default),
 //! where NAME is `{kind}.subject`, `{kind}.txt` or `{kind}.html` (kinds:
 //! `username_reminder`, `password_reset`, `password_changed`,
-//! `email_changed`, `verify_email`) and
+//! `email_changed`, `verify_email`, `mfa_removed`) and
 //! `{{app_name}}`, `{{username}}`, `{{reset_link}}`, `{{expires_minutes}}`,
 //! `{{verify_link}}`, `{{expires_hours}}` are filled in (HTML-escaped in
 //! `.html`).
@@ -27,6 +27,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("verify_email.subject", include_str!("../../templates/mail/verify_email.subject")),
     ("verify_email.txt", include_str!("../../templates/mail/verify_email.txt")),
     ("verify_email.html", include_str!("../../templates/mail/verify_email.html")),
+    ("mfa_removed.subject", include_str!("../../templates/mail/mfa_removed.subject")),
+    ("mfa_removed.txt", include_str!("../../templates/mail/mfa_removed.txt")),
+    ("mfa_removed.html", include_str!("../../templates/mail/mfa_removed.html")),
 ];
 
 #[derive(Debug, Clone, Default)]

@@ -36,6 +36,19 @@ pub enum ServiceError {
     /// The current password sent to prove an old session is not right.
     #[error("the current password is not right")]
     WrongCurrentPassword,
+    /// A supervisor of an application whose supervisors must have a second
+    /// factor, without one: only their own record until they enrol.
+    #[error("supervisors of this application need a second factor: enrol one (POST /v2/users/{{usersId}}/mfa/totp)")]
+    MfaRequired,
+    /// A wrong, malformed or already used second-factor code.
+    #[error("the code is not right")]
+    InvalidCode,
+    /// An mfaToken that is unknown, used or past its 5 minutes.
+    #[error("the sign-in has expired or was finished; sign in again")]
+    InvalidMfaToken,
+    /// A TOTP enrolment while a confirmed factor is there.
+    #[error("a second factor is already active: remove it first")]
+    MfaAlreadyEnrolled,
     #[error("{0} not found")]
     NotFound(&'static str),
     /// Another user's record, or no record: a plain user is told the same
@@ -111,6 +124,10 @@ impl From<ServiceError> for Status {
             ServiceError::WrongCurrentPassword => (Code::PermissionDenied, "INVALID_CURRENT_PASSWORD"),
             ServiceError::EmailUnverified => (Code::PermissionDenied, "EMAIL_UNVERIFIED"),
             ServiceError::AlreadyVerified => (Code::AlreadyExists, "ALREADY_VERIFIED"),
+            ServiceError::MfaRequired => (Code::PermissionDenied, "MFA_REQUIRED"),
+            ServiceError::InvalidCode => (Code::Unauthenticated, "INVALID_CODE"),
+            ServiceError::InvalidMfaToken => (Code::Unauthenticated, "INVALID_MFA_TOKEN"),
+            ServiceError::MfaAlreadyEnrolled => (Code::AlreadyExists, "MFA_ALREADY_ENROLLED"),
             ServiceError::NotFound(_) | ServiceError::Hidden { .. } => (Code::NotFound, "NOT_FOUND"),
             ServiceError::Invalid { .. } => (Code::InvalidArgument, "INVALID_FIELD"),
             ServiceError::UsernameTaken => (Code::AlreadyExists, "USERNAME_TAKEN"),

@@ -29,6 +29,9 @@ impl GroupSvc {
     /// A supervisor's call.
     async fn supervisor(&self, ctx: &Ctx) -> ServiceResult<Caller> {
         let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
+        if me.mfa_pending {
+            return Err(ServiceError::MfaRequired);
+        }
         if !me.supervisor {
             return Err(ServiceError::Forbidden("only a supervisor may manage groups"));
         }

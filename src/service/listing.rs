@@ -20,6 +20,9 @@ impl UserSvc {
     ) -> ServiceResult<pb::ListUsersResponse> {
         let core = &self.core;
         let (caller, me) = core.auth.signed_in(&ctx.md).await?;
+        if me.mfa_pending {
+            return Err(ServiceError::MfaRequired);
+        }
         if !me.supervisor {
             return Err(ServiceError::Forbidden("only a supervisor may list users"));
         }

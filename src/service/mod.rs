@@ -8,6 +8,7 @@ pub mod export;
 pub mod field_mask;
 mod groups;
 mod listing;
+mod mfa;
 pub mod mrns;
 mod paging;
 pub mod passkeys;

@@ -206,7 +206,7 @@ impl UserSvc {
     /// The caller's own record, for a registration: a user's session (not
     /// a service token), on their own id, signed in recently (adding a way
     /// in is as sensitive as changing the password).
-    async fn own_record(&self, ctx: &Ctx, users_id: &str) -> ServiceResult<(Caller, SessionUser)> {
+    async fn own_passkey_record(&self, ctx: &Ctx, users_id: &str) -> ServiceResult<(Caller, SessionUser)> {
         let (caller, me) = self.core.auth.signed_in(&ctx.md).await?;
         let id = validate::id(users_id, "users_id")?;
         if me.is_service() || id != me.user_id {
@@ -237,7 +237,7 @@ impl UserSvc {
         ctx: &Ctx,
         req: pb::StartPasskeyRegistrationRequest,
     ) -> ServiceResult<pb::PasskeyCeremony> {
-        let (caller, me) = self.own_record(ctx, &req.users_id).await?;
+        let (caller, me) = self.own_passkey_record(ctx, &req.users_id).await?;
         let app_id = caller.app_id;
         let webauthn = self.webauthn(app_id).await?;
         let username = self.username_of(app_id, me.user_id).await?;
@@ -264,7 +264,7 @@ impl UserSvc {
         ctx: &Ctx,
         req: pb::FinishPasskeyRegistrationRequest,
     ) -> ServiceResult<pb::Passkey> {
-        let (caller, me) = self.own_record(ctx, &req.users_id).await?;
+        let (caller, me) = self.own_passkey_record(ctx, &req.users_id).await?;
         let app_id = caller.app_id;
         let webauthn = self.webauthn(app_id).await?;
         let name = req.name.trim();

@@ -107,7 +107,7 @@ impl UserSvc {
             // Another user's session is as good as absent to a non-supervisor.
             let owner = core.store.session_owner(caller.app_id, sid).await?.ok_or(ServiceError::NotFound("session"))?;
             if owner != me.user_id && !me.supervisor {
-                return Err(ServiceError::NotFound("session"));
+                return Err(if me.mfa_pending { ServiceError::MfaRequired } else { ServiceError::NotFound("session") });
             }
             (owner, Some(sid))
         };

@@ -73,6 +73,9 @@ impl UserSvc {
         if me.user_id == target || me.supervisor {
             return Ok(());
         }
+        if me.mfa_pending {
+            return Err(ServiceError::MfaRequired);
+        }
         let exists = self.core.store.get_user(app_id, target).await?.is_some();
         Err(ServiceError::Hidden { exists })
     }
@@ -111,6 +114,7 @@ impl UserSvc {
             ServiceError::Forbidden(_)
             | ServiceError::Hidden { exists: true }
             | ServiceError::ReauthenticationRequired
+            | ServiceError::MfaRequired
             | ServiceError::WrongCurrentPassword => "denied",
             ServiceError::NotFound(_) | ServiceError::Hidden { exists: false } => "not_found",
             _ => return,
@@ -127,7 +131,7 @@ impl UserSvc {
     /// password. That is checked as a sign-in's is, counted against the same
     /// throttles (the username's and the address's), so that a stolen token
     /// is no way round them to guess it.
-    async fn reauthenticate(
+    pub(super) async fn reauthenticate(
         &self,
         ctx: &Ctx,
         app_id: Uuid,
@@ -175,6 +179,9 @@ impl UserSvc {
     async fn create(&self, ctx: &Ctx, req: pb::CreateUserRequest) -> ServiceResult<pb::User> {
         let core = &self.core;
         let caller = core.auth.maybe_signed_in(&ctx.md).await?;
+        if caller.user.is_some_and(|u| u.mfa_pending) {
+            return Err(ServiceError::MfaRequired);
+        }
         let mut user = req.user.unwrap_or_default();
         validate::username(&user.username)?;
         validate::password(&user.password, core.min_password_chars)?;
@@ -584,17 +591,9 @@ impl UserSvc {
             }
         };
         let rec = core.store.get_user(app_id, user_id).await?.ok_or(ServiceError::BadCredentials)?;
-        // Only now that the password checked out (no oracle for a wrong one).
+        // Only now that the password checked out (no oracle for a wrong one),
+        // and before a second factor is asked for.
         self.check_verified_sign_in(ctx, &rec).await?;
-        // The reply discloses the profile: it is opened first, so that the
-        // session's record names the fields it carries.
-        let mut out = core.open_user(&rec).await?;
-        let (token, session) = core.auth.new_session();
-        let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
-        r.actor = "user".into();
-        r.actor_id = Some(user_id);
-        r.subject_id = Some(user_id);
-        r.fields = profile::field_names(&out);
         // An imported hash (bcrypt, PBKDF2...) or one made at older
         // parameters is replaced now, while the password is at hand.
         let old = phc.filter(|h| crate::auth::schemes::outdated(h));
@@ -608,6 +607,20 @@ impl UserSvc {
             None => None,
         };
         let rehash = old.as_deref().zip(new.as_deref()).map(|(old, new)| Rehash { old, new });
+        // A user with a second factor gets an mfaToken and nothing else.
+        if core.store.has_second_factor(app_id, user_id).await? {
+            let relief = Relief { clear: Some(&user_key), forgive: addr_key.as_deref(), rehash };
+            return self.mfa_challenge(ctx, app_id, user_id, relief).await;
+        }
+        // The reply discloses the profile: it is opened first, so that the
+        // session's record names the fields it carries.
+        let mut out = core.open_user(&rec).await?;
+        let (token, session) = core.auth.new_session();
+        let mut r = core.record(ctx, "session.sign_in", None, app_id).await;
+        r.actor = "user".into();
+        r.actor_id = Some(user_id);
+        r.subject_id = Some(user_id);
+        r.fields = profile::field_names(&out);
         let relief = Relief { clear: Some(&user_key), forgive: addr_key.as_deref(), rehash };
         core.store.create_session(app_id, user_id, session, relief, &r).await?;
         tracing::info!(%app_id, users_id = %user_id, "signed in");
@@ -889,5 +902,32 @@ impl UserService for UserSvc {
         let (ctx, req) = Ctx::split(request);
         UserSvc::verify_email(self, &ctx, req).await?;
         Ok(Response::new(Empty {}))
+    }
+
+    async fn enrol_totp(
+        &self,
+        request: Request<pb::EnrolTotpRequest>,
+    ) -> Result<Response<pb::EnrolTotpResponse>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::enrol_totp(self, &ctx, req).await?))
+    }
+
+    async fn confirm_totp(
+        &self,
+        request: Request<pb::ConfirmTotpRequest>,
+    ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::confirm_totp(self, &ctx, req).await?))
+    }
+
+    async fn remove_totp(&self, request: Request<pb::RemoveTotpRequest>) -> Result<Response<Empty>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        UserSvc::remove_totp(self, &ctx, req).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn sign_in_mfa(&self, request: Request<pb::SignInMfaRequest>) -> Result<Response<pb::User>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::sign_in_mfa(self, &ctx, req).await?))
     }
 }

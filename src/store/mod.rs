@@ -17,6 +17,7 @@ pub mod auth_cache;
 pub mod backend;
 #[cfg(test)]
 mod conformance;
+pub mod factors;
 pub mod groups;
 pub mod outbox;
 pub mod passkeys;
@@ -33,6 +34,7 @@ pub mod verifications;
 use async_trait::async_trait;
 
 pub use apps::*;
+pub use factors::*;
 pub use groups::*;
 pub use outbox::*;
 pub use passkeys::*;
@@ -157,6 +159,7 @@ pub trait Store:
     + TrailStore
     + PasskeyStore
     + VerificationStore
+    + FactorStore
     + Send
     + Sync
     + 'static

@@ -30,6 +30,7 @@ mod service_tokens;
 mod smtp_sink;
 mod telemetry;
 mod tls;
+mod totp;
 mod trail;
 mod upgrades;
 mod usernames;

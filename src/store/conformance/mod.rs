@@ -21,6 +21,8 @@ mod verifications;
 use cases::*;
 use passkeys::*;
 use verifications::*;
+mod factors;
+use factors::*;
 
 /// The database under a store, for the tests' own reads and writes.
 pub enum Db {
@@ -316,4 +318,5 @@ contract!(
     passkeys_ceremonies_and_counters,
     verification_links_are_bound_to_the_address,
     resends_count_per_recipient_and_reset_mail_waits_for_verification,
+    second_factors_are_pending_then_confirmed_and_used_once,
 );

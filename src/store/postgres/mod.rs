@@ -244,6 +244,9 @@ impl Store for PgStore {
                  SELECT ctid FROM mail_quotas WHERE window_start < now() - interval '1 day'
                  ORDER BY window_start LIMIT $1))
              AND window_start < now() - interval '1 day'",
+            "DELETE FROM mfa_challenges WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM mfa_challenges WHERE expires_at < now() ORDER BY expires_at LIMIT $1))
+             AND expires_at < now()",
         ] {
             loop {
                 let done = sqlx::query(sql).bind(SWEEP_BATCH).execute(&self.pool).await?.rows_affected();

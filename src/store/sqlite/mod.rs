@@ -24,7 +24,9 @@ use sqlx::{
 use uuid::Uuid;
 
 use crate::store::trail::record::{self as audit, AuditRecord, StoredAudit};
-use crate::store::{NewSession, OutboxMessage, Result, SWEEP_BATCH, Store, StoreError, StoredKey, UserRecord};
+use crate::store::{
+    NewSession, OutboxMessage, QueuedMail, Result, SWEEP_BATCH, Store, StoreError, StoredKey, UserRecord,
+};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -171,6 +173,29 @@ pub(in crate::store) async fn insert_session(
     Ok(())
 }
 
+/// Queues a message for a user inside the caller's transaction: it goes
+/// with the change it tells of, or not at all.
+pub(in crate::store) async fn queue_mail_in(
+    conn: &mut SqliteConnection,
+    app_id: Uuid,
+    user_id: Uuid,
+    m: &QueuedMail,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (id, app_id, user_id, kind, payload_ct, created_at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+    )
+    .bind(m.id)
+    .bind(app_id)
+    .bind(user_id)
+    .bind(m.kind)
+    .bind(&m.payload_ct)
+    .bind(now_us())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Appends to the trail inside the caller's transaction: the records commit
 /// or vanish with the change they describe. The transaction holds the write
 /// lock (BEGIN IMMEDIATE), so the last hash read here is still the last one
@@ -292,6 +317,8 @@ impl Store for SqliteStore {
                  ORDER BY last_failure LIMIT ?3)",
             "DELETE FROM mail_quotas WHERE rowid IN (SELECT rowid FROM mail_quotas
                  WHERE window_start < ?2 ORDER BY window_start LIMIT ?3)",
+            "DELETE FROM mfa_challenges
+             WHERE rowid IN (SELECT rowid FROM mfa_challenges WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?3)",
         ] {
             loop {
                 // A statement without ?2 ignores the second value.

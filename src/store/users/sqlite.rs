@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::store::sqlite::{
-    BEGIN, SqliteStore, USER_COLUMNS, append_in, insert_session, now_seconds, now_us, us, user_from_row,
+    BEGIN, SqliteStore, USER_COLUMNS, append_in, insert_session, now_seconds, now_us, queue_mail_in, us, user_from_row,
 };
 use crate::store::trail::record::AuditRecord;
 use crate::store::{
@@ -101,7 +101,9 @@ impl UserStore for SqliteStore {
         if let Some(s) = &session {
             insert_session(&mut tx, user.app_id, user.id, s).await?;
         }
-        queue_mail(&mut tx, user.app_id, user.id, mail).await?;
+        for m in mail {
+            queue_mail_in(&mut tx, user.app_id, user.id, m).await?;
+        }
         append_in(&mut tx, audit).await?;
         tx.commit().await?;
         user_from_row(&row).map(Some)
@@ -279,7 +281,9 @@ impl UserStore for SqliteStore {
                 sqlx::query(void).bind(app_id).bind(user_id).execute(&mut *tx).await?;
             }
         }
-        queue_mail(&mut tx, app_id, user_id, &change.mail).await?;
+        for m in &change.mail {
+            queue_mail_in(&mut tx, app_id, user_id, m).await?;
+        }
         append_in(&mut tx, audit).await?;
         tx.commit().await?;
         user_from_row(&row).map(Some)
@@ -406,30 +410,6 @@ async fn insert_mrns(
             .bind(b)
             .execute(&mut *conn)
             .await?;
-    }
-    Ok(())
-}
-
-/// Queues mail for a user in the transaction of a change to them.
-pub(in crate::store) async fn queue_mail(
-    tx: &mut sqlx::SqliteConnection,
-    app_id: Uuid,
-    user_id: Uuid,
-    mail: &[QueuedMail],
-) -> Result<()> {
-    for m in mail {
-        sqlx::query(
-            "INSERT INTO outbox (id, app_id, user_id, kind, payload_ct, created_at, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-        )
-        .bind(m.id)
-        .bind(app_id)
-        .bind(user_id)
-        .bind(m.kind)
-        .bind(&m.payload_ct)
-        .bind(now_us())
-        .execute(&mut *tx)
-        .await?;
     }
     Ok(())
 }

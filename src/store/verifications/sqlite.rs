@@ -10,7 +10,6 @@ use super::{Resend, VerificationStore, VerifyCheck, outcome_record};
 use crate::store::outbox::sqlite::count_mail;
 use crate::store::sqlite::{BEGIN, SqliteStore, append_in, now_us, us};
 use crate::store::trail::record::AuditRecord;
-use crate::store::users::sqlite::queue_mail;
 use crate::store::{QueuedMail, RecipientLimit, Result, VerifyMode};
 
 #[async_trait]
@@ -95,7 +94,7 @@ impl VerificationStore for SqliteStore {
             audit.outcome = "throttled".into();
             Resend::Limited
         } else {
-            queue_mail(&mut tx, app_id, user_id, std::slice::from_ref(mail)).await?;
+            crate::store::sqlite::queue_mail_in(&mut tx, app_id, user_id, mail).await?;
             Resend::Queued
         };
         append_in(&mut tx, std::slice::from_ref(&audit)).await?;

@@ -1,0 +1,60 @@
+//! `/v2/users/{usersId}/mfa/totp` and `/v2/auth/signin/mfa`: the second
+//! factor, each route one `UserService` call (the rules are the service's).
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::HeaderMap,
+};
+
+use super::json::{self, Mode};
+use super::users::reply_user;
+use super::{ApiResult, CallMeta, Gateway, reply};
+use crate::pb;
+
+/// The path names the user; a `usersId` in the body is ignored.
+const PATH_ONLY: &[&str] = &["users_id"];
+
+/// `POST /v2/users/{usersId}/mfa/totp` `{"currentPassword"?}`.
+pub async fn enrol(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(users_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let mut req: pb::EnrolTotpRequest =
+        json::parse(&headers, &body, "EnrolTotpRequest", PATH_ONLY, Mode::Whole)?.message;
+    req.users_id = users_id;
+    let out = gw.users.enrol_totp(meta.request(req)).await?;
+    Ok(reply(out.get_ref()))
+}
+
+/// `POST /v2/users/{usersId}/mfa/totp/confirm` `{"code"}`.
+pub async fn confirm(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(users_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let mut req: pb::ConfirmTotpRequest =
+        json::parse(&headers, &body, "ConfirmTotpRequest", PATH_ONLY, Mode::Whole)?.message;
+    req.users_id = users_id;
+    let out = gw.users.confirm_totp(meta.request(req)).await?;
+    Ok(reply(out.get_ref()))
+}
+
+/// `DELETE /v2/users/{usersId}/mfa/totp`.
+pub async fn remove(State(gw): State<Gateway>, meta: CallMeta, Path(users_id): Path<String>) -> ApiResult {
+    let req = pb::RemoveTotpRequest { users_id, current_password: String::new() };
+    let out = gw.users.remove_totp(meta.request(req)).await?;
+    Ok(reply(out.get_ref()))
+}
+
+/// `POST /v2/auth/signin/mfa` `{"mfaToken", "code"}`: the reply of a sign-in.
+pub async fn sign_in(State(gw): State<Gateway>, meta: CallMeta, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let req: pb::SignInMfaRequest = json::parse(&headers, &body, "SignInMfaRequest", &[], Mode::Whole)?.message;
+    let out = gw.users.sign_in_mfa(meta.request(req)).await?;
+    Ok(reply_user(out.get_ref()))
+}

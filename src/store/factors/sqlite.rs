@@ -1,0 +1,256 @@
+//! Second factors on SQLite.
+
+use async_trait::async_trait;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::store::sqlite::{BEGIN, SqliteStore, append_in, later, now_us, queue_mail_in};
+use crate::store::trail::record::AuditRecord;
+use crate::store::{ChallengeCheck, FactorStore, MfaPolicy, QueuedMail, Rehash, Result, TotpFactor};
+
+#[async_trait]
+impl FactorStore for SqliteStore {
+    async fn has_second_factor(&self, app_id: Uuid, user_id: Uuid) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM totp_factors
+                            WHERE app_id = ?1 AND user_id = ?2 AND confirmed_at IS NOT NULL)",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn put_pending_totp(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        secret_ct: &[u8],
+        audit: &AuditRecord,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let stored = sqlx::query(
+            "INSERT INTO totp_factors (app_id, user_id, secret_ct, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (app_id, user_id) DO UPDATE
+                 SET secret_ct = excluded.secret_ct, created_at = excluded.created_at, last_step = NULL
+                 WHERE totp_factors.confirmed_at IS NULL",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .bind(secret_ct)
+        .bind(now_us())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !stored {
+            return Ok(false);
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn totp_factor(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<TotpFactor>> {
+        let row = sqlx::query(
+            "SELECT secret_ct, confirmed_at IS NOT NULL AS confirmed FROM totp_factors
+             WHERE app_id = ?1 AND user_id = ?2",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok(TotpFactor { secret_ct: r.try_get("secret_ct")?, confirmed: r.try_get("confirmed")? }))
+            .transpose()
+    }
+
+    async fn confirm_totp(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        step: i64,
+        recovery_hashes: &[Vec<u8>],
+        audit: &AuditRecord,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let confirmed = sqlx::query(
+            "UPDATE totp_factors SET confirmed_at = ?4, last_step = ?3
+             WHERE app_id = ?1 AND user_id = ?2 AND confirmed_at IS NULL",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .bind(step)
+        .bind(now_us())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !confirmed {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM recovery_codes WHERE app_id = ?1 AND user_id = ?2")
+            .bind(app_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        for hash in recovery_hashes {
+            sqlx::query("INSERT OR IGNORE INTO recovery_codes (app_id, user_id, code_hash) VALUES (?1, ?2, ?3)")
+                .bind(app_id)
+                .bind(user_id)
+                .bind(hash)
+                .execute(&mut *tx)
+                .await?;
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn accept_totp_step(&self, app_id: Uuid, user_id: Uuid, step: i64) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE totp_factors SET last_step = ?3
+             WHERE app_id = ?1 AND user_id = ?2 AND confirmed_at IS NOT NULL
+               AND (last_step IS NULL OR last_step < ?3)",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .bind(step)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    async fn use_recovery_code(&self, app_id: Uuid, user_id: Uuid, code_hash: &[u8]) -> Result<bool> {
+        Ok(sqlx::query("DELETE FROM recovery_codes WHERE app_id = ?1 AND user_id = ?2 AND code_hash = ?3")
+            .bind(app_id)
+            .bind(user_id)
+            .bind(code_hash)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1)
+    }
+
+    async fn recovery_codes_left(&self, app_id: Uuid, user_id: Uuid) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM recovery_codes WHERE app_id = ?1 AND user_id = ?2")
+            .bind(app_id)
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn remove_totp(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        notice: Option<&QueuedMail>,
+        audit: &AuditRecord,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let removed = sqlx::query("DELETE FROM totp_factors WHERE app_id = ?1 AND user_id = ?2")
+            .bind(app_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !removed {
+            return Ok(false);
+        }
+        for sql in [
+            "DELETE FROM recovery_codes WHERE app_id = ?1 AND user_id = ?2",
+            "DELETE FROM mfa_challenges WHERE app_id = ?1 AND user_id = ?2",
+        ] {
+            sqlx::query(sql).bind(app_id).bind(user_id).execute(&mut *tx).await?;
+        }
+        if let Some(m) = notice {
+            queue_mail_in(&mut tx, app_id, user_id, m).await?;
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn create_mfa_challenge(
+        &self,
+        app_id: Uuid,
+        user_id: Uuid,
+        token_hash: &[u8],
+        lifetime: std::time::Duration,
+        rehash: Option<Rehash<'_>>,
+        audit: &AuditRecord,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        sqlx::query(
+            "INSERT INTO mfa_challenges (token_hash, app_id, user_id, expires_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(token_hash)
+        .bind(app_id)
+        .bind(user_id)
+        .bind(later(now_us(), lifetime))
+        .execute(&mut *tx)
+        .await?;
+        if let Some(r) = rehash {
+            sqlx::query("UPDATE users SET password_hash = ?3 WHERE app_id = ?1 AND id = ?2 AND password_hash = ?4")
+                .bind(app_id)
+                .bind(user_id)
+                .bind(r.new)
+                .bind(r.old)
+                .execute(&mut *tx)
+                .await?;
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn mfa_challenge(&self, app_id: Uuid, token_hash: &[u8]) -> Result<ChallengeCheck> {
+        let user: Option<Uuid> = sqlx::query_scalar(
+            "SELECT user_id FROM mfa_challenges WHERE token_hash = ?1 AND app_id = ?2 AND expires_at > ?3",
+        )
+        .bind(token_hash)
+        .bind(app_id)
+        .bind(now_us())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(user.map_or(ChallengeCheck::Gone, ChallengeCheck::Live))
+    }
+
+    async fn consume_mfa_challenge(&self, app_id: Uuid, token_hash: &[u8]) -> Result<bool> {
+        Ok(sqlx::query("DELETE FROM mfa_challenges WHERE token_hash = ?1 AND app_id = ?2 AND expires_at > ?3")
+            .bind(token_hash)
+            .bind(app_id)
+            .bind(now_us())
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1)
+    }
+
+    async fn mfa_policy(&self, app_id: Uuid) -> Result<MfaPolicy> {
+        let policy: Option<String> = sqlx::query_scalar("SELECT mfa_policy FROM applications WHERE id = ?1")
+            .bind(app_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(policy.as_deref().and_then(MfaPolicy::parse).unwrap_or_default())
+    }
+
+    async fn set_mfa_policy(&self, app_id: Uuid, policy: MfaPolicy, audit: &AuditRecord) -> Result<bool> {
+        let mut tx = self.pool.begin_with(BEGIN).await?;
+        let set = sqlx::query("UPDATE applications SET mfa_policy = ?2 WHERE id = ?1")
+            .bind(app_id)
+            .bind(policy.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !set {
+            return Ok(false);
+        }
+        append_in(&mut tx, std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
