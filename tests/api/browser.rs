@@ -6,6 +6,8 @@
 //!   `fetch` and the Catalyze headers, through CORS preflights.
 //! - A passkey registered and used to sign in, with chromedriver's virtual
 //!   authenticator (the W3C WebAuthn WebDriver extension).
+//! - A TOTP enrolment from a web app: its QR code drawn as an image, then a
+//!   sign-in finished with the second factor.
 //!
 //! Ignored by plain `cargo test`: it needs `chromium` and `chromedriver`.
 //! `.ci/run` installs them and runs `cargo test --test api browser -- --ignored`;
@@ -609,4 +611,85 @@ async fn passkey_registered_and_signed_in_with_chromiums_virtual_authenticator()
     let trail = String::from_utf8(trail).unwrap();
     assert!(trail.contains("\"passkey.registered\""), "{trail}");
     assert!(trail.lines().any(|l| l.contains("\"session.sign_in\"") && l.contains("method:passkey")), "{trail}");
+}
+
+/// What the TOTP page runs, in two parts. The first signs up, enrols and
+/// shows the QR code as an image; the second (given the code the test
+/// computed from the secret) confirms, then signs in with the password and
+/// a recovery code, each reported.
+const TOTP_ENROL: &str = r#"
+const [base, key, name, done] = arguments;
+const call = async (method, path, token, body) => {
+  const headers = { 'X-Api-Key': 'browser clinic ' + key, 'Content-Type': 'application/json' };
+  if (token) headers['Authorization'] = 'Bearer ' + token;
+  const r = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  return { status: r.status, body: await r.json() };
+};
+(async () => {
+  const out = {};
+  out.signUp = await call('POST', '/v2/users', null, { username: name, password: 'correct horse battery' });
+  const id = out.signUp.body.usersId, token = out.signUp.body.sessionToken;
+  out.enrol = await call('POST', '/v2/users/' + id + '/mfa/totp', token);
+  const img = document.createElement('img');
+  document.body.appendChild(img);
+  await new Promise((ok, fail) => { img.onload = ok; img.onerror = () => fail(new Error('the QR code did not load')); img.src = out.enrol.body.qrCode; });
+  out.qr = { width: img.naturalWidth, height: img.naturalHeight };
+  out.id = id; out.token = token;
+  done(out);
+})().catch(e => done({ failed: String(e) }));
+"#;
+
+const TOTP_SIGN_IN: &str = r#"
+const [base, key, name, id, token, code, done] = arguments;
+const call = async (method, path, token, body) => {
+  const headers = { 'X-Api-Key': 'browser clinic ' + key, 'Content-Type': 'application/json' };
+  if (token) headers['Authorization'] = 'Bearer ' + token;
+  const r = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  return { status: r.status, body: await r.json() };
+};
+(async () => {
+  const out = {};
+  out.confirm = await call('POST', '/v2/users/' + id + '/mfa/totp/confirm', token, { code });
+  out.signIn = await call('POST', '/v2/auth/signin', null, { username: name, password: 'correct horse battery' });
+  out.second = await call('POST', '/v2/auth/signin/mfa', null, { mfaToken: out.signIn.body.mfaToken, code: out.confirm.body.recoveryCodes[0] });
+  out.verify = await call('GET', '/v2/auth/verify', out.second.body.sessionToken);
+  done(out);
+})().catch(e => done({ failed: String(e) }));
+"#;
+
+#[tokio::test]
+#[ignore = "needs chromium and chromedriver; .ci/run installs them"]
+async fn totp_enrolment_in_a_web_app_shows_its_qr_code_and_ends_in_a_second_factor_sign_in() {
+    let (page_port, page_task) = web_app_server().await;
+    let origin = format!("http://127.0.0.1:{page_port}");
+    let t = spawn_alone(|a| a.gateway.cors_origins = vec![origin.clone()]).await;
+    let base = format!("http://{}", t.app.http_addr);
+
+    let http = reqwest::Client::new();
+    let driver = Chromedriver::start(&http).await;
+    let browser = Browser::open(&http, &driver, true).await;
+    browser.goto(&format!("{origin}/security.html")).await;
+    let out = browser.run_async(TOTP_ENROL, json!([base, t.api_key, "web.clinician"])).await;
+    assert!(out["failed"].is_null(), "the enrolment failed: {out}");
+    assert_eq!(out["enrol"]["status"], 200, "{out}");
+    // The browser drew the QR code the reply carries: a square image.
+    let (w, h) = (out["qr"]["width"].as_u64().unwrap_or(0), out["qr"]["height"].as_u64().unwrap_or(0));
+    assert!(w >= 21 && w == h, "the QR code rendered as {w}x{h}: {out}");
+    let uri = out["enrol"]["body"]["otpauthUri"].as_str().unwrap_or_else(|| panic!("{out}"));
+    let code = crate::totp::code_at(&crate::totp::secret_of(uri), crate::totp::now());
+
+    let (id, token) = (out["id"].clone(), out["token"].clone());
+    let out = browser.run_async(TOTP_SIGN_IN, json!([base, t.api_key, "web.clinician", id, token, code])).await;
+    assert!(out["failed"].is_null(), "the sign-in failed: {out}");
+    assert_eq!(out["confirm"]["status"], 200, "{out}");
+    assert_eq!(out["confirm"]["body"]["recoveryCodes"].as_array().map(Vec::len), Some(10), "{out}");
+    assert_eq!(out["signIn"]["status"], 200, "{out}");
+    assert_eq!(out["signIn"]["body"]["mfaRequired"], true, "{out}");
+    assert!(out["signIn"]["body"].get("sessionToken").is_none(), "no session before the second factor: {out}");
+    assert_eq!(out["second"]["status"], 200, "{out}");
+    assert_eq!(out["verify"]["status"], 200, "{out}");
+    assert_eq!(out["verify"]["body"]["userId"], id, "{out}");
+    browser.quit().await;
+    drop(driver);
+    page_task.abort();
 }

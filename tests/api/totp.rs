@@ -33,7 +33,7 @@ fn base32(text: &str) -> Vec<u8> {
 }
 
 /// The secret of an otpauth URI.
-fn secret_of(uri: &str) -> Vec<u8> {
+pub(crate) fn secret_of(uri: &str) -> Vec<u8> {
     assert!(uri.starts_with("otpauth://totp/"), "{uri}");
     let query = uri.split_once('?').expect("a query").1;
     let secret = query.split('&').find_map(|p| p.strip_prefix("secret=")).expect("secret=");
@@ -41,7 +41,7 @@ fn secret_of(uri: &str) -> Vec<u8> {
 }
 
 /// RFC 6238 (SHA-1, 6 digits, 30 s) at `unix` seconds.
-fn code_at(secret: &[u8], unix: u64) -> String {
+pub(crate) fn code_at(secret: &[u8], unix: u64) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
     let mac = ring::hmac::sign(&key, &(unix / 30).to_be_bytes());
     let mac = mac.as_ref();
@@ -50,7 +50,7 @@ fn code_at(secret: &[u8], unix: u64) -> String {
     format!("{:06}", value % 1_000_000)
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
