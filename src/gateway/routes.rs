@@ -357,7 +357,7 @@ pub const ROUTES: &[Route] = &[
                           further attempt waits longer (1 s, 2 s, 4 s ... up to 15 min): 429 with `Retry-After`. \
                           Where the application's `--verify-email` is `required`, the right password of a user \
                           whose primary address is not verified answers 403 `email_unverified`, and nothing else. \
-                          A user with a second factor (TOTP) gets, for the right password, only \
+                          A user with a second factor (TOTP or a passkey) gets, for the right password, only \
                           `{\"mfaRequired\": true, \"mfaToken\": \"...\"}` (no `sessionToken`, no profile): the \
                           sign-in is finished by `POST /v2/auth/signin/mfa`.",
             auth: Auth::Key,
@@ -731,11 +731,13 @@ pub const ROUTES: &[Route] = &[
                           An unknown credential, one that does not verify, one whose signature counter went \
                           backwards (a cloned authenticator; recorded as `passkey.counter_regressed`) and an \
                           inactive user all answer 401 `invalid_credentials`; throttled as a password sign-in \
-                          (429 with `Retry-After`). A bad `ceremonyId` or a malformed credential is a 400.",
+                          (429 with `Retry-After`). A bad `ceremonyId` or a malformed credential is a 400. Where \
+                          the application's `--verify-email` is `required`, a good assertion of a user whose \
+                          primary address is not verified answers 403 `email_unverified`, and nothing else.",
             auth: Auth::Key,
             body: Body::Json { schema: "PasskeySignIn", example: None },
             reply: Reply::Message("User"),
-            errors: &[400, 401, 409, 413, 415, 429, 503],
+            errors: &[400, 401, 403, 409, 413, 415, 429, 503],
             ..op(Method::Post, "finishPasskeySignIn", "Sign in with a passkey", |m| on(m, passkeys::sign_in))
         }],
     },

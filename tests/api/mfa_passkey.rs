@@ -207,7 +207,7 @@ both_stores!(
         let mut auth = authenticator();
         register(&t, &mut auth, &id, &token).await;
         let mut users = t.users().await;
-        let sign_in = pb::SignInRequest { username: "grace".into(), password: PASSWORD.into(), ..Default::default() };
+        let sign_in = pb::SignInRequest { username: "grace".into(), password: PASSWORD.into() };
         let first = users.sign_in(t.req(sign_in, None)).await.unwrap().into_inner();
         assert!(first.mfa_required && !first.mfa_token.is_empty() && first.session_token.is_empty());
 
