@@ -8,6 +8,7 @@ use axum::{
 };
 
 use super::json::{self, Mode};
+use super::passkeys;
 use super::users::reply_user;
 use super::{ApiResult, CallMeta, Gateway, reply};
 use crate::pb;
@@ -52,9 +53,23 @@ pub async fn remove(State(gw): State<Gateway>, meta: CallMeta, Path(users_id): P
     Ok(reply(out.get_ref()))
 }
 
-/// `POST /v2/auth/signin/mfa` `{"mfaToken", "code"}`: the reply of a sign-in.
+/// `POST /v2/auth/signin/mfa` `{"mfaToken", "code"}` or `{"mfaToken",
+/// "ceremonyId", "credential"}` (a passkey): the reply of a sign-in.
 pub async fn sign_in(State(gw): State<Gateway>, meta: CallMeta, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let req: pb::SignInMfaRequest = json::parse(&headers, &body, "SignInMfaRequest", &[], Mode::Whole)?.message;
-    let out = gw.users.sign_in_mfa(meta.request(req)).await?;
+    let (mut req, credential): (pb::SignInMfaRequest, _) =
+        passkeys::credential_body(&headers, &body, "SignInMfaRequest")?;
+    if let Some(c) = credential {
+        req.credential_json = c;
+    }
+    let out = gw.users.sign_in_mfa(meta.request(req)).await.map_err(|s| passkeys::credential_field(s.into()))?;
     Ok(reply_user(out.get_ref()))
+}
+
+/// `POST /v2/auth/signin/mfa/passkey/options` `{"mfaToken"}`: the options
+/// of a passkey as the second factor, with `ceremonyId`.
+pub async fn passkey_options(State(gw): State<Gateway>, meta: CallMeta, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let req: pb::StartMfaPasskeyRequest =
+        json::parse(&headers, &body, "StartMfaPasskeyRequest", &[], Mode::Whole)?.message;
+    let out = gw.users.start_mfa_passkey(meta.request(req)).await?;
+    passkeys::options_reply(out.get_ref())
 }

@@ -379,7 +379,8 @@ fn local_schemas() -> Map<String, Value> {
                                     address and the user's is not; said only for the right password), \
                                     `already_verified` (409: a verification link asked for a verified address), \
                                     `throttled`, `unavailable`, `overloaded`, `timeout`, \
-                                    `invalid_code` (401: a wrong or used second-factor code), `invalid_mfa_token` \
+                                    `invalid_code` (401: a wrong or used second-factor code, or a passkey assertion that \
+                                    does not verify as one), `invalid_mfa_token` \
                                     (401: the sign-in's `mfaToken` is unknown, used or expired), \
                                     `mfa_already_enrolled` (409), `mfa_required` (403: a supervisor of an application \
                                     that requires a second factor of supervisors has none yet), ... (the gRPC \

@@ -21,7 +21,7 @@ const CREDENTIAL: &str = "credential";
 
 /// A start's reply: the options as webauthn-rs made them
 /// (`{"publicKey": {...}}`) with `ceremonyId` beside them.
-fn options_reply(ceremony: &pb::PasskeyCeremony) -> ApiResult {
+pub(super) fn options_reply(ceremony: &pb::PasskeyCeremony) -> ApiResult {
     let mut options: Map<String, Value> = serde_json::from_str(&ceremony.options_json)
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))?;
     options.insert("ceremonyId".into(), Value::String(ceremony.ceremony_id.clone()));
@@ -31,7 +31,7 @@ fn options_reply(ceremony: &pb::PasskeyCeremony) -> ApiResult {
 /// A finish's body: `credential` (a JSON object, or the same as a string)
 /// taken out as JSON text, the rest parsed as `message` (whose
 /// `credentialJson` it fills).
-fn credential_body<T: serde::de::DeserializeOwned>(
+pub(super) fn credential_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
     message: &str,
@@ -75,7 +75,7 @@ fn credential_body<T: serde::de::DeserializeOwned>(
 
 /// The service names the credential by its proto field; the body calls it
 /// `credential`.
-fn credential_field(mut e: ApiError) -> ApiError {
+pub(super) fn credential_field(mut e: ApiError) -> ApiError {
     if e.item.field.as_deref() == Some("credentialJson") {
         e.item.field = Some(CREDENTIAL.into());
         e.item.message = e.item.message.replacen("credentialJson", CREDENTIAL, 1);
@@ -179,6 +179,26 @@ pub fn schemas() -> Map<String, Value> {
                 "ceremonyId": { "type": "string", "format": "uuid" },
                 "name": { "type": "string", "maxLength": 100, "description": "A name for the passkey (\"Passkey\" when absent)." },
                 "credential": credential("navigator.credentials.create()"),
+            },
+        }),
+    );
+    m.insert(
+        "SignInMfa".into(),
+        json!({
+            "type": "object",
+            "description": "The second step of a sign-in: the `mfaToken` and either a `code` (TOTP or recovery \
+                            code) or a passkey's `ceremonyId` and `credential`.",
+            "required": ["mfaToken"],
+            "additionalProperties": false,
+            "properties": {
+                "mfaToken": { "type": "string", "description": "The `mfaToken` of the sign-in's reply." },
+                "code": { "type": "string", "description": "Six digits of the authenticator app, or a recovery code." },
+                "ceremonyId": {
+                    "type": "string",
+                    "format": "uuid",
+                    "description": "Instead of `code`: the `ceremonyId` of `POST /v2/auth/signin/mfa/passkey/options`.",
+                },
+                "credential": credential("navigator.credentials.get()"),
             },
         }),
     );

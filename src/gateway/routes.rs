@@ -163,6 +163,7 @@ const UPDATE_USER_EXAMPLE: &str = CREATE_USER_EXAMPLE;
 const FORGOT_USERNAME_EXAMPLE: &str = r#"{"email": "bobby@example.com"}"#;
 const SIGN_IN_EXAMPLE: &str = r#"{"username": "username", "password": "correct horse battery"}"#;
 const SIGN_IN_MFA_EXAMPLE: &str = r#"{"mfaToken": "mfa token of the sign-in", "code": "123456"}"#;
+const START_MFA_PASSKEY_EXAMPLE: &str = r#"{"mfaToken": "mfa token of the sign-in"}"#;
 const ENROL_TOTP_EXAMPLE: &str = r#"{}"#;
 const CONFIRM_TOTP_EXAMPLE: &str = r#"{"code": "123456"}"#;
 const GROUP_EXAMPLE: &str = r#"{"name": "A Really Cool Group", "default": false}"#;
@@ -356,7 +357,7 @@ pub const ROUTES: &[Route] = &[
                           further attempt waits longer (1 s, 2 s, 4 s ... up to 15 min): 429 with `Retry-After`. \
                           Where the application's `--verify-email` is `required`, the right password of a user \
                           whose primary address is not verified answers 403 `email_unverified`, and nothing else. \
-                          A user with a second factor (TOTP) gets, for the right password, only \
+                          A user with a second factor (TOTP or a passkey) gets, for the right password, only \
                           `{\"mfaRequired\": true, \"mfaToken\": \"...\"}` (no `sessionToken`, no profile): the \
                           sign-in is finished by `POST /v2/auth/signin/mfa`.",
             auth: Auth::Key,
@@ -376,12 +377,34 @@ pub const ROUTES: &[Route] = &[
                           once). The reply is a sign-in's: the user with a new `sessionToken`. An unknown, used or \
                           expired token answers 401 `invalid_mfa_token` (sign in again); a wrong code 401 \
                           `invalid_code`, and wrong codes are throttled as passwords are (429 `throttled` with \
-                          `Retry-After`).",
+                          `Retry-After`). Instead of a `code`, a user with a passkey may send the `ceremonyId` of \
+                          `POST /v2/auth/signin/mfa/passkey/options` and the browser's `credential`: an assertion \
+                          that does not verify (another user's passkey, a wrong signature) is a wrong code (401 \
+                          `invalid_code`, throttled alike); a malformed `credential` or a bad `ceremonyId` a 400 \
+                          naming it; both `code` and `credential`, or neither, a 400.",
             auth: Auth::Key,
-            body: Body::Json { schema: "SignInMfaRequest", example: Some(SIGN_IN_MFA_EXAMPLE) },
+            body: Body::Json { schema: "SignInMfa", example: Some(SIGN_IN_MFA_EXAMPLE) },
             reply: Reply::Message("User"),
             errors: &[400, 401, 413, 415, 429, 503],
             ..op(Method::Post, "signInMfa", "Finish a sign-in with a second factor", |m| on(m, mfa::sign_in))
+        }],
+    },
+    Route {
+        path: "/v2/auth/signin/mfa/passkey/options",
+        tag: "auth",
+        ops: &[Op {
+            description: "For the second step of a sign-in, with a passkey instead of a code: the options for \
+                          `navigator.credentials.get()`, limited to the passkeys of the `mfaToken`'s user, and the \
+                          `ceremonyId` that `POST /v2/auth/signin/mfa` takes with the `credential`. The token is \
+                          not used up. An unknown, used or expired token answers 401 `invalid_mfa_token`; an \
+                          application without a relying party 400 `passkeys_not_configured`.",
+            auth: Auth::Key,
+            body: Body::Json { schema: "StartMfaPasskeyRequest", example: Some(START_MFA_PASSKEY_EXAMPLE) },
+            reply: Reply::Message("PasskeyOptions"),
+            errors: &[400, 401, 413, 415, 503],
+            ..op(Method::Post, "startMfaPasskey", "Start a passkey as the second factor", |m| {
+                on(m, mfa::passkey_options)
+            })
         }],
     },
     Route {
@@ -708,11 +731,13 @@ pub const ROUTES: &[Route] = &[
                           An unknown credential, one that does not verify, one whose signature counter went \
                           backwards (a cloned authenticator; recorded as `passkey.counter_regressed`) and an \
                           inactive user all answer 401 `invalid_credentials`; throttled as a password sign-in \
-                          (429 with `Retry-After`). A bad `ceremonyId` or a malformed credential is a 400.",
+                          (429 with `Retry-After`). A bad `ceremonyId` or a malformed credential is a 400. Where \
+                          the application's `--verify-email` is `required`, a good assertion of a user whose \
+                          primary address is not verified answers 403 `email_unverified`, and nothing else.",
             auth: Auth::Key,
             body: Body::Json { schema: "PasskeySignIn", example: None },
             reply: Reply::Message("User"),
-            errors: &[400, 401, 409, 413, 415, 429, 503],
+            errors: &[400, 401, 403, 409, 413, 415, 429, 503],
             ..op(Method::Post, "finishPasskeySignIn", "Sign in with a passkey", |m| on(m, passkeys::sign_in))
         }],
     },

@@ -80,6 +80,7 @@ upstream!(UserService, UserServiceClient, "usersvc.v1.UserService", {
     confirm_totp(pb::ConfirmTotpRequest) -> pb::ConfirmTotpResponse = "ConfirmTotp";
     remove_totp(pb::RemoveTotpRequest) -> Empty = "RemoveTotp";
     sign_in_mfa(pb::SignInMfaRequest) -> pb::User = "SignInMfa";
+    start_mfa_passkey(pb::StartMfaPasskeyRequest) -> pb::PasskeyCeremony = "StartMfaPasskey";
 });
 
 upstream!(GroupService, GroupServiceClient, "usersvc.v1.GroupService", {

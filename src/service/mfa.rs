@@ -51,13 +51,15 @@ const SECRET_BYTES: usize = 20;
 const STEP_SECONDS: u64 = 30;
 const DIGITS: u8 = 6;
 /// The longest code or token looked at; anything longer is refused unread.
-const MAX_CODE_CHARS: usize = 64;
+pub(super) const MAX_CODE_CHARS: usize = 64;
 
-/// What a second-factor code turned out to be.
+/// What a second factor turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Factor {
+pub(super) enum Factor {
     Totp,
     RecoveryCode,
+    /// A passkey's assertion (`mfa_passkey.rs`).
+    Passkey,
 }
 
 impl Factor {
@@ -66,6 +68,7 @@ impl Factor {
         match self {
             Factor::Totp => "totp",
             Factor::RecoveryCode => "recovery_code",
+            Factor::Passkey => "passkey",
         }
     }
 }
@@ -359,8 +362,18 @@ impl UserSvc {
         if token.is_empty() {
             return Err(ServiceError::invalid("mfa_token", "is required"));
         }
-        if req.code.trim().is_empty() {
-            return Err(ServiceError::invalid("code", "is required"));
+        // A code, or a passkey's assertion instead: one of the two.
+        let passkey = !req.credential_json.trim().is_empty() || !req.ceremony_id.trim().is_empty();
+        match (req.code.trim().is_empty(), passkey) {
+            (true, false) => return Err(ServiceError::invalid("code", "is required (or a passkey's credential)")),
+            (false, true) => {
+                return Err(ServiceError::invalid("code", "give either a code or a passkey's credential, not both"));
+            }
+            _ => {}
+        }
+        if passkey {
+            // A malformed assertion is the caller's mistake, not a wrong factor.
+            super::passkeys::check_assertion_form(&req.ceremony_id, &req.credential_json)?;
         }
         if token.len() > MAX_CODE_CHARS || req.code.chars().count() > MAX_CODE_CHARS {
             return Err(ServiceError::InvalidMfaToken);
@@ -373,7 +386,11 @@ impl UserSvc {
             return Err(ServiceError::InvalidMfaToken);
         };
         let code = normalise(&req.code);
-        let kind = if is_totp_code(&code) { Factor::Totp } else { Factor::RecoveryCode };
+        let kind = match (passkey, is_totp_code(&code)) {
+            (true, _) => Factor::Passkey,
+            (false, true) => Factor::Totp,
+            (false, false) => Factor::RecoveryCode,
+        };
         let record = |outcome: &'static str| async move {
             let mut r = core.record(ctx, "session.sign_in_mfa", None, app_id).await;
             r.subject_id = Some(user_id);
@@ -387,7 +404,11 @@ impl UserSvc {
             metrics::counter!("usersvc_throttled_total", "kind" => "mfa").increment(1);
             return Err(ServiceError::Throttled(wait));
         }
-        let Some(kind) = self.check_code(app_id, user_id, &code).await? else {
+        let checked = match kind {
+            Factor::Passkey => self.check_mfa_passkey(ctx, app_id, user_id, &req).await?,
+            _ => self.check_code(app_id, user_id, &code).await?,
+        };
+        let Some(kind) = checked else {
             core.store.throttle_failed(&keys).await?;
             core.store.append_audit(&[record("failed").await]).await?;
             metrics::counter!("usersvc_signin_failures_total").increment(1);

@@ -9,6 +9,7 @@ pub mod field_mask;
 mod groups;
 mod listing;
 mod mfa;
+mod mfa_passkey;
 pub mod mrns;
 mod paging;
 pub mod passkeys;

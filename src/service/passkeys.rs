@@ -127,6 +127,14 @@ fn parse_credential<T: for<'de> Deserialize<'de>>(json: &str) -> ServiceResult<T
     serde_json::from_str(json).map_err(|e| bad_credential(&e.to_string()))
 }
 
+/// Checks, before anything is counted or used up, that a finish names a
+/// ceremony and carries an assertion as [`UserSvc::finish_user_authentication`]
+/// reads them: INVALID_ARGUMENT naming the field otherwise.
+pub fn check_assertion_form(ceremony_id: &str, credential_json: &str) -> ServiceResult<()> {
+    validate::id(ceremony_id, "ceremony_id")?;
+    parse_credential::<PublicKeyCredential>(credential_json).map(drop)
+}
+
 impl UserSvc {
     /// The application's relying party, or PASSKEYS_NOT_CONFIGURED. Read
     /// from the store on every call, so that every replica sees a change.
@@ -557,6 +565,9 @@ impl UserSvc {
             tracing::info!(%app_id, "passkey sign-in refused");
             return Err(ServiceError::BadCredentials);
         };
+        // As a password sign-in: only once the assertion verified (no
+        // oracle for a bad one), an unverified address is refused.
+        self.check_verified_sign_in(ctx, &rec).await?;
         let mut out = core.open_user(&rec).await?;
         let (token, session) = core.auth.new_session();
         let mut r = core.record(ctx, "session.sign_in", None, app_id).await;

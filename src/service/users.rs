@@ -930,4 +930,12 @@ impl UserService for UserSvc {
         let (ctx, req) = Ctx::split(request);
         Ok(Response::new(UserSvc::sign_in_mfa(self, &ctx, req).await?))
     }
+
+    async fn start_mfa_passkey(
+        &self,
+        request: Request<pb::StartMfaPasskeyRequest>,
+    ) -> Result<Response<pb::PasskeyCeremony>, Status> {
+        let (ctx, req) = Ctx::split(request);
+        Ok(Response::new(UserSvc::start_mfa_passkey(self, &ctx, req).await?))
+    }
 }

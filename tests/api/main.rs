@@ -17,6 +17,7 @@ mod listing;
 mod mail;
 mod mail_routes;
 mod merge_patch;
+mod mfa_passkey;
 mod openapi;
 mod operations;
 mod paging;

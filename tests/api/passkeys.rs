@@ -13,9 +13,9 @@ use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 use crate::common::{self, Backend, TestApp, spawn};
 
 const RP_ID: &str = "example.org";
-const ORIGIN: &str = "https://app.example.org";
+pub(crate) const ORIGIN: &str = "https://app.example.org";
 
-async fn configure(t: &TestApp) {
+pub(crate) async fn configure(t: &TestApp) {
     common::admin(&t.app).set_webauthn(t.app_id, RP_ID, &[ORIGIN.to_owned()]).await.expect("configure passkeys");
 }
 
@@ -40,11 +40,11 @@ impl TestApp {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
-    async fn post(&self, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub(crate) async fn post(&self, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
         self.pk(reqwest::Method::POST, path, token, body).await
     }
 
-    async fn trail_of(&self) -> Vec<Value> {
+    pub(crate) async fn trail_of(&self) -> Vec<Value> {
         let mut out = Vec::new();
         let filter = AuditFilter { app_id: Some(self.app_id), ..Default::default() };
         common::admin(&self.app).list_trail(filter, &mut out).await.unwrap();
@@ -52,28 +52,33 @@ impl TestApp {
     }
 }
 
-fn reason(body: &Value) -> &str {
+pub(crate) fn reason(body: &Value) -> &str {
     body["errors"][0]["reason"].as_str().unwrap_or_default()
 }
 
-fn field(body: &Value) -> &str {
+pub(crate) fn field(body: &Value) -> &str {
     body["errors"][0]["field"].as_str().unwrap_or_default()
 }
 
 /// Splits a start's reply into its ceremony id and the options.
-fn ceremony(mut options: Value) -> (String, Value) {
+pub(crate) fn ceremony(mut options: Value) -> (String, Value) {
     let id = options.as_object_mut().unwrap().remove("ceremonyId").unwrap().as_str().unwrap().to_owned();
     (id, options)
 }
 
-fn authenticator() -> WebauthnAuthenticator<SoftPasskey> {
+pub(crate) fn authenticator() -> WebauthnAuthenticator<SoftPasskey> {
     // `true`: it claims user verification, as a platform authenticator does.
     WebauthnAuthenticator::new(SoftPasskey::new(true))
 }
 
 /// Registers a passkey for the user with the software authenticator;
 /// returns the 201 body.
-async fn register(t: &TestApp, auth: &mut WebauthnAuthenticator<SoftPasskey>, id: &str, token: &str) -> Value {
+pub(crate) async fn register(
+    t: &TestApp,
+    auth: &mut WebauthnAuthenticator<SoftPasskey>,
+    id: &str,
+    token: &str,
+) -> Value {
     let (status, options) = t.post(&format!("/v2/users/{id}/passkeys/options"), Some(token), None).await;
     assert_eq!(status, StatusCode::OK, "{options}");
     assert_eq!(options["publicKey"]["rp"]["id"], RP_ID);
@@ -92,7 +97,7 @@ async fn register(t: &TestApp, auth: &mut WebauthnAuthenticator<SoftPasskey>, id
 
 /// Starts a sign-in limited to `username`'s passkeys and answers it;
 /// returns the finish's body (not sent).
-async fn assertion(t: &TestApp, auth: &mut WebauthnAuthenticator<SoftPasskey>, username: &str) -> Value {
+pub(crate) async fn assertion(t: &TestApp, auth: &mut WebauthnAuthenticator<SoftPasskey>, username: &str) -> Value {
     let (status, options) = t.post("/v2/auth/passkey/options", None, Some(json!({ "username": username }))).await;
     assert_eq!(status, StatusCode::OK, "{options}");
     let (ceremony_id, options) = ceremony(options);

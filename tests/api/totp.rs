@@ -484,19 +484,19 @@ async fn the_same_over_grpc() {
     assert!(first.mfa_required && !first.mfa_token.is_empty());
     assert!(first.session_token.is_empty() && first.users_id.is_empty() && first.email.is_none());
     let user = users
-        .sign_in_mfa(t.req(pb::SignInMfaRequest { mfa_token: first.mfa_token.clone(), code: code_at(&secret, now() + 30) }, None))
+        .sign_in_mfa(t.req(pb::SignInMfaRequest { mfa_token: first.mfa_token.clone(), code: code_at(&secret, now() + 30), ..Default::default() }, None))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(user.users_id, id);
     assert!(!user.session_token.is_empty() && !user.mfa_required && user.mfa_token.is_empty());
     let err = users
-        .sign_in_mfa(t.req(pb::SignInMfaRequest { mfa_token: first.mfa_token, code: confirmed.recovery_codes[0].clone() }, None))
+        .sign_in_mfa(t.req(pb::SignInMfaRequest { mfa_token: first.mfa_token, code: confirmed.recovery_codes[0].clone(), ..Default::default() }, None))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "used token");
     let err = users
-        .sign_in_mfa(t.req(pb::SignInMfaRequest { mfa_token: String::new(), code: "1".into() }, None))
+        .sign_in_mfa(t.req(pb::SignInMfaRequest { mfa_token: String::new(), code: "1".into(), ..Default::default() }, None))
         .await
         .unwrap_err();
     assert_eq!((err.code(), crate::common::violation_field(&err).as_deref()), (Code::InvalidArgument, Some("mfa_token")));

@@ -51,7 +51,14 @@ pub async fn passkeys_ceremonies_and_counters(u: &Under) {
 
     // Passkeys: stored with their record, at most `max`, one credential once.
     let first = passkey(app, nu.id, "cred-1");
+    assert!(!s.has_second_factor(app, nu.id).await.unwrap());
     assert!(s.add_passkey(&first, 2, &record("passkey.registered")).await.unwrap());
+    // A passkey is a second factor while the application has a relying party.
+    assert!(s.has_second_factor(app, nu.id).await.unwrap());
+    assert!(!s.has_second_factor(other.app.id, nu.id).await.unwrap());
+    assert!(s.set_webauthn_config(app, None, &record("app.update")).await.unwrap());
+    assert!(!s.has_second_factor(app, nu.id).await.unwrap(), "no relying party: the passkey cannot be used");
+    assert!(s.set_webauthn_config(app, Some(&config), &record("app.update")).await.unwrap());
     match s.add_passkey(&passkey(app, nu.id, "cred-1"), 2, &record("passkey.registered")).await {
         Err(StoreError::Conflict(_)) => {}
         other => panic!("{other:?}"),

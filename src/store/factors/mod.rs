@@ -66,8 +66,10 @@ pub enum ChallengeCheck {
 #[async_trait]
 pub trait FactorStore: Send + Sync {
     /// The one answer to "does this user have a second factor": a confirmed
-    /// TOTP factor (a pending one is not). Another kind of factor (passkeys)
-    /// counts here too, so that sign-in and the supervisors' rule follow.
+    /// TOTP factor (a pending one is not), or a registered passkey while the
+    /// application has a relying party (without one a passkey cannot be
+    /// used, and must not lock its user out). Sign-in and the supervisors'
+    /// rule both ask here.
     async fn has_second_factor(&self, app_id: Uuid, user_id: Uuid) -> Result<bool>;
 
     /// Stores a new pending TOTP factor, replacing a pending one; false (and

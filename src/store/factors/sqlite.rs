@@ -13,7 +13,9 @@ impl FactorStore for SqliteStore {
     async fn has_second_factor(&self, app_id: Uuid, user_id: Uuid) -> Result<bool> {
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM totp_factors
-                            WHERE app_id = ?1 AND user_id = ?2 AND confirmed_at IS NOT NULL)",
+                            WHERE app_id = ?1 AND user_id = ?2 AND confirmed_at IS NOT NULL)
+                 OR EXISTS (SELECT 1 FROM passkeys p JOIN applications a ON a.id = p.app_id
+                            WHERE p.app_id = ?1 AND p.user_id = ?2 AND a.webauthn_rp_id IS NOT NULL)",
         )
         .bind(app_id)
         .bind(user_id)
