@@ -129,6 +129,13 @@ fn logs_carry_no_pii_passwords_or_tokens_at_any_level() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    // Read as it is written: trace logging fills a pipe's 64 KiB in
+    // seconds, and a server blocked writing its log answers nothing.
+    let mut stderr = server.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut logs = String::new();
+        stderr.read_to_string(&mut logs).map(|_| logs)
+    });
     let rt = tokio::runtime::Runtime::new().unwrap();
     let secrets: Vec<String> = rt.block_on(async {
         let base = format!("http://127.0.0.1:{http}");
@@ -204,9 +211,8 @@ fn logs_carry_no_pii_passwords_or_tokens_at_any_level() {
         vec![token, key.clone(), "203.0.113.77".into(), "Overlong".into(), peer]
     });
     let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
-    let mut logs = String::new();
-    server.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
     let _ = server.wait();
+    let logs = reader.join().unwrap().unwrap();
     assert!(logs.lines().count() > 50, "trace logging was on");
     assert!(logs.lines().filter(|l| l.starts_with('{')).count() > 10, "JSON lines");
     let mut needles: Vec<String> = [
