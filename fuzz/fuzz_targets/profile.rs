@@ -25,6 +25,7 @@ fn record() -> UserRecord {
         version: 1,
         created_at: Utc.with_ymd_and_hms(2013, 11, 7, 12, 0, 0).single().expect("a time"),
         updated_at: Utc.with_ymd_and_hms(2014, 1, 2, 3, 4, 5).single().expect("a time"),
+        email_verified: false,
     }
 }
 
