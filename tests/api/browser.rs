@@ -133,6 +133,16 @@ impl Drop for Browser {
 }
 
 impl Browser {
+    /// A chromedriver and its browser with JavaScript off, checked off: a
+    /// page's script does not run.
+    async fn without_script(http: &reqwest::Client) -> (Chromedriver, Self) {
+        let driver = Chromedriver::start(http).await;
+        let browser = Browser::open(http, &driver, false).await;
+        browser.goto("data:text/html,<title>script off</title><script>document.title='script on'</script>").await;
+        assert_eq!(browser.title().await, "script off");
+        (driver, browser)
+    }
+
     async fn open(http: &reqwest::Client, driver: &Chromedriver, javascript: bool) -> Self {
         let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
         assert!(
@@ -311,13 +321,9 @@ async fn reset_form_works_in_headless_chromium() {
     assert!(link.starts_with(&format!("http://{}/v2/reset/", t.app.http_addr)), "{link}");
 
     // The form, in Chromium.
+    // The page must work without JavaScript: give it none.
     let http = reqwest::Client::new();
-    let driver = Chromedriver::start(&http).await;
-    // The form must work without JavaScript: give it none.
-    let browser = Browser::open(&http, &driver, false).await;
-    // JavaScript is off indeed: a page's script does not run.
-    browser.goto("data:text/html,<title>script off</title><script>document.title='script on'</script>").await;
-    assert_eq!(browser.title().await, "script off");
+    let (driver, browser) = Browser::without_script(&http).await;
 
     browser.goto(&link).await;
     assert_eq!(browser.title().await, "Password reset");
@@ -371,11 +377,9 @@ async fn verification_page_works_in_headless_chromium() {
     let link = reset_link(&got[0].data);
     assert!(link.starts_with(&format!("http://{}/v2/verify/", t.app.http_addr)), "{link}");
 
+    // The page must work without JavaScript: give it none.
     let http = reqwest::Client::new();
-    let driver = Chromedriver::start(&http).await;
-    let browser = Browser::open(&http, &driver, false).await;
-    browser.goto("data:text/html,<title>script off</title><script>document.title='script on'</script>").await;
-    assert_eq!(browser.title().await, "script off");
+    let (_driver, browser) = Browser::without_script(&http).await;
 
     // Opening the page verifies nothing.
     browser.goto(&link).await;
@@ -490,6 +494,22 @@ async fn web_app_on_another_origin_signs_up_and_in_through_cors() {
     assert_eq!(e.code(), Code::Unauthenticated, "the refused origin's preflight stopped its sign-up");
 }
 
+/// The web app's call to the service with the Catalyze headers, for the
+/// page scripts below (they name `base` and `key` among their arguments).
+const CALL: &str = r#"
+const call = async (method, path, token, body) => {
+  const headers = { 'X-Api-Key': 'browser clinic ' + key, 'Content-Type': 'application/json' };
+  if (token) headers['Authorization'] = 'Bearer ' + token;
+  const r = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  return { status: r.status, body: await r.json() };
+};
+"#;
+
+/// A page script with [`CALL`] in front of it.
+fn with_call(script: &str) -> String {
+    format!("{CALL}{script}")
+}
+
 /// What the passkey page runs: sign-up, a passkey registered with
 /// `navigator.credentials.create`, sign-out, then a sign-in with
 /// `navigator.credentials.get` alone (no username), each reported.
@@ -497,12 +517,6 @@ const PASSKEY_CALLS: &str = r#"
 const [base, key, name, done] = arguments;
 const dec = s => Uint8Array.from(atob(s.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((s.length + 3) % 4)), c => c.charCodeAt(0));
 const enc = b => btoa(String.fromCharCode(...new Uint8Array(b))).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
-const call = async (method, path, token, body) => {
-  const headers = { 'X-Api-Key': 'browser clinic ' + key, 'Content-Type': 'application/json' };
-  if (token) headers['Authorization'] = 'Bearer ' + token;
-  const r = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  return { status: r.status, body: await r.json() };
-};
 (async () => {
   const out = {};
   const user = { username: name, password: 'correct horse battery', email: { primary: name + '@example.com' } };
@@ -575,7 +589,7 @@ async fn passkey_registered_and_signed_in_with_chromiums_virtual_authenticator()
             })),
         )
         .await;
-    let out = browser.run_async(PASSKEY_CALLS, json!([base, t.api_key, "passkey.patient"])).await;
+    let out = browser.run_async(&with_call(PASSKEY_CALLS), json!([base, t.api_key, "passkey.patient"])).await;
     assert!(out["failed"].is_null(), "the page's passkey calls failed: {out}");
     assert_eq!(out["signUp"]["status"], 200, "{out}");
     let id = out["signUp"]["body"]["usersId"].as_str().unwrap_or_else(|| panic!("{out}")).to_owned();
@@ -619,12 +633,6 @@ async fn passkey_registered_and_signed_in_with_chromiums_virtual_authenticator()
 /// a recovery code, each reported.
 const TOTP_ENROL: &str = r#"
 const [base, key, name, done] = arguments;
-const call = async (method, path, token, body) => {
-  const headers = { 'X-Api-Key': 'browser clinic ' + key, 'Content-Type': 'application/json' };
-  if (token) headers['Authorization'] = 'Bearer ' + token;
-  const r = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  return { status: r.status, body: await r.json() };
-};
 (async () => {
   const out = {};
   out.signUp = await call('POST', '/v2/users', null, { username: name, password: 'correct horse battery' });
@@ -641,12 +649,6 @@ const call = async (method, path, token, body) => {
 
 const TOTP_SIGN_IN: &str = r#"
 const [base, key, name, id, token, code, done] = arguments;
-const call = async (method, path, token, body) => {
-  const headers = { 'X-Api-Key': 'browser clinic ' + key, 'Content-Type': 'application/json' };
-  if (token) headers['Authorization'] = 'Bearer ' + token;
-  const r = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  return { status: r.status, body: await r.json() };
-};
 (async () => {
   const out = {};
   out.confirm = await call('POST', '/v2/users/' + id + '/mfa/totp/confirm', token, { code });
@@ -669,7 +671,7 @@ async fn totp_enrolment_in_a_web_app_shows_its_qr_code_and_ends_in_a_second_fact
     let driver = Chromedriver::start(&http).await;
     let browser = Browser::open(&http, &driver, true).await;
     browser.goto(&format!("{origin}/security.html")).await;
-    let out = browser.run_async(TOTP_ENROL, json!([base, t.api_key, "web.clinician"])).await;
+    let out = browser.run_async(&with_call(TOTP_ENROL), json!([base, t.api_key, "web.clinician"])).await;
     assert!(out["failed"].is_null(), "the enrolment failed: {out}");
     assert_eq!(out["enrol"]["status"], 200, "{out}");
     // The browser drew the QR code the reply carries: a square image.
@@ -679,7 +681,8 @@ async fn totp_enrolment_in_a_web_app_shows_its_qr_code_and_ends_in_a_second_fact
     let code = crate::totp::code_at(&crate::totp::secret_of(uri), crate::totp::now());
 
     let (id, token) = (out["id"].clone(), out["token"].clone());
-    let out = browser.run_async(TOTP_SIGN_IN, json!([base, t.api_key, "web.clinician", id, token, code])).await;
+    let out =
+        browser.run_async(&with_call(TOTP_SIGN_IN), json!([base, t.api_key, "web.clinician", id, token, code])).await;
     assert!(out["failed"].is_null(), "the sign-in failed: {out}");
     assert_eq!(out["confirm"]["status"], 200, "{out}");
     assert_eq!(out["confirm"]["body"]["recoveryCodes"].as_array().map(Vec::len), Some(10), "{out}");
