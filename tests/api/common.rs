@@ -446,13 +446,8 @@ pub fn violation_field(status: &tonic::Status) -> Option<String> {
 
 /// `usersvc audit verify` on `db`: the number of records when it exits 0
 /// (the chain is whole), else what it printed.
-pub fn audit_verified(db: &str) -> Result<u64, String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usersvc"))
-        .args(["audit", "verify"])
-        .env("DATABASE_URL", db)
-        .env("USERSVC_MASTER_KEY", master_key())
-        .output()
-        .unwrap();
+pub async fn audit_verified(db: &str) -> Result<u64, String> {
+    let out = cli(db, &["audit", "verify"]).await;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
@@ -466,6 +461,29 @@ pub fn usersvc() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_usersvc"));
     c.env("USERSVC_MASTER_KEY", master_key());
     c
+}
+
+/// The binary as `usersvc()` gives it, for a test whose server runs in
+/// this process: awaited, so the runtime's one thread is never blocked on
+/// it. The server runs on that thread and may hold SQLite's write lock (or
+/// a PostgreSQL row lock) across an await; a thread blocked on a child that
+/// needs the lock freezes the server holding it, and the child gives up
+/// after its busy timeout with "database is locked".
+pub fn usersvc_awaited() -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_usersvc"));
+    c.env("USERSVC_MASTER_KEY", master_key());
+    c
+}
+
+/// `usersvc ARGS` on `db`, awaited (`usersvc_awaited`).
+pub async fn cli(db: &str, args: &[&str]) -> std::process::Output {
+    usersvc_awaited().args(args).env("DATABASE_URL", db).output().await.expect("usersvc starts")
+}
+
+/// `usersvc app update --app <the test's app> ARGS` beside the running server.
+pub async fn app_update(t: &TestApp, args: &[&str]) -> std::process::Output {
+    let app = t.app_id.to_string();
+    cli(&t.db_url, &[&["app", "update", "--app", &app], args].concat()).await
 }
 
 /// A child process, killed when dropped.

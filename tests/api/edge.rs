@@ -247,7 +247,7 @@ async fn request_ids_kept_only_when_printable_and_short_beside_the_servers_own()
     }
     // Records with and without the server's id chain and verify.
     if common::backend() == common::Backend::Sqlite {
-        common::audit_verified(&t.db_url).unwrap();
+        common::audit_verified(&t.db_url).await.unwrap();
     }
 }
 }

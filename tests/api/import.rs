@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 use usersvc::pb;
 
-use crate::common::{TestApp, spawn, usersvc};
+use crate::common::{self, TestApp, spawn};
 
 /// Users in the big file: the issue's 20,000.
 const USERS: usize = 20_000;
@@ -25,14 +25,15 @@ async fn sign_in(t: &TestApp, username: &str, password: &str) -> (u16, Value) {
 }
 
 /// Runs `usersvc import` on the file; (success, summary, stderr).
-fn import(t: &TestApp, args: &[&str], file: &std::path::Path) -> (bool, Value, String) {
-    let out = usersvc()
+async fn import(t: &TestApp, args: &[&str], file: &std::path::Path) -> (bool, Value, String) {
+    let out = common::usersvc_awaited()
         .arg("import")
         .args(["--app", &t.app_id.to_string()])
         .args(args)
         .arg(file)
         .env("DATABASE_URL", &t.db_url)
         .output()
+        .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let summary = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
@@ -143,7 +144,7 @@ async fn twenty_thousand_users_come_in_and_sign_in_with_their_old_passwords() {
     lines.push(lines[20].clone());
     let file = write(&lines);
 
-    let (ok, summary, stderr) = import(&t, &[], &file);
+    let (ok, summary, stderr) = import(&t, &[], &file).await;
     assert!(!ok, "bad lines make the exit status non-zero");
     assert_eq!(summary["read"], lines.len(), "{summary} {stderr}");
     assert_eq!(summary["imported"], good, "{summary} {stderr}");
@@ -178,7 +179,7 @@ async fn twenty_thousand_users_come_in_and_sign_in_with_their_old_passwords() {
     assert_eq!(records as usize, good);
 
     // A second run adds nothing and says how many it skipped.
-    let (_, again, _) = import(&t, &[], &file);
+    let (_, again, _) = import(&t, &[], &file).await;
     assert_eq!(again["imported"], 0, "{again}");
     assert_eq!(again["skipped"], good + 1, "{again}");
 
@@ -217,7 +218,7 @@ async fn parse_and_keycloak_exports_import() {
         {"_id": "p2", "username": "parse-nopass"}
     ]});
     let file = write(&[parse.to_string()]);
-    let (ok, summary, stderr) = import(&t, &["--format", "parse"], &file);
+    let (ok, summary, stderr) = import(&t, &["--format", "parse"], &file).await;
     assert!(!ok);
     assert_eq!((summary["imported"].as_u64(), summary["failed"].as_u64()), (Some(1), Some(1)), "{summary}");
     assert!(stderr.contains("user 2:"), "{stderr}");
@@ -238,7 +239,7 @@ async fn parse_and_keycloak_exports_import() {
             "credentialData": json!({"hashIterations": 27_500, "algorithm": "pbkdf2-sha256", "additionalParameters": {}}).to_string()}]
     }]});
     let file = write(&[realm.to_string()]);
-    let (ok, summary, stderr) = import(&t, &["--format", "keycloak"], &file);
+    let (ok, summary, stderr) = import(&t, &["--format", "keycloak"], &file).await;
     assert!(ok, "{summary} {stderr}");
     let (status, user) = sign_in(&t, "kc-bob", "keycloak password").await;
     assert_eq!(status, 200, "{user}");
@@ -302,18 +303,19 @@ async fn export_gives_the_whole_record_and_reimports_elsewhere() {
     assert_eq!(exports, 2, "each export recorded");
 
     // The operator's export of the application, into a second application.
-    let out = usersvc().args(["export", "--app", &t.app_id.to_string()]).env("DATABASE_URL", &t.db_url).output().unwrap();
+    let out = common::cli(&t.db_url, &["export", "--app", &t.app_id.to_string()]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 3);
     assert!(lines.iter().all(|l| l.contains("\"passwordHash\":\"$argon2id$")), "the operator's form carries hashes");
     let file = write(&lines);
     let (app2, key2) = crate::common::new_application(&t.app).await;
-    let imported = usersvc()
+    let imported = common::usersvc_awaited()
         .args(["import", "--create-groups", "--app", &app2.to_string()])
         .arg(&*file)
         .env("DATABASE_URL", &t.db_url)
         .output()
+        .await
         .unwrap();
     assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
     let summary: Value = serde_json::from_slice(&imported.stdout).unwrap();

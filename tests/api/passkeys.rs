@@ -387,24 +387,15 @@ both_stores!(
 both_stores!(
     async fn the_operator_sets_and_clears_the_relying_party_with_app_update() {
         let t = spawn().await;
-        let app = t.app_id.to_string();
-        let update = |args: &[&str]| {
-            common::usersvc()
-                .args(["app", "update", "--app", &app])
-                .args(args)
-                .env("DATABASE_URL", &t.db_url)
-                .output()
-                .unwrap()
-        };
         // An origin off the rp id's domain, or none, is refused.
-        let out = update(&["--webauthn-rp-id", RP_ID, "--webauthn-origin", "https://evil.test"]);
+        let out = common::app_update(&t, &["--webauthn-rp-id", RP_ID, "--webauthn-origin", "https://evil.test"]).await;
         assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let out = update(&["--webauthn-rp-id", RP_ID]);
+        let out = common::app_update(&t, &["--webauthn-rp-id", RP_ID]).await;
         assert!(!out.status.success());
         let (status, _) = t.post("/v2/auth/passkey/options", None, None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "nothing was set");
 
-        let out = update(&["--webauthn-rp-id", RP_ID, "--webauthn-origin", ORIGIN]);
+        let out = common::app_update(&t, &["--webauthn-rp-id", RP_ID, "--webauthn-origin", ORIGIN]).await;
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         // Read per request: the running server sees it at once.
         let (status, options) = t.post("/v2/auth/passkey/options", None, None).await;
@@ -413,7 +404,7 @@ both_stores!(
         assert!(options.get("mediation").is_none());
         assert!(t.trail_of().await.iter().any(|r| r["action"] == "app.update"));
 
-        let out = update(&["--webauthn-rp-id", ""]);
+        let out = common::app_update(&t, &["--webauthn-rp-id", ""]).await;
         assert!(out.status.success());
         let (status, body) = t.post("/v2/auth/passkey/options", None, None).await;
         assert_eq!((status, reason(&body)), (StatusCode::BAD_REQUEST, "passkeys_not_configured"));

@@ -193,7 +193,7 @@ async fn both_replicas_writing_the_trail_at_once_keep_one_chain() {
             );
         })
         .await;
-    let records = common::audit_verified(&a.db_url).expect("the chain is whole");
+    let records = common::audit_verified(&a.db_url).await.expect("the chain is whole");
     assert!(records >= 4 * 4 * 4, "{records} records in the chain");
     // Each replica's records are all there: 4 workers x 4 users x (sign-up,
     // its session, a sign-in, a refused one).

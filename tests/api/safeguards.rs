@@ -390,9 +390,9 @@ async fn audit_verify_finds_the_altered_record() {
         t.sign_up(&format!("chain{i}")).await;
     }
     // Sealed: every record so far is under a signed checkpoint.
-    let out = common::usersvc().args(["audit", "verify"]).env("DATABASE_URL", &db).output().unwrap();
+    let out = common::cli(&db, &["audit", "verify"]).await;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let n = common::audit_verified(&db).expect("the trail is whole");
+    let n = common::audit_verified(&db).await.expect("the trail is whole");
     assert!(text.contains(&format!("covering {n} records")), "{text}");
 
     // The table refuses changes...
@@ -402,7 +402,7 @@ async fn audit_verify_finds_the_altered_record() {
     // ...but a superuser who gets around the trigger can: the signed
     // checkpoint that covers it (and on SQLite the chain) shows it.
     t.tamper_with_trail(seq).await;
-    let text = common::audit_verified(&db).expect_err("the tree shows the change");
+    let text = common::audit_verified(&db).await.expect_err("the tree shows the change");
     assert!(text.contains("altered"), "{text}");
     if common::backend() == common::Backend::Sqlite {
         assert!(text.contains(&format!("record {seq} ")), "the chain names the record: {text}");

@@ -11,15 +11,6 @@ use usersvc::{pb, store::AuditFilter};
 
 use crate::common::{self, TestApp, spawn, with_auth};
 
-/// Runs the binary against the test's database, off the runtime's thread:
-/// the server shares that thread, and may hold SQLite's write lock across
-/// an await while the command waits for it.
-async fn usersvc(t: &TestApp, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usersvc"));
-    cmd.args(args).env("DATABASE_URL", &t.db_url).env("USERSVC_MASTER_KEY", common::master_key());
-    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -27,21 +18,21 @@ fn stderr(out: &Output) -> String {
 /// `token create`; returns its JSON.
 async fn create_token(t: &TestApp, name: &str) -> Value {
     let app = t.app_id.to_string();
-    let out = usersvc(t, &["token", "create", "--app", &app, "--role", "supervisor", "--name", name]).await;
+    let out = common::cli(&t.db_url, &["token", "create", "--app", &app, "--role", "supervisor", "--name", name]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// `token list`, line by line; the raw output too.
 async fn list_tokens(t: &TestApp) -> (Vec<Value>, String) {
-    let out = usersvc(t, &["token", "list", "--app", &t.app_id.to_string()]).await;
+    let out = common::cli(&t.db_url, &["token", "list", "--app", &t.app_id.to_string()]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
     (text.lines().map(|l| serde_json::from_str(l).unwrap()).collect(), text)
 }
 
 async fn revoke_token(t: &TestApp, token_id: &str) -> Output {
-    usersvc(t, &["token", "revoke", "--app", &t.app_id.to_string(), "--token-id", token_id]).await
+    common::cli(&t.db_url, &["token", "revoke", "--app", &t.app_id.to_string(), "--token-id", token_id]).await
 }
 
 /// The application's trail, from the operator's view.
@@ -257,16 +248,16 @@ async fn token_commands_refuse_what_they_cannot_do() {
     let app = t.app_id.to_string();
 
     // Only the supervisor role exists.
-    let out = usersvc(&t, &["token", "create", "--app", &app, "--role", "admin", "--name", "x"]).await;
+    let out = common::cli(&t.db_url, &["token", "create", "--app", &app, "--role", "admin", "--name", "x"]).await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("role") && stderr(&out).contains("supervisor"), "{}", stderr(&out));
     assert!(out.stdout.is_empty());
     // A name is needed; the application must exist.
-    let out = usersvc(&t, &["token", "create", "--app", &app, "--role", "supervisor", "--name", "  "]).await;
+    let out = common::cli(&t.db_url, &["token", "create", "--app", &app, "--role", "supervisor", "--name", "  "]).await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("name"), "{}", stderr(&out));
     let nowhere = uuid::Uuid::now_v7().to_string();
-    let out = usersvc(&t, &["token", "create", "--app", &nowhere, "--role", "supervisor", "--name", "x"]).await;
+    let out = common::cli(&t.db_url, &["token", "create", "--app", &nowhere, "--role", "supervisor", "--name", "x"]).await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no application"), "{}", stderr(&out));
     let (listed, _) = list_tokens(&t).await;
@@ -278,8 +269,8 @@ async fn token_commands_refuse_what_they_cannot_do() {
     assert!(stderr(&out).contains("no service token"), "{}", stderr(&out));
     let mine = create_token(&t, "mine").await;
     let (other_id, other_key) = common::new_application(&t.app).await;
-    let out = usersvc(
-        &t,
+    let out = common::cli(
+        &t.db_url,
         &["token", "revoke", "--app", &other_id.to_string(), "--token-id", mine["tokenId"].as_str().unwrap()],
     )
     .await;
@@ -288,8 +279,8 @@ async fn token_commands_refuse_what_they_cannot_do() {
     let (listed, _) = list_tokens(&t).await;
     assert_eq!(listed[0]["revoked"], false);
     // Nor is another application's token any use with this key, or this one's with that key.
-    let out = usersvc(
-        &t,
+    let out = common::cli(
+        &t.db_url,
         &["token", "create", "--app", &other_id.to_string(), "--role", "supervisor", "--name", "theirs"],
     )
     .await;

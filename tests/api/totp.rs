@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 use usersvc::{pb, store::backend::Pool};
 
-use crate::common::{TestApp, spawn, spawn_alone, usersvc};
+use crate::common::{self, TestApp, spawn, spawn_alone};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -373,25 +373,10 @@ async fn removal_by_self_needs_a_recent_sign_in_and_by_a_supervisor_mails_a_noti
 }
 
 /// `usersvc app update --mfa POLICY` on the test's application, beside the
-/// running server. On SQLite the two processes share one file: a write of
-/// the server's that holds the lock past the CLI's 5 s busy timeout (a
-/// machine whose disk is busy with other builds) makes the CLI give up with
-/// "database is locked", so that, and only that, is tried again.
+/// running server.
 async fn set_mfa(t: &TestApp, policy: &str) {
-    for _ in 0..3 {
-        let out = usersvc()
-            .args(["app", "update", "--app", &t.app_id.to_string(), "--mfa", policy])
-            .env("DATABASE_URL", &t.db_url)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() {
-            return;
-        }
-        assert!(stderr.contains("database is locked"), "{stderr}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("usersvc app update: the database stayed locked");
+    let out = common::app_update(t, &["--mfa", policy]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 both_stores! {
@@ -404,7 +389,7 @@ async fn a_supervisor_without_a_second_factor_is_refused_where_the_app_requires_
 
     set_mfa(&t, "required-for-supervisors").await;
     assert_eq!(t.count_app("SELECT count(*) FROM audit_events WHERE app_id = $1 AND action = 'app.update'").await, 1);
-    let bad = usersvc().args(["app", "update", "--app", &t.app_id.to_string(), "--mfa", "always"]).env("DATABASE_URL", &t.db_url).output().unwrap();
+    let bad = common::app_update(&t, &["--mfa", "always"]).await;
     assert!(!bad.status.success());
 
     // Supervisor actions: refused with mfa_required, on the same session.

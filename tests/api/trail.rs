@@ -83,17 +83,13 @@ async fn a_read_whose_record_cannot_be_written_is_refused() {
 }
 }
 
-fn usersvc(db: &str, args: &[&str]) -> Output {
-    common::usersvc().args(args).env("DATABASE_URL", db).output().unwrap()
-}
-
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Exports the latest checkpoint to a file, as an operator would.
-fn export_checkpoint(db: &str, dir: &std::path::Path, name: &str) -> (std::path::PathBuf, Value) {
-    let out = usersvc(db, &["audit", "checkpoint"]);
+async fn export_checkpoint(db: &str, dir: &std::path::Path, name: &str) -> (std::path::PathBuf, Value) {
+    let out = common::cli(db, &["audit", "checkpoint"]).await;
     assert!(out.status.success(), "{}", text(&out));
     let c: Value = serde_json::from_slice(&out.stdout).unwrap();
     let path = dir.join(name);
@@ -101,8 +97,8 @@ fn export_checkpoint(db: &str, dir: &std::path::Path, name: &str) -> (std::path:
     (path, c)
 }
 
-fn verify_against(db: &str, checkpoint: &std::path::Path) -> Output {
-    usersvc(db, &["audit", "verify", "--checkpoint", checkpoint.to_str().unwrap()])
+async fn verify_against(db: &str, checkpoint: &std::path::Path) -> Output {
+    common::cli(db, &["audit", "verify", "--checkpoint", checkpoint.to_str().unwrap()]).await
 }
 
 async fn activity(t: &TestApp, who: &str) {
@@ -125,7 +121,7 @@ async fn a_checkpoint_kept_elsewhere_catches_a_rollback_and_a_cut_tail() {
             let db = common::fresh_database().await;
             let t = common::spawn_in(db.clone(), |_| {}).await;
             activity(&t, "before-dump").await;
-            let (early, early_c) = export_checkpoint(&db, &dir, "early.json");
+            let (early, early_c) = export_checkpoint(&db, &dir, "early.json").await;
 
             // A dump, as a nightly backup would take.
             let dump = dir.join("dump.sql");
@@ -136,13 +132,13 @@ async fn a_checkpoint_kept_elsewhere_catches_a_rollback_and_a_cut_tail() {
             assert!(out.status.success(), "{}", text(&out));
 
             activity(&t, "after-dump").await;
-            let (late, late_c) = export_checkpoint(&db, &dir, "late.json");
+            let (late, late_c) = export_checkpoint(&db, &dir, "late.json").await;
             assert!(late_c["treeSize"].as_i64() > early_c["treeSize"].as_i64());
             drop(t);
 
             // Today's trail extends both exported checkpoints.
             for c in [&early, &late] {
-                let out = verify_against(&db, c);
+                let out = verify_against(&db, c).await;
                 assert!(out.status.success(), "{}", text(&out));
                 assert!(text(&out).contains("the trail extends the exported checkpoint"), "{}", text(&out));
             }
@@ -155,13 +151,16 @@ async fn a_checkpoint_kept_elsewhere_catches_a_rollback_and_a_cut_tail() {
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{}", text(&out));
-            let alone = usersvc(&restored, &["audit", "verify"]);
+            let alone = common::cli(&restored, &["audit", "verify"]).await;
             assert!(alone.status.success(), "{}", text(&alone));
-            let out = verify_against(&restored, &late);
+            let out = verify_against(&restored, &late).await;
             assert!(!out.status.success(), "a rolled-back database passes: {}", text(&out));
             assert!(text(&out).contains("rolled back or its tail cut"), "{}", text(&out));
             assert!(text(&out).contains(&format!("vouches for {} records", late_c["treeSize"])), "{}", text(&out));
-            assert!(verify_against(&restored, &early).status.success(), "the earlier checkpoint still holds there");
+            assert!(
+                verify_against(&restored, &early).await.status.success(),
+                "the earlier checkpoint still holds there"
+            );
 
             // The live database's tail cut by someone with the owner's rights,
             // records and the checkpoints that covered them alike.
@@ -176,8 +175,8 @@ async fn a_checkpoint_kept_elsewhere_catches_a_rollback_and_a_cut_tail() {
                 size = early_c["treeSize"]
             );
             sqlx::raw_sql(&cut).execute(&mut conn).await.unwrap();
-            assert!(usersvc(&db, &["audit", "verify"]).status.success(), "consistent in itself");
-            let out = verify_against(&db, &late);
+            assert!(common::cli(&db, &["audit", "verify"]).await.status.success(), "consistent in itself");
+            let out = verify_against(&db, &late).await;
             assert!(!out.status.success(), "a cut tail passes: {}", text(&out));
             assert!(text(&out).contains("rolled back or its tail cut"), "{}", text(&out));
             let _ = std::fs::remove_dir_all(&dir);
@@ -192,8 +191,8 @@ async fn forged_and_foreign_checkpoints_are_refused() {
     let db = common::fresh_database().await;
     let t = common::spawn_in(db.clone(), |_| {}).await;
     activity(&t, "forger").await;
-    let (good, c) = export_checkpoint(&db, &dir, "good.json");
-    assert!(verify_against(&db, &good).status.success());
+    let (good, c) = export_checkpoint(&db, &dir, "good.json").await;
+    assert!(verify_against(&db, &good).await.status.success());
 
     let altered = |change: &dyn Fn(&mut Value)| {
         let mut v = c.clone();
@@ -212,25 +211,26 @@ async fn forged_and_foreign_checkpoints_are_refused() {
     for (what, forged) in forgeries {
         let path = dir.join("forged.json");
         std::fs::write(&path, forged.to_string()).unwrap();
-        let out = verify_against(&db, &path);
+        let out = verify_against(&db, &path).await;
         assert!(!out.status.success(), "{what} passes: {}", text(&out));
         assert!(text(&out).contains("the checkpoint file is refused"), "{what}: {}", text(&out));
     }
     for junk in ["", "{}", "not json", "[1,2]", &altered(&|v| v["extra"] = json!(1)).to_string()] {
         let path = dir.join("junk.json");
         std::fs::write(&path, junk).unwrap();
-        let out = verify_against(&db, &path);
+        let out = verify_against(&db, &path).await;
         assert!(!out.status.success() && text(&out).contains("refused"), "{junk:?}: {}", text(&out));
     }
 
     // Signed under another master key (another deployment's checkpoint):
     // refused, whatever it says.
     let other = usersvc::crypto::MasterKey::generate();
-    let out = common::usersvc()
+    let out = common::usersvc_awaited()
         .args(["audit", "verify", "--checkpoint", good.to_str().unwrap()])
         .env("DATABASE_URL", &db)
         .env("USERSVC_MASTER_KEY", secrecy::ExposeSecret::expose_secret(&other))
         .output()
+        .await
         .unwrap();
     assert!(!out.status.success(), "{}", text(&out));
     let _ = std::fs::remove_dir_all(&dir);

@@ -56,24 +56,24 @@ async fn the_trail_goes_on_across_the_audit_head_and_checkpoint_migrations() {
                 Cow::Owned(before.migrations.iter().filter(|m| m.version < AUDIT_HEAD).cloned().collect());
             before.run(&mut conn).await.unwrap();
             previous_version_appends(&mut conn, &["user.read", "user.update"]).await;
-            assert_eq!(common::audit_verified(&db), Ok(2));
+            assert_eq!(common::audit_verified(&db).await, Ok(2));
 
             // This version migrates and writes: a new application and a sign-up.
             let app = Application::start(&common::serve_args(db.clone())).await.unwrap();
             let (app_id, api_key) = common::new_application(&app).await;
             let t = TestApp { app, app_id, api_key, http: reqwest::Client::new(), db_url: db.clone() };
             t.sign_up("after-the-migration").await;
-            let after = common::audit_verified(&db).unwrap();
+            let after = common::audit_verified(&db).await.unwrap();
             assert!(after >= 5, "the old records, the application's and the sign-up's: {after}");
 
             // A replica of the previous version still writing keeps to the same chain.
             previous_version_appends(&mut conn, &["user.read"]).await;
             t.sign_up("after-an-old-replica").await;
-            let last = common::audit_verified(&db).unwrap();
+            let last = common::audit_verified(&db).await.unwrap();
             assert!(last >= after + 3, "{last} after {after}");
             // Their records, chained by the head the old way, are leaves of
             // the tree like any other: a checkpoint covers every one.
-            let checkpoint = common::usersvc().args(["audit", "checkpoint"]).env("DATABASE_URL", &db).output().unwrap();
+            let checkpoint = common::cli(&db, &["audit", "checkpoint"]).await;
             assert!(checkpoint.status.success(), "{}", String::from_utf8_lossy(&checkpoint.stderr));
             let c: serde_json::Value = serde_json::from_slice(&checkpoint.stdout).unwrap();
             let (total,): (i64,) =

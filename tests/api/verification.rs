@@ -14,7 +14,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 use usersvc::{pb, store::VerifyMode};
 
-use crate::common::{self, Backend, TestApp, spawn_alone, usersvc};
+use crate::common::{self, Backend, TestApp, spawn_alone};
 use crate::mail_routes::all_mail_out;
 use crate::smtp_sink::{SmtpSink, text_part};
 
@@ -207,11 +207,7 @@ async fn required_refuses_an_unverified_sign_in_until_the_smtp_link_is_used() {
     let url = sink.url();
     let t = spawn_alone(|a| a.mail.smtp_url = Some(url)).await;
     // As an operator does it: the command line.
-    let out = usersvc()
-        .args(["app", "update", "--app", &t.app_id.to_string(), "--verify-email", "required"])
-        .args(["--database-url", &t.db_url])
-        .output()
-        .unwrap();
+    let out = common::app_update(&t, &["--verify-email", "required"]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed, json!({ "appId": t.app_id, "verifyEmail": "required" }));
