@@ -48,6 +48,14 @@ pub async fn passkeys_ceremonies_and_counters(u: &Under) {
     s.create_ceremony(&gone).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(s.take_ceremony(app, gone.id).await.unwrap(), CeremonyTake::Expired);
+    // One begun and never finished is the sweep's; a live one stays.
+    let live = ceremony(app, None, Duration::from_secs(300));
+    s.create_ceremony(&live).await.unwrap();
+    s.create_ceremony(&ceremony(other.app.id, None, Duration::ZERO)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(s.sweep().await.unwrap() >= 1);
+    assert_eq!(u.db.count("SELECT count(*) FROM passkey_ceremonies").await, 1, "the live one");
+    assert!(matches!(s.take_ceremony(app, live.id).await.unwrap(), CeremonyTake::Live { .. }));
 
     // Passkeys: stored with their record, at most `max`, one credential once.
     let first = passkey(app, nu.id, "cred-1");

@@ -247,6 +247,9 @@ impl Store for PgStore {
             "DELETE FROM mfa_challenges WHERE ctid = ANY(ARRAY(
                  SELECT ctid FROM mfa_challenges WHERE expires_at < now() ORDER BY expires_at LIMIT $1))
              AND expires_at < now()",
+            "DELETE FROM passkey_ceremonies WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM passkey_ceremonies WHERE expires_at < now() ORDER BY expires_at LIMIT $1))
+             AND expires_at < now()",
         ] {
             loop {
                 let done = sqlx::query(sql).bind(SWEEP_BATCH).execute(&self.pool).await?.rows_affected();

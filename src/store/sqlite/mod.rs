@@ -319,6 +319,8 @@ impl Store for SqliteStore {
                  WHERE window_start < ?2 ORDER BY window_start LIMIT ?3)",
             "DELETE FROM mfa_challenges
              WHERE rowid IN (SELECT rowid FROM mfa_challenges WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?3)",
+            "DELETE FROM passkey_ceremonies WHERE rowid IN
+                 (SELECT rowid FROM passkey_ceremonies WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?3)",
         ] {
             loop {
                 // A statement without ?2 ignores the second value.
