@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 use crate::audit::{
     AuditRecord,
@@ -15,10 +16,12 @@ use crate::audit::{
     sealer,
 };
 use crate::auth::{caller::SERVICE_ROLES, secret};
+use crate::crypto::fields::{PASSKEY_FIELD, TOTP_SECRET_FIELD};
 use crate::crypto::{Keyring, MasterKey, keyring};
 use crate::service::{export::Exporter, profile};
 use crate::store::{
-    App, AuditFilter, MfaPolicy, NewServiceToken, SealedUser, Store, TokenRevocation, UserListFilter, VerifyMode,
+    App, AuditFilter, MfaPolicy, NewServiceToken, Result as StoreResult, SealedField, SealedUser, Store,
+    TokenRevocation, UserListFilter, VerifyMode,
 };
 
 pub struct Admin {
@@ -40,6 +43,45 @@ const RESEAL_BATCH: i64 = 200;
 
 /// The longest service token name, in characters.
 const MAX_TOKEN_NAME_CHARS: usize = 100;
+
+/// What a key rotation re-encrypted under the new key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resealed {
+    pub users: u64,
+    pub totp_secrets: u64,
+    pub passkeys: u64,
+}
+
+/// The sealed values kept in rows of their own, which a rotation re-seals
+/// after the users.
+#[derive(Clone, Copy)]
+enum ApartField {
+    TotpSecret,
+    Passkey,
+}
+
+impl ApartField {
+    fn field(self) -> &'static str {
+        match self {
+            ApartField::TotpSecret => TOTP_SECRET_FIELD,
+            ApartField::Passkey => PASSKEY_FIELD,
+        }
+    }
+
+    async fn page(self, store: &dyn Store, app_id: Uuid, after: Option<Uuid>, n: i64) -> StoreResult<Vec<SealedField>> {
+        match self {
+            ApartField::TotpSecret => store.totp_secrets_page(app_id, after, n).await,
+            ApartField::Passkey => store.passkeys_page(app_id, after, n).await,
+        }
+    }
+
+    async fn replace(self, store: &dyn Store, app_id: Uuid, old: &SealedField, new_ct: &[u8]) -> StoreResult<bool> {
+        match self {
+            ApartField::TotpSecret => store.reseal_totp_secret(app_id, old, new_ct).await,
+            ApartField::Passkey => store.reseal_passkey(app_id, old, new_ct).await,
+        }
+    }
+}
 
 /// A service token as issued: the token is shown this once and never again.
 pub struct IssuedToken {
@@ -221,11 +263,12 @@ impl Admin {
         Ok(keys.len())
     }
 
-    /// Gives an application a new data key and re-encrypts its users under
-    /// it in batches, while the service keeps serving: writers seal under
-    /// the new key from the moment it is current, and every older key stays
-    /// readable. Returns how many users were re-encrypted.
-    pub async fn rotate_app(&self, app_id: Uuid) -> anyhow::Result<u64> {
+    /// Gives an application a new data key and re-encrypts its users, then
+    /// their TOTP secrets and passkeys, under it in batches, while the
+    /// service keeps serving: writers seal under the new key from the moment
+    /// it is current, and every older key stays readable (the trail's
+    /// records keep theirs). Returns what was re-encrypted.
+    pub async fn rotate_app(&self, app_id: Uuid) -> anyhow::Result<Resealed> {
         if self.store.current_app_key(app_id, keyring::DATA).await?.is_none() {
             anyhow::bail!("no application {app_id}");
         }
@@ -251,6 +294,39 @@ impl Admin {
                 after = Some(last.id);
                 found = true;
                 resealed += self.reseal(app_id, &sealer, batch).await?;
+            }
+            if !found {
+                break;
+            }
+        }
+        Ok(Resealed {
+            users: resealed,
+            totp_secrets: self.reseal_fields(app_id, &sealer, ApartField::TotpSecret).await?,
+            passkeys: self.reseal_fields(app_id, &sealer, ApartField::Passkey).await?,
+        })
+    }
+
+    /// Re-encrypts one kind of value kept apart from the user row under the
+    /// sealer's key, in passes as the users are: a row that a writer sealed
+    /// under the old key behind a pass is found by the next one, and the
+    /// rotation ends when a pass finds none. A row written meanwhile under
+    /// the new key is passed over. Returns how many rows took the new key.
+    async fn reseal_fields(&self, app_id: Uuid, sealer: &keyring::Sealer, kind: ApartField) -> anyhow::Result<u64> {
+        let mut resealed = 0;
+        loop {
+            let (mut after, mut found) = (None, false);
+            loop {
+                let page = kind.page(self.store.as_ref(), app_id, after, RESEAL_BATCH).await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.id);
+                for old in page.iter().filter(|f| crate::crypto::key_id_of(&f.ct).ok() != Some(sealer.key_id)) {
+                    found = true;
+                    let plain = Zeroizing::new(self.keyring.open(app_id, old.id, kind.field(), &old.ct).await?);
+                    let new_ct = sealer.seal(old.id, kind.field(), &plain);
+                    if kind.replace(self.store.as_ref(), app_id, old, &new_ct).await? {
+                        resealed += 1;
+                    }
+                }
             }
             if !found {
                 return Ok(resealed);

@@ -543,7 +543,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             KeysCommand::RotateApp { app, db, keys } => {
                 let n = admin(&db, &keys).await?.rotate_app(app).await?;
-                eprintln!("usersvc: application {app} has a new data key; {n} users re-encrypted");
+                eprintln!(
+                    "usersvc: application {app} has a new data key; re-encrypted: {} users, {} TOTP secrets, {} passkeys",
+                    n.users, n.totp_secrets, n.passkeys
+                );
             }
         },
         Command::Export { app, user, sessions, db, keys } => {

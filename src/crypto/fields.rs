@@ -29,3 +29,6 @@ pub fn seal_reset_token(sealer: &Sealer, outbox_id: Uuid, token: &str) -> Vec<u8
 
 /// A user's TOTP secret, sealed to the user's row.
 pub const TOTP_SECRET_FIELD: &str = "totp_secret";
+
+/// A passkey's credential and name, sealed to the passkey's row.
+pub const PASSKEY_FIELD: &str = "passkey";

@@ -30,6 +30,7 @@ use super::error::{ServiceError, ServiceResult};
 use super::users::{ADDRESS_RULE, USERNAME_RULE, UserSvc};
 use super::{profile, validate};
 use crate::auth::{Caller, SessionUser};
+use crate::crypto::fields::PASSKEY_FIELD;
 use crate::pb;
 use crate::store::{
     AUTHENTICATE, CeremonyTake, NewCeremony, NewPasskey, REGISTER, Relief, StoreError, StoredPasskey, ThrottleRule,
@@ -45,8 +46,6 @@ pub const MAX_NAME_CHARS: usize = 100;
 /// The longest credential JSON taken (a browser's is a few KiB).
 const MAX_CREDENTIAL_BYTES: usize = 64 * 1024;
 
-/// The field a passkey's credential and name are sealed under.
-const PASSKEY_FIELD: &str = "passkey";
 /// The field a ceremony's state is sealed under.
 const CEREMONY_FIELD: &str = "passkey_ceremony";
 /// The blind index kind of credential ids.

@@ -266,3 +266,39 @@ both_stores!(
         assert!(trail.iter().any(|r| r["action"] == "session.sign_in" && r["outcome"] == "unverified"));
     }
 );
+
+both_stores!(
+    async fn a_key_rotation_reseals_totp_secrets_and_passkeys_and_both_still_sign_in() {
+        let t = spawn().await;
+        configure(&t).await;
+        let (ada, ada_token) = t.sign_up("ada").await;
+        let mut auth = authenticator();
+        register(&t, &mut auth, &ada, &ada_token).await;
+        let (bea, bea_token) = t.sign_up("bea").await;
+        let (secret, _) = crate::totp::enrol(&t, &bea, &bea_token).await;
+
+        let admin = common::admin(&t.app);
+        let done = admin.rotate_app(t.app_id).await.unwrap();
+        assert_eq!((done.users, done.totp_secrets, done.passkeys), (2, 1, 1), "{done:?}");
+        // Under the new key: what each ciphertext names.
+        let store = admin.store.as_ref();
+        let current = store.current_app_key(t.app_id, usersvc::crypto::keyring::DATA).await.unwrap().unwrap().id;
+        let secrets = store.totp_secrets_page(t.app_id, None, 10).await.unwrap();
+        let passkeys = store.passkeys_page(t.app_id, None, 10).await.unwrap();
+        assert_eq!((secrets.len(), passkeys.len()), (1, 1));
+        for sealed in secrets.iter().chain(&passkeys) {
+            assert_eq!(usersvc::crypto::key_id_of(&sealed.ct).unwrap(), current);
+        }
+        // The next rotation moves each on once more, and only once.
+        let again = admin.rotate_app(t.app_id).await.unwrap();
+        assert_eq!((again.users, again.totp_secrets, again.passkeys), (2, 1, 1), "{again:?}");
+
+        // Both factors still finish a password sign-in.
+        let body = passkey_step(&t, &mut auth, &mfa_token(&t, "ada").await).await;
+        let (status, out) = second_step(&t, body).await;
+        assert_eq!((status, out["usersId"].as_str()), (StatusCode::OK, Some(ada.as_str())), "{out}");
+        let code = crate::totp::code_at(&secret, crate::totp::now() + 30);
+        let (status, out) = second_step(&t, json!({ "mfaToken": mfa_token(&t, "bea").await, "code": code })).await;
+        assert_eq!((status, out["usersId"].as_str()), (StatusCode::OK, Some(bea.as_str())), "{out}");
+    }
+);

@@ -107,7 +107,7 @@ async fn sign_in(t: &TestApp, username: &str) -> Value {
 
 /// Enrols and confirms; (secret, recovery codes). The code of the current
 /// step is taken by the confirmation.
-async fn enrol(t: &TestApp, id: &str, token: &str) -> (Vec<u8>, Vec<String>) {
+pub(crate) async fn enrol(t: &TestApp, id: &str, token: &str) -> (Vec<u8>, Vec<String>) {
     let path = format!("/v2/users/{id}/mfa/totp");
     let (status, got, _) = call(t, Method::POST, &path, Some(token), Some(json!({}))).await;
     assert_eq!(status, StatusCode::OK, "{got}");

@@ -37,6 +37,15 @@ pub struct SealedUser {
     pub profile_ct: Vec<u8>,
 }
 
+/// A sealed value kept apart from the user row (a TOTP secret, a passkey),
+/// for re-encryption under a new key: the id of the row it is sealed to,
+/// and its ciphertext as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedField {
+    pub id: Uuid,
+    pub ct: Vec<u8>,
+}
+
 #[async_trait]
 pub trait AppStore: Send + Sync {
     /// Creates an application with its first keys.
