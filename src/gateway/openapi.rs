@@ -292,7 +292,7 @@ fn operation(route: &Route, op: &Op, params: &[Value]) -> Value {
 }
 
 /// What `ExportUser` answers: a `User` with its username, groups,
-/// sessions and disclosures beside its members.
+/// sessions, second factors and disclosures beside its members.
 fn export_schema() -> Value {
     json!({ "allOf": [reference("User"), {
         "type": "object",
@@ -305,6 +305,10 @@ fn export_schema() -> Value {
                 "sessionId": { "type": "string" }, "createdAt": { "type": "string" },
                 "lastSeenAt": { "type": "string" }, "expiresAt": { "type": "string" } } } },
             "disclosures": { "type": "array", "items": reference("Disclosure") },
+            "secondFactors": { "type": "object", "properties": {
+                "totp": { "type": "object", "properties": {
+                    "confirmed": { "type": "boolean" }, "recoveryCodesLeft": { "type": "integer" } } },
+                "passkeys": { "type": "array", "items": reference("Passkey") } } },
         },
     }] })
 }

@@ -5,7 +5,7 @@
 //! - `jsonl`: one object per line, the `/v2` user plus `password` or
 //!   `passwordHash`, `groups`, `supervisor` (and what `usersvc export`
 //!   adds: `usersId`, `createdAt`, `updatedAt`, `sessions`, `disclosures`,
-//!   which are read or ignored). Strict: an unknown member fails its line.
+//!   `secondFactors`, which are read or ignored). Strict: an unknown member fails its line.
 //! - `parse`: a Parse Server `_User` export (a JSON array, `{"results":
 //!   [...]}` or one object per line, as `mongoexport` writes). Parse's own
 //!   columns are mapped, its internal ones (`_rperm`, `ACL`, ...) dropped,
@@ -58,8 +58,11 @@ pub struct Entry {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-/// Members an export adds, read (createdAt) or dropped on import.
-const EXPORT_MEMBERS: &[&str] = &["usersId", "createdAt", "updatedAt", "sessions", "disclosures"];
+/// Members an export adds, read (createdAt) or dropped on import. Second
+/// factors stay behind: TOTP secrets and passkeys are sealed under the old
+/// application's keys (and bound to its relying party), so the users enrol
+/// again.
+const EXPORT_MEMBERS: &[&str] = &["usersId", "createdAt", "updatedAt", "sessions", "disclosures", "secondFactors"];
 
 /// An entry of the jsonl form, from one object.
 pub fn from_jsonl(value: Value) -> Result<Entry, String> {

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::context::Ctx;
 use super::disclosures::disclosure;
 use super::error::{ServiceError, ServiceResult};
+use super::passkeys::shown_passkeys;
 use super::users::UserSvc;
 use super::{profile, validate};
 use crate::crypto::Keyring;
@@ -76,6 +77,8 @@ impl Exporter<'_> {
             .collect::<Vec<_>>()
             .into();
 
+        doc["secondFactors"] = self.second_factors(app_id, rec.id).await?;
+
         let mut disclosures = Vec::new();
         let mut filter =
             AuditFilter { app_id: Some(app_id), subject_id: Some(rec.id), since: None, after_seq: 0, limit: CHUNK };
@@ -95,6 +98,21 @@ impl Exporter<'_> {
         }
         doc["disclosures"] = disclosures.into();
         Ok(doc)
+    }
+
+    /// What the user has of second factors, as they may see it: TOTP set
+    /// up or pending (and how many recovery codes are left), their passkeys'
+    /// names and times. Never a secret, a code or a credential.
+    async fn second_factors(&self, app_id: Uuid, user_id: Uuid) -> ServiceResult<Value> {
+        let passkeys = shown_passkeys(self.keyring, self.store, app_id, user_id).await?;
+        let mut out = json!({
+            "passkeys": serde_json::to_value(passkeys).map_err(|e| ServiceError::Internal(e.to_string()))?,
+        });
+        if let Some(totp) = self.store.totp_factor(app_id, user_id).await? {
+            let left = self.store.recovery_codes_left(app_id, user_id).await?;
+            out["totp"] = json!({ "confirmed": totp.confirmed, "recoveryCodesLeft": left });
+        }
+        Ok(out)
     }
 }
 

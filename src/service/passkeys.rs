@@ -30,11 +30,11 @@ use super::error::{ServiceError, ServiceResult};
 use super::users::{ADDRESS_RULE, USERNAME_RULE, UserSvc};
 use super::{profile, validate};
 use crate::auth::{Caller, SessionUser};
-use crate::crypto::fields::PASSKEY_FIELD;
+use crate::crypto::{Keyring, fields::PASSKEY_FIELD};
 use crate::pb;
 use crate::store::{
-    AUTHENTICATE, CeremonyTake, NewCeremony, NewPasskey, REGISTER, Relief, StoreError, StoredPasskey, ThrottleRule,
-    WebauthnConfig,
+    AUTHENTICATE, CeremonyTake, NewCeremony, NewPasskey, REGISTER, Relief, Store, StoreError, StoredPasskey,
+    ThrottleRule, WebauthnConfig,
 };
 
 /// How long the second call of a ceremony may come after the first.
@@ -149,10 +149,7 @@ impl UserSvc {
     }
 
     async fn open_passkey(&self, app_id: Uuid, row: &StoredPasskey) -> ServiceResult<SealedPasskey> {
-        let plain = Zeroizing::new(
-            self.core.keyring.open(app_id, row.id, PASSKEY_FIELD, &row.sealed).await.map_err(ServiceError::Crypto)?,
-        );
-        serde_json::from_slice(&plain).map_err(|_| ServiceError::Store(StoreError::Corrupt("a stored passkey".into())))
+        open_passkey(&self.core.keyring, app_id, row).await
     }
 
     async fn seal_passkey(&self, app_id: Uuid, row: Uuid, sealed: &SealedPasskey) -> ServiceResult<Vec<u8>> {
@@ -328,11 +325,7 @@ impl UserSvc {
             return Err(e);
         }
         self.webauthn(caller.app_id).await?;
-        let mut passkeys = Vec::new();
-        for row in self.core.store.list_passkeys(caller.app_id, id).await? {
-            let name = self.open_passkey(caller.app_id, &row).await?.name;
-            passkeys.push(passkey_message(&row, name));
-        }
+        let passkeys = shown_passkeys(&self.core.keyring, self.core.store.as_ref(), caller.app_id, id).await?;
         Ok(pb::ListPasskeysResponse { passkeys })
     }
 
@@ -581,6 +574,29 @@ impl UserSvc {
         out.session_token = secrecy::ExposeSecret::expose_secret(&token).to_owned();
         Ok(out)
     }
+}
+
+/// A passkey row's credential and name.
+async fn open_passkey(keyring: &Keyring, app_id: Uuid, row: &StoredPasskey) -> ServiceResult<SealedPasskey> {
+    let plain =
+        Zeroizing::new(keyring.open(app_id, row.id, PASSKEY_FIELD, &row.sealed).await.map_err(ServiceError::Crypto)?);
+    serde_json::from_slice(&plain).map_err(|_| ServiceError::Store(StoreError::Corrupt("a stored passkey".into())))
+}
+
+/// A user's passkeys as they are shown to them (`ListPasskeys`, the
+/// export): id, name and times, never the credential.
+pub(super) async fn shown_passkeys(
+    keyring: &Keyring,
+    store: &dyn Store,
+    app_id: Uuid,
+    user_id: Uuid,
+) -> ServiceResult<Vec<pb::Passkey>> {
+    let mut passkeys = Vec::new();
+    for row in store.list_passkeys(app_id, user_id).await? {
+        let name = open_passkey(keyring, app_id, &row).await?.name;
+        passkeys.push(passkey_message(&row, name));
+    }
+    Ok(passkeys)
 }
 
 fn passkey_message(row: &StoredPasskey, name: String) -> pb::Passkey {

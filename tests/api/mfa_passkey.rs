@@ -302,3 +302,45 @@ both_stores!(
         assert_eq!((status, out["usersId"].as_str()), (StatusCode::OK, Some(bea.as_str())), "{out}");
     }
 );
+
+both_stores!(
+    async fn the_users_export_lists_their_second_factors_and_none_of_their_secrets() {
+        let t = spawn().await;
+        configure(&t).await;
+        let (ada, ada_token) = t.sign_up("ada").await;
+        let mut auth = authenticator();
+        let registered = register(&t, &mut auth, &ada, &ada_token).await;
+        let (_, codes) = crate::totp::enrol(&t, &ada, &ada_token).await;
+
+        let text = export_of(&t, &ada_token, &ada).await;
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        let factors = &doc["secondFactors"];
+        // (A number of the document is a double, as in any protobuf Struct.)
+        assert_eq!(factors["totp"]["confirmed"], true, "{doc}");
+        assert_eq!(factors["totp"]["recoveryCodesLeft"].as_f64(), Some(10.0), "{doc}");
+        let passkeys = factors["passkeys"].as_array().unwrap();
+        assert_eq!(passkeys.len(), 1, "{doc}");
+        assert_eq!(passkeys[0]["passkeyId"], registered["passkeyId"]);
+        assert_eq!(passkeys[0]["name"], "My laptop");
+        // Nothing that would let the reader sign in as the user.
+        for code in &codes {
+            assert!(!text.contains(code.as_str()), "a recovery code: {text}");
+        }
+        for word in ["otpauth", "secret", "publicKey", "credential", "cred_id", "counter"] {
+            assert!(!text.contains(word), "{word}: {text}");
+        }
+
+        // Without factors: none listed.
+        let (bea, bea_token) = t.sign_up("bea").await;
+        let doc: Value = serde_json::from_str(&export_of(&t, &bea_token, &bea).await).unwrap();
+        assert_eq!(doc["secondFactors"], json!({ "passkeys": [] }));
+    }
+);
+
+/// `GET /v2/users/{id}/export` with the token; the body.
+async fn export_of(t: &TestApp, token: &str, id: &str) -> String {
+    let req = t.http.get(t.url(&format!("/v2/users/{id}/export"))).header("X-Api-Key", &t.api_key);
+    let res = req.bearer_auth(token).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.text().await.unwrap()
+}
