@@ -46,9 +46,18 @@ pub async fn confirm(
     Ok(reply(out.get_ref()))
 }
 
-/// `DELETE /v2/users/{usersId}/mfa/totp`.
-pub async fn remove(State(gw): State<Gateway>, meta: CallMeta, Path(users_id): Path<String>) -> ApiResult {
-    let req = pb::RemoveTotpRequest { users_id, current_password: String::new() };
+/// `DELETE /v2/users/{usersId}/mfa/totp`, with `{"currentPassword"}` or
+/// no body.
+pub async fn remove(
+    State(gw): State<Gateway>,
+    meta: CallMeta,
+    Path(users_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let mut req: pb::RemoveTotpRequest =
+        json::parse(&headers, &body, "RemoveTotpRequest", PATH_ONLY, Mode::Whole)?.message;
+    req.users_id = users_id;
     let out = gw.users.remove_totp(meta.request(req)).await?;
     Ok(reply(out.get_ref()))
 }

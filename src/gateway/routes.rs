@@ -165,6 +165,7 @@ const SIGN_IN_EXAMPLE: &str = r#"{"username": "username", "password": "correct h
 const SIGN_IN_MFA_EXAMPLE: &str = r#"{"mfaToken": "mfa token of the sign-in", "code": "123456"}"#;
 const START_MFA_PASSKEY_EXAMPLE: &str = r#"{"mfaToken": "mfa token of the sign-in"}"#;
 const ENROL_TOTP_EXAMPLE: &str = r#"{}"#;
+const REMOVE_TOTP_EXAMPLE: &str = r#"{"currentPassword": "correct horse battery"}"#;
 const CONFIRM_TOTP_EXAMPLE: &str = r#"{"code": "123456"}"#;
 const GROUP_EXAMPLE: &str = r#"{"name": "A Really Cool Group", "default": false}"#;
 
@@ -426,9 +427,11 @@ pub const ROUTES: &[Route] = &[
             Op {
                 description: "Removes the user's TOTP factor (active or pending) and recovery codes; a notice is \
                               mailed to their primary address. The user themselves with a session signed in within \
-                              `--privileged-session-max-age` (else 403 `reauthentication_required`: sign in \
-                              again), or a supervisor. 404 when there is none.",
-                errors: &[400, 401, 403, 404, 503],
+                              `--privileged-session-max-age` or their `currentPassword` in the body (else 403 \
+                              `reauthentication_required`, `invalid_current_password`), or a supervisor (no body). \
+                              404 when there is none.",
+                body: Body::Json { schema: "RemoveTotpRequest", example: Some(REMOVE_TOTP_EXAMPLE) },
+                errors: &[400, 401, 403, 404, 413, 415, 429, 503],
                 ..op(Method::Delete, "removeTotp", "Remove the authenticator app (TOTP)", |m| on(m, mfa::remove))
             },
         ],
