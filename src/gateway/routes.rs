@@ -357,7 +357,8 @@ pub const ROUTES: &[Route] = &[
                           and an inactive account all answer 401 alike. After 5 failures for one username each \
                           further attempt waits longer (1 s, 2 s, 4 s ... up to 15 min): 429 with `Retry-After`. \
                           Where the application's `--verify-email` is `required`, the right password of a user \
-                          whose primary address is not verified answers 403 `email_unverified`, and nothing else. \
+                          whose primary address is not verified answers 403 `email_unverified`, and nothing else; \
+                          a new verification link is mailed to that address (within `--mail-per-recipient`). \
                           A user with a second factor (TOTP or a passkey) gets, for the right password, only \
                           `{\"mfaRequired\": true, \"mfaToken\": \"...\"}` (no `sessionToken`, no profile): the \
                           sign-in is finished by `POST /v2/auth/signin/mfa`.",
@@ -736,7 +737,8 @@ pub const ROUTES: &[Route] = &[
                           inactive user all answer 401 `invalid_credentials`; throttled as a password sign-in \
                           (429 with `Retry-After`). A bad `ceremonyId` or a malformed credential is a 400. Where \
                           the application's `--verify-email` is `required`, a good assertion of a user whose \
-                          primary address is not verified answers 403 `email_unverified`, and nothing else.",
+                          primary address is not verified answers 403 `email_unverified`, and nothing else; a \
+                          new verification link is mailed to that address (within `--mail-per-recipient`).",
             auth: Auth::Key,
             body: Body::Json { schema: "PasskeySignIn", example: None },
             reply: Reply::Message("User"),

@@ -28,7 +28,10 @@ pub enum ServiceError {
     /// Sign-in of a user whose primary address is not verified, where the
     /// application requires it (`--verify-email required`); said only after
     /// the password checked out.
-    #[error("this account's email address is not verified yet: use the link mailed to it")]
+    #[error(
+        "this account's email address is not verified yet: use the link mailed to it (a new one is mailed at each \
+         refused sign-in, a few an hour at most)"
+    )]
     EmailUnverified,
     /// A verification link asked for an address that is verified already.
     #[error("the email address is verified already")]

@@ -67,6 +67,53 @@ impl Core {
         r.fields = vec!["email".into()];
         Ok(Some((mail, r)))
     }
+
+    /// Queues a new link to the user's primary address, counted against
+    /// the per-recipient limit: past it nothing goes, and the answer is the
+    /// same. `caller` asked for it; None is the user themself at a refused
+    /// sign-in (the password checked out).
+    pub(super) async fn mail_new_link(
+        &self,
+        ctx: &Ctx,
+        caller: Option<&Caller>,
+        app_id: Uuid,
+        id: Uuid,
+    ) -> ServiceResult<()> {
+        for _ in 0..RESEND_ATTEMPTS {
+            let rec = self.store.get_user(app_id, id).await?.ok_or(ServiceError::NotFound("user"))?;
+            let user = self.open_user(&rec).await?;
+            let to = user.email.as_ref().map(|e| e.primary.trim().to_owned()).filter(|e| !e.is_empty());
+            let Some(to) = to else {
+                return Err(ServiceError::invalid("email.primary", "the user has no email address to verify"));
+            };
+            let bidx = self.email_index(app_id, &to).await?;
+            let sealer = self.keyring.sealer(app_id).await.map_err(ServiceError::Crypto)?;
+            let mail = verification_mail(&sealer, &to, &bidx)?;
+            let mut r = self.record(ctx, SENT, caller, app_id).await;
+            if caller.is_none() {
+                r.actor = "user".into();
+                r.actor_id = Some(id);
+            }
+            r.subject_id = Some(id);
+            r.fields = vec!["email".into()];
+            match self.store.queue_verification(app_id, id, &bidx, &mail, self.mail_per_recipient, &r).await? {
+                Resend::Queued => {
+                    tracing::info!(%app_id, users_id = %id, "verification mail queued");
+                    return Ok(());
+                }
+                // The same answer: the caller learns nothing of the count.
+                Resend::Limited => {
+                    metrics::counter!("usersvc_mail_recipient_limited_total").increment(1);
+                    return Ok(());
+                }
+                Resend::AlreadyVerified => return Err(ServiceError::AlreadyVerified),
+                Resend::Gone => return Err(ServiceError::NotFound("user")),
+                // The address changed since it was read: read it again.
+                Resend::Changed => continue,
+            }
+        }
+        Err(ServiceError::Contention)
+    }
 }
 
 impl UserSvc {
@@ -83,6 +130,13 @@ impl UserSvc {
         r.outcome = "unverified".into();
         core.store.append_audit(&[r]).await?;
         tracing::info!(app_id = %rec.app_id, users_id = %rec.id, "sign-in refused: email not verified");
+        // Whoever knows the password may have a new link, within the
+        // per-recipient limit: a user whose link expired (or never came)
+        // could otherwise never sign in again without a supervisor. The
+        // reply is the same whether one went.
+        if let Err(e) = core.mail_new_link(ctx, None, rec.app_id, rec.id).await {
+            tracing::info!(app_id = %rec.app_id, users_id = %rec.id, error = %e, "no new verification link");
+        }
         Err(ServiceError::EmailUnverified)
     }
 
@@ -98,44 +152,12 @@ impl UserSvc {
     }
 
     async fn resend(&self, ctx: &Ctx, caller: &Caller, me: &SessionUser, id: Uuid) -> ServiceResult<()> {
-        let core = &self.core;
         self.authorise(caller.app_id, me, id).await?;
-        if !core.verify_mode(caller.app_id).await?.on() {
+        if !self.core.verify_mode(caller.app_id).await?.on() {
             return Err(ServiceError::Forbidden("email verification is off for this application"));
         }
-        for _ in 0..RESEND_ATTEMPTS {
-            let rec = core.store.get_user(caller.app_id, id).await?.ok_or(ServiceError::NotFound("user"))?;
-            let user = core.open_user(&rec).await?;
-            let to = user.email.as_ref().map(|e| e.primary.trim().to_owned()).filter(|e| !e.is_empty());
-            let Some(to) = to else {
-                return Err(ServiceError::invalid("email.primary", "the user has no email address to verify"));
-            };
-            let bidx = core.email_index(caller.app_id, &to).await?;
-            let sealer = core.keyring.sealer(caller.app_id).await.map_err(ServiceError::Crypto)?;
-            let mail = verification_mail(&sealer, &to, &bidx)?;
-            let mut r = core.record(ctx, SENT, Some(caller), caller.app_id).await;
-            r.subject_id = Some(id);
-            r.fields = vec!["email".into()];
-            let limit = core.mail_per_recipient;
-            match core.store.queue_verification(caller.app_id, id, &bidx, &mail, limit, &r).await? {
-                Resend::Queued => {
-                    tracing::info!(app_id = %caller.app_id, users_id = %id, "verification mail queued");
-                    return Ok(());
-                }
-                // The same answer: the caller learns nothing of the count.
-                Resend::Limited => {
-                    metrics::counter!("usersvc_mail_recipient_limited_total").increment(1);
-                    return Ok(());
-                }
-                Resend::AlreadyVerified => return Err(ServiceError::AlreadyVerified),
-                Resend::Gone => return Err(ServiceError::NotFound("user")),
-                // The address changed since it was read: read it again.
-                Resend::Changed => continue,
-            }
-        }
-        Err(ServiceError::Contention)
+        self.core.mail_new_link(ctx, Some(caller), caller.app_id, id).await
     }
-
     pub(super) async fn verify_email(&self, ctx: &Ctx, req: pb::VerifyEmailRequest) -> ServiceResult<()> {
         let core = &self.core;
         let token = req.token.trim();
