@@ -156,7 +156,9 @@ impl Application {
                 ),
         );
 
-        let gateway = Gateway::in_process(users, groups, Routes::new(health)).trusting(trusted);
+        let gateway = Gateway::in_process(users, groups, Routes::new(health))
+            .trusting(trusted)
+            .with_deadline(limits.request_timeout);
         // Outside the public port's request limits, so that a flood there
         // never fails the probes or hides the metrics.
         let admin = admin_listener.map(|listener| {
@@ -169,7 +171,6 @@ impl Application {
             ))
         });
         let limited = gateway::router(gateway.clone(), &args.gateway.cors_origins)
-            .layer(axum::middleware::from_fn_with_state(limits.request_timeout, crate::deadline::http))
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests));
         // Load balancers probe the public port: there too the probes are
         // answered before the limits, everything else behind them.

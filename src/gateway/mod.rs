@@ -63,6 +63,9 @@ pub struct Gateway {
     health: Arc<HealthClient<GrpcTransport>>,
     /// Whose `Forwarded` / `X-Forwarded-For` is believed.
     trusted_proxies: TrustedProxies,
+    /// The server's own limit on a request (`--request-timeout`); none in
+    /// a remote gateway, whose upstream keeps its own.
+    request_timeout: Option<std::time::Duration>,
 }
 
 impl Gateway {
@@ -80,6 +83,7 @@ impl Gateway {
             groups: Arc::new(upstream::Local(groups)),
             health: Arc::new(HealthClient::new(BoxCloneSyncService::new(svc))),
             trusted_proxies: TrustedProxies::default(),
+            request_timeout: None,
         }
     }
 
@@ -91,12 +95,20 @@ impl Gateway {
             groups: Arc::new(upstream::Remote(GroupServiceClient::new(transport.clone()))),
             health: Arc::new(HealthClient::new(transport)),
             trusted_proxies: TrustedProxies::default(),
+            request_timeout: None,
         }
     }
 
     /// Believes what these proxies say of their client's address.
     pub fn trusting(mut self, proxies: TrustedProxies) -> Self {
         self.trusted_proxies = proxies;
+        self
+    }
+
+    /// Answers a request not done within `limit` with 503 `timeout`
+    /// ([`crate::deadline`]).
+    pub fn with_deadline(mut self, limit: std::time::Duration) -> Self {
+        self.request_timeout = Some(limit);
         self
     }
 }
@@ -177,14 +189,20 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
     let v2 = routes::router().route_layer(axum::middleware::from_fn(crate::observe::http_metrics));
 
     let trusted = gateway.trusted_proxies.clone();
+    let deadline = gateway.request_timeout;
     let mut app = v2
         .route("/healthz", get(probes::alive))
         .route("/readyz", get(probes::ready))
         .with_state(gateway)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(error::json_errors))
-        .layer(axum::middleware::from_fn_with_state(trusted, crate::edge::http));
+        .layer(axum::middleware::from_fn(error::json_errors));
+    // Inside the edge and CORS layers: a timeout's 503 carries the request
+    // ids and, for a browser, the CORS headers that let it read the reply.
+    if let Some(limit) = deadline {
+        app = app.layer(axum::middleware::from_fn_with_state(limit, crate::deadline::http));
+    }
+    app = app.layer(axum::middleware::from_fn_with_state(trusted, crate::edge::http));
     if let Some(cors) = cors_layer(cors_origins) {
         app = app.layer(cors);
     }

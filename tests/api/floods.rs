@@ -222,6 +222,7 @@ async fn a_request_past_the_time_limit_is_unavailable_and_retried() {
                 t.http
                     .put(t.url(&format!("/v2/users/{id}")))
                     .header("X-Api-Key", &t.api_key)
+                    .header("X-Request-Id", "late-put-1")
                     .bearer_auth(&token)
                     .json(&json!({ "name": { "lastName": "Late" } }))
                     .send()
@@ -230,6 +231,9 @@ async fn a_request_past_the_time_limit_is_unavailable_and_retried() {
             let res = put().await.unwrap();
             assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert!(res.headers().contains_key("retry-after"), "{:?}", res.headers());
+            // The reply names the request like any other, for the logs.
+            assert_eq!(res.headers()["x-request-id"], "late-put-1", "{:?}", res.headers());
+            assert!(res.headers().contains_key("x-server-request-id"), "{:?}", res.headers());
             let body: Value = res.json().await.unwrap();
             assert_eq!(body["errors"][0]["code"], 503, "{body}");
             assert_eq!(body["errors"][0]["reason"], "timeout", "{body}");
