@@ -20,8 +20,8 @@ use crate::crypto::fields::{PASSKEY_FIELD, TOTP_SECRET_FIELD};
 use crate::crypto::{Keyring, MasterKey, keyring};
 use crate::service::{export::Exporter, profile};
 use crate::store::{
-    App, AuditFilter, MfaPolicy, NewServiceToken, Result as StoreResult, SealedField, SealedUser, Store,
-    TokenRevocation, UserListFilter, VerifyMode,
+    ApartSeal, App, AuditFilter, MfaPolicy, NewServiceToken, SealedUser, Store, TokenRevocation, UserListFilter,
+    VerifyMode,
 };
 
 pub struct Admin {
@@ -52,34 +52,11 @@ pub struct Resealed {
     pub passkeys: u64,
 }
 
-/// The sealed values kept in rows of their own, which a rotation re-seals
-/// after the users.
-#[derive(Clone, Copy)]
-enum ApartField {
-    TotpSecret,
-    Passkey,
-}
-
-impl ApartField {
-    fn field(self) -> &'static str {
-        match self {
-            ApartField::TotpSecret => TOTP_SECRET_FIELD,
-            ApartField::Passkey => PASSKEY_FIELD,
-        }
-    }
-
-    async fn page(self, store: &dyn Store, app_id: Uuid, after: Option<Uuid>, n: i64) -> StoreResult<Vec<SealedField>> {
-        match self {
-            ApartField::TotpSecret => store.totp_secrets_page(app_id, after, n).await,
-            ApartField::Passkey => store.passkeys_page(app_id, after, n).await,
-        }
-    }
-
-    async fn replace(self, store: &dyn Store, app_id: Uuid, old: &SealedField, new_ct: &[u8]) -> StoreResult<bool> {
-        match self {
-            ApartField::TotpSecret => store.reseal_totp_secret(app_id, old, new_ct).await,
-            ApartField::Passkey => store.reseal_passkey(app_id, old, new_ct).await,
-        }
+/// The field name each such value is sealed under.
+fn field_of(kind: ApartSeal) -> &'static str {
+    match kind {
+        ApartSeal::TotpSecret => TOTP_SECRET_FIELD,
+        ApartSeal::Passkey => PASSKEY_FIELD,
     }
 }
 
@@ -301,8 +278,8 @@ impl Admin {
         }
         Ok(Resealed {
             users: resealed,
-            totp_secrets: self.reseal_fields(app_id, &sealer, ApartField::TotpSecret).await?,
-            passkeys: self.reseal_fields(app_id, &sealer, ApartField::Passkey).await?,
+            totp_secrets: self.reseal_fields(app_id, &sealer, ApartSeal::TotpSecret).await?,
+            passkeys: self.reseal_fields(app_id, &sealer, ApartSeal::Passkey).await?,
         })
     }
 
@@ -311,19 +288,20 @@ impl Admin {
     /// under the old key behind a pass is found by the next one, and the
     /// rotation ends when a pass finds none. A row written meanwhile under
     /// the new key is passed over. Returns how many rows took the new key.
-    async fn reseal_fields(&self, app_id: Uuid, sealer: &keyring::Sealer, kind: ApartField) -> anyhow::Result<u64> {
+    async fn reseal_fields(&self, app_id: Uuid, sealer: &keyring::Sealer, kind: ApartSeal) -> anyhow::Result<u64> {
         let mut resealed = 0;
         loop {
             let (mut after, mut found) = (None, false);
             loop {
-                let page = kind.page(self.store.as_ref(), app_id, after, RESEAL_BATCH).await?;
+                let page = self.store.sealed_page(kind, app_id, after, RESEAL_BATCH).await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.id);
                 for old in page.iter().filter(|f| crate::crypto::key_id_of(&f.ct).ok() != Some(sealer.key_id)) {
                     found = true;
-                    let plain = Zeroizing::new(self.keyring.open(app_id, old.id, kind.field(), &old.ct).await?);
-                    let new_ct = sealer.seal(old.id, kind.field(), &plain);
-                    if kind.replace(self.store.as_ref(), app_id, old, &new_ct).await? {
+                    let field = field_of(kind);
+                    let plain = Zeroizing::new(self.keyring.open(app_id, old.id, field, &old.ct).await?);
+                    let new_ct = sealer.seal(old.id, field, &plain);
+                    if self.store.reseal_field(kind, app_id, old, &new_ct).await? {
                         resealed += 1;
                     }
                 }

@@ -283,8 +283,8 @@ both_stores!(
         // Under the new key: what each ciphertext names.
         let store = admin.store.as_ref();
         let current = store.current_app_key(t.app_id, usersvc::crypto::keyring::DATA).await.unwrap().unwrap().id;
-        let secrets = store.totp_secrets_page(t.app_id, None, 10).await.unwrap();
-        let passkeys = store.passkeys_page(t.app_id, None, 10).await.unwrap();
+        let secrets = store.sealed_page(usersvc::store::ApartSeal::TotpSecret, t.app_id, None, 10).await.unwrap();
+        let passkeys = store.sealed_page(usersvc::store::ApartSeal::Passkey, t.app_id, None, 10).await.unwrap();
         assert_eq!((secrets.len(), passkeys.len()), (1, 1));
         for sealed in secrets.iter().chain(&passkeys) {
             assert_eq!(usersvc::crypto::key_id_of(&sealed.ct).unwrap(), current);

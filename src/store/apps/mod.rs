@@ -37,9 +37,28 @@ pub struct SealedUser {
     pub profile_ct: Vec<u8>,
 }
 
-/// A sealed value kept apart from the user row (a TOTP secret, a passkey),
-/// for re-encryption under a new key: the id of the row it is sealed to,
-/// and its ciphertext as read.
+/// The sealed values kept in rows of their own, which a key rotation
+/// re-seals after the users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApartSeal {
+    /// A user's TOTP secret (pending or confirmed), sealed to the user.
+    TotpSecret,
+    /// A passkey's credential and name, sealed to the passkey.
+    Passkey,
+}
+
+impl ApartSeal {
+    /// Its table, the column of the id it is sealed to, and its column.
+    pub(in crate::store) fn columns(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            ApartSeal::TotpSecret => ("totp_factors", "user_id", "secret_ct"),
+            ApartSeal::Passkey => ("passkeys", "id", "sealed"),
+        }
+    }
+}
+
+/// One such value as read: the id of the row it is sealed to, and its
+/// ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedField {
     pub id: Uuid,
@@ -79,4 +98,20 @@ pub trait AppStore: Send + Sync {
 
     /// Stores a user's re-encrypted ciphertexts if the row is unchanged.
     async fn reseal_user(&self, app_id: Uuid, user: &SealedUser, key_id: Uuid) -> Result<bool>;
+
+    /// The application's values of one kind, by the id they are sealed to,
+    /// after `after`, at most `limit`.
+    async fn sealed_page(
+        &self,
+        kind: ApartSeal,
+        app_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<SealedField>>;
+
+    /// Replaces a value's ciphertext with `new_ct` if it is still `old`
+    /// (nothing else of its row changes: a passkey's version, a sign-in's
+    /// compare-and-set, stays); false when it was written or removed
+    /// meanwhile.
+    async fn reseal_field(&self, kind: ApartSeal, app_id: Uuid, old: &SealedField, new_ct: &[u8]) -> Result<bool>;
 }

@@ -1,11 +1,12 @@
 //! Applications and their keys on SQLite.
 
 use async_trait::async_trait;
+use sqlx::Row;
 use uuid::Uuid;
 
 use crate::store::sqlite::{BEGIN, KEY_COLUMNS, SqliteStore, append_in, insert_key, now_us};
 use crate::store::trail::record::AuditRecord;
-use crate::store::{App, AppStore, Result, SealedUser, StoredKey, from_row};
+use crate::store::{ApartSeal, App, AppStore, Result, SealedField, SealedUser, StoredKey, from_row};
 
 #[async_trait]
 impl AppStore for SqliteStore {
@@ -125,5 +126,37 @@ impl AppStore for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn sealed_page(
+        &self,
+        kind: ApartSeal,
+        app_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<SealedField>> {
+        let (table, id, ct) = kind.columns();
+        // Ids are 16-byte BLOBs, compared bytewise: PostgreSQL's uuid order.
+        let rows = sqlx::query(&format!(
+            "SELECT {id}, {ct} FROM {table} WHERE app_id = ?1 AND {id} > ?2 ORDER BY {id} LIMIT ?3"
+        ))
+        .bind(app_id)
+        .bind(after.unwrap_or_else(Uuid::nil))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(SealedField { id: r.try_get(id)?, ct: r.try_get(ct)? })).collect()
+    }
+
+    async fn reseal_field(&self, kind: ApartSeal, app_id: Uuid, old: &SealedField, new_ct: &[u8]) -> Result<bool> {
+        let (table, id, ct) = kind.columns();
+        let done = sqlx::query(&format!("UPDATE {table} SET {ct} = ?4 WHERE app_id = ?1 AND {id} = ?2 AND {ct} = ?3"))
+            .bind(app_id)
+            .bind(old.id)
+            .bind(&old.ct)
+            .bind(new_ct)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 }

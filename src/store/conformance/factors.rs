@@ -49,19 +49,21 @@ pub async fn second_factors_are_pending_then_confirmed_and_used_once(u: &Under) 
         SealedField { id: bea.id, ct: b"secret-bea".to_vec() },
     ];
     both.sort_by_key(|f| f.id);
-    assert_eq!(s.totp_secrets_page(app, None, 10).await.unwrap(), both);
-    assert_eq!(s.totp_secrets_page(app, None, 1).await.unwrap(), both[..1]);
-    assert_eq!(s.totp_secrets_page(app, Some(both[0].id), 10).await.unwrap(), both[1..]);
-    assert!(s.totp_secrets_page(other.app.id, None, 10).await.unwrap().is_empty());
+    assert_eq!(s.sealed_page(ApartSeal::TotpSecret, app, None, 10).await.unwrap(), both);
+    assert_eq!(s.sealed_page(ApartSeal::TotpSecret, app, None, 1).await.unwrap(), both[..1]);
+    assert_eq!(s.sealed_page(ApartSeal::TotpSecret, app, Some(both[0].id), 10).await.unwrap(), both[1..]);
+    assert!(s.sealed_page(ApartSeal::TotpSecret, other.app.id, None, 10).await.unwrap().is_empty());
     let stale = SealedField { id: user, ct: b"secret-1".to_vec() };
-    assert!(!s.reseal_totp_secret(app, &stale, b"resealed").await.unwrap(), "changed meanwhile");
+    assert!(!s.reseal_field(ApartSeal::TotpSecret, app, &stale, b"resealed").await.unwrap(), "changed meanwhile");
     let current = SealedField { id: user, ct: b"secret-2".to_vec() };
-    assert!(!s.reseal_totp_secret(other.app.id, &current, b"resealed").await.unwrap());
-    assert!(s.reseal_totp_secret(app, &current, b"secret-2b").await.unwrap());
+    assert!(!s.reseal_field(ApartSeal::TotpSecret, other.app.id, &current, b"resealed").await.unwrap());
+    assert!(s.reseal_field(ApartSeal::TotpSecret, app, &current, b"secret-2b").await.unwrap());
     let factor = s.totp_factor(app, user).await.unwrap().unwrap();
     assert_eq!((factor.secret_ct.as_slice(), factor.confirmed), (b"secret-2b".as_slice(), true), "still confirmed");
     assert!(
-        s.reseal_totp_secret(app, &SealedField { id: user, ct: b"secret-2b".to_vec() }, b"secret-2").await.unwrap()
+        s.reseal_field(ApartSeal::TotpSecret, app, &SealedField { id: user, ct: b"secret-2b".to_vec() }, b"secret-2")
+            .await
+            .unwrap()
     );
 
     // Each step once, and only forward.

@@ -91,15 +91,15 @@ pub async fn passkeys_ceremonies_and_counters(u: &Under) {
 
     // A key rotation's page and compare-and-set: the version (a sign-in's
     // compare-and-set) and the time of the last use stay as they were.
-    let page = s.passkeys_page(app, None, 10).await.unwrap();
+    let page = s.sealed_page(ApartSeal::Passkey, app, None, 10).await.unwrap();
     assert_eq!(page.iter().map(|f| f.id).collect::<Vec<_>>(), listed.iter().map(|p| p.id).collect::<Vec<_>>());
-    assert_eq!(s.passkeys_page(app, Some(page[0].id), 10).await.unwrap(), page[1..]);
-    assert!(s.passkeys_page(other.app.id, None, 10).await.unwrap().is_empty());
+    assert_eq!(s.sealed_page(ApartSeal::Passkey, app, Some(page[0].id), 10).await.unwrap(), page[1..]);
+    assert!(s.sealed_page(ApartSeal::Passkey, other.app.id, None, 10).await.unwrap().is_empty());
     let mine = page.iter().find(|f| f.id == found.id).unwrap();
     assert_eq!(mine.ct, b"sealed-2");
-    assert!(!s.reseal_passkey(other.app.id, mine, b"sealed-x").await.unwrap());
-    assert!(s.reseal_passkey(app, mine, b"sealed-2b").await.unwrap());
-    assert!(!s.reseal_passkey(app, mine, b"sealed-x").await.unwrap(), "changed meanwhile");
+    assert!(!s.reseal_field(ApartSeal::Passkey, other.app.id, mine, b"sealed-x").await.unwrap());
+    assert!(s.reseal_field(ApartSeal::Passkey, app, mine, b"sealed-2b").await.unwrap());
+    assert!(!s.reseal_field(ApartSeal::Passkey, app, mine, b"sealed-x").await.unwrap(), "changed meanwhile");
     let resealed = s.passkey_by_cred(app, b"cred-1").await.unwrap().unwrap();
     assert_eq!((resealed.version, resealed.sealed.as_slice()), (2, b"sealed-2b".as_slice()));
     assert_eq!(resealed.last_used_at, used.last_used_at);

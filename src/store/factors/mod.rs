@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::store::trail::record::AuditRecord;
-use crate::store::{QueuedMail, Rehash, Result, SealedField};
+use crate::store::{QueuedMail, Rehash, Result};
 
 /// The outbox kind (and template name) of the notice of a removed factor.
 pub const MFA_REMOVED: &str = "mfa_removed";
@@ -83,15 +83,6 @@ pub trait FactorStore: Send + Sync {
     ) -> Result<bool>;
 
     async fn totp_factor(&self, app_id: Uuid, user_id: Uuid) -> Result<Option<TotpFactor>>;
-
-    /// The application's TOTP secrets (pending or confirmed), by user id
-    /// after `after`, at most `limit`: what a key rotation re-seals. The
-    /// id of each is its user's.
-    async fn totp_secrets_page(&self, app_id: Uuid, after: Option<Uuid>, limit: i64) -> Result<Vec<SealedField>>;
-
-    /// Replaces a TOTP secret's ciphertext with `new_ct` if it is still
-    /// `old`; false when the factor changed or went meanwhile.
-    async fn reseal_totp_secret(&self, app_id: Uuid, old: &SealedField, new_ct: &[u8]) -> Result<bool>;
 
     /// Confirms the pending factor with the step its first code was of, and
     /// replaces the user's recovery codes with these digests, at once; false

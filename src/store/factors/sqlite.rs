@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::store::sqlite::{BEGIN, SqliteStore, append_in, later, now_us, queue_mail_in};
 use crate::store::trail::record::AuditRecord;
-use crate::store::{ChallengeCheck, FactorStore, MfaPolicy, QueuedMail, Rehash, Result, SealedField, TotpFactor};
+use crate::store::{ChallengeCheck, FactorStore, MfaPolicy, QueuedMail, Rehash, Result, TotpFactor};
 
 #[async_trait]
 impl FactorStore for SqliteStore {
@@ -64,32 +64,6 @@ impl FactorStore for SqliteStore {
         .await?;
         row.map(|r| Ok(TotpFactor { secret_ct: r.try_get("secret_ct")?, confirmed: r.try_get("confirmed")? }))
             .transpose()
-    }
-
-    async fn totp_secrets_page(&self, app_id: Uuid, after: Option<Uuid>, limit: i64) -> Result<Vec<SealedField>> {
-        // Ids are 16-byte BLOBs, compared bytewise: PostgreSQL's uuid order.
-        let rows = sqlx::query(
-            "SELECT user_id, secret_ct FROM totp_factors
-             WHERE app_id = ?1 AND user_id > ?2 ORDER BY user_id LIMIT ?3",
-        )
-        .bind(app_id)
-        .bind(after.unwrap_or_else(Uuid::nil))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| Ok(SealedField { id: r.try_get("user_id")?, ct: r.try_get("secret_ct")? })).collect()
-    }
-
-    async fn reseal_totp_secret(&self, app_id: Uuid, old: &SealedField, new_ct: &[u8]) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE totp_factors SET secret_ct = ?4 WHERE app_id = ?1 AND user_id = ?2 AND secret_ct = ?3")
-                .bind(app_id)
-                .bind(old.id)
-                .bind(&old.ct)
-                .bind(new_ct)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() == 1)
     }
 
     async fn confirm_totp(

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::store::Result;
 use crate::store::trail::record::AuditRecord;
-use crate::store::{Result, SealedField};
 
 /// An application's relying party (`usersvc app update --webauthn-rp-id
 /// ... --webauthn-origin ...`).
@@ -117,15 +117,6 @@ pub trait PasskeyStore: Send + Sync {
     /// the time of its use, if it is still at `version`; false when another
     /// write came first (or it is gone).
     async fn use_passkey(&self, app_id: Uuid, id: Uuid, version: i64, sealed: &[u8]) -> Result<bool>;
-
-    /// The application's passkeys as sealed, by id after `after`, at most
-    /// `limit`: what a key rotation re-seals.
-    async fn passkeys_page(&self, app_id: Uuid, after: Option<Uuid>, limit: i64) -> Result<Vec<SealedField>>;
-
-    /// Replaces a passkey's ciphertext with `new_ct` if it is still `old`,
-    /// leaving its version (a sign-in's compare-and-set) as it is; false
-    /// when a sign-in wrote it meanwhile (or it is gone).
-    async fn reseal_passkey(&self, app_id: Uuid, old: &SealedField, new_ct: &[u8]) -> Result<bool>;
 
     /// Removes one of the user's passkeys with its trail record; false when
     /// the user has no such passkey.

@@ -7,9 +7,7 @@ use uuid::Uuid;
 use super::{origins_from_text, origins_to_text};
 use crate::store::sqlite::{BEGIN, SqliteStore, append_in, later, now_seconds, now_us, optional_time_of, time_of, us};
 use crate::store::trail::record::AuditRecord;
-use crate::store::{
-    CeremonyTake, NewCeremony, NewPasskey, PasskeyStore, Result, SealedField, StoredPasskey, WebauthnConfig,
-};
+use crate::store::{CeremonyTake, NewCeremony, NewPasskey, PasskeyStore, Result, StoredPasskey, WebauthnConfig};
 
 const PASSKEY_COLUMNS: &str = "id, user_id, sealed, version, created_at, last_used_at";
 
@@ -164,28 +162,6 @@ impl PasskeyStore for SqliteStore {
         .bind(us(now_seconds()))
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn passkeys_page(&self, app_id: Uuid, after: Option<Uuid>, limit: i64) -> Result<Vec<SealedField>> {
-        // Ids are 16-byte BLOBs, compared bytewise: PostgreSQL's uuid order.
-        let rows = sqlx::query("SELECT id, sealed FROM passkeys WHERE app_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3")
-            .bind(app_id)
-            .bind(after.unwrap_or_else(Uuid::nil))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok(SealedField { id: r.try_get("id")?, ct: r.try_get("sealed")? })).collect()
-    }
-
-    async fn reseal_passkey(&self, app_id: Uuid, old: &SealedField, new_ct: &[u8]) -> Result<bool> {
-        let done = sqlx::query("UPDATE passkeys SET sealed = ?4 WHERE app_id = ?1 AND id = ?2 AND sealed = ?3")
-            .bind(app_id)
-            .bind(old.id)
-            .bind(&old.ct)
-            .bind(new_ct)
-            .execute(&self.pool)
-            .await?;
         Ok(done.rows_affected() == 1)
     }
 
