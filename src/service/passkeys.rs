@@ -34,7 +34,7 @@ use crate::crypto::{Keyring, fields::PASSKEY_FIELD};
 use crate::pb;
 use crate::store::{
     AUTHENTICATE, CeremonyTake, NewCeremony, NewPasskey, REGISTER, Relief, Store, StoreError, StoredPasskey,
-    ThrottleRule, WebauthnConfig,
+    ThrottleRule, VerifyMode, WebauthnConfig,
 };
 
 /// How long the second call of a ceremony may come after the first.
@@ -559,7 +559,8 @@ impl UserSvc {
         };
         // As a password sign-in: only once the assertion verified (no
         // oracle for a bad one), an unverified address is refused.
-        self.check_verified_sign_in(ctx, &rec).await?;
+        let mode = if rec.email_verified { VerifyMode::default() } else { core.verify_mode(app_id).await? };
+        self.check_verified_sign_in(ctx, &rec, mode).await?;
         let mut out = core.open_user(&rec).await?;
         let (token, session) = core.auth.new_session();
         let mut r = core.record(ctx, "session.sign_in", None, app_id).await;

@@ -593,7 +593,8 @@ impl UserSvc {
         let rec = core.store.get_user(app_id, user_id).await?.ok_or(ServiceError::BadCredentials)?;
         // Only now that the password checked out (no oracle for a wrong one),
         // and before a second factor is asked for.
-        self.check_verified_sign_in(ctx, &rec).await?;
+        let gates = core.store.sign_in_gates(app_id, user_id).await?;
+        self.check_verified_sign_in(ctx, &rec, gates.verify_mode).await?;
         // An imported hash (bcrypt, PBKDF2...) or one made at older
         // parameters is replaced now, while the password is at hand.
         let old = phc.filter(|h| crate::auth::schemes::outdated(h));
@@ -608,7 +609,7 @@ impl UserSvc {
         };
         let rehash = old.as_deref().zip(new.as_deref()).map(|(old, new)| Rehash { old, new });
         // A user with a second factor gets an mfaToken and nothing else.
-        if core.store.has_second_factor(app_id, user_id).await? {
+        if gates.second_factor {
             let relief = Relief { clear: Some(&user_key), forgive: addr_key.as_deref(), rehash };
             return self.mfa_challenge(ctx, app_id, user_id, relief).await;
         }

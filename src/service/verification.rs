@@ -117,12 +117,17 @@ impl Core {
 }
 
 impl UserSvc {
-    /// After the password checked out: under `--verify-email required`, an
-    /// unverified user is refused (recorded as a sign-in, outcome
-    /// `unverified`), and told nothing else.
-    pub(super) async fn check_verified_sign_in(&self, ctx: &Ctx, rec: &UserRecord) -> ServiceResult<()> {
+    /// After the password checked out: under `--verify-email required`
+    /// (`mode`, the application's), an unverified user is refused (recorded
+    /// as a sign-in, outcome `unverified`), and told nothing else.
+    pub(super) async fn check_verified_sign_in(
+        &self,
+        ctx: &Ctx,
+        rec: &UserRecord,
+        mode: VerifyMode,
+    ) -> ServiceResult<()> {
         let core = &self.core;
-        if rec.email_verified || core.verify_mode(rec.app_id).await? != VerifyMode::Required {
+        if rec.email_verified || mode != VerifyMode::Required {
             return Ok(());
         }
         let mut r = core.record(ctx, "session.sign_in", None, rec.app_id).await;

@@ -35,6 +35,13 @@ pub async fn second_factors_are_pending_then_confirmed_and_used_once(u: &Under) 
     assert!(!s.confirm_totp(app, user, 101, &hashes, &audit("mfa.totp_confirmed")).await.unwrap());
     assert!(s.has_second_factor(app, user).await.unwrap());
     assert!(!s.has_second_factor(other.app.id, user).await.unwrap());
+    // The same answer beside the application's email mode, in one read.
+    let gates = s.sign_in_gates(app, user).await.unwrap();
+    assert_eq!((gates.verify_mode, gates.second_factor), (VerifyMode::Unset, true));
+    assert!(!s.sign_in_gates(other.app.id, user).await.unwrap().second_factor);
+    assert!(s.set_verify_email_mode(app, VerifyMode::Required, &audit("app.update")).await.unwrap());
+    assert_eq!(s.sign_in_gates(app, user).await.unwrap().verify_mode, VerifyMode::Required);
+    assert!(!s.sign_in_gates(Uuid::now_v7(), user).await.unwrap().second_factor, "no such application");
     // A confirmed factor is not replaced by a new enrolment.
     assert!(!s.put_pending_totp(app, user, b"secret-3", &audit("mfa.totp_enrolled")).await.unwrap());
     assert_eq!(s.totp_factor(app, user).await.unwrap().unwrap().secret_ct, b"secret-2");

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::store::trail::record::AuditRecord;
-use crate::store::{QueuedMail, Rehash, Result};
+use crate::store::{QueuedMail, Rehash, Result, VerifyMode};
 
 /// The outbox kind (and template name) of the notice of a removed factor.
 pub const MFA_REMOVED: &str = "mfa_removed";
@@ -54,6 +54,20 @@ pub struct TotpFactor {
     pub confirmed: bool,
 }
 
+/// See [`FactorStore::sign_in_gates`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignInGates {
+    pub verify_mode: VerifyMode,
+    pub second_factor: bool,
+}
+
+/// Whether the user `$2` of the application `a` (`$1`) has a second factor
+/// (SQL, the same on both stores): a confirmed TOTP factor, or a passkey
+/// while the application has a relying party.
+pub(in crate::store) const SECOND_FACTOR: &str =
+    "(EXISTS (SELECT 1 FROM totp_factors WHERE app_id = a.id AND user_id = $2 AND confirmed_at IS NOT NULL)
+      OR (a.webauthn_rp_id IS NOT NULL AND EXISTS (SELECT 1 FROM passkeys WHERE app_id = a.id AND user_id = $2)))";
+
 /// What an mfaToken is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChallengeCheck {
@@ -71,6 +85,11 @@ pub trait FactorStore: Send + Sync {
     /// used, and must not lock its user out). Sign-in and the supervisors'
     /// rule both ask here.
     async fn has_second_factor(&self, app_id: Uuid, user_id: Uuid) -> Result<bool>;
+
+    /// What a sign-in whose password checked out has still to pass, in one
+    /// round trip: the application's `--verify-email`, and
+    /// [`has_second_factor`](Self::has_second_factor)'s answer.
+    async fn sign_in_gates(&self, app_id: Uuid, user_id: Uuid) -> Result<SignInGates>;
 
     /// Stores a new pending TOTP factor, replacing a pending one; false (and
     /// nothing stored) when a confirmed one is there.

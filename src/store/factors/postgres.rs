@@ -7,21 +7,30 @@ use uuid::Uuid;
 use crate::store::postgres::PgStore;
 use crate::store::trail::postgres::{self as pg_audit};
 use crate::store::trail::record::AuditRecord;
-use crate::store::{ChallengeCheck, FactorStore, MfaPolicy, QueuedMail, Rehash, Result, TotpFactor};
+use crate::store::{
+    ChallengeCheck, FactorStore, MfaPolicy, QueuedMail, Rehash, Result, SECOND_FACTOR, SignInGates, StoreError,
+    TotpFactor, VerifyMode,
+};
 
 #[async_trait]
 impl FactorStore for PgStore {
     async fn has_second_factor(&self, app_id: Uuid, user_id: Uuid) -> Result<bool> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM totp_factors
-                            WHERE app_id = $1 AND user_id = $2 AND confirmed_at IS NOT NULL)
-                 OR EXISTS (SELECT 1 FROM passkeys p JOIN applications a ON a.id = p.app_id
-                            WHERE p.app_id = $1 AND p.user_id = $2 AND a.webauthn_rp_id IS NOT NULL)",
-        )
-        .bind(app_id)
-        .bind(user_id)
-        .fetch_one(&self.pool)
-        .await?)
+        let sql = format!("SELECT {SECOND_FACTOR} FROM applications a WHERE a.id = $1");
+        let found: Option<bool> =
+            sqlx::query_scalar(&sql).bind(app_id).bind(user_id).fetch_optional(&self.pool).await?;
+        Ok(found.unwrap_or(false))
+    }
+
+    async fn sign_in_gates(&self, app_id: Uuid, user_id: Uuid) -> Result<SignInGates> {
+        let sql = format!("SELECT a.verify_email, {SECOND_FACTOR} FROM applications a WHERE a.id = $1");
+        let row: Option<(Option<String>, bool)> =
+            sqlx::query_as(&sql).bind(app_id).bind(user_id).fetch_optional(&self.pool).await?;
+        let Some((mode, second_factor)) = row else {
+            return Ok(SignInGates { verify_mode: VerifyMode::default(), second_factor: false });
+        };
+        let verify_mode =
+            VerifyMode::parse(mode.as_deref()).ok_or_else(|| StoreError::Corrupt("an unknown verify_email".into()))?;
+        Ok(SignInGates { verify_mode, second_factor })
     }
 
     async fn put_pending_totp(
