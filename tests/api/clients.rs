@@ -43,8 +43,13 @@ struct Served {
     _child: Child,
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+/// The addresses a `usersvc serve` logged it is serving on (its JSON log
+/// line "usersvc serving"), once it has.
+fn serving_addrs(log: &str) -> Option<(SocketAddr, SocketAddr)> {
+    log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find_map(|line| {
+        let fields = line.get("fields").filter(|f| f["message"] == "usersvc serving")?;
+        Some((fields["http_addr"].as_str()?.parse().ok()?, fields["grpc_addr"].as_str()?.parse().ok()?))
+    })
 }
 
 impl Served {
@@ -53,13 +58,15 @@ impl Served {
         let out = usersvc().args(["app", "create", "--name", "clinic", "--database-url", &db]).output().unwrap();
         assert!(out.status.success(), "app create: {}", String::from_utf8_lossy(&out.stderr));
         let created: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let (http, grpc) = (free_addr(), free_addr());
         let tmp = std::env::temp_dir().join(format!("usersvc-clients-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&tmp).unwrap();
         let log = tmp.join("serve.log");
-        let child = usersvc()
-            .arg("serve")
-            .args(["--database-url", &db, "--http-addr", &http.to_string(), "--grpc-addr", &grpc.to_string()])
+        // Port 0, and the ports read back from the server's own log: a port
+        // picked free beforehand can be taken by another test's server in
+        // between, and this test then talks to that one.
+        let mut child = usersvc()
+            .args(["serve", "--log-format", "json"])
+            .args(["--database-url", &db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
             .args(["--admin-addr", "127.0.0.1:0"])
             .args(["--mail-dir", &tmp.join("mail").display().to_string(), "--hash-concurrency", "2"])
             .args(["--cors-origins", WEB_APP])
@@ -68,6 +75,18 @@ impl Served {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let (http, grpc) = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(addrs) = serving_addrs(&text) {
+                break addrs;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("serve exited with {status}:\n{text}");
+            }
+            assert!(std::time::Instant::now() < deadline, "serve did not come up:\n{text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let served = Self {
             http,
             grpc,
@@ -77,7 +96,6 @@ impl Served {
             log,
             _child: Child(child),
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while served.send(&format!("GET /healthz HTTP/1.1\r\nHost: {http}\r\n\r\n")).await.map(|r| r.status).ok()
             != Some(200)
         {
