@@ -61,12 +61,36 @@ pub struct SignInGates {
     pub second_factor: bool,
 }
 
-/// Whether the user `$2` of the application `a` (`$1`) has a second factor
-/// (SQL, the same on both stores): a confirmed TOTP factor, or a passkey
-/// while the application has a relying party.
-pub(in crate::store) const SECOND_FACTOR: &str =
-    "(EXISTS (SELECT 1 FROM totp_factors WHERE app_id = a.id AND user_id = $2 AND confirmed_at IS NOT NULL)
-      OR (a.webauthn_rp_id IS NOT NULL AND EXISTS (SELECT 1 FROM passkeys WHERE app_id = a.id AND user_id = $2)))";
+/// Whether the user `$2` of the application `a` (`$1`) has a second factor:
+/// a confirmed TOTP factor, or a passkey while the application has a
+/// relying party. A literal, so that the queries below are built once, at
+/// compile time.
+macro_rules! second_factor {
+    () => {
+        "(EXISTS (SELECT 1 FROM totp_factors WHERE app_id = a.id AND user_id = $2 AND confirmed_at IS NOT NULL)
+          OR (a.webauthn_rp_id IS NOT NULL AND EXISTS (SELECT 1 FROM passkeys WHERE app_id = a.id AND user_id = $2)))"
+    };
+}
+
+/// [`FactorStore::has_second_factor`] (the same SQL on both stores).
+pub(in crate::store) const HAS_SECOND_FACTOR: &str =
+    concat!("SELECT ", second_factor!(), " FROM applications a WHERE a.id = $1");
+
+/// [`FactorStore::sign_in_gates`] (the same SQL on both stores).
+pub(in crate::store) const SIGN_IN_GATES: &str =
+    concat!("SELECT a.verify_email, ", second_factor!(), " FROM applications a WHERE a.id = $1");
+
+impl SignInGates {
+    /// From [`SIGN_IN_GATES`]'s row; none for an application that is gone.
+    pub(in crate::store) fn of_row(row: Option<(Option<String>, bool)>) -> Result<Self> {
+        let Some((mode, second_factor)) = row else {
+            return Ok(SignInGates { verify_mode: VerifyMode::default(), second_factor: false });
+        };
+        let verify_mode = VerifyMode::parse(mode.as_deref())
+            .ok_or_else(|| crate::store::StoreError::Corrupt("an unknown verify_email".into()))?;
+        Ok(SignInGates { verify_mode, second_factor })
+    }
+}
 
 /// What an mfaToken is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,29 +8,21 @@ use crate::store::postgres::PgStore;
 use crate::store::trail::postgres::{self as pg_audit};
 use crate::store::trail::record::AuditRecord;
 use crate::store::{
-    ChallengeCheck, FactorStore, MfaPolicy, QueuedMail, Rehash, Result, SECOND_FACTOR, SignInGates, StoreError,
-    TotpFactor, VerifyMode,
+    ChallengeCheck, FactorStore, HAS_SECOND_FACTOR, MfaPolicy, QueuedMail, Rehash, Result, SIGN_IN_GATES, SignInGates,
+    TotpFactor,
 };
 
 #[async_trait]
 impl FactorStore for PgStore {
     async fn has_second_factor(&self, app_id: Uuid, user_id: Uuid) -> Result<bool> {
-        let sql = format!("SELECT {SECOND_FACTOR} FROM applications a WHERE a.id = $1");
         let found: Option<bool> =
-            sqlx::query_scalar(&sql).bind(app_id).bind(user_id).fetch_optional(&self.pool).await?;
+            sqlx::query_scalar(HAS_SECOND_FACTOR).bind(app_id).bind(user_id).fetch_optional(&self.pool).await?;
         Ok(found.unwrap_or(false))
     }
 
     async fn sign_in_gates(&self, app_id: Uuid, user_id: Uuid) -> Result<SignInGates> {
-        let sql = format!("SELECT a.verify_email, {SECOND_FACTOR} FROM applications a WHERE a.id = $1");
-        let row: Option<(Option<String>, bool)> =
-            sqlx::query_as(&sql).bind(app_id).bind(user_id).fetch_optional(&self.pool).await?;
-        let Some((mode, second_factor)) = row else {
-            return Ok(SignInGates { verify_mode: VerifyMode::default(), second_factor: false });
-        };
-        let verify_mode =
-            VerifyMode::parse(mode.as_deref()).ok_or_else(|| StoreError::Corrupt("an unknown verify_email".into()))?;
-        Ok(SignInGates { verify_mode, second_factor })
+        let row = sqlx::query_as(SIGN_IN_GATES).bind(app_id).bind(user_id).fetch_optional(&self.pool).await?;
+        SignInGates::of_row(row)
     }
 
     async fn put_pending_totp(
